@@ -34,14 +34,14 @@ def detect_scope(user: bool | None = None) -> Scope:
 def _xdg(var: str, fallback: str) -> Path:
     value = os.environ.get(var)
     # The XDG spec says relative values are invalid and must be ignored.
-    if value and os.path.isabs(value):
+    if value and Path(value).is_absolute():
         return Path(value)
     return Path.home() / fallback
 
 
 def _runtime_dir() -> Path:
     value = os.environ.get("XDG_RUNTIME_DIR")
-    if value and os.path.isabs(value):
+    if value and Path(value).is_absolute():
         return Path(value)
     return Path(f"/run/user/{os.geteuid()}")
 

@@ -1,0 +1,213 @@
+"""The validated spec as typed, frozen data.
+
+The spec loader (``unitgen.specfile``) is the only producer of these objects
+and guarantees every invariant written here; the renderer and the recovery
+policy trust them without re-checking. Units of measure are fixed so no
+consumer has to guess: durations are float seconds, sizes are int bytes,
+paths are absolute strings, and argv vectors are tuples of str.
+
+The defaults below are the ones an operator gets by leaving a key out, and
+``docs/spec.md`` documents each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+HardeningProfile = Literal["strict", "standard", "minimal", "off"]
+ProbeKind = Literal["http", "tcp", "command"]
+ServiceType = Literal["simple", "exec", "notify", "forking"]
+RestartPolicy = Literal[
+    "no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"
+]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A free-space floor: a percentage of the total, an absolute byte count, or both.
+
+    With both set, the check passes only when both floors are met.
+    """
+
+    percent: float | None = None
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """systemd's own first line of restarts (Restart=, RestartSec=, start limit)."""
+
+    policy: RestartPolicy = "on-failure"
+    delay: float = 0.1
+    burst: int = 5
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits. memory values are bytes, or a percentage string like "80%"."""
+
+    memory_max: int | str | None = None
+    memory_high: int | str | None = None
+    cpu_quota: str | None = None  # "80%"
+    tasks_max: int | None = None
+    nofile: int | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One check: an http URL, a tcp "host:port", or a command argv."""
+
+    kind: ProbeKind
+    target: str | tuple[str, ...]
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class Health:
+    probe: Probe
+    interval: float = 10.0
+    failures: int = 3  # consecutive failures that open an incident
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    pidfile: str | None = None
+    temp: tuple[str, ...] = ()
+    older_than: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Disk:
+    paths: tuple[str, ...] = ()
+    min_free: Threshold = field(default_factory=lambda: Threshold(percent=5.0))
+    min_free_inodes: Threshold = field(default_factory=lambda: Threshold(percent=5.0))
+    cleanup: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Memory:
+    min_available: Threshold = field(default_factory=lambda: Threshold(percent=5.0))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 5.0
+    factor: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.1  # fraction of the delay, drawn uniformly in [-j, +j]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The ladder's budget: after max_attempts within window it gives up."""
+
+    max_attempts: int = 5
+    window: float = 600.0
+    min_uptime: float = 30.0  # a restart that fails again sooner counts as failed
+    stable_after: float = 600.0  # this long without failure resets the counts
+    start_timeout: float = 90.0  # bounded wait for "active" after RestartUnit
+    validate_timeout: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True)
+class Hardening:
+    profile: HardeningProfile = "strict"
+    disable: tuple[str, ...] = ()  # directive names the service opts out of
+    read_write_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """An alert target exactly as written in the spec; secrets are only file/env names.
+
+    ``config`` is the mapping ``handlers.alerts.AlertTarget.from_mapping`` reads.
+    """
+
+    name: str
+    type: str
+    config: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # the spec key, "api"
+    unit: str  # "api.service"
+    description: str
+    exec: tuple[str, ...]
+    type: ServiceType = "simple"
+    exec_start_pre: tuple[tuple[str, ...], ...] = ()
+    exec_reload: tuple[str, ...] | None = None
+    working_directory: str | None = None
+    user: str | None = None
+    group: str | None = None
+    dynamic_user: bool = False
+    environment: tuple[tuple[str, str], ...] = ()
+    environment_files: tuple[str, ...] = ()
+    pidfile: str | None = None  # PIDFile=, for type = "forking"
+    requires: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
+    binds_to: tuple[str, ...] = ()
+    part_of: tuple[str, ...] = ()
+    wanted_by: tuple[str, ...] = ()  # empty: the scope's default target
+    state_directory: tuple[str, ...] = ()  # relative names, as systemd wants them
+    runtime_directory: tuple[str, ...] = ()
+    logs_directory: tuple[str, ...] = ()
+    cache_directory: tuple[str, ...] = ()
+    configuration_directory: tuple[str, ...] = ()
+    restart: Restart = field(default_factory=Restart)
+    timeout_start: float | None = None
+    timeout_stop: float | None = None
+    watchdog: float | None = None
+    limits: Limits = field(default_factory=Limits)
+    health: Health | None = None
+    depends: tuple[Probe, ...] = ()  # external dependencies probed by the ladder
+    cleanup: Cleanup = field(default_factory=Cleanup)
+    disk: Disk = field(default_factory=Disk)
+    memory: Memory = field(default_factory=Memory)
+    validate: tuple[str, ...] | None = None
+    recovery: Recovery = field(default_factory=Recovery)
+    hardening: Hardening = field(default_factory=Hardening)
+    alerts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Override:
+    """A unit the operator does not own, rendered as a drop-in.
+
+    Fields left None keep whatever the vendor's unit says.
+    """
+
+    unit: str  # "nginx.service"
+    restart: Restart | None = None
+    hardening: Hardening | None = None
+    limits: Limits | None = None
+    health: Health | None = None
+    depends: tuple[Probe, ...] = ()
+    cleanup: Cleanup = field(default_factory=Cleanup)
+    disk: Disk = field(default_factory=Disk)
+    memory: Memory = field(default_factory=Memory)
+    validate: tuple[str, ...] | None = None
+    recovery: Recovery = field(default_factory=Recovery)
+    alerts: tuple[str, ...] = ()
+    on_failure: bool = True  # wire OnFailure= to the recovery unit
+
+
+@dataclass(frozen=True)
+class Defaults:
+    hardening: HardeningProfile = "strict"
+    alerts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    defaults: Defaults = field(default_factory=Defaults)
+    services: Mapping[str, Service] = field(default_factory=dict)
+    overrides: Mapping[str, Override] = field(default_factory=dict)
+    alerts: Mapping[str, AlertConfig] = field(default_factory=dict)
