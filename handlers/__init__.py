@@ -1,0 +1,1 @@
+"""The recovery ladder and the filesystem, process and resource helpers it calls."""
