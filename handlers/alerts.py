@@ -1,0 +1,825 @@
+"""Alerts: telling humans (and Alertmanager) what the ladder did, without ever blocking it.
+
+Targets and payloads are documented in ``docs/alerts.md``; in short, a target
+is a plain mapping from the rendered policy (:meth:`AlertTarget.from_mapping`),
+an :class:`Alert` is a frozen value, and :meth:`Alerter.send` delivers one
+alert to every target concurrently and returns one :class:`Delivery` each.
+
+For the ladder (how to call this):
+
+* ``Alerter.send`` never raises and returns within :meth:`Alerter.time_bound`
+  seconds (at most ``max_send_seconds``, 30 s by default), whatever the
+  endpoints do. Fire it as a task, keep a strong reference to the task, and
+  await the pending ones before the ``unitgen recover`` process exits, or the
+  alert is lost with the process.
+* Dedupe is the caller's job, not ``send``'s: one firing alert per
+  ``(incident_id, level)``, then one ``resolved`` per incident.
+  :class:`AlertLedger` does that in memory for one process. Across processes
+  (OnFailure= unit and listener) the SQLite store is the authority: record
+  ``(incident_id, level, status)`` there and ask it before sending; the ledger
+  is then only a fast in-process guard.
+* Keep ``reason`` the incident's opening reason in every alert of that
+  incident, including the ``resolved`` one, and put what changed into
+  ``summary`` and ``level``. Alertmanager identifies an alert by its labels,
+  and ``reason`` is a label: the same labels are what make ``resolved`` close
+  the alert that ``firing`` opened. ``level`` is an annotation, so an
+  escalation updates the open Alertmanager alert instead of opening another.
+* Secrets (webhook URLs, SMTP passwords) are read from their file or variable
+  at send time. They never appear in a ``Delivery``, a log line or an
+  exception message: endpoints are shown as ``host:port`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import re
+import smtplib
+import socket
+import ssl
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from functools import partial
+from pathlib import PurePath
+from typing import Any, Literal, cast
+
+from handlers.outbound import HttpOutcome, http_once, run_blocking
+from handlers.procs import run_command
+from handlers.secrets import describe_exception, endpoint, read_secret
+from unitgen.errors import AlertError, PolicyError
+
+__all__ = [
+    "ALERTMANAGER_FIRING_TTL",
+    "PAYLOAD_VERSION",
+    "Alert",
+    "AlertLedger",
+    "AlertTarget",
+    "Alerter",
+    "Delivery",
+    "alertmanager_payload",
+    "command_env",
+    "email_message",
+    "slack_payload",
+    "webhook_payload",
+]
+
+log = logging.getLogger(__name__)
+
+AlertType = Literal["webhook", "slack", "alertmanager", "email", "command"]
+AlertStatus = Literal["firing", "resolved"]
+
+PAYLOAD_VERSION = 1
+ALERTNAME = "UnitgenRecovery"
+# A firing alert carries endsAt this far ahead. Without endsAt, Alertmanager
+# resolves it by itself after resolve_timeout (5 min by default) because we
+# send it once and do not re-send; a unit the ladder gave up on stays firing.
+ALERTMANAGER_FIRING_TTL = 24 * 3600.0
+
+BACKOFF_BASE = 0.5  # seconds before the first retry
+BACKOFF_CAP = 4.0
+HTTP_GRACE = 0.5  # on top of connect + read timeout, for thread start and TLS set-up
+COMMAND_KILL_GRACE = 1.0
+DEFAULT_MAX_SEND_SECONDS = 30.0
+
+_HTTP_TYPES = ("webhook", "slack", "alertmanager")
+_TYPES = (*_HTTP_TYPES, "email", "command")
+_COMMON_KEYS = frozenset({"name", "type", "timeout", "retries", "send_resolved"})
+_TYPE_KEYS: dict[str, frozenset[str]] = {
+    "webhook": frozenset({"url_file", "url_env"}),
+    "slack": frozenset({"url_file", "url_env"}),
+    "alertmanager": frozenset({"url_file", "url_env", "labels"}),
+    "email": frozenset(
+        {
+            "smtp_host",
+            "smtp_port",
+            "starttls",
+            "from",
+            "to",
+            "username",
+            "password_file",
+            "password_env",
+        }
+    ),
+    "command": frozenset({"command"}),
+}
+# Labels unitgen sets itself; a target may not redefine them or resolving breaks.
+RESERVED_LABELS = frozenset({"alertname", "unit", "instance", "incident", "reason"})
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ADDRESS = re.compile(r"[^\s<>@,;:\"]+@[^\s<>@,;:\"]+")
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertTarget:
+    """One alert destination, as validated from the policy mapping (see docs/alerts.md)."""
+
+    name: str
+    type: AlertType
+    timeout: float = 5.0  # connect timeout and read timeout, each
+    retries: int = 3  # retries after the first attempt
+    send_resolved: bool = True
+    url_file: str | None = None
+    url_env: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    starttls: bool = False
+    from_addr: str | None = None  # the "from" key
+    to: tuple[str, ...] = ()
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    command: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, object], *, name: str | None = None) -> AlertTarget:
+        """Validate one target mapping; raise :class:`PolicyError` naming the bad key.
+
+        ``name`` is used when the mapping has no ``name`` key (the spec keys
+        targets by table name, ``[alert.ops]``).
+        """
+        return _parse_target(d, name)
+
+    @property
+    def where(self) -> str:
+        return f"{self.type} {self.name}"
+
+    def attempt_bound(self) -> float:
+        """Wall-clock seconds one attempt may take before it is abandoned."""
+        if self.type == "email":
+            # connect, banner, EHLO, STARTTLS, AUTH, MAIL..DATA: several reads, each <= timeout
+            return 4 * self.timeout + HTTP_GRACE
+        if self.type == "command":
+            return self.timeout + COMMAND_KILL_GRACE + 1.0
+        return 2 * self.timeout + HTTP_GRACE
+
+    def time_bound(self, cap: float = DEFAULT_MAX_SEND_SECONDS) -> float:
+        """Upper bound on one send to this target: every attempt plus every backoff, capped."""
+        backoffs = sum(_backoff_ceiling(n) for n in range(self.retries))
+        return min(cap, (self.retries + 1) * self.attempt_bound() + backoffs)
+
+
+def _fail(where: str, message: str) -> PolicyError:
+    return PolicyError(f"{where}: {message}")
+
+
+def _parse_target(d: Mapping[str, object], name_arg: str | None) -> AlertTarget:
+    if not isinstance(d, Mapping):
+        raise PolicyError(f"alert: expected a table, got {type(d).__name__}")
+    raw_name = d.get("name", name_arg)
+    if not isinstance(raw_name, str) or not raw_name or _CONTROL.search(raw_name):
+        raise _fail("alert.name", "expected a non-empty string without control characters")
+    name = raw_name
+    base = f"alert.{name}"
+    kind = d.get("type")
+    if kind not in _TYPES:
+        raise _fail(f"{base}.type", f"expected one of {', '.join(_TYPES)}, got {kind!r}")
+    allowed = _COMMON_KEYS | _TYPE_KEYS[str(kind)]
+    for key in d:
+        if key not in allowed:
+            raise _fail(f"{base}.{key}", f"unknown key for type {kind}")
+
+    def get(key: str, default: object = None) -> object:
+        return d.get(key, default)
+
+    timeout = get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise _fail(f"{base}.timeout", "expected a number of seconds")
+    if not (0 < float(timeout) <= 60 and math.isfinite(timeout)):
+        raise _fail(f"{base}.timeout", "expected seconds in (0, 60]")
+    retries = get("retries", 3)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise _fail(f"{base}.retries", "expected an integer from 0 to 10")
+    send_resolved = get("send_resolved", True)
+    if not isinstance(send_resolved, bool):
+        raise _fail(f"{base}.send_resolved", "expected true or false")
+    fields: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "timeout": float(timeout),
+        "retries": retries,
+        "send_resolved": send_resolved,
+    }
+    if kind in _HTTP_TYPES:
+        fields.update(_parse_url_source(d, base))
+        if kind == "alertmanager":
+            fields["labels"] = _parse_labels(get("labels", {}), f"{base}.labels")
+    elif kind == "email":
+        fields.update(_parse_email(d, base))
+    else:
+        fields["command"] = _parse_argv(get("command"), f"{base}.command")
+    return AlertTarget(**fields)
+
+
+def _secret_source(
+    d: Mapping[str, object], base: str, key_file: str, key_env: str, required: bool
+) -> dict[str, str]:
+    has_file, has_env = key_file in d, key_env in d
+    if has_file and has_env:
+        raise _fail(f"{base}.{key_file}", f"give {key_file} or {key_env}, not both")
+    if not has_file and not has_env:
+        if required:
+            raise _fail(f"{base}.{key_file}", f"missing: set {key_file} or {key_env}")
+        return {}
+    if has_file:
+        path = d[key_file]
+        if not isinstance(path, str) or not PurePath(path).is_absolute() or _CONTROL.search(path):
+            raise _fail(f"{base}.{key_file}", "expected an absolute path")
+        return {key_file: path}
+    var = d[key_env]
+    if not isinstance(var, str) or not _ENV_NAME.fullmatch(var):
+        raise _fail(f"{base}.{key_env}", "expected an environment variable name")
+    return {key_env: var}
+
+
+def _parse_url_source(d: Mapping[str, object], base: str) -> dict[str, str]:
+    return _secret_source(d, base, "url_file", "url_env", required=True)
+
+
+def _parse_labels(value: object, where: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _fail(where, "expected a table of string labels")
+    labels: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not _LABEL_NAME.fullmatch(k) or k.startswith("__"):
+            raise _fail(f"{where}.{k}", "expected a Prometheus label name ([A-Za-z_][A-Za-z0-9_]*)")
+        if k in RESERVED_LABELS:
+            raise _fail(f"{where}.{k}", "reserved: unitgen sets this label itself")
+        if not isinstance(v, str):
+            raise _fail(f"{where}.{k}", "expected a string value")
+        labels[k] = v
+    return labels
+
+
+def _parse_address(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
+        raise _fail(where, "expected one plain e-mail address (user@host)")
+    return value
+
+
+def _parse_email(d: Mapping[str, object], base: str) -> dict[str, Any]:
+    host = d.get("smtp_host")
+    if not isinstance(host, str) or not host or re.search(r"[\s\x00-\x1f\x7f/]", host):
+        raise _fail(f"{base}.smtp_host", "expected a host name or address")
+    port = d.get("smtp_port", 25)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _fail(f"{base}.smtp_port", "expected a port number from 1 to 65535")
+    starttls = d.get("starttls", False)
+    if not isinstance(starttls, bool):
+        raise _fail(f"{base}.starttls", "expected true or false")
+    if "from" not in d:
+        raise _fail(f"{base}.from", "missing: the sender address")
+    from_addr = _parse_address(d["from"], f"{base}.from")
+    to = d.get("to")
+    if not isinstance(to, list | tuple) or not to:
+        raise _fail(f"{base}.to", "expected a non-empty list of addresses")
+    recipients = tuple(_parse_address(a, f"{base}.to[{i}]") for i, a in enumerate(to))
+    fields: dict[str, Any] = {
+        "smtp_host": host,
+        "smtp_port": port,
+        "starttls": starttls,
+        "from_addr": from_addr,
+        "to": recipients,
+    }
+    username = d.get("username")
+    if username is None:
+        if "password_file" in d or "password_env" in d:
+            raise _fail(f"{base}.username", "missing: a password was given without a username")
+        return fields
+    if not isinstance(username, str) or not username or _CONTROL.search(username):
+        raise _fail(f"{base}.username", "expected a non-empty string")
+    if not starttls:
+        raise _fail(f"{base}.starttls", "must be true when username is set (no clear-text login)")
+    fields["username"] = username
+    fields.update(_secret_source(d, base, "password_file", "password_env", required=True))
+    return fields
+
+
+def _parse_argv(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise _fail(where, "expected a non-empty argv list")
+    if not all(isinstance(a, str) and "\x00" not in a for a in value):
+        raise _fail(where, "expected strings without NUL")
+    argv = tuple(cast("list[str]", list(value)))
+    if not PurePath(argv[0]).is_absolute():
+        raise _fail(f"{where}[0]", "expected an absolute path")
+    return argv
+
+
+# -- the alert and its payloads ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alert:
+    unit: str
+    incident_id: str
+    level: str
+    status: AlertStatus
+    reason: str  # the incident's opening reason; keep it the same for every alert of it
+    summary: str
+    attempts: int
+    started_at: float  # wall clock, epoch seconds
+    ended_at: float | None
+    host: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    target: str
+    ok: bool
+    error: str | None  # safe to log: host:port at most, never a URL or a secret
+    attempts: int
+    duration: float
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def webhook_payload(alert: Alert) -> dict[str, Any]:
+    """The generic JSON webhook body (version 1)."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "source": "unitgen",
+        "status": alert.status,
+        "unit": alert.unit,
+        "incident_id": alert.incident_id,
+        "level": alert.level,
+        "reason": alert.reason,
+        "summary": alert.summary,
+        "attempts": alert.attempts,
+        "host": alert.host,
+        "started_at": alert.started_at,
+        "started_at_iso": _iso(alert.started_at),
+        "ended_at": alert.ended_at,
+        "ended_at_iso": _iso(alert.ended_at) if alert.ended_at is not None else None,
+        "labels": dict(alert.labels),
+    }
+
+
+def _slack_escape(text: str, limit: int) -> str:
+    # Slack's mrkdwn treats these three as control characters, nothing else.
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def slack_payload(alert: Alert) -> dict[str, Any]:
+    """A Slack incoming-webhook body: ``text`` (the notification) and ``blocks``."""
+    icon = ":rotating_light:" if alert.status == "firing" else ":white_check_mark:"
+    head = f"{icon} [{alert.status.upper()}] {alert.unit} on {alert.host}"
+    text = _slack_escape(f"{head}: {alert.summary}", 2900)
+
+    def fld(label: str, value: str) -> dict[str, str]:
+        return {"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value, 1900)}"}
+
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {
+                "type": "section",
+                "fields": [
+                    fld("Level", alert.level),
+                    fld("Reason", alert.reason),
+                    fld("Attempts", str(alert.attempts)),
+                    fld("Incident", alert.incident_id),
+                    fld("Started", _iso(alert.started_at)),
+                ],
+            },
+        ],
+    }
+
+
+def _label_name(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return clean if clean and not clean[0].isdigit() else f"_{clean}"
+
+
+def alertmanager_labels(alert: Alert, target_labels: Mapping[str, str]) -> dict[str, str]:
+    """The identity of the alert in Alertmanager; identical for firing and resolved."""
+    labels: dict[str, str] = {"severity": "critical"}
+    for k, v in alert.labels.items():
+        labels[_label_name(k)] = v
+    labels.update(target_labels)
+    labels.update(
+        {
+            "alertname": ALERTNAME,
+            "unit": alert.unit,
+            "instance": alert.host,
+            "incident": alert.incident_id,
+            "reason": alert.reason,
+        }
+    )
+    return labels
+
+
+def alertmanager_payload(
+    alert: Alert, target_labels: Mapping[str, str] | None = None, *, now: float | None = None
+) -> list[dict[str, Any]]:
+    """The body of ``POST /api/v2/alerts``: a list holding one alert.
+
+    Firing: ``endsAt`` is ``now + ALERTMANAGER_FIRING_TTL``. Resolved:
+    ``endsAt`` is ``ended_at`` (or now), never before ``startsAt``, which is in
+    the past and so resolves the alert with the same labels.
+    """
+    current = time.time() if now is None else now
+    if alert.status == "firing":
+        ends = current + ALERTMANAGER_FIRING_TTL
+    else:
+        ends = alert.ended_at if alert.ended_at is not None else current
+        ends = min(max(ends, alert.started_at), current)
+    description = (
+        f"{alert.unit} on {alert.host}: level {alert.level}, {alert.attempts} attempt(s), "
+        f"reason {alert.reason}, incident {alert.incident_id}"
+    )
+    return [
+        {
+            "labels": alertmanager_labels(alert, target_labels or {}),
+            "annotations": {
+                "summary": alert.summary,
+                "description": description,
+                "level": alert.level,
+                "attempts": str(alert.attempts),
+                "status": alert.status,
+            },
+            "startsAt": _iso(alert.started_at),
+            "endsAt": _iso(ends),
+        }
+    ]
+
+
+def _header_text(text: str, limit: int = 200) -> str:
+    """One header-safe line: every control/format character and line break becomes a space."""
+    text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
+    chars = [" " if unicodedata.category(c)[0] in "CZ" else c for c in text]
+    line = " ".join("".join(chars).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def email_subject(alert: Alert) -> str:
+    return _header_text(
+        f"[unitgen] {alert.status.upper()} {alert.unit} on {alert.host} "
+        f"({alert.level}): {alert.summary}"
+    )
+
+
+def email_message(alert: Alert, target: AlertTarget) -> EmailMessage:
+    """A plain-text message; every header value is reduced to one safe line."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = target.from_addr or ""
+    msg["To"] = ", ".join(target.to)
+    msg["Subject"] = email_subject(alert)
+    msg["Date"] = email.utils.formatdate(usegmt=True)
+    # An explicit domain: the default calls getfqdn(), a DNS lookup that may hang.
+    msg["Message-ID"] = email.utils.make_msgid("unitgen", domain="unitgen.invalid")
+    msg["X-Unitgen-Status"] = alert.status
+    msg["X-Unitgen-Incident"] = _header_text(alert.incident_id)
+    ended = _iso(alert.ended_at) if alert.ended_at is not None else "-"
+    body = "\n".join(
+        [
+            f"Status:   {alert.status}",
+            f"Unit:     {alert.unit}",
+            f"Host:     {alert.host}",
+            f"Level:    {alert.level}",
+            f"Reason:   {alert.reason}",
+            f"Attempts: {alert.attempts}",
+            f"Incident: {alert.incident_id}",
+            f"Started:  {_iso(alert.started_at)}",
+            f"Ended:    {ended}",
+            "",
+            alert.summary,
+            "",
+        ]
+    )
+    msg.set_content(body.encode("utf-8", "replace").decode("utf-8"))
+    return msg
+
+
+def _env_value(text: str) -> str:
+    return text.replace("\x00", "")
+
+
+def command_env(alert: Alert, target_name: str) -> dict[str, str]:
+    """The whole environment of a command hook: a minimal base plus the alert.
+
+    ``UNITGEN_ALERT`` is the webhook JSON; the other variables repeat its main
+    fields for shell scripts. Nothing else is inherited, so secrets in
+    unitgen's own environment (``url_env``...) never reach the hook.
+    """
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "UNITGEN_ALERT": json.dumps(webhook_payload(alert), sort_keys=True),
+        "UNITGEN_ALERT_TARGET": _env_value(target_name),
+        "UNITGEN_ALERT_STATUS": alert.status,
+        "UNITGEN_ALERT_UNIT": _env_value(alert.unit),
+        "UNITGEN_ALERT_INCIDENT": _env_value(alert.incident_id),
+        "UNITGEN_ALERT_LEVEL": _env_value(alert.level),
+        "UNITGEN_ALERT_REASON": _env_value(alert.reason),
+        "UNITGEN_ALERT_SUMMARY": _env_value(alert.summary),
+        "UNITGEN_ALERT_ATTEMPTS": str(alert.attempts),
+        "UNITGEN_ALERT_HOST": _env_value(alert.host),
+    }
+
+
+# -- dedupe --------------------------------------------------------------------------
+
+
+class AlertLedger:
+    """In-process dedupe: one firing alert per (incident, level), then one resolved.
+
+    ``claim(alert)`` returns True exactly once for each alert that should go
+    out. A ``resolved`` alert is claimed only for an incident that had a
+    firing alert claimed here, and after it no firing alert of that incident
+    is claimed. Memory is bounded: the oldest incidents are forgotten first.
+    """
+
+    def __init__(self, max_incidents: int = 10_000) -> None:
+        self._max = max_incidents
+        self._incidents: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+
+    def claim(self, alert: Alert) -> bool:
+        sent = self._incidents.get(alert.incident_id)
+        if alert.status == "firing":
+            if sent is None:
+                sent = self._incidents[alert.incident_id] = set()
+                while len(self._incidents) > self._max:
+                    self._incidents.popitem(last=False)
+            key = (alert.level, "firing")
+            if key in sent or ("", "resolved") in sent:
+                return False
+        else:
+            key = ("", "resolved")
+            if not sent or key in sent:
+                return False
+        sent.add(key)
+        self._incidents.move_to_end(alert.incident_id)
+        return True
+
+
+# -- delivery ------------------------------------------------------------------------
+
+
+def _backoff_ceiling(n: int) -> float:
+    """The longest wait before retry ``n + 1``; the actual wait is 50-100 % of it."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * (2.0**n))
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    ok: bool
+    error: str | None = None
+    retryable: bool = True
+    retry_after: float | None = None
+
+
+def _http_attempt(where: str, host: str, outcome: HttpOutcome) -> _Attempt:
+    if outcome.status is None:
+        return _Attempt(False, f"{where}: POST to {host} failed: {outcome.error}")
+    if 200 <= outcome.status < 300:
+        return _Attempt(True)
+    error = f"{where}: POST to {host} returned HTTP {outcome.status}"
+    # 4xx means our request is wrong and will stay wrong; 429 asks us to come back.
+    retryable = outcome.status == 429 or not 400 <= outcome.status < 500
+    return _Attempt(False, error, retryable, outcome.retry_after)
+
+
+def _smtp_once(
+    target: AlertTarget,
+    msg: EmailMessage,
+    password: str | None,
+    context: ssl.SSLContext | None,
+) -> _Attempt:
+    """One SMTP session, blocking; never raises and never shows server text or secrets."""
+    host = f"{target.smtp_host}:{target.smtp_port}"
+    where = f"{target.where}: SMTP to {host}"
+    try:
+        # local_hostname given: the default calls getfqdn(), a DNS lookup that may hang.
+        with smtplib.SMTP(
+            target.smtp_host or "",
+            target.smtp_port,
+            local_hostname=socket.gethostname() or "localhost",
+            timeout=target.timeout,
+        ) as smtp:
+            if target.starttls:
+                smtp.ehlo()
+                # Loading the trust store reads files: done here, off the event loop.
+                smtp.starttls(context=context or ssl.create_default_context())
+                smtp.ehlo()
+            if target.username is not None and password is not None:
+                smtp.login(target.username, password)
+            smtp.send_message(msg, from_addr=target.from_addr, to_addrs=list(target.to))
+        return _Attempt(True)
+    except smtplib.SMTPRecipientsRefused:
+        return _Attempt(False, f"{where} failed: every recipient refused", retryable=False)
+    except smtplib.SMTPResponseException as exc:
+        # 4xx is "try again later" in SMTP too; 5xx will not get better.
+        retryable = 400 <= exc.smtp_code < 500
+        name = type(exc).__name__
+        return _Attempt(False, f"{where} failed: {name} {exc.smtp_code}", retryable)
+    except smtplib.SMTPNotSupportedError:
+        return _Attempt(False, f"{where} failed: server lacks STARTTLS or AUTH", retryable=False)
+    except ssl.SSLCertVerificationError:
+        return _Attempt(False, f"{where} failed: TLS certificate not trusted", retryable=False)
+    except Exception as exc:
+        return _Attempt(False, f"{where} failed: {describe_exception(exc)}")
+
+
+class Alerter:
+    """Sends each alert to every target concurrently, within a bounded time; never raises."""
+
+    def __init__(
+        self,
+        targets: Sequence[AlertTarget],
+        *,
+        env: Mapping[str, str] | None = None,
+        max_send_seconds: float = DEFAULT_MAX_SEND_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``env`` is where ``url_env``/``password_env`` are looked up (default: os.environ).
+
+        ``ssl_context`` verifies the SMTP server's certificate on STARTTLS
+        (default: the system trust store, with hostname checking).
+        """
+        self.targets = tuple(targets)
+        self._env = env
+        self.max_send_seconds = max_send_seconds
+        self._ssl_context = ssl_context
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+
+    def time_bound(self) -> float:
+        """Seconds within which :meth:`send` returns, whatever the endpoints do."""
+        return max((t.time_bound(self.max_send_seconds) for t in self.targets), default=0.0)
+
+    async def send(self, alert: Alert) -> list[Delivery]:
+        """Deliver ``alert`` to every target that wants it; one Delivery per target tried.
+
+        Targets with ``send_resolved = false`` are skipped for resolved alerts
+        and get no Delivery.
+        """
+        chosen = [t for t in self.targets if alert.status == "firing" or t.send_resolved]
+        deliveries = await asyncio.gather(*(self._deliver_bounded(t, alert) for t in chosen))
+        return list(deliveries)
+
+    async def _deliver_bounded(self, target: AlertTarget, alert: Alert) -> Delivery:
+        start = time.monotonic()
+        bound = target.time_bound(self.max_send_seconds)
+        try:
+            # The inner loop keeps to the bound by itself; this is the backstop.
+            delivery = await asyncio.wait_for(self._deliver(target, alert, start, bound), bound + 1)
+        except TimeoutError:
+            delivery = Delivery(
+                target.name, False, f"{target.where}: gave up after {bound:.1f}s", 0, bound
+            )
+        except Exception as exc:
+            # A bug here must not take the other targets (or the ladder) down with it.
+            # No traceback: exception text from HTTP libraries may hold the URL.
+            log.error("alert %s: internal error %s", target.name, type(exc).__name__)  # noqa: TRY400
+            delivery = Delivery(
+                target.name,
+                False,
+                f"{target.where}: internal error {type(exc).__name__}",
+                0,
+                time.monotonic() - start,
+            )
+        if delivery.ok:
+            log.info(
+                "alert %s %s for %s delivered to %s (%d attempt(s), %.2fs)",
+                alert.status,
+                alert.level,
+                alert.unit,
+                target.name,
+                delivery.attempts,
+                delivery.duration,
+            )
+        else:
+            log.warning(
+                "alert %s for %s not delivered: %s", alert.status, alert.unit, delivery.error
+            )
+        return delivery
+
+    def _prepare(self, target: AlertTarget, alert: Alert) -> Callable[[], Awaitable[_Attempt]]:
+        """Read secrets and build the payload once; return the attempt to repeat."""
+        environ = os.environ if self._env is None else self._env
+        if target.type in _HTTP_TYPES:
+            url = read_secret(
+                owner=target.where,
+                key_file="url_file",
+                key_env="url_env",
+                file=target.url_file,
+                env_name=target.url_env,
+                environ=environ,
+            )
+            if not url.lower().startswith(("http://", "https://")):
+                raise AlertError(f"{target.where}: the configured URL is not http(s)")
+            host = endpoint(url)
+            body_obj: object
+            if target.type == "webhook":
+                body_obj = webhook_payload(alert)
+            elif target.type == "slack":
+                body_obj = slack_payload(alert)
+            else:
+                url = url.rstrip("/") + "/api/v2/alerts"
+                body_obj = alertmanager_payload(alert, target.labels)
+            body = json.dumps(body_obj).encode("ascii")
+            call = partial(
+                http_once,
+                "POST",
+                url,
+                timeout=target.timeout,
+                body=body,
+                headers={"Content-Type": "application/json", "User-Agent": "unitgen-alerts/1"},
+            )
+
+            async def http_attempt() -> _Attempt:
+                outcome = await run_blocking(call, name=f"alert-{target.name}")
+                return _http_attempt(target.where, host, outcome)
+
+            return http_attempt
+        if target.type == "email":
+            password = None
+            if target.username is not None:
+                password = read_secret(
+                    owner=target.where,
+                    key_file="password_file",
+                    key_env="password_env",
+                    file=target.password_file,
+                    env_name=target.password_env,
+                    environ=environ,
+                )
+            msg = email_message(alert, target)
+            smtp_call = partial(_smtp_once, target, msg, password, self._ssl_context)
+
+            async def smtp_attempt() -> _Attempt:
+                return await run_blocking(smtp_call, name=f"alert-{target.name}")
+
+            return smtp_attempt
+        env = command_env(alert, target.name)
+
+        async def command_attempt() -> _Attempt:
+            result = await run_command(
+                target.command, timeout=target.timeout, env=env, kill_grace=COMMAND_KILL_GRACE
+            )
+            if result.ok:
+                return _Attempt(True)
+            return _Attempt(False, f"{target.where}: {result.describe()}")
+
+        return command_attempt
+
+    async def _deliver(
+        self, target: AlertTarget, alert: Alert, start: float, bound: float
+    ) -> Delivery:
+        deadline = start + bound
+        try:
+            attempt = self._prepare(target, alert)
+        except AlertError as exc:
+            return Delivery(target.name, False, str(exc), 0, time.monotonic() - start)
+        attempts = 0
+        error = f"{target.where}: no attempt fitted in {bound:.1f}s"
+        for n in range(target.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempts += 1
+            limit = min(remaining, target.attempt_bound())
+            try:
+                result = await asyncio.wait_for(attempt(), limit)
+            except TimeoutError:
+                result = _Attempt(False, f"{target.where}: no answer within {limit:.1f}s")
+            if result.ok:
+                return Delivery(target.name, True, None, attempts, time.monotonic() - start)
+            error = result.error or f"{target.where}: failed"
+            log.debug("alert %s attempt %d failed: %s", target.name, attempts, error)
+            if not result.retryable or n == target.retries:
+                break
+            delay = _backoff_ceiling(n) * self._rng.uniform(0.5, 1.0)
+            if result.retry_after is not None:
+                delay = max(delay, result.retry_after)
+            if time.monotonic() + delay >= deadline:
+                break  # the next attempt could not start in time anyway
+            await asyncio.sleep(delay)
+        return Delivery(
+            target.name,
+            False,
+            f"{error} (after {attempts} attempt(s))",
+            attempts,
+            time.monotonic() - start,
+        )
