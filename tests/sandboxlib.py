@@ -1,0 +1,56 @@
+"""Helpers behind the sandbox fixtures in conftest.py, importable by any test.
+
+The rule they implement: a test that needs a real systemd skips, with the
+reason, where no sandbox can start -- except under ``CI=true``, where it fails,
+because CI must never go green with the systemd tests skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from unitgen.errors import SandboxError
+from unitgen.paths import Scope
+from unitgen.sandbox import Sandbox, probe
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test, or fail it under CI=true."""
+    if in_ci():
+        pytest.fail(f"sandbox unavailable under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"sandbox unavailable: {reason}")
+
+
+def start_sandbox(scope: Scope, share: Iterable[Path] = (), **kwargs: object) -> Sandbox:
+    """Start a sandbox or skip/fail the calling test with the reason."""
+    reason = probe(scope)
+    if reason:
+        unavailable(reason)
+    try:
+        return Sandbox.start(scope, share=share, **kwargs)  # type: ignore[arg-type]
+    except SandboxError as exc:
+        unavailable(str(exc))
+
+
+async def open_bus(sandbox: Sandbox, *, negotiate_unix_fd: bool = False) -> object:
+    """A connected dbus-next MessageBus to the sandbox's manager bus.
+
+    Prefer the ``sandbox_bus`` fixture, which disconnects it at teardown.
+    """
+    from dbus_next import BusType
+    from dbus_next.aio import MessageBus
+
+    bus_type = BusType.SESSION if sandbox.scope is Scope.USER else BusType.SYSTEM
+    bus = MessageBus(
+        bus_address=sandbox.bus_address, bus_type=bus_type, negotiate_unix_fd=negotiate_unix_fd
+    )
+    return await bus.connect()

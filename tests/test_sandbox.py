@@ -1,0 +1,226 @@
+"""The user-manager sandbox: it is a real systemd, and it leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sandboxlib
+
+from unitgen.errors import SandboxError
+from unitgen.paths import Scope
+from unitgen.sandbox import CGROUP_PREFIX, Sandbox
+
+SERVICE = "[Unit]\nDescription={desc}\n[Service]\nExecStart={cmd}\n"
+
+
+def _mountinfo() -> set[str]:
+    # Mount IDs are unique per mount; compare the (id, mount point) pairs.
+    return {
+        " ".join(line.split()[i] for i in (0, 4))
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    }
+
+
+def _sandbox_cgroups() -> list[Path]:
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PREFIX}*")] + list(
+        Path("/sys/fs/cgroup").glob(f"{CGROUP_PREFIX}*")
+    )
+
+
+# --- skip / fail policy ------------------------------------------------------
+
+
+def test_unavailable_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no unshare here"):
+        sandboxlib.unavailable("no unshare here")
+
+
+def test_unavailable_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: not root"):
+        sandboxlib.unavailable("not root")
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("", pytest.skip.Exception), ("true", pytest.fail.Exception)]
+)
+def test_start_sandbox_obeys_probe(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(sandboxlib, "probe", lambda scope: "missing: unshare")
+    with pytest.raises(outcome, match="missing: unshare"):
+        sandboxlib.start_sandbox(Scope.USER)
+
+
+def test_start_failure_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(sandboxlib, "probe", lambda scope: None)
+
+    def boom(*args: Any, **kwargs: Any) -> Sandbox:
+        raise SandboxError("nspawn said no")
+
+    monkeypatch.setattr(Sandbox, "start", boom)
+    with pytest.raises(pytest.fail.Exception, match="nspawn said no"):
+        sandboxlib.start_sandbox(Scope.SYSTEM)
+
+
+def test_probe_reports_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unitgen import sandbox
+
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    reason = sandbox.probe(Scope.USER)
+    assert reason is not None and "root" in reason
+
+
+# --- it is a real systemd ------------------------------------------------------
+
+
+def test_manager_runs_units_and_restarts(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    user_sandbox.install_units(
+        {
+            "ug-t-restart.service": "[Service]\n"
+            f"ExecStart=/bin/sh -c 'echo x >> {marker}; exec sleep 600'\n"
+            "Restart=on-failure\nRestartSec=100ms\n"
+        }
+    )
+    user_sandbox.systemctl("start", "ug-t-restart.service", check=True)
+    first = user_sandbox.wait_for("ug-t-restart.service", "active")
+    assert first["SubState"] == "running"
+    pid = user_sandbox.kill_main("ug-t-restart.service", signal.SIGKILL)
+    props = user_sandbox.wait_for(
+        "ug-t-restart.service",
+        lambda p: p["ActiveState"] == "active" and p["NRestarts"] == "1",
+        timeout=10,
+    )
+    assert int(props["MainPID"]) not in (0, pid)
+    assert marker.read_text() == "x\nx\n"  # tmp_path is shared into the sandbox
+    user_sandbox.systemctl("stop", "ug-t-restart.service", check=True)
+
+
+def test_host_pid_translation(user_sandbox: Sandbox) -> None:
+    user_sandbox.install_units(
+        {"ug-t-pid.service": SERVICE.format(desc="pid", cmd="/bin/sleep 600")}
+    )
+    user_sandbox.systemctl("start", "ug-t-pid.service", check=True)
+    user_sandbox.wait_for("ug-t-pid.service", "active")
+    ns_pid = user_sandbox.main_pid("ug-t-pid.service")
+    host_pid = user_sandbox.host_pid(ns_pid)
+    assert host_pid != ns_pid
+    assert Path(f"/proc/{host_pid}/cmdline").read_bytes().split(b"\0")[0] == b"/bin/sleep"
+    os.kill(host_pid, signal.SIGTERM)
+    props = user_sandbox.wait_for("ug-t-pid.service", {"inactive", "failed"})
+    assert props["ActiveState"] in ("inactive", "failed")
+    with pytest.raises(SandboxError):
+        user_sandbox.host_pid(999_999)
+
+
+def test_wait_for_times_out_with_last_state(user_sandbox: Sandbox) -> None:
+    user_sandbox.install_units({"ug-t-never.service": SERVICE.format(desc="n", cmd="/bin/true")})
+    with pytest.raises(SandboxError, match=r"ug-t-never\.service did not reach 'active'.*inactive"):
+        user_sandbox.wait_for("ug-t-never.service", "active", timeout=0.2)
+
+
+def test_journal_has_unit_output(user_sandbox: Sandbox) -> None:
+    user_sandbox.install_units(
+        {
+            "ug-t-log.service": SERVICE.format(
+                desc="log", cmd="/bin/sh -c 'echo ug-hello-42; exit 3'"
+            )
+        }
+    )
+    user_sandbox.systemctl("start", "ug-t-log.service")
+    user_sandbox.wait_for("ug-t-log.service", "failed")
+    text = user_sandbox.journal("ug-t-log.service")
+    assert "ug-hello-42" in text
+    assert "status=3" in text
+
+
+def test_host_side_systemctl_with_env(user_sandbox: Sandbox) -> None:
+    res = subprocess.run(
+        ["systemctl", "--user", "show", "-P", "Version"],
+        env={**os.environ, **user_sandbox.env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert res.stdout.strip().startswith(("252", "253", "254", "255", "256", "257"))
+
+
+def test_env_points_into_root(user_sandbox: Sandbox) -> None:
+    for key in (
+        "XDG_RUNTIME_DIR",
+        "XDG_CONFIG_HOME",
+        "XDG_STATE_HOME",
+        "UNITGEN_STATE_DIR",
+        "UNITGEN_RUN_DIR",
+        "UNITGEN_POLICY_DIR",
+        "HOME",
+    ):
+        assert Path(user_sandbox.env[key]).is_relative_to(user_sandbox.root), key
+    assert user_sandbox.env["UNITGEN_SCOPE"] == "user"
+    assert user_sandbox.unit_dir.is_relative_to(user_sandbox.root)
+
+
+def test_install_units_rejects_escaping_names(user_sandbox: Sandbox) -> None:
+    with pytest.raises(SandboxError):
+        user_sandbox.install_units({"../evil.service": "[Service]\n"}, reload=False)
+
+
+@pytest.mark.asyncio
+async def test_bus_fixture_talks_to_sandbox(user_sandbox: Sandbox, sandbox_bus: Any) -> None:
+    bus = await sandbox_bus(user_sandbox)
+    intro = await bus.introspect("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+    proxy = bus.get_proxy_object("org.freedesktop.systemd1", "/org/freedesktop/systemd1", intro)
+    manager = proxy.get_interface("org.freedesktop.DBus.Properties")
+    state = await manager.call_get("org.freedesktop.systemd1.Manager", "SystemState")
+    assert state.value in ("running", "degraded")
+
+
+# --- it leaves nothing behind ---------------------------------------------------
+
+
+def test_teardown_is_total(tmp_path_factory: pytest.TempPathFactory) -> None:
+    mounts_before = _mountinfo()
+    sb = sandboxlib.start_sandbox(Scope.USER, share=[tmp_path_factory.getbasetemp()])
+    # A double-forked daemon and a PrivateTmp unit: the hardest things to clean up.
+    sb.install_units(
+        {
+            "ug-t-ptmp.service": "[Service]\nPrivateTmp=yes\nExecStart=/bin/sleep 600\n",
+        }
+    )
+    sb.systemctl("start", "ug-t-ptmp.service", check=True)
+    sb.wait_for("ug-t-ptmp.service", "active")
+    sb.run(["/bin/sh", "-c", "setsid sleep 600 >/dev/null 2>&1 < /dev/null &"], check=True)
+    procs = sb.processes()
+    assert len(procs) >= 4  # init, journald, manager, dbus, sleep...
+    assert any(p.name.startswith("systemd-private-") for p in (sb.root / "tmp").iterdir())
+    root, cg = sb.root, sb.cgroup_id
+    assert any(p.name == cg for p in _sandbox_cgroups())
+    sb.close()
+    sb.close()  # idempotent
+    assert not root.exists()
+    assert not [p for p in procs if Path(f"/proc/{p}").exists()]
+    assert not [p for p in _sandbox_cgroups() if p.name == cg]
+    assert _mountinfo() == mounts_before
+    assert not list(Path("/tmp").glob("systemd-private-*ug-t-ptmp*"))
+    with pytest.raises(SandboxError, match="closed"):
+        sb.run(["true"])
+
+
+def test_fresh_sandboxes_are_isolated(fresh_user_sandbox: Sandbox, user_sandbox: Sandbox) -> None:
+    fresh_user_sandbox.install_units(
+        {"ug-t-iso.service": SERVICE.format(desc="i", cmd="/bin/sleep 600")}
+    )
+    fresh_user_sandbox.systemctl("start", "ug-t-iso.service", check=True)
+    fresh_user_sandbox.wait_for("ug-t-iso.service", "active")
+    other = user_sandbox.show("ug-t-iso.service", "LoadState")
+    assert other["LoadState"] == "not-found"
+    assert fresh_user_sandbox.cgroup_id != user_sandbox.cgroup_id

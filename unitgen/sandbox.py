@@ -1,0 +1,752 @@
+"""A disposable, real systemd to test against: a user manager or a booted container.
+
+Nothing in unitgen may claim to work with systemd until it has worked against a
+real one, and the machines that run the tests do not boot systemd as PID 1. This
+module starts one on demand and removes every trace of it afterwards.
+
+Two kinds, chosen by :class:`unitgen.paths.Scope`:
+
+``Scope.USER`` -- ``/lib/systemd/systemd --user`` (about 0.2 s to "running")
+    Started inside ``unshare --mount --pid --fork --mount-proc --propagation
+    private``. The namespace's PID 1 is a small shell that, before starting
+    anything, moves itself into a private cgroup ``/unitgen-sandbox-ID/init.scope``
+    (otherwise the manager, seeing ``/init.scope``, would adopt the *host's root*
+    cgroup and two sandboxes would share ``app.slice/x.service``), mounts tmpfs on
+    ``/run/systemd`` (so the manager believes it was booted), ``/run/log`` and
+    ``/var/log/journal``, binds private directories over ``/tmp`` and ``/var/tmp``
+    (``PrivateTmp=`` directories would otherwise land in the host's /tmp and
+    survive a kill), starts ``systemd-journald`` (so :meth:`Sandbox.journal`
+    works) and then the user manager. The session bus is the manager's own
+    socket-activated ``dbus.socket`` at ``$XDG_RUNTIME_DIR/bus``.
+
+``Scope.SYSTEM`` -- ``systemd-nspawn -b`` (about 1 s to "running")
+    A booted container over the host's read-only ``/usr``: the host's own
+    systemd as PID 1 with a real system bus. See :func:`start_system_sandbox`.
+
+Inside the sandbox, paths the caller shares (``share=``; the pytest fixtures
+share pytest's base temp dir, so ``tmp_path`` works in ``ExecStart=``) and the
+sandbox's own ``root`` are visible at the same path as on the host.
+
+API (the pytest fixtures in ``tests/conftest.py`` wrap it)::
+
+    with Sandbox.start(Scope.USER) as sb:       # or start_user_sandbox()
+        sb.install_units({"web.service": "[Service]\\nExecStart=..."})
+        sb.systemctl("start", "web.service", check=True)
+        props = sb.wait_for("web.service", "active", timeout=10)
+        sb.kill_main("web.service", signal.SIGKILL)
+        sb.wait_for("web.service", {"failed", "activating"})
+        print(sb.journal("web.service", lines=20))
+        subprocess.run(["systemctl", "--user", "status"], env={**os.environ, **sb.env})
+
+Attributes: ``scope``; ``root`` (the private temp dir: everything the sandbox
+writes on the host is below it); ``env`` (what a host-side client needs to reach
+this manager: ``DBUS_SESSION_BUS_ADDRESS``/``DBUS_SYSTEM_BUS_ADDRESS``,
+``XDG_RUNTIME_DIR``, ``XDG_CONFIG_HOME``, ``XDG_STATE_HOME``, ``HOME``,
+``UNITGEN_SCOPE``, ``UNITGEN_STATE_DIR``, ``UNITGEN_RUN_DIR``,
+``UNITGEN_POLICY_DIR``); ``bus_address``; ``unit_dir`` (drop unit files there).
+
+PIDs. The sandbox keeps its own PID namespace, because then teardown is total:
+SIGKILL to the namespace's init makes the kernel kill every process in it,
+daemons that double-forked included, before ``waitpid`` returns. The price is
+that ``MainPID`` read over D-Bus is a PID *inside* the namespace. Use
+:meth:`Sandbox.kill_main` (``systemctl kill``) or :meth:`Sandbox.run` to signal
+from inside, or :meth:`Sandbox.host_pid` to translate a namespace PID to the
+host's (via ``NSpid`` in ``/proc/PID/status``), e.g. for ``os.kill``.
+
+Host-side ``systemctl --user`` with :attr:`Sandbox.env` works, except
+``is-system-running`` which answers "offline" because the host lacks
+``/run/systemd/system``; :meth:`Sandbox.systemctl` runs inside and has no such gap.
+
+Teardown (``close()``, idempotent, also on ``__exit__``): SIGKILL the namespace
+init, wait for ``unshare``, remove ``/unitgen-sandbox-ID`` from every cgroup
+hierarchy, remove ``root``. If the Python process itself is SIGKILLed, the
+namespace still dies (``setpriv --pdeathsig`` + ``unshare --kill-child``); only
+the empty temp dir and empty cgroup directories can then remain, and the next
+:func:`reap_stale` (called by every start) removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from unitgen.errors import SandboxError, UnitNotFoundError
+from unitgen.paths import Scope
+
+SYSTEMD = "/lib/systemd/systemd"
+JOURNALD = "/lib/systemd/systemd-journald"
+CGROUP_PREFIX = "unitgen-sandbox-"
+DEFAULT_BOOT_TIMEOUT = 20.0
+_POLL = 0.01  # seconds between state polls; systemctl show costs ~3 ms
+
+StatePredicate = Callable[[dict[str, str]], bool]
+
+# The user-mode namespace init. Positional args: ROOT ID JOURNAL SHARED... ;
+# the cgroup hierarchies to join come in $UNITGEN_SANDBOX_CGROUPS (space-separated).
+_USER_INIT = r"""
+set -eu
+R=$1; ID=$2; JOURNAL=$3; shift 3
+for h in $UNITGEN_SANDBOX_CGROUPS; do
+    mkdir -p "$h/$ID/init.scope"
+    echo 0 > "$h/$ID/init.scope/cgroup.procs"
+done
+mount -t tmpfs -o mode=755 tmpfs /run/systemd
+mkdir -p /run/systemd/system /run/systemd/journal /run/systemd/.keep
+# Keep the root and the shared paths reachable across the /tmp and /var/tmp binds.
+i=0
+for p in "$R" "$@"; do
+    mkdir -p /run/systemd/.keep/$i
+    mount --bind "$p" /run/systemd/.keep/$i
+    i=$((i+1))
+done
+mount --bind /run/systemd/.keep/0/tmp /tmp
+mount --bind /run/systemd/.keep/0/var-tmp /var/tmp
+i=0
+for p in "$R" "$@"; do
+    mkdir -p "$p"
+    mount --bind /run/systemd/.keep/$i "$p"
+    umount /run/systemd/.keep/$i
+    i=$((i+1))
+done
+if [ "$JOURNAL" = 1 ]; then
+    mount -t tmpfs -o mode=755 tmpfs /run/log
+    if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=755 tmpfs /var/log/journal; fi
+    __JOURNALD__ </dev/null >/dev/null 2>&1 &
+    # The manager opens its log target once; without the socket it would log to
+    # the host's /dev/kmsg.
+    n=0
+    while [ ! -S /run/systemd/journal/socket ] && [ $n -lt 500 ]; do sleep 0.005; n=$((n+1)); done
+    export SYSTEMD_LOG_TARGET=journal
+else
+    export SYSTEMD_LOG_TARGET=console
+fi
+__SYSTEMD__ --user </dev/null &
+wait
+"""
+
+
+def _cgroup_mounts() -> list[tuple[Path, str]]:
+    """(mount point, fstype) of every cgroup hierarchy mounted at its root."""
+    found: list[tuple[Path, str]] = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            fstype = right.split()[0] if right else ""
+            if fstype in ("cgroup", "cgroup2") and fields[3] == "/":
+                found.append((Path(fields[4].replace("\\040", " ")), right.split()[2]))
+    return found
+
+
+def _tracking_hierarchies() -> list[Path]:
+    """Hierarchies the namespace init must join: systemd's own and the v2 one.
+
+    v1 controller hierarchies (memory, pids, ...) are left alone: joining cpuset
+    would need cpus/mems set first, and systemd creates its unit cgroups there
+    below our ID anyway, which teardown removes.
+    """
+    result = []
+    for mount, options in _cgroup_mounts():
+        if "name=systemd" in options.split(",") or _is_cgroup2(mount):
+            result.append(mount)
+    return result
+
+
+def _is_cgroup2(mount: Path) -> bool:
+    return (mount / "cgroup.controllers").exists()
+
+
+def _remove_cgroup_tree(top: Path, deadline: float) -> None:
+    """rmdir ``top`` depth first; cgroup directories cannot be unlinked, only rmdir'd."""
+    while True:
+        try:
+            for dirpath, _dirs, _files in sorted(
+                os.walk(top), key=lambda t: t[0].count("/"), reverse=True
+            ):
+                Path(dirpath).rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            # EBUSY: the kernel may still be finishing the last exits.
+            if time.monotonic() > deadline:
+                raise SandboxError(f"cannot remove sandbox cgroup {top}: {exc}") from exc
+            time.sleep(0.01)
+            continue
+        return
+
+
+def reap_stale() -> list[Path]:
+    """Remove cgroup trees of sandboxes whose owner died without tearing down.
+
+    A tree is stale when no process is left in it. Returns what was removed.
+    """
+    removed: list[Path] = []
+    for mount, _ in _cgroup_mounts():
+        try:
+            entries = list(mount.glob(CGROUP_PREFIX + "*"))
+        except OSError:
+            continue
+        for top in entries:
+            if _cgroup_has_processes(top):
+                continue
+            with contextlib.suppress(SandboxError):
+                _remove_cgroup_tree(top, time.monotonic() + 0.5)
+                removed.append(top)
+    return removed
+
+
+def _cgroup_has_processes(top: Path) -> bool:
+    for dirpath, _dirs, files in os.walk(top):
+        if "cgroup.procs" in files:
+            try:
+                if Path(dirpath, "cgroup.procs").read_text().strip():
+                    return True
+            except OSError:
+                return True
+    return False
+
+
+def probe(scope: Scope = Scope.USER) -> str | None:
+    """Why a sandbox of this scope cannot start here, or None if it should.
+
+    Cheap checks only (no process is started); the pytest fixtures use this to
+    decide between running, skipping and -- under CI=true -- failing.
+    """
+    if os.geteuid() != 0:
+        return "the sandbox needs root (mount and PID namespaces, cgroups)"
+    needed = ["unshare", "nsenter", "setpriv", "systemctl", "journalctl"]
+    if scope is Scope.SYSTEM:
+        needed.append("systemd-nspawn")
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if not Path(SYSTEMD).exists():
+        missing.append(SYSTEMD)
+    if missing:
+        return "missing: " + ", ".join(missing)
+    if not _tracking_hierarchies():
+        return "no systemd-usable cgroup hierarchy is mounted under /sys/fs/cgroup"
+    return None
+
+
+def _ns_children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+class Sandbox:
+    """A running disposable systemd. Create with :meth:`start`; always ``close()``."""
+
+    scope: Scope
+    root: Path
+    env: dict[str, str]
+    bus_address: str
+    unit_dir: Path
+
+    def __init__(
+        self,
+        scope: Scope,
+        root: Path,
+        env: dict[str, str],
+        bus_address: str,
+        unit_dir: Path,
+        launcher: subprocess.Popen[bytes],
+        init_pid: int,
+        cgroup_id: str,
+        inside_env: dict[str, str],
+    ) -> None:
+        self.scope = scope
+        self.root = root
+        self.env = env
+        self.bus_address = bus_address
+        self.unit_dir = unit_dir
+        self._launcher = launcher
+        self.init_pid = init_pid  # host PID of the namespace's PID 1
+        self.cgroup_id = cgroup_id
+        self._closed = False
+        # What runs inside sees the manager's real runtime dir; env is for the host.
+        self._inside_env = inside_env
+        self._nsenter = ["nsenter", f"--target={init_pid}", "--mount", "--pid"]
+
+    # --- construction -------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        scope: Scope = Scope.USER,
+        *,
+        share: Iterable[Path] = (),
+        journal: bool = True,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        die_with_parent: bool = True,
+    ) -> Sandbox:
+        """Start a sandbox and wait until its manager reports "running".
+
+        ``share``: host directories made visible inside at the same path (the
+        sandbox's private /tmp and /var/tmp would hide them otherwise).
+        ``die_with_parent``: kill the sandbox if the *thread* that started it
+        exits (PR_SET_PDEATHSIG semantics), so start it from a long-lived thread.
+        """
+        if scope is Scope.SYSTEM:
+            return cls._start_system(
+                share=share, boot_timeout=boot_timeout, die_with_parent=die_with_parent
+            )
+        return cls._start_user(
+            share=share, journal=journal, boot_timeout=boot_timeout, die_with_parent=die_with_parent
+        )
+
+    @classmethod
+    def _start_user(
+        cls,
+        *,
+        share: Iterable[Path],
+        journal: bool,
+        boot_timeout: float,
+        die_with_parent: bool,
+    ) -> Sandbox:
+        reason = probe(Scope.USER)
+        if reason:
+            raise SandboxError(f"cannot start the user sandbox: {reason}")
+        reap_stale()
+        root = Path(tempfile.mkdtemp(prefix=CGROUP_PREFIX))
+        cgroup_id = root.name
+        try:
+            runtime = root / "run"
+            for sub in ("run", "config", "state", "data", "cache", "home", "tmp", "var-tmp"):
+                (root / sub).mkdir(mode=0o700)
+            (root / "tmp").chmod(0o1777)
+            (root / "var-tmp").chmod(0o1777)
+            bus = f"unix:path={runtime}/bus"
+            # Host-side clients get a runtime dir holding only the bus: the manager
+            # refuses private-socket peers from outside its PID namespace (their PID
+            # does not map, so getpeercred() says ENODATA), and systemctl, finding
+            # $XDG_RUNTIME_DIR/systemd/private, would try it and fail at random.
+            client_runtime = root / "client-run"
+            client_runtime.mkdir(mode=0o700)
+            (client_runtime / "bus").symlink_to(runtime / "bus")
+            env = {
+                "XDG_RUNTIME_DIR": str(client_runtime),
+                "DBUS_SESSION_BUS_ADDRESS": bus,
+                "XDG_CONFIG_HOME": str(root / "config"),
+                "XDG_STATE_HOME": str(root / "state"),
+                "XDG_DATA_HOME": str(root / "data"),
+                "XDG_CACHE_HOME": str(root / "cache"),
+                "HOME": str(root / "home"),
+                "UNITGEN_SCOPE": "user",
+                "UNITGEN_STATE_DIR": str(root / "state" / "unitgen"),
+                "UNITGEN_RUN_DIR": str(runtime / "unitgen"),
+                "UNITGEN_POLICY_DIR": str(root / "config" / "unitgen" / "policy.d"),
+            }
+            init_script = root / "init.sh"
+            init_script.write_text(
+                _USER_INIT.replace("__SYSTEMD__", SYSTEMD).replace("__JOURNALD__", JOURNALD)
+            )
+            shared = [str(Path(p).resolve()) for p in share]
+            argv = [
+                "unshare",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--kill-child=SIGKILL",
+                "--",
+                "/bin/sh",
+                str(init_script),
+                str(root),
+                cgroup_id,
+                "1" if journal else "0",
+                *shared,
+            ]
+            if die_with_parent:
+                argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+            inside_env = {**env, "XDG_RUNTIME_DIR": str(runtime)}
+            child_env = {
+                **_base_env(),
+                **inside_env,
+                "UNITGEN_SANDBOX_CGROUPS": " ".join(str(p) for p in _tracking_hierarchies()),
+            }
+            log = open(root / "init.log", "wb")  # noqa: SIM115 - handed to the child
+            try:
+                launcher = subprocess.Popen(
+                    argv,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a terminal's ^C goes to us, not the manager
+                )
+            finally:
+                log.close()
+        except OSError as exc:
+            shutil.rmtree(root, ignore_errors=True)
+            raise SandboxError(f"cannot start the user sandbox in {root}: {exc}") from exc
+
+        deadline = time.monotonic() + boot_timeout
+        init_pid = 0
+        while not init_pid:
+            kids = _ns_children(launcher.pid)
+            if kids:
+                init_pid = kids[0]
+                break
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                _abort(launcher, root, cgroup_id)
+                raise SandboxError(f"user sandbox did not start: {_tail(root / 'init.log')}")
+            time.sleep(0.002)
+        sb = cls(
+            Scope.USER,
+            root,
+            env,
+            bus,
+            root / "config" / "systemd" / "user",
+            launcher,
+            init_pid,
+            cgroup_id,
+            inside_env,
+        )
+        try:
+            sb.unit_dir.mkdir(parents=True, exist_ok=True)
+            sb._wait_running(deadline)
+        except BaseException:
+            sb.close()
+            raise
+        return sb
+
+    @classmethod
+    def _start_system(
+        cls, *, share: Iterable[Path], boot_timeout: float, die_with_parent: bool
+    ) -> Sandbox:
+        raise SandboxError("the system (nspawn) sandbox is not implemented yet")
+
+    def _wait_running(self, deadline: float) -> None:
+        # Over the bus, not the private socket: the manager refuses private-socket
+        # peers from another PID namespace, and the bus is what clients will use.
+        # systemd1 appears on the socket-activated bus only after dbus.service is up.
+        bus_socket = self.root / "run" / "bus"
+        last = ""
+        while time.monotonic() < deadline:
+            if self._launcher.poll() is not None:
+                raise SandboxError(f"sandbox exited while booting: {_tail(self.root / 'init.log')}")
+            if bus_socket.exists():
+                last = self._system_state()
+                if last in ("running", "degraded"):
+                    return
+            time.sleep(_POLL)
+        raise SandboxError(f"user manager not running after boot timeout (last state: {last!r})")
+
+    def _system_state(self) -> str:
+        res = subprocess.run(
+            [
+                "busctl",
+                f"--address={self.bus_address}",
+                "get-property",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "SystemState",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        out = res.stdout.strip()  # 's "running"'
+        return out[3:-1] if out.startswith('s "') else (res.stderr.strip() or out)
+
+    # --- context manager ----------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Kill everything, remove the cgroups and the temp dir. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        _abort(self._launcher, self.root, self.cgroup_id, self.init_pid)
+
+    # --- running things inside ----------------------------------------------
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` inside the sandbox (for Popen and friends)."""
+        return [*self._nsenter, "--", *argv]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = False,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the sandbox's namespaces; output captured as text."""
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        full_env = {**_base_env(), **self._inside_env, **(env or {})}
+        try:
+            res = subprocess.run(
+                self.command(argv),
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SandboxError(f"{argv[0]} timed out after {timeout} s in the sandbox") from exc
+        if check and res.returncode != 0:
+            raise SandboxError(
+                f"{' '.join(argv)} exited {res.returncode} in the sandbox: "
+                f"{(res.stderr or res.stdout).strip()[-500:]}"
+            )
+        return res
+
+    def systemctl(
+        self, *args: str, check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """``systemctl`` against this manager (``--user`` added in user scope)."""
+        scope_flag = ["--user"] if self.scope is Scope.USER else []
+        return self.run(["systemctl", *scope_flag, *args], check=check, timeout=timeout)
+
+    def daemon_reload(self) -> None:
+        self.systemctl("daemon-reload", check=True)
+
+    def install_units(self, files: Mapping[str, str] | Path, reload: bool = True) -> list[Path]:
+        """Write unit files (name -> text) or copy a directory of them into unit_dir.
+
+        Directories in a copied tree (``x.service.d/``) are kept. Returns the paths.
+        """
+        written: list[Path] = []
+        self.unit_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(files, Path):
+            for src in sorted(files.rglob("*")):
+                if src.is_dir():
+                    continue
+                dest = self.unit_dir / src.relative_to(files)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+                written.append(dest)
+        else:
+            for name, text in files.items():
+                if "/" in name.strip("/").replace(".d/", "", 1) or name.startswith(".."):
+                    raise SandboxError(f"unit file name {name!r} must be NAME or NAME.d/FILE")
+                dest = self.unit_dir / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(text, encoding="utf-8")
+                written.append(dest)
+        if reload:
+            self.daemon_reload()
+        return written
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        """``systemctl show`` as a dict (all properties when none are named)."""
+        args = ["show", unit]
+        if props:
+            args.append("--property=" + ",".join(props))
+        res = self.systemctl(*args, check=True)
+        out: dict[str, str] = {}
+        for line in res.stdout.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key] = value
+        return out
+
+    def wait_for(
+        self,
+        unit: str,
+        state: str | Iterable[str] | StatePredicate,
+        timeout: float = 10.0,
+        *,
+        prop: str = "ActiveState",
+    ) -> dict[str, str]:
+        """Poll (deadline, no bare sleep) until the unit reaches ``state``.
+
+        ``state`` is a value of ``prop`` ("active"), a set of them, or a predicate
+        on the properties dict. Returns the properties that satisfied it; raises
+        :class:`SandboxError` with the last seen values on timeout.
+        """
+        if callable(state):
+            predicate: StatePredicate = state
+            wanted = ["ActiveState", "SubState", "Result", "MainPID", "NRestarts", prop]
+        else:
+            allowed = {state} if isinstance(state, str) else set(state)
+
+            def predicate(p: dict[str, str]) -> bool:
+                return p.get(prop) in allowed
+
+            wanted = ["ActiveState", "SubState", "Result", "LoadState", prop]
+        deadline = time.monotonic() + timeout
+        props: dict[str, str] = {}
+        while True:
+            props = self.show(unit, *([] if callable(state) else wanted))
+            if predicate(props):
+                return props
+            if time.monotonic() > deadline:
+                seen = {k: props.get(k, "?") for k in dict.fromkeys(wanted)}
+                raise SandboxError(
+                    f"{unit} did not reach {_describe(state)} in {timeout} s: {seen}"
+                )
+            time.sleep(_POLL)
+
+    def main_pid(self, unit: str) -> int:
+        """MainPID of ``unit`` as the sandbox sees it (namespace PID); 0 if none."""
+        value = self.show(unit, "MainPID", "LoadState")
+        if value.get("LoadState") == "not-found":
+            raise UnitNotFoundError(f"unit {unit} is not loaded in the sandbox")
+        return int(value.get("MainPID", "0") or 0)
+
+    def kill_main(self, unit: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to the unit's main process; returns the (namespace) PID hit."""
+        pid = self.main_pid(unit)
+        if pid <= 0:
+            raise SandboxError(f"{unit} has no main process to signal")
+        self.systemctl("kill", "--kill-who=main", f"--signal={int(sig)}", unit, check=True)
+        return pid
+
+    def host_pid(self, ns_pid: int) -> int:
+        """Translate a PID inside the sandbox to the host's PID (for os.kill)."""
+        if ns_pid <= 0:
+            raise SandboxError(f"no such process in the sandbox: {ns_pid}")
+        our_ns = str(Path(f"/proc/{self.init_pid}/ns/pid").readlink())
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if str((entry / "ns" / "pid").readlink()) != our_ns:
+                    continue
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^NSpid:\s*(.*)$", status, re.MULTILINE)
+            if match and int(match.group(1).split()[-1]) == ns_pid:
+                return int(entry.name)
+        raise SandboxError(f"no such process in the sandbox: {ns_pid}")
+
+    def journal(self, unit: str, lines: int = 50) -> str:
+        """The last ``lines`` journal lines of ``unit`` (stdout/stderr and manager messages)."""
+        res = self.run(
+            [
+                "journalctl",
+                "--no-pager",
+                "--quiet",
+                "-o",
+                "short-precise",
+                "-n",
+                str(lines),
+                f"_SYSTEMD_UNIT={unit}",
+                "+",
+                f"UNIT={unit}",
+                "+",
+                f"USER_UNIT={unit}",
+            ]
+        )
+        return res.stdout
+
+    def processes(self) -> list[int]:
+        """Host PIDs of every process in the sandbox's PID namespace."""
+        try:
+            our_ns = str(Path(f"/proc/{self.init_pid}/ns/pid").readlink())
+        except OSError:
+            return []
+        return _pids_in_ns(our_ns)
+
+
+def _pids_in_ns(ns: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str((entry / "ns" / "pid").readlink()) == ns:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _describe(state: object) -> str:
+    if callable(state):
+        return getattr(state, "__name__", "the predicate")
+    if isinstance(state, str):
+        return repr(state)
+    return "one of " + ", ".join(sorted(map(repr, state)))  # type: ignore[call-overload]
+
+
+def _base_env() -> dict[str, str]:
+    """The caller's environment minus anything that points at another manager."""
+    env = dict(os.environ)
+    for var in (
+        "DBUS_SESSION_BUS_ADDRESS",
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "XDG_RUNTIME_DIR",
+        "SYSTEMD_PAGER",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+    ):
+        env.pop(var, None)
+    env["SYSTEMD_PAGER"] = ""
+    env["SYSTEMD_COLORS"] = "0"
+    return env
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+    return text[-limit:].replace("\n", " | ") or "(empty log)"
+
+
+def _abort(
+    launcher: subprocess.Popen[bytes], root: Path, cgroup_id: str, init_pid: int = 0
+) -> None:
+    """The one teardown path: kill the namespace, then remove cgroups and files."""
+    init = init_pid or next(iter(_ns_children(launcher.pid)), 0)
+    if init:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(init, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        launcher.kill() if not init else None
+    try:
+        launcher.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    for mount, _ in _cgroup_mounts():
+        _remove_cgroup_tree(mount / cgroup_id, deadline)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def start_user_sandbox(**kwargs: object) -> Sandbox:
+    """Shorthand for ``Sandbox.start(Scope.USER, ...)``."""
+    return Sandbox.start(Scope.USER, **kwargs)  # type: ignore[arg-type]
+
+
+def start_system_sandbox(**kwargs: object) -> Sandbox:
+    """Shorthand for ``Sandbox.start(Scope.SYSTEM, ...)``."""
+    return Sandbox.start(Scope.SYSTEM, **kwargs)  # type: ignore[arg-type]
