@@ -1,0 +1,627 @@
+"""The one boundary between unitgen and systemd's D-Bus API.
+
+Written once against the API that dbus-next and dbus-fast share (``MessageBus``,
+``Message``, ``call``, ``add_message_handler``, ``Variant``, ``MessageType``), so
+the ladder, the OnFailure= path and the listener never import either library.
+``UNITGEN_DBUS=next|fast`` forces one; otherwise dbus-fast is used when it is
+installed, because it parses systemd's signals an order of magnitude faster
+(measured in ``bench/bench_listener_flood.py``, recorded in docs/listener.md).
+
+Every library error is translated here: callers see :class:`SystemdError`, or
+:class:`UnitNotFoundError` for a unit systemd does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
+from unitgen.paths import Scope
+
+log = logging.getLogger(__name__)
+
+SYSTEMD = "org.freedesktop.systemd1"
+ROOT_PATH = "/org/freedesktop/systemd1"
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+DBUS_NAME = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
+
+# D-Bus's own default reply timeout; a call that takes longer is a hung manager.
+CALL_TIMEOUT = 25.0
+# dbus-next loses its connection with BlockingIOError when a few hundred calls
+# are written at once (python-dbus-next#153); capping calls in flight keeps the
+# socket's send buffer from filling, on either library.
+MAX_CALLS_IN_FLIGHT = 32
+
+SignalCallback = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class BusLibrary:
+    """The shared surface of dbus-next and dbus-fast, resolved once."""
+
+    name: str  # "next" or "fast"
+    MessageBus: Any
+    Message: Any
+    MessageType: Any
+    Variant: Any
+    BusType: Any
+
+
+_MODULES = {"next": "dbus_next", "fast": "dbus_fast"}
+_loaded: dict[str, BusLibrary] = {}
+# The Variant classes of every library loaded so far, for unwrap().
+_VARIANTS: tuple[type, ...] = ()
+
+
+def load_library(name: str) -> BusLibrary:
+    """Import dbus-next (``next``) or dbus-fast (``fast``)."""
+    if name in _loaded:
+        return _loaded[name]
+    if name not in _MODULES:
+        raise UsageError(f"UNITGEN_DBUS={name!r}: expected 'next' or 'fast'")
+    module = _MODULES[name]
+    try:
+        top = importlib.import_module(module)
+        aio = importlib.import_module(f"{module}.aio")
+    except ImportError as exc:
+        raise SystemdError(f"UNITGEN_DBUS={name}: {module} is not installed") from exc
+    lib = BusLibrary(
+        name=name,
+        MessageBus=aio.MessageBus,
+        Message=top.Message,
+        MessageType=top.MessageType,
+        Variant=top.Variant,
+        BusType=top.BusType,
+    )
+    _loaded[name] = lib
+    global _VARIANTS
+    _VARIANTS = (*_VARIANTS, lib.Variant)
+    return lib
+
+
+def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
+    """``UNITGEN_DBUS`` forces a library; else dbus-fast if installed, else dbus-next."""
+    forced = (os.environ if env is None else env).get("UNITGEN_DBUS", "").strip()
+    if forced:
+        return load_library(forced)
+    try:
+        return load_library("fast")
+    except SystemdError:
+        return load_library("next")
+
+
+# -- object paths -------------------------------------------------------------------
+
+
+def _is_label_char(ch: str, first: bool) -> bool:
+    return ("a" <= ch <= "z") or ("A" <= ch <= "Z") or (not first and "0" <= ch <= "9")
+
+
+def bus_label_escape(label: str) -> str:
+    """systemd's ``bus_label_escape``: unit name -> one object-path element."""
+    if not label:
+        return "_"
+    out: list[str] = []
+    for i, ch in enumerate(label):
+        if _is_label_char(ch, i == 0):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02x}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def bus_label_unescape(label: str) -> str:
+    """The inverse of :func:`bus_label_escape`."""
+    if label == "_":
+        return ""
+    raw = bytearray()
+    i = 0
+    while i < len(label):
+        ch = label[i]
+        if ch == "_" and _is_hex(label[i + 1 : i + 3]):
+            raw.append(int(label[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(ch.encode("utf-8"))
+            i += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) == 2 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def unit_path(name: str) -> str:
+    return f"{UNIT_PATH_PREFIX}/{bus_label_escape(name)}"
+
+
+def unit_from_path(path: str) -> str | None:
+    """The unit name an object path stands for, or None if it is not a unit path."""
+    prefix = UNIT_PATH_PREFIX + "/"
+    if not path.startswith(prefix) or "/" in path[len(prefix) :]:
+        return None
+    return bus_label_unescape(path[len(prefix) :])
+
+
+# -- values ---------------------------------------------------------------------------
+
+
+def unwrap(value: Any) -> Any:
+    """Variants -> plain Python values, recursively (both libraries use ``.value``)."""
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    if isinstance(value, _VARIANTS):
+        return unwrap(getattr(value, "value", None))
+    return value
+
+
+def match_rule(**keys: str) -> str:
+    """A D-Bus match rule; values are quoted the way the spec requires."""
+    parts = []
+    for key, val in keys.items():
+        escaped = val.replace("'", "'\\''")
+        parts.append(f"{key}='{escaped}'")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """One row of ListUnitsByPatterns."""
+
+    name: str
+    description: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    path: str
+    job_id: int
+
+
+class _Waiter:
+    __slots__ = ("path", "queue")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # (arrival sequence, changed, invalidated)
+        self.queue: asyncio.Queue[tuple[int, dict[str, Any], list[str]]] = asyncio.Queue()
+
+
+class SystemdBus:
+    """A connection to one systemd manager (the system one, or a user manager)."""
+
+    def __init__(self, bus: Any, lib: BusLibrary, scope: Scope) -> None:
+        self._bus = bus
+        self.lib = lib
+        self.scope = scope
+        self._callbacks: list[SignalCallback] = []
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._matches: dict[str, int] = {}
+        self._subscribed = False
+        self._closed = False
+        self._seq = 0  # counts every incoming message, to order replies against signals
+        self._reply_seq: dict[int, int] = {}  # serial of a watched call -> seq of its reply
+        self._calls = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        bus.add_message_handler(self._dispatch)
+
+    # -- connection ----------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        scope: Scope,
+        address: str | None = None,
+        library: str | BusLibrary | None = None,
+    ) -> SystemdBus:
+        """The session bus for user scope, the system bus for system scope.
+
+        ``address`` overrides both; otherwise the library reads
+        ``DBUS_SESSION_BUS_ADDRESS`` / ``DBUS_SYSTEM_BUS_ADDRESS`` itself.
+        """
+        if isinstance(library, BusLibrary):
+            lib = library
+        elif library is None:
+            lib = choose_library()
+        else:
+            lib = load_library(library)
+        if address is None and scope is Scope.USER:
+            address = os.environ.get("DBUS_SESSION_BUS_ADDRESS") or None
+            if address is None:
+                raise SystemdError("user scope: DBUS_SESSION_BUS_ADDRESS is not set")
+        bus_type = lib.BusType.SESSION if scope is Scope.USER else lib.BusType.SYSTEM
+        try:
+            raw = lib.MessageBus(bus_address=address, bus_type=bus_type)
+            await asyncio.wait_for(raw.connect(), CALL_TIMEOUT)
+        except Exception as exc:
+            _release_half_built_bus(exc)
+            where = "session" if scope is Scope.USER else "system"
+            raise SystemdError(
+                f"cannot connect to the {where} bus ({type(exc).__name__}: {exc})"
+            ) from exc
+        return cls(raw, lib, scope)
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed and bool(getattr(self._bus, "connected", False))
+
+    @property
+    def unique_name(self) -> str | None:
+        name = getattr(self._bus, "unique_name", None)
+        return str(name) if name else None
+
+    async def wait_disconnected(self) -> None:
+        """Returns when the connection is gone, for whatever reason."""
+        with contextlib.suppress(Exception):
+            await self._bus.wait_for_disconnect()
+
+    async def close(self) -> None:
+        """The one teardown path: drop handlers, disconnect, release the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._callbacks.clear()
+        with contextlib.suppress(Exception):
+            self._bus.remove_message_handler(self._dispatch)
+        with contextlib.suppress(Exception):
+            self._bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._bus.wait_for_disconnect(), 2.0)
+        # dbus-next shuts the socket down but never closes it (a ResourceWarning
+        # later); dbus-fast closes it itself, and closing twice is harmless.
+        for attr in ("_stream", "_sock"):
+            obj = getattr(self._bus, attr, None)
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    obj.close()
+
+    # -- calls ---------------------------------------------------------------------
+
+    async def call(
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        interface: str = MANAGER,
+        path: str = ROOT_PATH,
+        destination: str = SYSTEMD,
+        what: str = "",
+        serial_hook: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """One method call; the reply's body, or a translated error."""
+        if self._closed:
+            raise SystemdError(f"{member}: the bus connection is closed")
+        msg = self.lib.Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+        msg.serial = self._bus.next_serial()
+        if serial_hook is not None:
+            serial_hook(msg.serial)
+        try:
+            async with self._calls:
+                reply = await asyncio.wait_for(self._bus.call(msg), CALL_TIMEOUT)
+        except TimeoutError as exc:
+            raise SystemdError(f"{member}{_for(what)}: no reply in {CALL_TIMEOUT:.0f}s") from exc
+        except Exception as exc:
+            raise SystemdError(
+                f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
+            ) from exc
+        if reply is None:
+            raise SystemdError(f"{member}{_for(what)}: no reply")
+        if reply.message_type == self.lib.MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            error = _translate(reply.error_name or "", text, member, what)
+            raise error
+        return list(reply.body)
+
+    async def add_match(self, rule: str) -> None:
+        """AddMatch, reference-counted so shared rules are added once."""
+        count = self._matches.get(rule, 0)
+        if count == 0:
+            await self.call(
+                "AddMatch",
+                "s",
+                [rule],
+                interface=DBUS_NAME,
+                path=DBUS_PATH,
+                destination=DBUS_NAME,
+            )
+        self._matches[rule] = count + 1
+
+    async def remove_match(self, rule: str) -> None:
+        count = self._matches.get(rule, 0)
+        if count <= 0:
+            return
+        if count == 1:
+            del self._matches[rule]
+            if self.connected:
+                with contextlib.suppress(SystemdError):
+                    await self.call(
+                        "RemoveMatch",
+                        "s",
+                        [rule],
+                        interface=DBUS_NAME,
+                        path=DBUS_PATH,
+                        destination=DBUS_NAME,
+                    )
+        else:
+            self._matches[rule] = count - 1
+
+    # -- systemd ------------------------------------------------------------------
+
+    async def subscribe(self) -> None:
+        """Manager.Subscribe: without it systemd sends this client no unit signals."""
+        if self._subscribed:
+            return
+        try:
+            await self.call("Subscribe")
+        except SystemdError as exc:
+            if ALREADY_SUBSCRIBED not in str(exc):
+                raise
+        self._subscribed = True
+
+    async def load_unit(self, name: str) -> str:
+        """LoadUnit (not GetUnit): works for units systemd has not loaded yet."""
+        (path,) = await self.call("LoadUnit", "s", [name], what=name)
+        return str(path)
+
+    async def unit_properties(
+        self,
+        name: str,
+        interfaces: Iterable[str] = (UNIT, SERVICE),
+        *,
+        path: str | None = None,
+    ) -> dict[str, Any]:
+        """GetAll on each interface, merged, Variants unwrapped.
+
+        A unit systemd cannot find still has properties (``LoadState=not-found``);
+        use :meth:`require_unit` where that must be an error. An interface the
+        unit does not have (Service on a timer) is skipped.
+        """
+        if path is None:
+            path = await self.load_unit(name)
+        props: dict[str, Any] = {}
+        for iface in interfaces:
+            try:
+                (values,) = await self.call(
+                    "GetAll", "s", [iface], interface=PROPERTIES, path=path, what=name
+                )
+            except SystemdError as exc:
+                if "UnknownInterface" in str(exc) or "InvalidArgs" in str(exc):
+                    continue
+                raise
+            props.update(unwrap(values))
+        return props
+
+    async def require_unit(self, name: str) -> dict[str, Any]:
+        """Like :meth:`unit_properties`, but a unit without a unit file is an error."""
+        props = await self.unit_properties(name)
+        if props.get("LoadState") == "not-found":
+            raise UnitNotFoundError(f"unit {name}: systemd has no such unit")
+        return props
+
+    async def reset_failed(self, name: str) -> None:
+        await self.call("ResetFailedUnit", "s", [name], what=name)
+
+    async def restart(self, name: str, mode: str = "replace") -> str:
+        (job,) = await self.call("RestartUnit", "ss", [name, mode], what=name)
+        return str(job)
+
+    async def start(self, name: str, mode: str = "replace") -> str:
+        (job,) = await self.call("StartUnit", "ss", [name, mode], what=name)
+        return str(job)
+
+    async def stop(self, name: str, mode: str = "replace") -> str:
+        (job,) = await self.call("StopUnit", "ss", [name, mode], what=name)
+        return str(job)
+
+    async def kill(self, name: str, who: str = "main", signal: int = 9) -> None:
+        await self.call("KillUnit", "ssi", [name, who, signal], what=name)
+
+    async def list_units(
+        self, patterns: Sequence[str] = (), states: Sequence[str] = ()
+    ) -> list[UnitInfo]:
+        """ListUnitsByPatterns: loaded units whose names match any glob."""
+        (rows,) = await self.call("ListUnitsByPatterns", "asas", [list(states), list(patterns)])
+        return [
+            UnitInfo(
+                name=r[0],
+                description=r[1],
+                load_state=r[2],
+                active_state=r[3],
+                sub_state=r[4],
+                path=r[6],
+                job_id=int(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def wait_for(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109 - the ladder's API names a plain timeout
+        interfaces: Iterable[str] = (UNIT, SERVICE),
+    ) -> dict[str, Any]:
+        """Wait until ``predicate(properties)`` holds, driven by PropertiesChanged.
+
+        The match rule and the waiter exist before the first GetAll, so a change
+        between the read and the wait cannot be missed; signals that arrived
+        before the GetAll reply are older than it and are dropped.
+        """
+        ifaces = tuple(interfaces)
+        path = await self.load_unit(name)
+        await self.subscribe()
+        rule = match_rule(
+            type="signal",
+            sender=SYSTEMD,
+            path=path,
+            interface=PROPERTIES,
+            member="PropertiesChanged",
+        )
+        waiter = _Waiter(path)
+        self._waiters.setdefault(path, []).append(waiter)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await self.add_match(rule)
+            props, seen = await self._snapshot(name, path, ifaces)
+            while not predicate(props):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise SystemdError(
+                        f"unit {name}: expected state not reached within {timeout:g}s "
+                        f"(ActiveState={props.get('ActiveState')}, "
+                        f"SubState={props.get('SubState')})"
+                    )
+                try:
+                    seq, changed, invalidated = await asyncio.wait_for(
+                        waiter.queue.get(), remaining
+                    )
+                except TimeoutError:
+                    continue
+                if seq <= seen:
+                    continue
+                if invalidated:
+                    props, seen = await self._snapshot(name, path, ifaces)
+                else:
+                    props.update(changed)
+            return props
+        finally:
+            waiters = self._waiters.get(path, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(path, None)
+            if not self._closed:
+                with contextlib.suppress(SystemdError):
+                    await self.remove_match(rule)
+
+    async def _snapshot(
+        self, name: str, path: str, interfaces: tuple[str, ...]
+    ) -> tuple[dict[str, Any], int]:
+        """GetAll, and the arrival number of its last reply."""
+        props: dict[str, Any] = {}
+        last = 0
+        for iface in interfaces:
+            serials: list[int] = []
+            try:
+                (values,) = await self.call(
+                    "GetAll",
+                    "s",
+                    [iface],
+                    interface=PROPERTIES,
+                    path=path,
+                    what=name,
+                    serial_hook=self._watch_reply(serials),
+                )
+            except SystemdError as exc:
+                if "UnknownInterface" in str(exc) or "InvalidArgs" in str(exc):
+                    continue
+                raise
+            finally:
+                for s in serials:
+                    last = max(last, self._reply_seq.pop(s, 0))
+            props.update(unwrap(values))
+        return props, last
+
+    def _watch_reply(self, serials: list[int]) -> Callable[[int], None]:
+        def hook(serial: int) -> None:
+            serials.append(serial)
+            self._reply_seq[serial] = 0
+
+        return hook
+
+    # -- signals -------------------------------------------------------------------
+
+    def add_signal_callback(self, callback: SignalCallback) -> Callable[[], None]:
+        """Call ``callback(message)`` for every signal; returns the remover.
+
+        Callbacks run on the loop inside the library's reader: they must be quick
+        and must not block. An exception is logged and does not stop the others.
+        """
+        self._callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return remove
+
+    def _dispatch(self, msg: Any) -> None:
+        self._seq += 1
+        mtype = msg.message_type
+        if mtype != self.lib.MessageType.SIGNAL:
+            serial = msg.reply_serial
+            if serial in self._reply_seq:
+                self._reply_seq[serial] = self._seq
+            return
+        if self._waiters and msg.member == "PropertiesChanged":
+            waiters = self._waiters.get(msg.path)
+            if waiters:
+                try:
+                    _iface, changed, invalidated = msg.body
+                    item = (self._seq, unwrap(changed), list(invalidated))
+                except (ValueError, TypeError):
+                    log.warning("malformed PropertiesChanged on %s", msg.path)
+                else:
+                    for waiter in waiters:
+                        waiter.queue.put_nowait(item)
+        for callback in list(self._callbacks):
+            try:
+                callback(msg)
+            except Exception:
+                log.exception("signal callback %r failed on %s", callback, msg.member)
+
+
+def _release_half_built_bus(exc: BaseException) -> None:
+    """Close the socket of a MessageBus whose constructor or connect() failed.
+
+    dbus-next opens the socket in ``__init__`` and leaves it open when the
+    connect fails; the traceback (kept alive by ``raise ... from``) would hold
+    it until garbage collection and a ResourceWarning.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        for attr in ("_stream", "_sock"):
+            obj = getattr(owner, attr, None)
+            if obj is not None and hasattr(obj, "close"):
+                with contextlib.suppress(Exception):
+                    obj.close()
+        tb = tb.tb_next
+
+
+def _for(what: str) -> str:
+    return f" ({what})" if what else ""
+
+
+def _translate(error_name: str, text: str, member: str, what: str) -> SystemdError:
+    # systemd's messages name the unit and say what is wrong in one line; keep the
+    # first line only so a multi-line reply cannot break the one-line rule.
+    first = text.splitlines()[0] if text else ""
+    if error_name == NO_SUCH_UNIT:
+        unit = what or "unit"
+        return UnitNotFoundError(f"unit {unit}: systemd has no such unit ({first})")
+    return SystemdError(f"{member}{_for(what)}: {error_name}: {first}")

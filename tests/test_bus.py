@@ -1,0 +1,228 @@
+"""handlers.bus against a real user manager, on dbus-next and on dbus-fast."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handlers import bus as busmod
+from handlers.bus import SystemdBus, bus_label_escape, bus_label_unescape, unit_from_path
+from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
+from unitgen.paths import Scope
+from unitgen.sandbox import Sandbox
+
+LIBS = ["next", "fast"]
+
+SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+def _name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}.service"
+
+
+@pytest_asyncio.fixture(params=LIBS)
+async def sbus(request: pytest.FixtureRequest, user_sandbox: Sandbox) -> AsyncIterator[SystemdBus]:
+    bus = await SystemdBus.connect(
+        Scope.USER, address=user_sandbox.bus_address, library=request.param
+    )
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+# -- pure ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "escaped"),
+    [
+        ("foo.service", "foo_2eservice"),
+        ("worker@1.service", "worker_401_2eservice"),
+        ("1abc", "_31abc"),
+        ("a_b", "a_5fb"),
+        ("", "_"),
+        ("dbus-broker.service", "dbus_2dbroker_2eservice"),
+    ],
+)
+def test_label_escape_matches_systemd(name: str, escaped: str) -> None:
+    assert bus_label_escape(name) == escaped
+    assert bus_label_unescape(escaped) == name
+
+
+@given(st.text())
+def test_label_escape_roundtrips_and_is_a_valid_path_element(name: str) -> None:
+    escaped = bus_label_escape(name)
+    assert escaped and all(c.isascii() and (c.isalnum() or c == "_") for c in escaped)
+    assert bus_label_unescape(escaped) == name
+
+
+def test_unit_from_path_rejects_other_paths() -> None:
+    assert unit_from_path("/org/freedesktop/systemd1/unit/foo_2eservice") == "foo.service"
+    assert unit_from_path("/org/freedesktop/systemd1") is None
+    assert unit_from_path("/org/freedesktop/systemd1/unit/a/b") is None
+    assert unit_from_path("/org/freedesktop/systemd1/job/12") is None
+
+
+def test_library_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert busmod.choose_library({"UNITGEN_DBUS": "next"}).name == "next"
+    assert busmod.choose_library({"UNITGEN_DBUS": "fast"}).name == "fast"
+    # Both are installed in dev and CI: the default is dbus-fast.
+    assert busmod.choose_library({}).name == "fast"
+    with pytest.raises(UsageError, match="UNITGEN_DBUS"):
+        busmod.choose_library({"UNITGEN_DBUS": "glib"})
+
+
+def test_match_rule_quotes_values() -> None:
+    assert busmod.match_rule(type="signal", arg0="it's") == "type='signal',arg0='it'\\''s'"
+
+
+def test_unwrap_nested_variants() -> None:
+    for name in LIBS:
+        lib = busmod.load_library(name)
+        v = lib.Variant("a{sv}", {"x": lib.Variant("i", 3), "y": lib.Variant("as", ["a"])})
+        assert busmod.unwrap({"k": v, "l": [lib.Variant("s", "z")]}) == {
+            "k": {"x": 3, "y": ["a"]},
+            "l": ["z"],
+        }
+
+
+# -- against the sandbox -------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_connect_to_a_dead_address_is_a_systemd_error(tmp_path: Any) -> None:
+    for lib in LIBS:
+        with pytest.raises(SystemdError, match="cannot connect"):
+            await SystemdBus.connect(Scope.USER, address=f"unix:path={tmp_path}/nobus", library=lib)
+
+
+@pytest.mark.asyncio
+async def test_properties_of_a_running_unit(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    user_sandbox.systemctl("start", name, check=True)
+    try:
+        path = await sbus.load_unit(name)
+        assert path == busmod.unit_path(name)
+        props = await sbus.unit_properties(name)
+        assert props["Id"] == name
+        assert props["ActiveState"] == "active"
+        assert props["SubState"] == "running"
+        assert isinstance(props["MainPID"], int) and props["MainPID"] > 0
+        assert props["NRestarts"] == 0  # from the Service interface, unwrapped
+    finally:
+        user_sandbox.systemctl("stop", name)
+
+
+@pytest.mark.asyncio
+async def test_unknown_unit(sbus: SystemdBus) -> None:
+    name = _name("nope")
+    props = await sbus.unit_properties(name)
+    assert props["LoadState"] == "not-found"
+    with pytest.raises(UnitNotFoundError, match=name) as info:
+        await sbus.require_unit(name)
+    assert info.value.exit_code == 2
+    with pytest.raises(UnitNotFoundError, match=name):
+        await sbus.restart(name)
+
+
+@pytest.mark.asyncio
+async def test_other_errors_are_translated(sbus: SystemdBus) -> None:
+    with pytest.raises(SystemdError, match=r"KillUnit.*init\.scope.*InvalidArgs") as info:
+        await sbus.kill("init.scope", who="bogus-who")
+    assert not isinstance(info.value, UnitNotFoundError)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_start_kill_restart_wait_for(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    job = await sbus.start(name)
+    assert job.startswith("/org/freedesktop/systemd1/job/")
+    props = await sbus.wait_for(name, lambda p: p["SubState"] == "running", timeout=10)
+    first_pid = props["MainPID"]
+    await sbus.kill(name, "main", 9)
+    failed = await sbus.wait_for(name, lambda p: p["ActiveState"] == "failed", timeout=10)
+    assert failed["Result"] == "signal"
+    await sbus.reset_failed(name)
+    await sbus.restart(name)
+    props = await sbus.wait_for(
+        name, lambda p: p["SubState"] == "running" and p["MainPID"] != first_pid, timeout=10
+    )
+    assert props["ActiveState"] == "active"
+    await sbus.stop(name)
+    await sbus.wait_for(name, lambda p: p["ActiveState"] == "inactive", timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_wait_for_times_out(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(SystemdError, match=f"{name}.*0.3s"):
+        await sbus.wait_for(name, lambda p: p["ActiveState"] == "active", timeout=0.3)
+    assert 0.25 < loop.time() - start < 5
+
+
+@pytest.mark.asyncio
+async def test_signals_after_subscribe(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    path = await sbus.load_unit(name)
+    seen: list[tuple[str, str]] = []
+    got = asyncio.Event()
+
+    def on_signal(msg: Any) -> None:
+        if msg.path == path and msg.member == "PropertiesChanged":
+            seen.append((msg.body[0], busmod.unwrap(msg.body[1]).get("ActiveState", "")))
+            if msg.body[0] == busmod.UNIT:
+                got.set()
+
+    remove = sbus.add_signal_callback(on_signal)
+    rule = busmod.match_rule(type="signal", sender=busmod.SYSTEMD, path=path)
+    await sbus.add_match(rule)
+    await sbus.subscribe()
+    await sbus.subscribe()  # idempotent
+    await sbus.start(name)
+    await asyncio.wait_for(got.wait(), 10)
+    remove()
+    await sbus.remove_match(rule)
+    await sbus.stop(name)
+    assert any(iface == busmod.UNIT and state for iface, state in seen)
+
+
+@pytest.mark.asyncio
+async def test_list_units_by_pattern(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    tag = uuid.uuid4().hex[:6]
+    user_sandbox.install_units({f"lw{tag}@.service": SLEEPER})
+    for i in (1, 2):
+        await sbus.start(f"lw{tag}@{i}.service")
+    try:
+        rows = await sbus.list_units([f"lw{tag}@*.service"])
+        assert sorted(r.name for r in rows) == [f"lw{tag}@1.service", f"lw{tag}@2.service"]
+        assert all(r.path == busmod.unit_path(r.name) for r in rows)
+    finally:
+        for i in (1, 2):
+            await sbus.stop(f"lw{tag}@{i}.service")
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent_and_final(user_sandbox: Sandbox) -> None:
+    for lib in LIBS:
+        bus = await SystemdBus.connect(Scope.USER, address=user_sandbox.bus_address, library=lib)
+        assert bus.connected and bus.lib.name == lib
+        await bus.close()
+        await bus.close()
+        assert not bus.connected
+        with pytest.raises(SystemdError, match="closed"):
+            await bus.load_unit("x.service")
