@@ -1,0 +1,687 @@
+"""The spec's key table: every key, its type, default, meaning and systemd directive.
+
+This is the single description of the spec file. ``unitgen.specfile`` validates
+and converts with it, ``unitgen.schema`` turns it into JSON Schema, and the
+tests hold ``docs/spec.md`` to it. Add a key here and all three follow.
+
+Leaf tables build their model objects directly; ``[service.NAME]`` and
+``[override."UNIT"]`` stay plain mappings here because filling them in needs
+``[defaults]`` (``unitgen.specfile`` does that).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from unitgen.model import (
+    Backoff,
+    Cleanup,
+    Disk,
+    Health,
+    Limits,
+    Memory,
+    Probe,
+    Recovery,
+    Restart,
+    Threshold,
+)
+from unitgen.specnodes import (
+    Argv,
+    Boolean,
+    ByType,
+    Choice,
+    Collector,
+    Duration,
+    Field,
+    Integer,
+    ListOf,
+    MapOf,
+    Number,
+    Percent,
+    SizeOrPercent,
+    Table,
+    Tagged,
+    Text,
+    ThresholdNode,
+)
+from unitgen.unitnames import UnitNameKind, unit_name_problem
+
+__all__ = ["ALERT_TYPES", "HARDENING_PROFILES", "SPEC"]
+
+HARDENING_PROFILES = ("strict", "standard", "minimal", "off")
+ALERT_TYPES = ("webhook", "slack", "alertmanager", "email", "command")
+
+# -- string rules: each returns what was expected, or None ---------------------------
+
+PATH_MAX = 4095  # bytes, without the NUL
+NAME_MAX = 255
+
+
+def absolute_path(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"an absolute path (starting with '/'), got {value!r}"
+    parts = value.split("/")
+    if ".." in parts:
+        return f"an absolute path without '..' components, got {value!r}"
+    if len(value.encode()) > PATH_MAX:
+        return f"a path of at most {PATH_MAX} bytes"
+    if any(len(p.encode()) > NAME_MAX for p in parts):
+        return f"a path whose components are at most {NAME_MAX} bytes each"
+    return None
+
+
+def optional_absolute_path(value: str) -> str | None:
+    # systemd's EnvironmentFile= takes a leading '-' for "ignore if missing".
+    problem = absolute_path(value[1:] if value.startswith("-") else value)
+    return (
+        None
+        if problem is None
+        else problem.replace("an absolute path", "an absolute path (optionally '-'-prefixed)", 1)
+    )
+
+
+def relative_directory(value: str) -> str | None:
+    if not value:
+        return "a directory name, got an empty string"
+    if value.startswith("/"):
+        return (
+            f"a name relative to systemd's base directory (like 'api'), got the absolute {value!r}"
+        )
+    parts = value.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return f"a relative directory name without empty, '.' or '..' components, got {value!r}"
+    if len(value.encode()) > PATH_MAX or any(len(p.encode()) > NAME_MAX for p in parts):
+        return "a shorter directory name"
+    return None
+
+
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,30}")
+
+
+def user_or_group(value: str) -> str | None:
+    # systemd accepts a numeric id or a name it would accept in its strict mode.
+    if value.isascii() and value.isdigit():
+        return None if int(value) < 2**32 - 1 and len(value) <= 10 else "a valid numeric id"
+    if _USER.fullmatch(value):
+        return None
+    return f"a user or group name like 'api' (letters, digits, '_', '-', at most 31), got {value!r}"
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_name(value: str) -> str | None:
+    if _ENV_NAME.fullmatch(value) and len(value) <= 256:
+        return None
+    return f"an environment variable name like 'API_PORT', got {value!r}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def alert_name(value: str) -> str | None:
+    if _NAME.fullmatch(value):
+        return None
+    return f"an alert name of letters, digits, '_', '.', '-' (at most 64), got {value!r}"
+
+
+def service_name(value: str) -> str | None:
+    problem = unit_name_problem(f"{value}.service")
+    if problem is None:
+        return None
+    return f"a service name that makes a valid unit name {value + '.service'!r} ({problem})"
+
+
+def override_unit(value: str) -> str | None:
+    problem = unit_name_problem(value, types=frozenset({"service"}))
+    return None if problem is None else problem
+
+
+def dependency_unit(value: str) -> str | None:
+    return unit_name_problem(value, UnitNameKind.PLAIN | UnitNameKind.INSTANCE)
+
+
+def directive_name(value: str) -> str | None:
+    if re.fullmatch(r"[A-Z][A-Za-z]{1,63}", value):
+        return None
+    return f"a systemd directive name like 'MemoryDenyWriteExecute', got {value!r}"
+
+
+def http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return f"an http:// or https:// URL with a valid host and port, got {value!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"an http:// or https:// URL, got {value!r}"
+    if parts.username is not None or parts.password is not None:
+        return "a URL without user:password (credentials do not belong in the spec)"
+    del port
+    return None
+
+
+def host_port(value: str) -> str | None:
+    what = f"'host:port' like '127.0.0.1:6379' or '[::1]:6379', got {value!r}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        return what
+    if not 1 <= int(port) <= 65535 or len(port) > 5:
+        return f"a port from 1 to 65535 in {value!r}"
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return what
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"an IPv6 address in brackets, got {host!r}"
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host):
+        return what
+    return None
+
+
+def label_name(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) or value.startswith("__"):
+        return f"a Prometheus label name ([A-Za-z_][A-Za-z0-9_]*, not '__'-prefixed), got {value!r}"
+    if value in ("alertname", "unit", "instance", "incident", "reason"):
+        return f"a label name unitgen does not set itself, got the reserved {value!r}"
+    return None
+
+
+_ADDRESS = re.compile(r"[^\s<>@,;:\"]+@[^\s<>@,;:\"]+")
+
+
+def email_address(value: str) -> str | None:
+    return (
+        None
+        if _ADDRESS.fullmatch(value)
+        else f"one plain e-mail address (user@host), got {value!r}"
+    )
+
+
+def smtp_host(value: str) -> str | None:
+    if value and not re.search(r"[\s/]", value):
+        return None
+    return f"a host name or address, got {value!r}"
+
+
+# -- nodes used in several places ----------------------------------------------------
+
+PATH = Text(absolute_path, type_doc="absolute path", pattern="^/")
+PATHS = ListOf(PATH)
+UNITS = ListOf(Text(dependency_unit, type_doc="unit name"), unique=True)
+DIRS = ListOf(Text(relative_directory, type_doc="relative directory"), one_or_many=True)
+ARGV = Argv(absolute_path)
+
+
+def _probe_fields(command_doc: str) -> dict[str, Field]:
+    return {
+        "http": Field(
+            Text(http_url, type_doc="URL", pattern="^https?://"),
+            "probe: GET this URL; any 2xx/3xx passes",
+        ),
+        "tcp": Field(
+            Text(host_port, type_doc="host:port"), "probe: a TCP connect to 'host:port' succeeds"
+        ),
+        "command": Field(ARGV, command_doc),
+    }
+
+
+def _probe(d: Mapping[str, Any]) -> Probe:
+    for kind in ("http", "tcp", "command"):
+        if kind in d:
+            return Probe(kind=kind, target=d[kind], timeout=d.get("timeout", 2.0))
+    raise AssertionError("one_of guarantees a probe kind")  # pragma: no cover
+
+
+HEALTH = Table(
+    {
+        **_probe_fields("probe: run this argv; exit status 0 passes"),
+        "interval": Field(Duration(positive=True), "time between probes", "10s"),
+        "timeout": Field(Duration(positive=True), "a probe that takes longer fails", "2s"),
+        "failures": Field(Integer(1, 1000), "consecutive failed probes that open an incident", 3),
+    },
+    one_of=[("http", "tcp", "command")],
+    build=lambda d: Health(
+        probe=_probe(d),
+        **{k: d[k] for k in ("interval", "failures") if k in d},
+    ),
+    doc="The service's own health check, run by the recovery ladder.",
+)
+
+DEPENDENCY = Table(
+    {
+        **_probe_fields("probe: run this argv; exit status 0 passes"),
+        "timeout": Field(Duration(positive=True), "a probe that takes longer fails", "2s"),
+    },
+    one_of=[("http", "tcp", "command")],
+    build=_probe,
+    doc="An external dependency the ladder checks before blaming the service.",
+)
+
+
+def _start_limit_rule(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    """A policy whose restarts are spread wider than the interval never trips the limit."""
+    policy = d.get("policy", Restart.policy)
+    delay = d.get("delay", Restart.delay)
+    burst = d.get("burst", Restart.burst)
+    interval = d.get("interval", Restart.interval)
+    if policy == "no":
+        return True
+    spread = delay * (burst - 1)
+    if spread >= interval:
+        out.add(
+            key,
+            f"the start limit can never trip: delay {delay:g}s x (burst {burst} - 1) = "
+            f"{spread:g}s >= interval {interval:g}s, so {burst} starts never fit in one interval "
+            "and a crash loop restarts forever; shorten delay, lower burst, or lengthen interval "
+            f"beyond {spread:g}s",
+        )
+        return False
+    return True
+
+
+RESTART = Table(
+    {
+        "policy": Field(
+            Choice(
+                (
+                    "no",
+                    "on-success",
+                    "on-failure",
+                    "on-abnormal",
+                    "on-watchdog",
+                    "on-abort",
+                    "always",
+                )
+            ),
+            "when systemd restarts the service by itself",
+            "on-failure",
+            "Restart=",
+        ),
+        "delay": Field(Duration(), "wait before each automatic restart", "100ms", "RestartSec="),
+        "burst": Field(
+            Integer(1, 10_000),
+            "starts allowed within interval before the unit fails for good",
+            5,
+            "StartLimitBurst=",
+        ),
+        "interval": Field(
+            Duration(positive=True),
+            "the window burst is counted in",
+            "10s",
+            "StartLimitIntervalSec=",
+        ),
+    },
+    checks=[_start_limit_rule],
+    build=lambda d: Restart(**d),
+    doc="systemd's own first line of restarts.",
+)
+
+LIMITS = Table(
+    {
+        "memory_max": Field(
+            SizeOrPercent(percent=True),
+            "hard memory limit: bytes ('1G') or share of RAM ('80%')",
+            None,
+            "MemoryMax=",
+        ),
+        "memory_high": Field(
+            SizeOrPercent(percent=True), "memory throttling threshold", None, "MemoryHigh="
+        ),
+        "cpu_quota": Field(
+            Percent(maximum=None), "CPU time share; '200%' is two full CPUs", None, "CPUQuota="
+        ),
+        "tasks_max": Field(
+            Integer(1, 4_194_304),
+            "maximum number of tasks (threads and processes)",
+            None,
+            "TasksMax=",
+        ),
+        "nofile": Field(
+            Integer(1, 1 << 30), "maximum number of open file descriptors", None, "LimitNOFILE="
+        ),
+    },
+    build=lambda d: Limits(**d),
+    doc="Resource limits.",
+)
+
+CLEANUP = Table(
+    {
+        "pidfile": Field(PATH, "stale PID file the ladder removes when its process is gone"),
+        "temp": Field(PATHS, "directories whose old files the ladder may delete", []),
+        "older_than": Field(Duration(), "only files older than this are deleted", "1h"),
+    },
+    build=lambda d: Cleanup(**d),
+    doc="What the recovery ladder may clean before restarting.",
+)
+
+DISK = Table(
+    {
+        "paths": Field(PATHS, "file systems to check for free space", []),
+        "min_free": Field(
+            ThresholdNode(lambda p, b: Threshold(p, b), sizes=True),
+            "free-space floor: '10%', '1G' or both as a list",
+            "5%",
+        ),
+        "min_free_inodes": Field(
+            ThresholdNode(lambda p, b: Threshold(p, b), sizes=False),
+            "free-inode floor: '5%', a count, or both",
+            "5%",
+        ),
+        "cleanup": Field(
+            PATHS, "directories whose old files may be deleted when space runs low", []
+        ),
+    },
+    build=lambda d: Disk(**d),
+    doc="Disk checks run by the recovery ladder.",
+)
+
+MEMORY = Table(
+    {
+        "min_available": Field(
+            ThresholdNode(lambda p, b: Threshold(p, b), sizes=True),
+            "available-memory floor: '5%', '512M' or both",
+            "5%",
+        ),
+    },
+    build=lambda d: Memory(**d),
+    doc="Memory checks run by the recovery ladder.",
+)
+
+BACKOFF = Table(
+    {
+        "base": Field(Duration(), "wait before the ladder's first restart", "5s"),
+        "factor": Field(Number(1.0, 100.0), "each later wait is this many times the previous", 2.0),
+        "max": Field(Duration(), "the wait never exceeds this", "5min"),
+        "jitter": Field(Number(0.0, 1.0), "random +/- fraction applied to each wait", 0.1),
+    },
+    build=lambda d: Backoff(**d),
+    doc="Waits between the ladder's restarts.",
+)
+
+RECOVERY = Table(
+    {
+        "max_attempts": Field(
+            Integer(1, 1000), "restarts the ladder tries within window before giving up", 5
+        ),
+        "window": Field(Duration(positive=True), "the window max_attempts is counted in", "10min"),
+        "min_uptime": Field(
+            Duration(), "a restart that fails again sooner counts as failed", "30s"
+        ),
+        "stable_after": Field(Duration(), "this long without failure resets the counts", "10min"),
+        "start_timeout": Field(
+            Duration(positive=True), "how long the ladder waits for 'active' after a restart", "90s"
+        ),
+        "validate_timeout": Field(
+            Duration(positive=True), "how long the validate command may run", "30s"
+        ),
+        "backoff": Field(BACKOFF, "waits between restarts"),
+    },
+    build=lambda d: Recovery(**d),
+    doc="The recovery ladder's budget.",
+)
+
+HARDENING_TABLE = Table(
+    {
+        "profile": Field(
+            Choice(HARDENING_PROFILES),
+            "the sandboxing profile (see docs/hardening.md)",
+            "defaults.hardening",
+        ),
+        "disable": Field(
+            ListOf(Text(directive_name, type_doc="directive name"), unique=True),
+            "profile directives this service opts out of",
+            [],
+        ),
+        "read_write_paths": Field(
+            PATHS, "paths the service may write despite the profile", [], "ReadWritePaths="
+        ),
+    },
+    doc="A profile with per-service escape hatches.",
+)
+
+HARDENING = ByType(Choice(HARDENING_PROFILES), HARDENING_TABLE, lambda p: {"profile": p})
+
+ENVIRONMENT = MapOf(
+    Text(max_length=32_768), env_name, key_doc="NAME", key_pattern="^[A-Za-z_][A-Za-z0-9_]*$"
+)
+
+ALERT_NAMES = ListOf(Text(alert_name, type_doc="alert name"), unique=True)
+
+_COMMON_SERVICE_FIELDS: dict[str, Field] = {
+    "restart": Field(RESTART, "systemd's automatic restarts and start limit"),
+    "limits": Field(LIMITS, "resource limits"),
+    "health": Field(HEALTH, "health probe"),
+    "depends": Field(ListOf(DEPENDENCY), "external dependencies probed by the ladder", []),
+    "cleanup": Field(CLEANUP, "what the ladder may clean"),
+    "disk": Field(DISK, "disk checks"),
+    "memory": Field(MEMORY, "memory checks"),
+    "validate": Field(
+        ARGV, "a config check run before each ladder restart; non-zero exit stops the ladder"
+    ),
+    "recovery": Field(RECOVERY, "the recovery ladder's budget"),
+    "alerts": Field(ALERT_NAMES, "alert targets for this unit", "defaults.alerts"),
+}
+
+SERVICE = Table(
+    {
+        "description": Field(
+            Text(max_length=1024), "human-readable description", "NAME (unitgen)", "Description="
+        ),
+        "exec": Field(
+            ARGV, "the command line; exec[0] absolute", None, "ExecStart=", required=True
+        ),
+        "type": Field(
+            Choice(("simple", "exec", "notify", "forking")),
+            "how systemd tells the service is up",
+            "simple",
+            "Type=",
+        ),
+        "exec_start_pre": Field(ListOf(ARGV), "commands run before exec", [], "ExecStartPre="),
+        "exec_reload": Field(ARGV, "the reload command", None, "ExecReload="),
+        "working_directory": Field(PATH, "the working directory", None, "WorkingDirectory="),
+        "user": Field(Text(user_or_group, type_doc="user name"), "run as this user", None, "User="),
+        "group": Field(
+            Text(user_or_group, type_doc="group name"), "run as this group", None, "Group="
+        ),
+        "dynamic_user": Field(
+            Boolean(), "run as a transient user systemd allocates", False, "DynamicUser="
+        ),
+        "environment": Field(ENVIRONMENT, "environment variables", {}, "Environment="),
+        "environment_files": Field(
+            ListOf(Text(optional_absolute_path, type_doc="absolute path", pattern="^-?/")),
+            "files of VAR=value lines; a '-' prefix ignores a missing file",
+            [],
+            "EnvironmentFile=",
+        ),
+        "pidfile": Field(PATH, "PID file of a forking service", None, "PIDFile="),
+        "requires": Field(UNITS, "units this one needs; it stops if they stop", [], "Requires="),
+        "wants": Field(UNITS, "units started along with this one", [], "Wants="),
+        "after": Field(UNITS, "start after these units", [], "After="),
+        "before": Field(UNITS, "start before these units", [], "Before="),
+        "binds_to": Field(
+            UNITS, "like requires, and also stop when they stop unexpectedly", [], "BindsTo="
+        ),
+        "part_of": Field(UNITS, "stop and restart along with these units", [], "PartOf="),
+        "wanted_by": Field(UNITS, "targets that pull this unit in when enabled", [], "WantedBy="),
+        "state_directory": Field(
+            DIRS, "directories under /var/lib (or $XDG_STATE_HOME)", [], "StateDirectory="
+        ),
+        "runtime_directory": Field(DIRS, "directories under /run", [], "RuntimeDirectory="),
+        "logs_directory": Field(DIRS, "directories under /var/log", [], "LogsDirectory="),
+        "cache_directory": Field(DIRS, "directories under /var/cache", [], "CacheDirectory="),
+        "configuration_directory": Field(
+            DIRS, "directories under /etc", [], "ConfigurationDirectory="
+        ),
+        "timeout_start": Field(
+            Duration(positive=True), "how long starting may take", None, "TimeoutStartSec="
+        ),
+        "timeout_stop": Field(
+            Duration(positive=True), "how long stopping may take", None, "TimeoutStopSec="
+        ),
+        "watchdog": Field(
+            Duration(positive=True),
+            "the service must ping sd_notify WATCHDOG=1 this often",
+            None,
+            "WatchdogSec=",
+        ),
+        "hardening": Field(
+            HARDENING, "sandboxing profile, or a table with escape hatches", "defaults.hardening"
+        ),
+        **_COMMON_SERVICE_FIELDS,
+    },
+    doc="A service unitgen owns: rendered as NAME.service.",
+)
+
+OVERRIDE = Table(
+    {
+        **_COMMON_SERVICE_FIELDS,
+        "hardening": Field(HARDENING, "sandboxing added by the drop-in; unset keeps the vendor's"),
+        "on_failure": Field(Boolean(), "wire OnFailure= to the recovery unit", True, "OnFailure="),
+    },
+    doc="A unit the operator does not own: rendered as a drop-in UNIT.d/NN-unitgen.conf.",
+)
+
+DEFAULTS = Table(
+    {
+        "hardening": Field(
+            Choice(HARDENING_PROFILES), "profile for services that name none", "strict"
+        ),
+        "alerts": Field(ALERT_NAMES, "alert targets for units that name none", []),
+    },
+    doc="Defaults for every service and override.",
+)
+
+# -- alerts --------------------------------------------------------------------------
+
+# Not a secret: the message that refuses one.
+_INLINE_SECRET = "secrets come from files or the environment: use url_file or url_env"  # noqa: S105
+_REFUSED_SECRETS = {
+    "url": _INLINE_SECRET,
+    "token": _INLINE_SECRET,
+    "password": "secrets come from files or the environment: use password_file or password_env",
+}
+
+_ALERT_COMMON: dict[str, Field] = {
+    "type": Field(Choice(ALERT_TYPES), "the kind of target", None, required=True),
+    "timeout": Field(
+        Duration(positive=True, maximum=60.0), "per-attempt connect and read timeout", "5s"
+    ),
+    "retries": Field(Integer(0, 10), "retries after the first attempt", 3),
+    "send_resolved": Field(Boolean(), "also notify when the incident is resolved", True),
+}
+
+_URL_SOURCE: dict[str, Field] = {
+    "url_file": Field(PATH, "file holding the URL (the URL is the credential)"),
+    "url_env": Field(
+        Text(env_name, type_doc="variable name"), "environment variable holding the URL"
+    ),
+}
+
+
+def _email_rules(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    has_password = "password_file" in d or "password_env" in d
+    if "username" not in d:
+        if has_password:
+            out.add(f"{key}.username", "missing: a password was given without a username")
+            return False
+        return True
+    if not has_password:
+        out.add(f"{key}.password_file", "missing: username needs password_file or password_env")
+        return False
+    if not d.get("starttls", False):
+        out.add(f"{key}.starttls", "must be true when username is set (no clear-text login)")
+        return False
+    return True
+
+
+def _alert_table(fields: Mapping[str, Field], **kwargs: Any) -> Table:
+    return Table({**_ALERT_COMMON, **fields}, refused=_REFUSED_SECRETS, **kwargs)
+
+
+ALERT = Tagged(
+    "type",
+    {
+        "webhook": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env")]),
+        "slack": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env")]),
+        "alertmanager": _alert_table(
+            {
+                **_URL_SOURCE,
+                "labels": Field(
+                    MapOf(Text(max_length=1024), label_name, key_doc="LABEL"),
+                    "extra labels on every alert",
+                    {},
+                ),
+            },
+            one_of=[("url_file", "url_env")],
+        ),
+        "email": _alert_table(
+            {
+                "smtp_host": Field(
+                    Text(smtp_host, type_doc="host"), "SMTP server", None, required=True
+                ),
+                "smtp_port": Field(Integer(1, 65535), "SMTP port", 25),
+                "starttls": Field(Boolean(), "upgrade the connection with STARTTLS", False),
+                "from": Field(
+                    Text(email_address, type_doc="address"), "sender address", None, required=True
+                ),
+                "to": Field(
+                    ListOf(Text(email_address, type_doc="address"), min_items=1),
+                    "recipients",
+                    None,
+                    required=True,
+                ),
+                "username": Field(
+                    Text(min_length=1, max_length=256), "SMTP login (needs starttls = true)"
+                ),
+                "password_file": Field(PATH, "file holding the SMTP password"),
+                "password_env": Field(
+                    Text(env_name, type_doc="variable name"),
+                    "environment variable holding the SMTP password",
+                ),
+            },
+            at_most_one=[("password_file", "password_env")],
+            checks=[_email_rules],
+        ),
+        "command": _alert_table(
+            {
+                "command": Field(
+                    ARGV,
+                    "argv run with the alert in its environment and on stdin",
+                    None,
+                    required=True,
+                )
+            }
+        ),
+    },
+    tag_doc=f"the alert type, one of {', '.join(ALERT_TYPES)}",
+    refused=_REFUSED_SECRETS,
+)
+
+SPEC = Table(
+    {
+        "defaults": Field(DEFAULTS, "defaults for every unit"),
+        "alert": Field(
+            MapOf(
+                ALERT, alert_name, key_doc="NAME", key_pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+            ),
+            "alert targets by name",
+            {},
+        ),
+        "service": Field(
+            MapOf(SERVICE, service_name, key_doc="NAME", max_items=10_000), "services by name", {}
+        ),
+        "override": Field(
+            MapOf(OVERRIDE, override_unit, key_doc='"UNIT"', max_items=10_000),
+            "drop-ins for units the operator does not own",
+            {},
+        ),
+    },
+    doc="A unitgen spec: hardened systemd units and their recovery.",
+)
