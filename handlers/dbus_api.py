@@ -1,0 +1,599 @@
+"""The exported D-Bus interface ``org.unitgen.Recovery1``: signals out, four methods in.
+
+Name ``org.unitgen.Recovery1``, object ``/org/unitgen/Recovery1``, interface
+``org.unitgen.Recovery1``; the trailing 1 is the version, and the contract is
+``handlers/org.unitgen.Recovery1.xml`` (a test compares it with the live
+introspection) and docs/events.md.
+
+Every signal has the signature ``(s unit, s incident_id, t timestamp_usec,
+a{sv} details)``; ``details`` carries only the allow-listed keys of
+:mod:`handlers.public_fields`, so nothing secret reaches a bus monitor.
+
+Methods:
+
+* ``Status() -> aa{sv}`` and ``History(s unit) -> aa{sv}`` are open to anyone.
+* ``Reset(s unit)`` and ``Recover(s unit) -> a{sv}`` mutate. They are claimed
+  by a message handler that runs before the library's dispatch, asks the bus
+  daemon for the caller's uid (``GetConnectionUnixUser``) and only then runs
+  the method (:mod:`handlers.access`). The uid lookup is itself a bus call, so
+  the handler returns ``True`` at once ("handled, reply follows") and replies
+  from a task; dispatch of other messages never waits for it. The ``@method``
+  bodies of these two are reachable only if that handler is missing, and then
+  they refuse: the check fails closed.
+
+Errors never carry a Python traceback (dbus-next puts one into replies of
+methods that raise): every failure becomes an ``org.unitgen.Recovery1.Error.*``
+or ``org.freedesktop.DBus.Error.*`` reply with a one-line message.
+
+The module is written once against what dbus-next and dbus-fast share; the
+library is taken from the bus object handed to :meth:`RecoveryService.attach`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import enum
+import functools
+import importlib
+import inspect
+import logging
+import math
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+from handlers.access import AccessPolicy
+from handlers.events import Event, EventKind
+from handlers.public_fields import REDACTED, looks_secret, public_details
+from unitgen.errors import (
+    AccessDeniedError,
+    LockBusyError,
+    SystemdError,
+    UnitgenError,
+    UnitNotFoundError,
+)
+from unitgen.unitnames import unit_name_problem
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BUS_NAME",
+    "INTERFACE",
+    "INTROSPECTION_XML",
+    "OBJECT_PATH",
+    "SIGNAL_SIGNATURE",
+    "RecoveryBackend",
+    "RecoveryService",
+]
+
+BUS_NAME = "org.unitgen.Recovery1"
+OBJECT_PATH = "/org/unitgen/Recovery1"
+INTERFACE = "org.unitgen.Recovery1"
+INTROSPECTION_XML = Path(__file__).with_name("org.unitgen.Recovery1.xml")
+SIGNAL_SIGNATURE = "ssta{sv}"
+
+ERROR_FAILED = f"{INTERFACE}.Error.Failed"
+ERROR_INVALID_UNIT = f"{INTERFACE}.Error.InvalidUnit"
+ERROR_NO_SUCH_UNIT = f"{INTERFACE}.Error.NoSuchUnit"
+ERROR_BUSY = f"{INTERFACE}.Error.Busy"
+ERROR_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
+
+MUTATING = frozenset({"Reset", "Recover"})
+# Calls in progress at once; past this a caller is told to come back rather than queued.
+MAX_CALLS = 256
+# Strings in replies: long enough for any unit name or error line, short enough for one message.
+MAX_REPLY_TEXT = 4096
+TRIGGER = "dbus"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class RecoveryBackend(Protocol):
+    """What the exported methods call: the recovery engine, or the listener in front of it.
+
+    Each method may be a plain function or a coroutine function. ``status``
+    and ``history`` return records: a dataclass, a mapping, or an iterable of
+    either (``status`` may also map unit names to records); ``recover``
+    returns one record (or None).
+    """
+
+    def recover(self, unit: str, trigger: str) -> object: ...
+
+    def reset(self, unit: str) -> object: ...
+
+    def status(self, unit: str | None) -> object: ...
+
+    def history(self, unit: str) -> object: ...
+
+
+# -- library ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Lib:
+    root: ModuleType
+    service: ModuleType
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.root, name)
+
+
+@functools.cache
+def _lib_named(root_name: str) -> _Lib:
+    return _Lib(
+        root=importlib.import_module(root_name),
+        service=importlib.import_module(f"{root_name}.service"),
+    )
+
+
+def library_of(bus: Any) -> _Lib:
+    """dbus-next or dbus-fast, whichever ``bus`` comes from."""
+    root_name = type(bus).__module__.split(".", 1)[0]
+    if root_name not in ("dbus_next", "dbus_fast"):
+        raise TypeError(f"expected a dbus-next or dbus-fast MessageBus, got {type(bus)!r}")
+    return _lib_named(root_name)
+
+
+def _dbus_types(*args: str, returns: str = "") -> Callable[[_F], _F]:
+    """Declare a method's D-Bus signature without putting it in Python's annotations.
+
+    Both libraries read the D-Bus types from ``__annotations__``; writing them
+    there by hand keeps the Python signature type-checkable by mypy.
+    """
+
+    def apply(fn: _F) -> _F:
+        params = [p for p in inspect.signature(fn).parameters if p != "self"]
+        if len(params) != len(args):
+            raise TypeError(f"{fn.__name__}: {len(params)} parameters, {len(args)} D-Bus types")
+        annotations: dict[str, str] = dict(zip(params, args, strict=True))
+        if returns:
+            annotations["return"] = returns
+        fn.__annotations__ = annotations
+        return fn
+
+    return apply
+
+
+@functools.cache
+def _interface_class(root_name: str) -> type:
+    """The ServiceInterface subclass for one library (each has its own base class)."""
+    lib = _lib_named(root_name)
+    method: Callable[[], _Decorator] = lib.service.method
+    signal: Callable[[], _Decorator] = lib.service.signal
+
+    class Recovery1(lib.service.ServiceInterface):  # type: ignore[misc,name-defined]
+        def __init__(self, owner: RecoveryService) -> None:
+            super().__init__(INTERFACE)
+            self._owner = owner
+
+        # Read-only: the library dispatches these; errors are made clean by _clean_errors.
+        @method()
+        @_dbus_types(returns="aa{sv}")
+        async def Status(self) -> list[dict[str, Any]]:
+            return await self._owner._serve(lib, "Status", None)
+
+        @method()
+        @_dbus_types("s", returns="aa{sv}")
+        async def History(self, unit: str) -> list[dict[str, Any]]:
+            return await self._owner._serve(lib, "History", unit)
+
+        # Mutating: served by RecoveryService._on_message after the access check.
+        @method()
+        @_dbus_types("s")
+        def Reset(self, unit: str) -> None:
+            raise lib.DBusError(ERROR_ACCESS_DENIED, "Reset: caller check did not run; refused")
+
+        @method()
+        @_dbus_types("s", returns="a{sv}")
+        def Recover(self, unit: str) -> dict[str, Any]:
+            raise lib.DBusError(ERROR_ACCESS_DENIED, "Recover: caller check did not run; refused")
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def IncidentOpened(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def StepStarted(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def StepFinished(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def Escalated(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def Recovered(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def GaveUp(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def HealthChanged(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
+    missing = {k.value for k in EventKind} - set(vars(Recovery1))
+    if missing:  # an EventKind without a signal would be dropped silently
+        raise RuntimeError(f"org.unitgen.Recovery1 lacks signals {sorted(missing)}")
+    return Recovery1
+
+
+# -- values ----------------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    if looks_secret(value):
+        return REDACTED
+    return value if len(value) <= MAX_REPLY_TEXT else value[: MAX_REPLY_TEXT - 1] + "…"
+
+
+def _variant(lib: _Lib, value: Any, depth: int = 0) -> Any | None:
+    """``value`` as a Variant of a fixed, predictable type; None for "leave it out"."""
+    if value is None or depth > 4:
+        return None
+    if isinstance(value, enum.Enum):
+        return _variant(lib, value.value, depth)
+    if isinstance(value, bool):
+        return lib.Variant("b", value)
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return lib.Variant("x", value)
+        return lib.Variant("s", str(value))
+    if isinstance(value, float):
+        return lib.Variant("d", value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return lib.Variant("s", _text(value))
+    if isinstance(value, PurePath):
+        return lib.Variant("s", _text(str(value)))
+    if isinstance(value, datetime.datetime):
+        return lib.Variant("s", value.isoformat())
+    if isinstance(value, Mapping) or dataclasses.is_dataclass(value):
+        return lib.Variant("a{sv}", _vardict(lib, _record(value), depth + 1))
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        if all(isinstance(i, str) for i in items):
+            return lib.Variant("as", [_text(i) for i in items])
+        return lib.Variant("av", [v for i in items if (v := _variant(lib, i, depth + 1))])
+    return lib.Variant("s", _text(str(value)))
+
+
+def _vardict(lib: _Lib, record: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        variant = _variant(lib, value, depth)
+        if variant is not None:
+            out[str(key)] = variant
+    return out
+
+
+def _record(obj: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): v for k, v in obj.items()}
+    return {"value": obj}
+
+
+def _is_record(obj: Any) -> bool:
+    return isinstance(obj, Mapping) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type))
+
+
+def _records(obj: Any) -> list[dict[str, Any]]:
+    """Whatever the backend returned, as a list of flat records."""
+    if obj is None:
+        return []
+    if isinstance(obj, Mapping):
+        values = list(obj.values())
+        if values and all(_is_record(v) for v in values):
+            # {unit: record}: keep the key as the record's unit.
+            return [{"unit": str(k), **_record(v)} for k, v in obj.items()]
+        return [_record(obj)]
+    if _is_record(obj):
+        return [_record(obj)]
+    if isinstance(obj, Iterable) and not isinstance(obj, str | bytes):
+        return [_record(item) for item in obj]
+    return [_record(obj)]
+
+
+async def _resolve(value: object) -> object:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return _text(line)[:500]
+
+
+def _error_for(member: str, exc: BaseException) -> tuple[str, str]:
+    """The D-Bus error name and one-line message a failure is reported as."""
+    if isinstance(exc, AccessDeniedError):
+        return ERROR_ACCESS_DENIED, _first_line(str(exc)) or f"{member}: access denied"
+    if isinstance(exc, UnitNotFoundError):
+        return ERROR_NO_SUCH_UNIT, _first_line(str(exc))
+    if isinstance(exc, LockBusyError):
+        return ERROR_BUSY, _first_line(str(exc))
+    if isinstance(exc, UnitgenError):
+        return ERROR_FAILED, _first_line(str(exc)) or f"{member} failed"
+    # A bug: the operator gets the traceback in the journal, the caller only this.
+    return ERROR_FAILED, f"{member} failed: internal error ({type(exc).__name__}); see the log"
+
+
+# -- the service -----------------------------------------------------------------------
+
+
+class RecoveryService:
+    """Exports org.unitgen.Recovery1 on a bus and publishes events as its signals.
+
+    An :class:`~handlers.events.EventSink`: :meth:`emit` never blocks and never
+    raises. Typical use in the daemon::
+
+        service = RecoveryService(engine, on_drop=metrics.count_dropped)
+        await service.attach(raw_bus)      # export, guard, then own the name
+        fanout.add(service)
+        ...
+        await service.close()              # the one teardown path
+
+    After a reconnect, ``await service.attach(new_bus)`` moves it to the new
+    connection (the old one is detached first).
+    """
+
+    def __init__(
+        self,
+        backend: RecoveryBackend,
+        *,
+        access: AccessPolicy | None = None,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._access = access or AccessPolicy()
+        self._on_drop = on_drop
+        self._bus: Any = None
+        self._lib: _Lib | None = None
+        self._iface: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.dropped = 0
+        self.sent = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return self._iface is not None
+
+    async def attach(self, bus: Any, *, request_name: bool = True) -> None:
+        """Export the object, install the access guard, then request the well-known name.
+
+        The guard is in place before the name is owned, so no call can reach
+        an unguarded method. Raises :class:`SystemdError` when the name is
+        taken (another unitgen daemon) or the bus policy forbids owning it.
+        """
+        await self.detach()
+        lib = library_of(bus)
+        iface = _interface_class(lib.root.__name__)(self)
+        self._loop = asyncio.get_running_loop()
+        bus.add_message_handler(self._on_message)
+        bus.export(OBJECT_PATH, iface)
+        self._bus, self._lib, self._iface = bus, lib, iface
+        if not request_name:
+            return
+        try:
+            reply = await bus.request_name(BUS_NAME, lib.NameFlag.DO_NOT_QUEUE)
+        except Exception as exc:
+            await self.detach()
+            raise SystemdError(
+                f"cannot own {BUS_NAME}: {_first_line(str(exc)) or type(exc).__name__}"
+            ) from exc
+        if reply not in (lib.RequestNameReply.PRIMARY_OWNER, lib.RequestNameReply.ALREADY_OWNER):
+            await self.detach()
+            raise SystemdError(f"cannot own {BUS_NAME}: another process owns it ({reply.name})")
+
+    async def detach(self) -> None:
+        """Stop serving on the current bus; calls in progress finish or fail quietly."""
+        bus, self._bus, self._iface = self._bus, None, None
+        if bus is None:
+            return
+        try:
+            bus.remove_message_handler(self._on_message)
+            bus.unexport(OBJECT_PATH)
+        except Exception as exc:
+            log.debug("detach from bus: %s", type(exc).__name__)
+        if getattr(bus, "connected", False):
+            try:
+                await asyncio.wait_for(bus.release_name(BUS_NAME), 2.0)
+            except Exception as exc:
+                log.debug("release %s: %s", BUS_NAME, type(exc).__name__)
+
+    async def close(self) -> None:
+        """Detach and cancel every call still in progress (a Recover's ladder included)."""
+        await self.detach()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- events -> signals -----------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self._loop
+        if running is not None and running is loop:
+            self._send(event)
+        elif loop is not None and not loop.is_closed():
+            # From a worker thread: the bus may only be touched on its own loop.
+            try:
+                loop.call_soon_threadsafe(self._send, event)
+            except RuntimeError:
+                self._drop("loop closed")
+        else:
+            self._drop("not attached")
+
+    def _send(self, event: Event) -> None:
+        iface, lib = self._iface, self._lib
+        if iface is None or lib is None:
+            self._drop("not attached")
+            return
+        try:
+            details = {k: lib.Variant(_SIG[type(v)], v) for k, v in public_details(event).items()}
+            ts = max(0, int(event.timestamp * 1_000_000))
+            getattr(iface, event.kind.value)(event.unit, event.incident_id, ts, details)
+        except Exception as exc:
+            log.warning("signal %s for %s not sent: %s", event.kind.value, event.unit, exc)
+            self._drop("send failed")
+            return
+        self.sent += 1
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            try:
+                self._on_drop("dbus")
+            except Exception:
+                log.exception("drop counter failed")
+        log.debug("event not published on D-Bus: %s", why)
+
+    # -- read-only methods (dispatched by the library) -------------------------------
+
+    async def _serve(self, lib: _Lib, member: str, unit: str | None) -> list[dict[str, Any]]:
+        task = asyncio.current_task()
+        if task is not None:
+            # dbus-next does not keep its own reference to a method's task.
+            self._tasks.add(task)
+        try:
+            if unit is not None:
+                self._check_unit_name(lib, member, unit)
+            try:
+                if member == "Status":
+                    result = await _resolve(self._backend.status(None))
+                else:
+                    assert unit is not None
+                    result = await _resolve(self._backend.history(unit))
+                return [_vardict(lib, r) for r in _records(result)]
+            except Exception as exc:
+                if isinstance(exc, lib.DBusError):
+                    raise
+                name, text = _error_for(member, exc)
+                if name == ERROR_FAILED and not isinstance(exc, UnitgenError):
+                    log.exception("%s failed", member)
+                raise lib.DBusError(name, text) from None
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    @staticmethod
+    def _check_unit_name(lib: _Lib, member: str, unit: str) -> None:
+        problem = unit_name_problem(unit)
+        if problem:
+            raise lib.DBusError(ERROR_INVALID_UNIT, _first_line(f"{member}: expected {problem}"))
+
+    # -- mutating methods (claimed by the handler, served after the access check) -----
+
+    def _on_message(self, msg: Any) -> Any:
+        lib, bus = self._lib, self._bus
+        if lib is None or bus is None:
+            return None
+        if (
+            msg.message_type != lib.MessageType.METHOD_CALL
+            or msg.member not in MUTATING
+            or msg.path != OBJECT_PATH
+            or msg.interface not in (INTERFACE, None)
+        ):
+            return None
+        if msg.signature != "s":
+            return lib.Message.new_error(
+                msg, ERROR_INVALID_ARGS, f"{msg.member} takes one argument: s unit"
+            )
+        if len(self._tasks) >= MAX_CALLS:
+            return lib.Message.new_error(msg, ERROR_LIMITS, f"{msg.member}: too many calls")
+        self._spawn(self._guarded(bus, lib, msg), f"dbus-{msg.member}")
+        # True: handled here, the reply is sent when the check and the call are done.
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("D-Bus call task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _guarded(self, bus: Any, lib: _Lib, msg: Any) -> None:
+        member: str = msg.member
+        unit = msg.body[0]
+        shown = unit if not unit_name_problem(unit) else "(invalid unit name)"
+        decision = await self._access.check(
+            bus, lib.Message, lib.MessageType.ERROR, msg.sender, f"{member} {shown}"
+        )
+        if not decision.allowed:
+            log.warning("denied: %s", decision.why)
+            self._reply(
+                bus, lib, msg, lib.Message.new_error(msg, ERROR_ACCESS_DENIED, decision.why)
+            )
+            return
+        log.info("%s", decision.why)
+        reply = await self._mutate(lib, msg, member, unit)
+        self._reply(bus, lib, msg, reply)
+
+    async def _mutate(self, lib: _Lib, msg: Any, member: str, unit: str) -> Any:
+        problem = unit_name_problem(unit)
+        if problem:
+            return lib.Message.new_error(
+                msg, ERROR_INVALID_UNIT, _first_line(f"{member}: expected {problem}")
+            )
+        try:
+            if member == "Reset":
+                await _resolve(self._backend.reset(unit))
+                return lib.Message.new_method_return(msg)
+            result = await _resolve(self._backend.recover(unit, TRIGGER))
+            records = _records(result)
+            outcome = _vardict(lib, records[0]) if records else {}
+            return lib.Message.new_method_return(msg, "a{sv}", [outcome])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            name, text = _error_for(member, exc)
+            if name == ERROR_FAILED and not isinstance(exc, UnitgenError):
+                log.exception("%s %s failed", member, unit)
+            return lib.Message.new_error(msg, name, text)
+
+    @staticmethod
+    def _reply(bus: Any, lib: _Lib, msg: Any, reply: Any) -> None:
+        if msg.flags & lib.MessageFlag.NO_REPLY_EXPECTED:
+            return
+        try:
+            bus.send(reply)
+        except Exception as exc:
+            # The bus went away while we worked; the caller is gone with it.
+            log.debug("reply to %s not sent: %s", msg.sender, type(exc).__name__)
+
+
+_SIG: Mapping[type, str] = {bool: "b", int: "x", float: "d", str: "s"}

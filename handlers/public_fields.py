@@ -1,0 +1,129 @@
+"""What of an :class:`~handlers.events.Event` may leave the process.
+
+Every publisher (D-Bus signals, the journal, Prometheus labels) goes through
+:func:`public_details`, so there is one place that decides what the outside
+world sees. The rule is an allow-list: a detail key that is not listed in
+:data:`DETAIL_TYPES` is dropped, a value is coerced to the key's documented
+type or dropped, and a string is cut to :data:`MAX_TEXT` characters and
+withheld entirely when it looks like it carries a URL or a credential. The
+ladder never puts alert URLs or passwords into an event; this is the second
+line, so a careless ``fields={"url": ...}`` in some future step still cannot
+reach a bus monitor or a forwarded journal.
+
+The key list is the documented contract of the ``details`` argument of every
+signal (docs/events.md); adding a key is a compatible change, changing a
+key's type is not.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+from handlers.events import Event, FieldValue
+
+__all__ = [
+    "DETAIL_TYPES",
+    "MAX_TEXT",
+    "REDACTED",
+    "looks_secret",
+    "public_details",
+    "public_text",
+]
+
+# key -> the one Python type its value always has once published.
+DETAIL_TYPES: Mapping[str, type] = {
+    # where the ladder is
+    "level": str,  # restart | restart-deps | cleanup-restart | alert
+    "from_level": str,  # Escalated: the level that was used up
+    # diagnose | dependencies | cleanup | disk | memory | validate | restart | verify | alert
+    "step": str,
+    "action": str,  # what the step did, e.g. "RestartUnit"
+    "result": str,  # ok | failed | skipped | timeout | busy | waiting
+    "reason": str,  # exit-code | signal | core-dump | timeout | oom-kill | start-limit-hit |
+    #                 watchdog | resources | dependency | health | disk | config | manual
+    "trigger": str,  # onfailure | listener | dbus | health | startup
+    "attempt": int,
+    "attempts": int,
+    "max_attempts": int,
+    "duration": float,  # seconds
+    "delay": float,  # seconds of backoff before the next attempt
+    # what systemd said
+    "active_state": str,
+    "sub_state": str,
+    "unit_result": str,  # systemd's Result property
+    "n_restarts": int,
+    "exit_code": str,  # ExecMainCode as text: exited | killed | dumped
+    "exit_status": int,
+    "invocation_id": str,
+    "dependency": str,  # the unit name of the dependency that is down
+    # health
+    "healthy": bool,
+    "probe": str,  # http | tcp | command
+    "failures": int,  # consecutive probe failures
+    # outcome
+    "alerted": bool,
+    "dry_run": bool,
+    "error": str,  # one line, already free of secrets; cut and screened again here
+    "message": str,
+}
+
+MAX_TEXT = 200
+REDACTED = "[withheld]"
+
+# A URL (webhook URLs are credentials), userinfo, or key=value credential text.
+_SECRETISH = re.compile(
+    r"://|\b(?:password|passwd|pwd|token|secret|api[_-]?key|authorization)\b\s*[:=]|\bbearer\s+\S",
+    re.IGNORECASE,
+)
+
+
+def public_text(value: str) -> str:
+    """``value`` as it may be shown: one line, bounded, nothing that looks like a secret."""
+    if looks_secret(value):
+        return REDACTED
+    line = " ".join(value.split())
+    return line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 1] + "…"
+
+
+def _coerce(kind: type, value: FieldValue) -> FieldValue | None:
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        # bool is an int in Python; True as an attempt count is a bug upstream.
+        return None
+    if kind is int:
+        if isinstance(value, int):
+            return value if -(2**63) <= value < 2**63 else None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return None
+    if kind is float:
+        if isinstance(value, int | float):
+            number = float(value)
+            return number if math.isfinite(number) else None
+        return None
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def public_details(event: Event) -> dict[str, FieldValue]:
+    """The event's details that may be published, each with its documented type."""
+    out: dict[str, FieldValue] = {}
+    for key, value in event.fields.items():
+        kind = DETAIL_TYPES.get(key)
+        if kind is None:
+            continue
+        coerced = _coerce(kind, value)
+        if coerced is not None:
+            out[key] = coerced
+    return out
+
+
+def looks_secret(value: str) -> bool:
+    """True when ``value`` contains a URL or ``password=``-style text."""
+    return _SECRETISH.search(value) is not None
