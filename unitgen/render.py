@@ -1,0 +1,452 @@
+"""Spec -> unit files and recovery policies, as text; and writing them all-or-nothing.
+
+:func:`render` and :func:`render_policies` are pure: the same spec and
+:class:`RenderOptions` give the same bytes, with no file system access beyond
+reading the templates. :func:`write_trees` is the only writer.
+
+Templates are Jinja2 files in the repository's ``units/`` directory, found
+(first match wins) in ``$UNITGEN_TEMPLATES``, then ``unitgen/templates`` next to
+this module: a symlink to ``../units`` in the repository, and a real copy in
+an installed wheel (package data). docs/rendering.md describes the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from unitgen import hardening
+from unitgen.errors import RenderError
+from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
+from unitgen.paths import Scope, paths_for
+from unitgen.policy import policy_from_service, to_json
+from unitgen.quantities import format_duration, format_size
+from unitgen.quoting import quote
+from unitgen.systemd_version import RESTART_MODE_SINCE
+
+__all__ = [
+    "DROPIN_NAME",
+    "RECOVER_UNIT",
+    "RenderOptions",
+    "default_unitgen_bin",
+    "render",
+    "render_policies",
+    "template_dir",
+    "write_trees",
+]
+
+RECOVER_UNIT = "unitgen-recover@.service"
+# Drop-ins of all directories are applied in lexical order of their file names, and
+# for single-valued settings the last one wins: 50 lands after vendor drop-ins
+# numbered below it and before an operator's own 90-local.conf.
+DROPIN_NAME = "50-unitgen.conf"
+SYSTEM_POLICY_DIR = Path("/etc/unitgen/policy.d")
+
+
+def default_unitgen_bin() -> str:
+    """The ``unitgen`` of the running interpreter's environment (the installed venv)."""
+    return str(Path(sys.executable).parent / "unitgen")
+
+
+@dataclass(frozen=True)
+class BaseDirs:
+    """Where systemd puts State/Logs/Cache/RuntimeDirectory= for the scope."""
+
+    state: str
+    logs: str
+    cache: str
+    runtime: str
+
+    @classmethod
+    def for_scope(cls, scope: Scope) -> BaseDirs:
+        if scope is Scope.SYSTEM:
+            return cls("/var/lib", "/var/log", "/var/cache", "/run")
+        home = Path.home()
+
+        def xdg(var: str, fallback: Path) -> str:
+            value = os.environ.get(var, "")
+            return value if value.startswith("/") else str(fallback)
+
+        state = xdg("XDG_STATE_HOME", home / ".local" / "state")
+        return cls(
+            state=state,
+            logs=f"{state}/log",
+            cache=xdg("XDG_CACHE_HOME", home / ".cache"),
+            runtime=xdg("XDG_RUNTIME_DIR", Path(f"/run/user/{os.geteuid()}")),
+        )
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    systemd_version: int
+    scope: Scope = Scope.SYSTEM
+    unitgen_bin: str = field(default_factory=default_unitgen_bin)
+    policy_dir: Path = SYSTEM_POLICY_DIR
+    base_dirs: BaseDirs = field(default_factory=lambda: BaseDirs.for_scope(Scope.SYSTEM))
+    # Extra Environment= for the recovery unit (UNITGEN_STATE_DIR, UNITGEN_RUN_DIR).
+    recover_env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def for_scope(
+        cls,
+        scope: Scope,
+        systemd_version: int,
+        *,
+        unitgen_bin: str | None = None,
+        policy_dir: Path | None = None,
+    ) -> RenderOptions:
+        """Options for a real install: directories from paths.py and the environment."""
+        env = tuple(
+            (name, os.environ[name])
+            for name in ("UNITGEN_STATE_DIR", "UNITGEN_RUN_DIR")
+            if os.environ.get(name)
+        )
+        return cls(
+            systemd_version=systemd_version,
+            scope=scope,
+            unitgen_bin=unitgen_bin or default_unitgen_bin(),
+            policy_dir=policy_dir or paths_for(scope).policy_dir,
+            base_dirs=BaseDirs.for_scope(scope),
+            recover_env=env,
+        )
+
+
+# -- templates ----------------------------------------------------------------------
+
+
+def template_dir() -> Path:
+    override = os.environ.get("UNITGEN_TEMPLATES")
+    candidates = [Path(override)] if override else []
+    candidates.append(Path(__file__).resolve().parent / "templates")
+    for candidate in candidates:
+        if (candidate / "service.j2").is_file():
+            return candidate
+    where = ", ".join(str(c) for c in candidates)
+    raise RenderError(f"unit templates not found (looked in {where}); set UNITGEN_TEMPLATES")
+
+
+@functools.cache
+def _environment(directory: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 -- unit files, not HTML; quote() does the escaping
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = quote
+    return env
+
+
+def _render_template(name: str, context: Mapping[str, Any]) -> str:
+    env = _environment(str(template_dir()))
+    try:
+        return env.get_template(name).render(context)
+    except RenderError:
+        raise
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {name}: {exc}") from exc
+
+
+# -- views: what the templates see ----------------------------------------------------
+
+
+def _restart_view(restart: Restart | None) -> dict[str, str] | None:
+    if restart is None:
+        return None
+    return {"policy": restart.policy, "delay": format_duration(restart.delay)}
+
+
+def _limits_view(limits: Limits | None) -> list[tuple[str, str]]:
+    if limits is None:
+        return []
+    out: list[tuple[str, str]] = []
+
+    def size(value: int | str) -> str:
+        return value if isinstance(value, str) else format_size(value)
+
+    if limits.memory_high is not None:
+        out.append(("MemoryHigh", size(limits.memory_high)))
+    if limits.memory_max is not None:
+        out.append(("MemoryMax", size(limits.memory_max)))
+    if limits.cpu_quota is not None:
+        out.append(("CPUQuota", limits.cpu_quota))
+    if limits.tasks_max is not None:
+        out.append(("TasksMax", str(limits.tasks_max)))
+    if limits.nofile is not None:
+        out.append(("LimitNOFILE", str(limits.nofile)))
+    return out
+
+
+def _hardening_view(
+    profile: hardening.HardeningProfile,
+    disable: Sequence[str],
+    options: RenderOptions,
+) -> list[tuple[str, str]]:
+    return list(
+        hardening.directives_for(
+            profile,
+            disable=disable,
+            scope=options.scope,
+            systemd_version=options.systemd_version,
+        )
+    )
+
+
+def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
+    user_scope = options.scope is Scope.USER
+    deps = [
+        ("Requires", svc.requires),
+        ("Wants", svc.wants),
+        ("BindsTo", svc.binds_to),
+        ("PartOf", svc.part_of),
+        ("After", svc.after),
+        ("Before", svc.before),
+    ]
+    timeouts = [
+        (key, format_duration(value))
+        for key, value in (
+            ("TimeoutStartSec", svc.timeout_start),
+            ("TimeoutStopSec", svc.timeout_stop),
+            ("WatchdogSec", svc.watchdog),
+        )
+        if value is not None
+    ]
+    directories = [
+        ("StateDirectory", svc.state_directory),
+        ("RuntimeDirectory", svc.runtime_directory),
+        ("LogsDirectory", svc.logs_directory),
+        ("CacheDirectory", svc.cache_directory),
+        ("ConfigurationDirectory", svc.configuration_directory),
+    ]
+    profile = svc.hardening.profile
+    # A user manager runs everything as its own user: it cannot switch to another.
+    dynamic = False
+    if not user_scope:
+        dynamic = svc.dynamic_user or (
+            profile == "strict" and svc.user is None and "DynamicUser" not in svc.hardening.disable
+        )
+    default_target = "default.target" if user_scope else "multi-user.target"
+    return {
+        "description": svc.description,
+        "deps": [(k, v) for k, v in deps if v],
+        "start_limit_interval": format_duration(svc.restart.interval),
+        "start_limit_burst": svc.restart.burst,
+        "on_failure": True,
+        "type": svc.type,
+        "exec_start_pre": list(svc.exec_start_pre),
+        "exec": svc.exec,
+        "exec_reload": svc.exec_reload,
+        "restart": _restart_view(svc.restart),
+        "restart_mode": _restart_mode(options),
+        "timeouts": timeouts,
+        "environment": list(svc.environment),
+        "environment_files": list(svc.environment_files),
+        "user": None if user_scope else svc.user,
+        "group": None if user_scope else svc.group,
+        "dynamic_user": dynamic,
+        "pidfile": svc.pidfile,
+        "working_directory": svc.working_directory,
+        "directories": [(k, v) for k, v in directories if v],
+        "limits": _limits_view(svc.limits),
+        "profile": profile,
+        "hardening": _hardening_view(profile, svc.hardening.disable, options),
+        "read_write_paths": list(svc.hardening.read_write_paths),
+        "wanted_by": list(svc.wanted_by) or [default_target],
+    }
+
+
+def _restart_mode(options: RenderOptions) -> str | None:
+    # 254 made OnFailure= fire before every automatic restart; "direct" restores the
+    # 252 behaviour, where it fires only once systemd gives up (docs/recovery.md).
+    return "direct" if options.systemd_version >= RESTART_MODE_SINCE else None
+
+
+def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
+    hard = ovr.hardening
+    return {
+        "restart": _restart_view(ovr.restart),
+        "start_limit_interval": format_duration(ovr.restart.interval) if ovr.restart else "",
+        "start_limit_burst": ovr.restart.burst if ovr.restart else 0,
+        "on_failure": ovr.on_failure,
+        "restart_mode": _restart_mode(options) if (ovr.on_failure or ovr.restart) else None,
+        "limits": _limits_view(ovr.limits),
+        "profile": hard.profile if hard else "off",
+        # The vendor's unit decides its user: never DynamicUser= in a drop-in.
+        "hardening": _hardening_view(hard.profile, hard.disable, options) if hard else [],
+        "read_write_paths": list(hard.read_write_paths) if hard else [],
+    }
+
+
+def _recover_timeout(spec: Spec) -> float:
+    """How long one recovery may run: the slowest ladder in the spec, plus slack."""
+
+    def ladder(r: Recovery) -> float:
+        b = r.backoff
+        waits = sum(
+            min(b.base * b.factor**i, b.max) * (1 + b.jitter) for i in range(r.max_attempts)
+        )
+        return waits + r.max_attempts * (r.start_timeout + r.validate_timeout)
+
+    recoveries = [s.recovery for s in spec.services.values()]
+    recoveries += [o.recovery for o in spec.overrides.values()]
+    longest = max((ladder(r) for r in recoveries), default=0.0)
+    # Whole minutes, at least five: a ladder cut short by systemd is worse than a slow one.
+    return max(300.0, math.ceil((longest + 60.0) / 60.0) * 60.0)
+
+
+def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
+    argv = [options.unitgen_bin, "recover"]
+    if options.scope is Scope.USER:
+        argv.append("--user")
+    env: list[tuple[str, str]] = []
+    # In user scope the default policy dir depends on the manager's XDG_CONFIG_HOME,
+    # which need not be the renderer's, so it is always spelled out there.
+    if options.scope is Scope.USER or options.policy_dir != SYSTEM_POLICY_DIR:
+        env.append(("UNITGEN_POLICY_DIR", str(options.policy_dir)))
+    env.extend(options.recover_env)
+    directives = hardening.filter_directives(
+        hardening.RECOVER_HARDENING,
+        scope=options.scope,
+        systemd_version=options.systemd_version,
+    )
+    return {
+        "argv": argv,
+        "environment": env,
+        "timeout": format_duration(_recover_timeout(spec)),
+        "hardening": list(directives),
+    }
+
+
+# -- rendering ------------------------------------------------------------------------
+
+
+def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
+    """Every unit file of ``spec``: relative path -> text (the recovery template included)."""
+    out: dict[str, str] = {}
+    for svc in spec.services.values():
+        out[svc.unit] = _render_template(
+            "service.j2", {"spec_path": spec.path, "s": _service_view(svc, options)}
+        )
+    for ovr in spec.overrides.values():
+        out[f"{ovr.unit}.d/{DROPIN_NAME}"] = _render_template(
+            "dropin.j2", {"spec_path": spec.path, "s": _override_view(ovr, options)}
+        )
+    out[RECOVER_UNIT] = _render_template(f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)})
+    return out
+
+
+def _unit_directories(svc: Service | Override, base: BaseDirs) -> tuple[str, ...]:
+    if isinstance(svc, Override):
+        return ()
+    dirs: list[str] = []
+    for root, names in (
+        (base.state, svc.state_directory),
+        (base.logs, svc.logs_directory),
+        (base.cache, svc.cache_directory),
+        (base.runtime, svc.runtime_directory),
+    ):
+        dirs.extend(f"{root}/{name}" for name in names)
+    return tuple(dirs)
+
+
+def render_policies(spec: Spec, options: RenderOptions) -> dict[str, str]:
+    """One recovery policy per service and override: file name -> JSON text."""
+    out: dict[str, str] = {}
+    units: list[Service | Override] = [*spec.services.values(), *spec.overrides.values()]
+    for svc in units:
+        alerts: list[Mapping[str, object]] = []
+        for name in svc.alerts:
+            target = spec.alerts.get(name)
+            if target is None:
+                raise RenderError(f"{spec.path}: {svc.unit}: alert {name!r} is not defined")
+            alerts.append({**target.config, "name": target.name, "type": target.type})
+        policy = policy_from_service(svc, tuple(alerts), _unit_directories(svc, options.base_dirs))
+        out[f"{svc.unit}.json"] = to_json(policy)
+    return out
+
+
+# -- writing, all or nothing ----------------------------------------------------------
+
+
+def _check_relative(name: str) -> None:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or len(parts) > 2:
+        raise RenderError(f"refusing to write {name!r}: not NAME or NAME.d/FILE")
+
+
+def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
+    """Write every (directory, files) pair, or nothing.
+
+    Each file is staged in a temporary directory inside its target directory (same
+    file system, so the final rename is atomic), written and fsynced. Only when all
+    of them, for all directories, are staged does anything get renamed into place.
+    """
+    staged: list[tuple[Path, Path]] = []  # (temp file, final path)
+    stages: list[Path] = []
+    try:
+        for directory, files in trees:
+            for name in files:
+                _check_relative(name)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                stage = Path(tempfile.mkdtemp(prefix=".unitgen-stage-", dir=directory))
+            except OSError as exc:
+                raise RenderError(
+                    f"{directory}: cannot write there ({exc.strerror or exc})"
+                ) from exc
+            stages.append(stage)
+            for name, text in files.items():
+                tmp = stage / name.replace("/", "__")
+                try:
+                    with open(tmp, "w", encoding="utf-8") as fh:
+                        fh.write(text)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    tmp.chmod(0o644)
+                except OSError as exc:
+                    raise RenderError(
+                        f"{directory / name}: cannot write ({exc.strerror or exc}); "
+                        "nothing was changed"
+                    ) from exc
+                staged.append((tmp, directory / name))
+        written: list[Path] = []
+        try:
+            for tmp, final in staged:
+                final.parent.mkdir(exist_ok=True)
+                tmp.replace(final)
+                written.append(final)
+            for directory, _ in trees:
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise RenderError(
+                f"renaming into place failed after {len(written)} of {len(staged)} files "
+                f"({exc.strerror or exc})"
+            ) from exc
+        return written
+    finally:
+        for stage in stages:
+            for leftover in stage.iterdir() if stage.exists() else ():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            with contextlib.suppress(OSError):
+                stage.rmdir()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
