@@ -592,7 +592,8 @@ class _Attempt:
 
 def _http_attempt(where: str, host: str, outcome: HttpOutcome) -> _Attempt:
     if outcome.status is None:
-        return _Attempt(False, f"{where}: POST to {host} failed: {outcome.error}")
+        error = f"{where}: POST to {host} failed: {outcome.error}"
+        return _Attempt(False, error, retryable=not outcome.permanent)
     if 200 <= outcome.status < 300:
         return _Attempt(True)
     error = f"{where}: POST to {host} returned HTTP {outcome.status}"

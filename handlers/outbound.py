@@ -87,6 +87,7 @@ class HttpOutcome:
     status: int | None
     error: str | None = None
     retry_after: float | None = None  # seconds, from a numeric Retry-After header
+    permanent: bool = False  # retrying cannot help: a redirect loop, a malformed URL
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -139,8 +140,11 @@ def http_once(
             )
         finally:
             response.close()
-    except Exception as exc:
-        # Not only RequestException: urllib3 and idna raise their own for odd URLs.
+    except (requests.ConnectionError, requests.Timeout) as exc:
         return HttpOutcome(status=None, error=describe_exception(exc))
+    except Exception as exc:
+        # TooManyRedirects, InvalidURL, and what urllib3 and idna raise for odd URLs:
+        # the same request will fail the same way.
+        return HttpOutcome(status=None, error=describe_exception(exc), permanent=True)
     finally:
         session.close()
