@@ -1,0 +1,290 @@
+"""Read a failed unit from systemd and classify the failure.
+
+Reading is one GetAll per interface (Unit, Service) through the bus layer;
+classifying is a pure function of those properties and the trigger, tested
+without systemd. The journal is read with ``journalctl`` in a subprocess,
+concurrently with the rest of the ladder, so it never delays a restart; where
+there is no journal (a bare user manager) the diagnosis says so instead.
+
+"Is systemd about to restart it itself?" is the question that keeps the ladder
+from being a second actor. Yes when: SubState is ``auto-restart`` (or
+``failed-before-auto-restart`` on 254+), a start/restart job is queued, or the
+unit sits in ``failed`` while its ``Restart=`` setting covers this result and
+the start limit was not hit: systemd 252 broadcasts ``failed`` just before it
+moves to ``auto-restart``, so that case is settled by a short bounded wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from handlers.procs import run_command
+
+__all__ = [
+    "RESTARTING_SUBSTATES",
+    "Diagnosis",
+    "SystemdClient",
+    "classify",
+    "diagnosis_from",
+    "job_queued",
+    "read_journal",
+    "restart_pending",
+    "systemd_would_restart",
+]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_LINES = 20
+JOURNAL_TIMEOUT = 3.0
+# How long a `failed` unit whose Restart= covers the result may take to show
+# `auto-restart`: PID 1 does both in one pass, so this is generous.
+SETTLE_TIMEOUT = 0.5
+
+CLASSES = (
+    "exit-code",
+    "signal",
+    "core-dump",
+    "timeout",
+    "oom-kill",
+    "start-limit-hit",
+    "watchdog",
+    "resources",
+    "dependency",
+    "health",
+    "unknown",
+)
+
+RESTARTING_SUBSTATES = frozenset({"auto-restart", "failed-before-auto-restart"})
+# Which results each Restart= setting restarts on (systemd.service(5), table 2).
+_ABNORMAL = frozenset({"signal", "core-dump", "timeout", "watchdog"})
+_RESTART_COVERS: dict[str, Callable[[str], bool]] = {
+    "no": lambda r: False,
+    "always": lambda r: True,
+    "on-success": lambda r: r == "success",
+    "on-failure": lambda r: r != "success",
+    "on-abnormal": lambda r: r in _ABNORMAL,
+    "on-watchdog": lambda r: r == "watchdog",
+    "on-abort": lambda r: r in ("signal", "core-dump"),
+}
+
+
+class SystemdClient(Protocol):
+    """What the ladder needs from systemd; :class:`handlers.bus.SystemdBus` provides it."""
+
+    async def unit_properties(self, name: str) -> dict[str, Any]: ...
+
+    async def reset_failed(self, name: str) -> None: ...
+
+    async def restart(self, name: str, mode: str = "replace") -> str: ...
+
+    async def wait_for(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109 -- mirrors SystemdBus.wait_for
+    ) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    unit: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str
+    exec_main_code: int
+    exec_main_status: int
+    n_restarts: int
+    main_pid: int
+    pidfile: str
+    invocation_id: str
+    control_group: str
+    restart_setting: str
+    job_queued: bool
+    requires: tuple[str, ...]
+    binds_to: tuple[str, ...]
+    wants: tuple[str, ...]
+    after: tuple[str, ...]
+    state_directories: tuple[str, ...]
+    logs_directories: tuple[str, ...]
+    classification: str
+
+    @property
+    def found(self) -> bool:
+        return self.load_state not in ("not-found", "bad-setting", "error", "masked")
+
+    @property
+    def failed(self) -> bool:
+        return self.active_state == "failed"
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ("active", "reloading")
+
+    def summary(self) -> str:
+        code = f", status {self.exec_main_status}" if self.exec_main_code else ""
+        return (
+            f"{self.unit}: {self.active_state}/{self.sub_state}, result {self.result}"
+            f"{code}, {self.n_restarts} restarts by systemd, classified {self.classification}"
+        )
+
+
+def _str(props: Mapping[str, Any], key: str) -> str:
+    value = props.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _int(props: Mapping[str, Any], key: str) -> int:
+    value = props.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value
+
+
+def _names(props: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = props.get(key)
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def _invocation(props: Mapping[str, Any]) -> str:
+    value = props.get("InvocationID")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, list):
+        with contextlib.suppress(TypeError, ValueError):
+            return bytes(value).hex()
+    return value if isinstance(value, str) else ""
+
+
+def job_queued(props: Mapping[str, Any]) -> bool:
+    job = props.get("Job")
+    # Job is (id, path); (0, "/") means none.
+    if isinstance(job, list | tuple) and job:
+        first = job[0]
+        return isinstance(first, int) and first != 0
+    return False
+
+
+def classify(
+    props: Mapping[str, Any],
+    *,
+    trigger_result: str = "",
+    failed_dependencies: Sequence[str] = (),
+    health_failed: bool = False,
+) -> str:
+    """One of :data:`CLASSES` for this failure."""
+    if failed_dependencies:
+        return "dependency"
+    result = trigger_result or _str(props, "Result")
+    if result in ("oom-kill", "core-dump", "signal", "timeout", "watchdog", "start-limit-hit"):
+        return result
+    if result == "resources":
+        return "resources"
+    if result == "exit-code":
+        return "exit-code"
+    if health_failed and _str(props, "ActiveState") in ("active", "reloading"):
+        return "health"
+    # ExecMainCode: CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3.
+    code = _int(props, "ExecMainCode")
+    if code == 3:
+        return "core-dump"
+    if code == 2:
+        return "signal"
+    if code == 1 and _int(props, "ExecMainStatus") != 0:
+        return "exit-code"
+    if health_failed:
+        return "health"
+    return "unknown"
+
+
+def diagnosis_from(
+    unit: str,
+    props: Mapping[str, Any],
+    *,
+    trigger_result: str = "",
+    failed_dependencies: Sequence[str] = (),
+    health_failed: bool = False,
+) -> Diagnosis:
+    return Diagnosis(
+        unit=unit,
+        load_state=_str(props, "LoadState"),
+        active_state=_str(props, "ActiveState"),
+        sub_state=_str(props, "SubState"),
+        result=_str(props, "Result"),
+        exec_main_code=_int(props, "ExecMainCode"),
+        exec_main_status=_int(props, "ExecMainStatus"),
+        n_restarts=_int(props, "NRestarts"),
+        main_pid=_int(props, "MainPID"),
+        pidfile=_str(props, "PIDFile"),
+        invocation_id=_invocation(props),
+        control_group=_str(props, "ControlGroup"),
+        restart_setting=_str(props, "Restart"),
+        job_queued=job_queued(props),
+        requires=_names(props, "Requires"),
+        binds_to=_names(props, "BindsTo"),
+        wants=_names(props, "Wants"),
+        after=_names(props, "After"),
+        state_directories=_names(props, "StateDirectory"),
+        logs_directories=_names(props, "LogsDirectory"),
+        classification=classify(
+            props,
+            trigger_result=trigger_result,
+            failed_dependencies=failed_dependencies,
+            health_failed=health_failed,
+        ),
+    )
+
+
+def restart_pending(props: Mapping[str, Any]) -> bool:
+    """systemd is visibly restarting the unit right now (no guessing)."""
+    if _str(props, "SubState") in RESTARTING_SUBSTATES:
+        return True
+    return job_queued(props) and _str(props, "ActiveState") != "active"
+
+
+def systemd_would_restart(props: Mapping[str, Any]) -> bool:
+    """A `failed` unit whose Restart= covers its result: systemd is about to act."""
+    if _str(props, "ActiveState") != "failed":
+        return False
+    result = _str(props, "Result")
+    if result == "start-limit-hit" or not result:
+        return False
+    covers = _RESTART_COVERS.get(_str(props, "Restart") or "no")
+    return bool(covers and covers(result))
+
+
+async def read_journal(unit: str, *, user: bool, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
+    """The unit's last journal lines, or one line saying why there are none."""
+    selector = ["--user-unit", unit] if user else ["-u", unit]
+    argv = ["journalctl", *selector, "-n", str(lines), "-o", "cat", "--no-pager", "-q"]
+    result = await run_command(argv, timeout=JOURNAL_TIMEOUT, max_output=16 * 1024)
+    if not result.ok:
+        return (f"(journal unavailable: {result.describe()})",)
+    text = [ln for ln in result.output_tail.splitlines() if ln.strip()]
+    if not text:
+        return ("(journal has no lines for this unit: no journald, or nothing logged)",)
+    return tuple(text[-lines:])
+
+
+async def settle(client: SystemdClient, unit: str, props: dict[str, Any]) -> dict[str, Any]:
+    """If systemd looks about to restart ``unit``, wait (bounded) to see it do so."""
+    if not systemd_would_restart(props):
+        return props
+
+    def moved(p: dict[str, Any]) -> bool:
+        return restart_pending(p) or _str(p, "ActiveState") != "failed"
+
+    try:
+        return await client.wait_for(unit, moved, SETTLE_TIMEOUT)
+    except TimeoutError:
+        return props
+    except Exception as exc:
+        # SystemdError on timeout from the bus layer: the unit stayed failed, as read.
+        log.debug("settle %s: %s", unit, exc)
+        return props

@@ -1,0 +1,1210 @@
+"""The recovery engine: runs the ladder of :mod:`handlers.ladder` with real side effects.
+
+This is the Python API both entry points use, so they share one state (the
+SQLite store at ``Paths.database``) and one set of locks (``Paths.lock_dir``):
+
+* ``unitgen recover UNIT`` (the OnFailure= unit) builds an engine, calls
+  :meth:`RecoveryEngine.recover` once and :meth:`RecoveryEngine.aclose`.
+* The listener keeps one engine for its lifetime and calls ``recover`` for
+  each failure, ``reset``/``status``/``history`` for its D-Bus methods.
+
+The engine only performs actions and reduces their results to a
+:class:`~handlers.ladder.Verdict`; which state follows is decided by
+:func:`handlers.ladder.transition` alone. Every step is recorded (time, level,
+action, result, reason, duration) and emitted as an event. Alerts are fired as
+tasks the engine keeps strong references to, and :meth:`aclose` waits for
+them (bounded) so a short-lived CLI process does not lose them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from handlers import backoff, ladder
+from handlers.diagnose import (
+    RESTARTING_SUBSTATES,
+    Diagnosis,
+    SystemdClient,
+    diagnosis_from,
+    job_queued,
+    read_journal,
+    restart_pending,
+    settle,
+)
+from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
+from handlers.ladder import GiveUp, Level, State, Verdict
+from handlers.locks import UnitLock, check_unit_name
+from handlers.store import IncidentRow, Stamp, Store, boot_id
+from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
+from unitgen.model import Probe, Threshold
+from unitgen.paths import Paths, Scope
+from unitgen.policy import Policy, default_policy, load_policy
+
+if TYPE_CHECKING:
+    from handlers.alerts import Alert, Alerter, Delivery
+
+__all__ = [
+    "Clock",
+    "LockMode",
+    "Outcome",
+    "RecoveryEngine",
+    "SystemClock",
+    "Trigger",
+    "TriggerSource",
+]
+
+log = logging.getLogger(__name__)
+
+TriggerSource = Literal["onfailure", "listener", "health", "manual", "reconcile", "dependency"]
+LockMode = Literal["join", "drop"]
+
+# How often CHECKING_DEPENDENCIES may send us back to WAITING_FOR_DEPENDENCY in one run.
+MAX_DEPENDENCY_ROUNDS = 2
+DEPENDENCY_WAIT = 30.0  # seconds a dependent waits for a dependency, per round
+JOIN_CAP = 900.0  # longest a joining trigger waits for the running recovery
+
+
+class Clock(Protocol):
+    """Injected time: monotonic for arithmetic, wall for records, and sleeping."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why recovery was asked for, and systemd's account of the failure if there is one."""
+
+    source: TriggerSource
+    invocation_id: str = ""
+    result: str = ""  # $MONITOR_SERVICE_RESULT: exit-code, signal, start-limit-hit, ...
+    exit_code: str = ""  # $MONITOR_EXIT_CODE: exited, killed, dumped
+    exit_status: str = ""  # $MONITOR_EXIT_STATUS: a number or a signal name
+    reason: str = ""  # free text, e.g. the failing health probe
+
+    @classmethod
+    def from_environment(
+        cls, env: Mapping[str, str], source: TriggerSource = "onfailure"
+    ) -> Trigger:
+        return cls(
+            source=source,
+            invocation_id=env.get("MONITOR_INVOCATION_ID", "")[:64],
+            result=env.get("MONITOR_SERVICE_RESULT", "")[:64],
+            exit_code=env.get("MONITOR_EXIT_CODE", "")[:64],
+            exit_status=env.get("MONITOR_EXIT_STATUS", "")[:64],
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    unit: str
+    state: State
+    reason: str
+    attempts: int  # restart attempts counted in the current window, after this run
+    incident_id: str
+    level: Level = Level.RESTART
+    classification: str = ""
+    restarts: int = 0  # RestartUnit calls made by this run
+    joined: bool = False  # another recovery of this unit ran; this is its outcome
+    dropped: bool = False  # another recovery was running and lock_mode is "drop"
+    dry_run: bool = False
+    default_policy: bool = False
+    duration: float = 0.0
+    notes: tuple[str, ...] = ()
+    journal: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (State.RECOVERED, State.NOT_NEEDED, State.WAITING_FOR_SYSTEMD)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "unit": self.unit,
+            "state": self.state.value,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "incident_id": self.incident_id,
+            "level": self.level.label,
+            "classification": self.classification,
+            "restarts": self.restarts,
+            "joined": self.joined,
+            "dropped": self.dropped,
+            "dry_run": self.dry_run,
+            "default_policy": self.default_policy,
+            "duration": round(self.duration, 6),
+            "notes": list(self.notes),
+            "journal": list(self.journal),
+        }
+
+
+ProbeRunner = Callable[[Probe, int], Awaitable[tuple[bool, str]]]
+AlerterFactory = Callable[[Policy], "Alerter | None"]
+
+
+@dataclass
+class _Run:
+    """The mutable context of one ladder run for one unit."""
+
+    unit: str
+    policy: Policy
+    trigger: Trigger
+    visited: set[str]
+    started: float
+    incident: IncidentRow | None = None
+    level: Level = Level.RESTART
+    used: int = 0  # restart attempts counted in the window
+    last_attempt_at: float | None = None
+    restarts: int = 0
+    dependency_rounds: int = 0
+    waiting_on: tuple[str, ...] = ()
+    diagnosis: Diagnosis | None = None
+    detail: str = ""  # the last action's one-line account
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    journal_task: asyncio.Task[tuple[str, ...]] | None = None
+
+    @property
+    def incident_id(self) -> str:
+        return self.incident.id if self.incident is not None else ""
+
+
+class RecoveryEngine:
+    """Runs the ladder for units of one systemd manager."""
+
+    def __init__(
+        self,
+        bus: SystemdClient,
+        paths: Paths,
+        *,
+        events: EventSink | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        alerter_factory: AlerterFactory | None = None,
+        lock_mode: LockMode = "join",
+        dry_run: bool = False,
+        store: Store | None = None,
+        probe_runner: ProbeRunner | None = None,
+        read_journal_lines: bool = True,
+        host: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.paths = paths
+        self.events: EventSink = events if events is not None else NullSink()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.rng = rng if rng is not None else random.Random()  # noqa: S311 -- jitter only
+        self.lock_mode: LockMode = lock_mode
+        self.dry_run = dry_run
+        self._alerter_factory = alerter_factory if alerter_factory is not None else _alerter
+        self._probe = probe_runner if probe_runner is not None else _probe
+        self._read_journal = read_journal_lines
+        self.host = host if host is not None else socket.gethostname()
+        self._boot = boot_id()
+        if store is not None:
+            self.store = store
+        elif dry_run:
+            # A dry run must not leave traces: it reads the real history, writes nowhere.
+            self.store = _readonly_copy(paths)
+        else:
+            self.store = Store.open(paths.database)
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._alerters: dict[str, Alerter | None] = {}
+
+    # --- public API ---------------------------------------------------------------------
+
+    async def recover(self, unit: str, trigger: Trigger) -> Outcome:
+        """Run the ladder for ``unit`` (or join the one running) and return how it ended."""
+        check_unit_name(unit)
+        running = self._running.get(unit)
+        if running is not None:
+            return await self._join_in_process(unit, trigger, running)
+        task = asyncio.create_task(self._locked(unit, trigger, set()), name=f"recover {unit}")
+        self._running[unit] = task
+        try:
+            return await task
+        finally:
+            if self._running.get(unit) is task:
+                del self._running[unit]
+
+    async def reset(self, unit: str) -> Outcome:
+        """Re-arm ``unit``: counts start afresh; "resolved" goes out if it is healthy now."""
+        check_unit_name(unit)
+        now = self._stamp()
+        props = await self._properties(unit)
+        if props.get("LoadState") == "not-found":
+            raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
+        self.store.set_reset(unit, now)
+        if props.get("ActiveState") == "failed" and not self.dry_run:
+            # Clears systemd's start-limit counter too, re-arming its own restarts.
+            await self.bus.reset_failed(unit)
+        last = self.store.last_incident(unit)
+        notes: list[str] = []
+        healthy = props.get("ActiveState") == "active"
+        if last is not None:
+            self.store.record_attempt(
+                last.id,
+                unit,
+                at=now,
+                level=last.level,
+                action="reset",
+                result="ok",
+                reason="re-armed by unitgen reset",
+            )
+            if last.state == "open":
+                self.store.close_incident(last.id, state="reset", reason="re-armed", at=now)
+            if healthy:
+                policy = self._policy(unit, notes)
+                await self._resolve(unit, policy, self.store.incident(last.id) or last)
+        if self.store.note:
+            notes.append(self.store.note)
+        state = State.NOT_NEEDED if healthy else State.DIAGNOSING
+        reason = (
+            "re-armed; unit is active"
+            if healthy
+            else (f"re-armed; unit is {props.get('ActiveState', 'unknown')}: start it to recover")
+        )
+        return Outcome(unit, state, reason, 0, last.id if last else "", notes=tuple(notes))
+
+    def status(self, unit: str | None = None) -> list[dict[str, object]]:
+        units = [check_unit_name(unit)] if unit is not None else self.store.units()
+        now = self._stamp()
+        out: list[dict[str, object]] = []
+        for name in units:
+            notes: list[str] = []
+            policy = self._policy(name, notes)
+            summary = self.store.summary(name)
+            used, _last = self._budget(name, policy, now)
+            given_up = self._given_up(name, now) is not None
+            out.append(
+                {
+                    "unit": name,
+                    "state": "gave-up (run unitgen reset)" if given_up else summary.state,
+                    "attempts_in_window": used,
+                    "max_attempts": policy.recovery.max_attempts,
+                    "window": policy.recovery.window,
+                    "last_failure_reason": summary.last_reason or summary.last_classification,
+                    "incidents": summary.incidents,
+                    "mttr": summary.mttr,
+                    "success_rate": summary.success_rate,
+                    "default_policy": policy.default,
+                    "notes": notes + ([self.store.note] if self.store.note else []),
+                }
+            )
+        return out
+
+    def history(self, unit: str, limit: int = 50) -> list[dict[str, object]]:
+        check_unit_name(unit)
+        out: list[dict[str, object]] = []
+        for inc in self.store.incidents(unit, limit):
+            out.append(
+                {
+                    "incident_id": inc.id,
+                    "source": inc.source,
+                    "classification": inc.classification,
+                    "state": inc.state,
+                    "reason": inc.reason,
+                    "level": Level(min(max(inc.level, 1), 4)).label,
+                    "opened": inc.opened.wall,
+                    "closed": inc.closed.wall if inc.closed else None,
+                    "attempts": [
+                        {
+                            "time": a.at.wall,
+                            "level": Level(min(max(a.level, 1), 4)).label,
+                            "action": a.action,
+                            "result": a.result,
+                            "reason": a.reason,
+                            "duration": round(a.duration, 6),
+                        }
+                        for a in self.store.attempts(inc.id)
+                    ],
+                }
+            )
+        return out
+
+    async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait (bounded) for alerts still being sent, then close the store."""
+        if self._pending:
+            bound = timeout
+            if bound is None:
+                bound = (
+                    max(
+                        (a.time_bound() for a in self._alerters.values() if a is not None),
+                        default=0.0,
+                    )
+                    + 1.0
+                )
+            _done, not_done = await asyncio.wait(set(self._pending), timeout=bound)
+            for task in not_done:
+                log.warning("alert still unsent at exit; abandoned (%s)", task.get_name())
+                task.cancel()
+            if not_done:
+                await asyncio.gather(*not_done, return_exceptions=True)
+        self.store.close()
+
+    # --- locking and joining ------------------------------------------------------------
+
+    async def _join_in_process(
+        self, unit: str, trigger: Trigger, running: asyncio.Task[Outcome]
+    ) -> Outcome:
+        if self.lock_mode == "drop":
+            self._record_trigger("", unit, trigger, "dropped")
+            return Outcome(
+                unit,
+                State.DIAGNOSING,
+                "another recovery is running; trigger dropped",
+                0,
+                "",
+                dropped=True,
+            )
+        outcome = await asyncio.shield(running)
+        self._record_trigger(outcome.incident_id, unit, trigger, "joined")
+        return dataclasses.replace(outcome, joined=True, restarts=0)
+
+    async def _locked(self, unit: str, trigger: Trigger, visited: set[str]) -> Outcome:
+        lock = UnitLock(self.paths.lock_dir, unit)
+        if not lock.try_acquire():
+            return await self._join_other_process(unit, trigger, lock)
+        try:
+            return await self._ladder(unit, trigger, visited)
+        finally:
+            lock.release()
+
+    async def _join_other_process(self, unit: str, trigger: Trigger, lock: UnitLock) -> Outcome:
+        notes: list[str] = []
+        policy = self._policy(unit, notes)
+        if self.lock_mode == "drop":
+            last = self.store.last_incident(unit)
+            self._record_trigger(last.id if last else "", unit, trigger, "dropped")
+            return Outcome(
+                unit,
+                State.DIAGNOSING,
+                "another process is recovering it; trigger dropped",
+                0,
+                last.id if last else "",
+                dropped=True,
+                default_policy=policy.default,
+            )
+        r = policy.recovery
+        bound = min(JOIN_CAP, r.max_attempts * (r.backoff.max + r.start_timeout) + 30.0)
+        released = await lock.wait_released(bound)
+        last = self.store.last_incident(unit)
+        incident_id = last.id if last else ""
+        self._record_trigger(incident_id, unit, trigger, "joined" if released else "join-timeout")
+        used, _ = self._budget(unit, policy, self._stamp())
+        if not released:
+            return Outcome(
+                unit,
+                State.DIAGNOSING,
+                f"another recovery still running after {bound:g}s",
+                used,
+                incident_id,
+                joined=True,
+                default_policy=policy.default,
+            )
+        state, reason = _state_of(last)
+        return Outcome(
+            unit,
+            state,
+            reason,
+            used,
+            incident_id,
+            level=Level(min(max(last.level, 1), 4)) if last else Level.RESTART,
+            classification=last.classification if last else "",
+            joined=True,
+            default_policy=policy.default,
+            notes=tuple(notes),
+        )
+
+    # --- the ladder ---------------------------------------------------------------------
+
+    async def _ladder(self, unit: str, trigger: Trigger, visited: set[str]) -> Outcome:
+        visited.add(unit)
+        notes: list[str] = []
+        policy = self._policy(unit, notes)
+        run = _Run(unit, policy, trigger, visited, self.clock.monotonic(), notes=notes)
+        if policy.default:
+            notes.append(f"{unit} has no recovery policy; using the defaults")
+        if self.store.note:
+            notes.append(self.store.note)
+        duplicate = self.store.handled_invocation(unit, trigger.invocation_id)
+        if duplicate is not None:
+            inc = self.store.incident(duplicate)
+            self._record_trigger(duplicate, unit, trigger, "duplicate")
+            state, reason = _state_of(inc)
+            return self._outcome(run, state, f"invocation already handled: {reason}")
+        state = State.DIAGNOSING
+        try:
+            while not state.terminal:
+                if self.dry_run and state is State.RESTARTING:
+                    run.reason = "dry run: would reset-failed and restart"
+                    self._record_step(run, "restart", "dry-run", run.reason, 0.0)
+                    break
+                step_started = self.clock.monotonic()
+                self._emit(run, EventKind.STEP_STARTED, step=state.value)
+                verdict = await self._act(state, run)
+                took = self.clock.monotonic() - step_started
+                t = ladder.transition(state, verdict)
+                self._emit(
+                    run,
+                    EventKind.STEP_FINISHED,
+                    step=state.value,
+                    result=verdict.value,
+                    detail=run.detail,
+                    duration=round(took, 6),
+                )
+                if _ACTION[state]:
+                    self._record_step(run, _ACTION[state], verdict.value, run.detail, took)
+                if t.attempt_failed:
+                    self.store.amend_last_restart(
+                        run.incident_id, result="failed", reason=run.detail
+                    )
+                if t.give_up is not None:
+                    run.reason = t.give_up.value
+                state = t.target
+        except BaseException:
+            if run.journal_task is not None:
+                run.journal_task.cancel()
+            raise
+        return await self._finish(run, state)
+
+    async def _act(self, state: State, run: _Run) -> Verdict:
+        action = {
+            State.DIAGNOSING: self._diagnose,
+            State.CHECKING_DEPENDENCIES: self._check_dependencies,
+            State.WAITING_FOR_DEPENDENCY: self._wait_for_dependency,
+            State.CLEANING_UP: self._clean_up,
+            State.CHECKING_RESOURCES: self._check_resources,
+            State.VALIDATING_CONFIG: self._validate_config,
+            State.BACKING_OFF: self._back_off,
+            State.RESTARTING: self._restart,
+            State.VERIFYING: self._verify,
+        }[state]
+        run.detail = ""
+        return await action(run)
+
+    # --- DIAGNOSING -----------------------------------------------------------------------
+
+    async def _diagnose(self, run: _Run) -> Verdict:
+        unit, policy, trigger = run.unit, run.policy, run.trigger
+        props = await self._properties(unit)
+        if props.get("LoadState") == "not-found":
+            if run.incident is None and run.restarts == 0:
+                raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
+            run.detail = "systemd no longer knows the unit"
+            return Verdict.NOT_FOUND
+        props = await settle(self.bus, unit, props)
+        health = trigger.source == "health"
+        diag = diagnosis_from(
+            unit,
+            props,
+            trigger_result=trigger.result if run.restarts == 0 else "",
+            health_failed=health,
+        )
+        run.diagnosis = diag
+        if self._read_journal and run.journal_task is None and not diag.active:
+            run.journal_task = asyncio.create_task(
+                read_journal(unit, user=self.paths.scope is Scope.USER), name=f"journal {unit}"
+            )
+        if restart_pending(props):
+            run.detail = f"systemd is restarting it ({diag.sub_state})"
+            self._note_systemd(run)
+            return Verdict.SYSTEMD_RESTARTING
+        if diag.active and (not health or run.restarts > 0):
+            run.detail = f"{unit} is {diag.active_state}"
+            return Verdict.HEALTHY
+        if diag.active_state in ("activating", "deactivating", "reloading"):
+            run.detail = f"systemd is acting on it ({diag.active_state}/{diag.sub_state})"
+            self._note_systemd(run)
+            return Verdict.SYSTEMD_RESTARTING
+        now = self._stamp()
+        if run.incident is None:
+            gave_up = self._given_up(unit, now)
+            if gave_up is not None:
+                run.incident = gave_up
+                run.detail = "an earlier incident gave up; run `unitgen reset` to re-arm"
+                self._record_trigger(gave_up.id, unit, trigger, "ignored-given-up")
+                return Verdict.GIVEN_UP
+        used, last = self._budget(unit, policy, now)
+        run.used = max(used, run.restarts)
+        run.last_attempt_at = last
+        level = ladder.level_for(run.used, policy.recovery.max_attempts)
+        if run.incident is None:
+            self._open_or_continue(run, diag, now, level)
+        elif level != run.level:
+            self._escalate(run, level)
+        run.level = level
+        run.detail = diag.summary()
+        if level is Level.ALERT_AND_STOP:
+            run.detail = (
+                f"{run.used} restart attempts within {policy.recovery.window:g}s "
+                f"(max_attempts {policy.recovery.max_attempts})"
+            )
+            return Verdict.BUDGET_SPENT
+        return Verdict.OK
+
+    def _open_or_continue(self, run: _Run, diag: Diagnosis, now: Stamp, level: Level) -> None:
+        unit, trigger = run.unit, run.trigger
+        last = self.store.last_incident(unit)
+        incident = None
+        if last is not None and last.state == "open":
+            # A previous process (a kill -9'd listener) left it open: carry on with it.
+            incident = last
+            run.notes.append("continuing an interrupted incident")
+        elif last is not None and last.state == "recovered" and last.closed is not None:
+            since = now.mono - _timeline(last.closed, now)
+            if since < run.policy.recovery.min_uptime:
+                incident = last
+                self.store.reopen_incident(last.id)
+                self.store.amend_last_restart(
+                    last.id,
+                    result="failed",
+                    reason=f"failed again after {since:.1f}s (< min_uptime)",
+                )
+        if incident is not None:
+            run.incident = dataclasses.replace(incident, state="open")
+            run.level = Level(min(max(incident.level, 1), 4))
+            self._record_trigger(incident.id, unit, trigger, "handled")
+            if level != run.level:
+                self._escalate(run, level)
+            return
+        incident_id = self.store.open_incident(
+            unit,
+            source=trigger.source,
+            invocation_id=trigger.invocation_id,
+            classification=diag.classification,
+            level=int(level),
+            at=now,
+        )
+        run.incident = self.store.incident(incident_id) or IncidentRow(
+            incident_id,
+            unit,
+            trigger.source,
+            trigger.invocation_id,
+            diag.classification,
+            "open",
+            "",
+            int(level),
+            now,
+            None,
+        )
+        run.level = level
+        self._record_trigger(incident_id, unit, trigger, "handled")
+        self._emit(
+            run,
+            EventKind.INCIDENT_OPENED,
+            source=trigger.source,
+            classification=diag.classification,
+            level=level.label,
+        )
+        self._alert(run, "firing", level, f"{unit} failed ({diag.classification}); recovering")
+
+    def _escalate(self, run: _Run, level: Level) -> None:
+        previous = run.level
+        run.level = level
+        if run.incident is not None:
+            self.store.update_incident(run.incident.id, level=int(level))
+        self._emit(run, EventKind.ESCALATED, **{"from": previous.label, "to": level.label})
+        if level is not Level.ALERT_AND_STOP:
+            self._alert(
+                run,
+                "firing",
+                level,
+                f"{run.unit}: escalated to {level.label} after {run.used} attempt(s)",
+            )
+
+    def _note_systemd(self, run: _Run) -> None:
+        last = self.store.last_incident(run.unit)
+        incident_id = last.id if last is not None and last.state == "open" else ""
+        self._record_trigger(incident_id, run.unit, run.trigger, "systemd-restarting")
+
+    # --- CHECKING_DEPENDENCIES / WAITING_FOR_DEPENDENCY -----------------------------------
+
+    def _systemd_dependencies(self, run: _Run) -> list[str]:
+        diag = run.diagnosis
+        if diag is None:
+            return []
+        seen: list[str] = []
+        for name in (*diag.requires, *diag.binds_to, *diag.wants):
+            if name not in seen and name != run.unit:
+                seen.append(name)
+        return seen
+
+    async def _check_dependencies(self, run: _Run) -> Verdict:
+        down: list[str] = []
+        details: list[str] = []
+        for dep in self._systemd_dependencies(run):
+            if dep in run.visited:
+                continue  # a cycle: it is being recovered further up this chain
+            props = await self._properties(dep)
+            if props.get("ActiveState") != "failed":
+                continue
+            outcome = await self._recover_dependency(dep, run)
+            details.append(f"{dep}: {outcome.state.value} ({outcome.reason})")
+            if outcome.state not in (State.RECOVERED, State.NOT_NEEDED):
+                down.append(dep)
+        for i, probe in enumerate(run.policy.depends):
+            ok, detail = await self._probe(probe, 3)
+            if not ok:
+                down.append(f"depends[{i}]")
+                details.append(detail)
+        run.waiting_on = tuple(down)
+        if down:
+            run.detail = "dependency down: " + "; ".join(details)
+            return Verdict.DEPENDENCY_DOWN
+        run.detail = "; ".join(details) or "dependencies active"
+        if run.level is Level.CLEANUP_THEN_RESTART:
+            return Verdict.CLEANUP_NEXT
+        return Verdict.OK
+
+    async def _recover_dependency(self, dep: str, run: _Run) -> Outcome:
+        trigger = Trigger("dependency", reason=f"dependency of {run.unit}")
+        running = self._running.get(dep)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.create_task(
+            self._locked(dep, trigger, run.visited), name=f"recover dependency {dep}"
+        )
+        self._running[dep] = task
+        try:
+            return await task
+        finally:
+            if self._running.get(dep) is task:
+                del self._running[dep]
+
+    async def _wait_for_dependency(self, run: _Run) -> Verdict:
+        run.dependency_rounds += 1
+        bound = min(DEPENDENCY_WAIT, run.policy.recovery.start_timeout)
+        still: list[str] = []
+        for name in run.waiting_on:
+            if name.startswith("depends["):
+                index = int(name[len("depends[") : -1])
+                probe = run.policy.depends[index]
+                ok, detail = await self._probe(probe, max(1, int(bound // 5)))
+                if not ok:
+                    still.append(detail)
+                continue
+            try:
+                await self.bus.wait_for(name, lambda p: p.get("ActiveState") == "active", bound)
+            except SystemdError as exc:
+                still.append(f"{name}: {exc}")
+        if still or run.dependency_rounds > MAX_DEPENDENCY_ROUNDS:
+            run.detail = "still down after waiting: " + ("; ".join(still) or "flapping")
+            return Verdict.DEPENDENCY_STILL_DOWN
+        run.detail = "dependencies back: " + ", ".join(run.waiting_on)
+        return Verdict.DEPENDENCY_BACK
+
+    # --- CLEANING_UP ----------------------------------------------------------------------
+
+    async def _clean_up(self, run: _Run) -> Verdict:
+        from handlers import cleanup
+
+        cfg = run.policy.cleanup
+        diag = run.diagnosis
+        report = cleanup.CleanupReport(dry_run=self.dry_run)
+        pidfile = cfg.pidfile or (diag.pidfile if diag else "")
+        if pidfile:
+            cgroup = diag.control_group if diag and diag.control_group else None
+            report.merge(
+                await asyncio.to_thread(
+                    cleanup.remove_stale_pidfile,
+                    pidfile,
+                    unit_cgroup=cgroup,
+                    dry_run=self.dry_run,
+                )
+            )
+        for root in cfg.temp:
+            report.merge(
+                await asyncio.to_thread(
+                    cleanup.remove_old_files,
+                    root,
+                    older_than=cfg.older_than,
+                    dry_run=self.dry_run,
+                )
+            )
+        run.detail = (
+            f"{len(report.removed)} removed, {len(report.refused)} refused, "
+            f"{report.freed_bytes} bytes"
+        )
+        for path, why in report.refused[:5]:
+            run.notes.append(f"cleanup refused {cleanup.display_path(path)}: {why}")
+        return Verdict.OK
+
+    # --- CHECKING_RESOURCES ---------------------------------------------------------------
+
+    def _disk_paths(self, run: _Run) -> list[str]:
+        paths = list(run.policy.disk.paths) + list(run.policy.directories)
+        return [p for i, p in enumerate(paths) if p and p not in paths[:i]]
+
+    async def _check_resources(self, run: _Run) -> Verdict:
+        from handlers import resources
+
+        policy = run.policy
+        if run.diagnosis is not None and run.diagnosis.classification == "oom-kill":
+            run.notes.append("the unit was oom-killed")
+            self._alert(run, "firing", run.level, f"{run.unit} was killed by the OOM killer")
+        mem = await asyncio.to_thread(
+            resources.memory_status, _threshold(resources, policy.memory.min_available)
+        )
+        if not mem.ok:
+            run.notes.append(f"memory low: {mem.reason}")
+        paths = self._disk_paths(run)
+        if not paths:
+            run.detail = "no disk paths declared" + (
+                f"; memory low: {mem.reason}" if not mem.ok else ""
+            )
+            return Verdict.OK
+        disk = policy.disk
+        min_free = _threshold(resources, disk.min_free)
+        min_inodes = _threshold(resources, disk.min_free_inodes)
+
+        def low() -> list[str]:
+            statuses = resources.check_disk(paths, min_free=min_free, min_free_inodes=min_inodes)
+            return [s.reason for s in statuses if not s.ok]
+
+        problems = await asyncio.to_thread(low)
+        if problems and disk.cleanup:
+            from handlers import cleanup
+
+            report = await asyncio.to_thread(
+                cleanup.free_space,
+                list(disk.cleanup),
+                enough=lambda: not low(),
+                dry_run=self.dry_run,
+            )
+            run.notes.append(f"freed {report.freed_bytes} bytes from the cleanup directories")
+            problems = await asyncio.to_thread(low)
+        if problems:
+            run.detail = "; ".join(problems)
+            return Verdict.DISK_LOW
+        run.detail = "disk ok" + (f"; memory low: {mem.reason}" if not mem.ok else "")
+        return Verdict.OK
+
+    # --- VALIDATING_CONFIG ----------------------------------------------------------------
+
+    async def _validate_config(self, run: _Run) -> Verdict:
+        argv = run.policy.validate
+        if not argv:
+            run.detail = "no validate command declared"
+            return Verdict.OK
+        ok, run.detail = await _validate(argv, run.policy.recovery.validate_timeout)
+        return Verdict.OK if ok else Verdict.CONFIG_INVALID
+
+    # --- BACKING_OFF / RESTARTING / VERIFYING ---------------------------------------------
+
+    async def _back_off(self, run: _Run) -> Verdict:
+        delay = backoff.delay_for(run.used + 1, run.policy.recovery.backoff, self.rng)
+        wait = backoff.remaining(delay, run.last_attempt_at, self.clock.monotonic())
+        run.detail = f"attempt {run.used + 1}: waiting {wait:.3f}s (delay {delay:.3f}s)"
+        if wait > 0 and not self.dry_run:
+            await self.clock.sleep(wait)
+        return Verdict.OK
+
+    async def _restart(self, run: _Run) -> Verdict:
+        unit = run.unit
+        started = self.clock.monotonic()
+        run.used += 1
+        run.restarts += 1
+        run.last_attempt_at = started
+        try:
+            if run.level is Level.RESTART_WITH_DEPENDENCIES:
+                await self._restart_dependencies(run)
+            await self.bus.reset_failed(unit)
+            await self.bus.restart(unit, "replace")
+        except SystemdError as exc:
+            run.detail = f"restart refused: {exc}"
+            self._record_step(
+                run, "restart", "failed", run.detail, self.clock.monotonic() - started
+            )
+            return Verdict.FAILED
+        run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
+        self._record_step(run, "restart", "started", run.detail, self.clock.monotonic() - started)
+        return Verdict.OK
+
+    async def _restart_dependencies(self, run: _Run) -> None:
+        diag = run.diagnosis
+        if diag is None:
+            return
+        for dep in dict.fromkeys((*diag.requires, *diag.binds_to)):
+            if dep in run.visited or not dep.endswith(".service"):
+                continue
+            await self.bus.restart(dep, "replace")
+            self._record_step(run, "restart-dependency", "started", dep, 0.0)
+
+    async def _verify(self, run: _Run) -> Verdict:
+        unit = run.unit
+        old = run.diagnosis.invocation_id if run.diagnosis is not None else ""
+
+        def settled(p: dict[str, Any]) -> bool:
+            if p.get("SubState") in RESTARTING_SUBSTATES:
+                return True  # it crashed after our start and systemd's Restart= has it
+            if job_queued(p):
+                return False  # our restart job has not run yet
+            if old and diagnosis_from(unit, p).invocation_id == old:
+                return False  # still the failed run we saw before restarting
+            return p.get("ActiveState") in ("active", "failed", "inactive")
+
+        timeout = run.policy.recovery.start_timeout
+        try:
+            props = await self.bus.wait_for(unit, settled, timeout)
+        except SystemdError as exc:
+            run.detail = f"not active within {timeout:g}s: {exc}"
+            return Verdict.FAILED
+        if props.get("SubState") in RESTARTING_SUBSTATES:
+            run.detail = "crashed again; systemd's Restart= took over"
+            return Verdict.SYSTEMD_RESTARTING
+        if props.get("ActiveState") != "active":
+            run.detail = (
+                f"{props.get('ActiveState')}/{props.get('SubState')} after restart, "
+                f"result {props.get('Result')}"
+            )
+            return Verdict.FAILED
+        health = run.policy.health
+        if health is not None:
+            ok, detail = await self._probe(health.probe, max(1, health.failures))
+            if not ok:
+                run.detail = f"active but unhealthy: {detail}"
+                return Verdict.FAILED
+        run.detail = f"active (attempt {run.used})"
+        return Verdict.OK
+
+    # --- the end of a run -----------------------------------------------------------------
+
+    async def _finish(self, run: _Run, state: State) -> Outcome:
+        now = self._stamp()
+        inc = run.incident
+        journal: tuple[str, ...] = ()
+        if run.journal_task is not None:
+            try:
+                journal = await asyncio.wait_for(run.journal_task, 5.0)
+            except Exception as exc:
+                journal = (f"(journal unavailable: {type(exc).__name__})",)
+        if state is State.NOT_NEEDED and inc is not None:
+            # Active again on a re-diagnosis (a slow start outran start_timeout): recovered.
+            state = State.RECOVERED
+        if state is State.RECOVERED and inc is not None:
+            run.reason = f"active again after {run.restarts} restart(s)"
+            self.store.amend_last_restart(inc.id, result="ok", reason=run.detail)
+            self.store.close_incident(inc.id, state="recovered", reason=run.reason, at=now)
+            self._emit(
+                run,
+                EventKind.RECOVERED,
+                attempts=run.used,
+                duration=round(now.wall - inc.opened.wall, 6),
+            )
+            await self._resolve(run.unit, run.policy, inc)
+        elif state is State.GAVE_UP and inc is not None and run.reason != GiveUp.GIVEN_UP.value:
+            if run.reason == GiveUp.DEPENDENCY.value and run.waiting_on:
+                run.reason = f"dependency: {', '.join(run.waiting_on)} down"
+            elif run.reason in (GiveUp.DISK.value, GiveUp.CONFIG.value) and run.detail:
+                run.reason = f"{run.reason}: {run.detail}"
+            self.store.update_incident(inc.id, level=int(Level.ALERT_AND_STOP))
+            self.store.close_incident(inc.id, state="gave-up", reason=run.reason, at=now)
+            self._emit(run, EventKind.GAVE_UP, reason=run.reason, attempts=run.used)
+            run.level = Level.ALERT_AND_STOP
+            self._alert(
+                run,
+                "firing",
+                Level.ALERT_AND_STOP,
+                f"{run.unit} left failed: {run.reason} ({run.used} restart attempt(s) in "
+                f"{run.policy.recovery.window:g}s); run `unitgen reset {run.unit}` when fixed",
+            )
+        elif state is State.GAVE_UP and inc is not None:
+            run.reason = f"given up earlier ({inc.reason}); run `unitgen reset {run.unit}`"
+        elif state is State.NOT_NEEDED:
+            run.reason = run.detail or "already active"
+            await self._resolve_reset(run)
+        elif state is State.WAITING_FOR_SYSTEMD:
+            run.reason = run.detail or "systemd is restarting it"
+            if inc is not None and run.restarts > 0:
+                # Our start crashed and systemd's Restart= has it: the incident stays open
+                # and the next OnFailure= (start-limit-hit) continues it.
+                pass
+        elif run.reason == "" and self.dry_run:
+            run.reason = "dry run"
+        return self._outcome(run, state, run.reason or run.detail, journal)
+
+    def _outcome(
+        self, run: _Run, state: State, reason: str, journal: tuple[str, ...] = ()
+    ) -> Outcome:
+        diag = run.diagnosis
+        return Outcome(
+            unit=run.unit,
+            state=state,
+            reason=reason,
+            attempts=run.used,
+            incident_id=run.incident_id,
+            level=run.level,
+            classification=diag.classification if diag else "",
+            restarts=run.restarts,
+            dry_run=self.dry_run,
+            default_policy=run.policy.default,
+            duration=self.clock.monotonic() - run.started,
+            notes=tuple(dict.fromkeys(run.notes)),
+            journal=journal,
+        )
+
+    # --- alerts ---------------------------------------------------------------------------
+
+    def _alerter_for(self, policy: Policy) -> Alerter | None:
+        if policy.unit not in self._alerters:
+            try:
+                self._alerters[policy.unit] = self._alerter_factory(policy)
+            except PolicyError as exc:
+                log.warning("%s: alert targets unusable: %s", policy.unit, exc)
+                self._alerters[policy.unit] = None
+        return self._alerters[policy.unit]
+
+    def _alert(
+        self, run: _Run, status: Literal["firing", "resolved"], level: Level, summary: str
+    ) -> None:
+        inc = run.incident
+        if inc is None or self.dry_run:
+            return
+        self._send(run.unit, run.policy, inc, status, level, summary, run.used)
+
+    def _send(
+        self,
+        unit: str,
+        policy: Policy,
+        inc: IncidentRow,
+        status: Literal["firing", "resolved"],
+        level: Level,
+        summary: str,
+        attempts: int,
+    ) -> None:
+        alerter = self._alerter_for(policy)
+        if alerter is None or not alerter.targets:
+            return
+        key = level.label if status == "firing" else ""
+        if not self.store.claim_alert(inc.id, key, status, self.clock.time()):
+            return  # this process or another already sent it
+        from handlers.alerts import Alert
+
+        alert = Alert(
+            unit=unit,
+            incident_id=inc.id,
+            level=level.label,
+            status=status,
+            reason=inc.classification or "failure",
+            summary=summary,
+            attempts=attempts,
+            started_at=inc.opened.wall,
+            ended_at=self.clock.time() if status == "resolved" else None,
+            host=self.host,
+        )
+        task = asyncio.create_task(self._deliver(alerter, alert, key), name=f"alert {unit}")
+        self._pending.add(task)
+        task.add_done_callback(self._alert_done)
+
+    async def _deliver(self, alerter: Alerter, alert: Alert, key: str) -> None:
+        deliveries: list[Delivery] = await alerter.send(alert)
+        ok = bool(deliveries) and all(d.ok for d in deliveries)
+        detail = "; ".join(d.error or f"{d.target}: ok" for d in deliveries)[:500]
+        self.store.record_delivery(
+            alert.incident_id, key, alert.status, delivered=ok, detail=detail
+        )
+        if not ok:
+            log.warning("alert for %s not delivered everywhere: %s", alert.unit, detail)
+
+    def _alert_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("alert task %s failed: %r", task.get_name(), exc)
+
+    async def _resolve(self, unit: str, policy: Policy, inc: IncidentRow) -> None:
+        if any(status == "firing" for _level, status in self.store.alerted(inc.id)):
+            self._send(
+                unit,
+                policy,
+                inc,
+                "resolved",
+                Level(min(max(inc.level, 1), 4)),
+                f"{unit} is active again",
+                0,
+            )
+
+    async def _resolve_reset(self, run: _Run) -> None:
+        """An incident given up, then reset, resolves once the unit is seen healthy."""
+        last = self.store.last_incident(run.unit)
+        if last is None or last.state != "gave-up":
+            return
+        reset_at = self.store.reset_at(run.unit, self._stamp())
+        if (
+            reset_at is not None
+            and last.closed is not None
+            and reset_at >= _timeline(last.closed, self._stamp())
+        ):
+            await self._resolve(run.unit, run.policy, last)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _stamp(self) -> Stamp:
+        return Stamp(self.clock.monotonic(), self.clock.time(), self._boot)
+
+    def _policy(self, unit: str, notes: list[str]) -> Policy:
+        try:
+            return load_policy(unit, self.paths.policy_dir)
+        except PolicyError as exc:
+            # Recovery must not stop on a broken policy file; the operator is told.
+            notes.append(f"policy unreadable, using the defaults: {exc}")
+            log.warning("%s", exc)
+            return default_policy(unit)
+
+    async def _properties(self, unit: str) -> dict[str, Any]:
+        return await self.bus.unit_properties(unit)
+
+    def _budget(self, unit: str, policy: Policy, now: Stamp) -> tuple[int, float | None]:
+        r = policy.recovery
+        times = self.store.restart_times(unit, now, max(r.window, r.stable_after))
+        last = max(times) if times else None
+        since = ladder.count_start(
+            now.mono,
+            window=r.window,
+            stable_after=r.stable_after,
+            last_attempt_at=last,
+            reset_at=self.store.reset_at(unit, now),
+        )
+        return ladder.attempts_in_window(times, since), last
+
+    def _given_up(self, unit: str, now: Stamp) -> IncidentRow | None:
+        last = self.store.last_incident(unit)
+        if last is None or last.state != "gave-up" or last.closed is None:
+            return None
+        reset_at = self.store.reset_at(unit, now)
+        if reset_at is not None and reset_at >= _timeline(last.closed, now):
+            return None
+        return last
+
+    def _record_step(
+        self, run: _Run, action: str, result: str, reason: str, duration: float
+    ) -> None:
+        if run.incident is None:
+            return
+        self.store.record_attempt(
+            run.incident.id,
+            run.unit,
+            at=self._stamp(),
+            level=int(run.level),
+            action=action,
+            result=result,
+            reason=reason[:1000],
+            duration=duration,
+        )
+
+    def _record_trigger(
+        self, incident_id: str, unit: str, trigger: Trigger, disposition: str
+    ) -> None:
+        self.store.record_trigger(
+            incident_id,
+            unit,
+            wall=self.clock.time(),
+            source=trigger.source,
+            invocation_id=trigger.invocation_id,
+            disposition=disposition,
+        )
+
+    def _emit(self, run: _Run, kind: EventKind, **fields: FieldValue) -> None:
+        base: dict[str, FieldValue] = {"level": run.level.label}
+        base.update(fields)
+        try:
+            self.events.emit(Event(kind, run.unit, run.incident_id, base))
+        except Exception:
+            log.exception("event sink failed on %s", kind.value)
+
+
+_ACTION: dict[State, str] = {
+    State.DIAGNOSING: "diagnose",
+    State.CHECKING_DEPENDENCIES: "dependencies",
+    State.WAITING_FOR_DEPENDENCY: "wait-dependency",
+    State.CLEANING_UP: "cleanup",
+    State.CHECKING_RESOURCES: "resources",
+    State.VALIDATING_CONFIG: "validate",
+    State.BACKING_OFF: "backoff",
+    State.RESTARTING: "",  # _restart records the counted "restart" row itself
+    State.VERIFYING: "verify",
+}
+
+
+def _timeline(at: Stamp, now: Stamp) -> float:
+    if at.boot == now.boot:
+        return at.mono
+    return now.mono - max(0.0, now.wall - at.wall)
+
+
+def _state_of(inc: IncidentRow | None) -> tuple[State, str]:
+    if inc is None:
+        return State.NOT_NEEDED, "no incident recorded"
+    mapping = {
+        "recovered": State.RECOVERED,
+        "gave-up": State.GAVE_UP,
+        "open": State.DIAGNOSING,
+        "reset": State.NOT_NEEDED,
+    }
+    return mapping.get(inc.state, State.DIAGNOSING), inc.reason or inc.state
+
+
+def _readonly_copy(paths: Paths) -> Store:
+    """For --dry-run: an in-memory copy of the history, so the plan is real but leaves no trace."""
+    return Store.snapshot(paths.database)
+
+
+def _alerter(policy: Policy) -> Alerter | None:
+    if not policy.alerts:
+        return None
+    from handlers.alerts import Alerter, AlertTarget
+
+    targets = [AlertTarget.from_mapping(m) for m in policy.alerts]
+    return Alerter(targets)
+
+
+def _threshold(resources: Any, t: Threshold) -> Any:
+    return resources.Threshold(percent=t.percent, bytes=t.bytes)
+
+
+async def _validate(argv: tuple[str, ...], timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
+    try:
+        from handlers import configcheck  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        # Until handlers.configcheck exists: the same contract, run directly.
+        from handlers.procs import run_command
+
+        result = await run_command(argv, timeout=timeout)
+        return result.ok, ("config valid" if result.ok else f"config invalid: {result.describe()}")
+    checked = await configcheck.validate_config(argv, timeout=timeout)
+    return bool(checked.ok), str(checked.reason)
+
+
+async def _probe(probe: Probe, attempts: int) -> tuple[bool, str]:
+    from handlers.probes import ProbeSpec, probe_with_backoff
+
+    try:
+        spec = ProbeSpec.from_model(probe)
+    except PolicyError as exc:
+        return False, str(exc)
+    result = await probe_with_backoff(spec, attempts=max(1, attempts), base=0.5, max_delay=5.0)
+    return result.ok, result.detail
