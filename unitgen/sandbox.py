@@ -135,6 +135,22 @@ wait
 """
 
 
+# The system-mode wrapper, run by ``unshare --mount``: join the private cgroup
+# (nspawn --keep-unit creates payload/ and supervisor/ below its own cgroup,
+# which would otherwise be the host's), hide the host's /run/systemd (nspawn
+# leaves nspawn/locks and nspawn/propagate there), then become nspawn.
+_SYSTEM_INIT = r"""
+set -eu
+ID=$1; shift
+for h in $UNITGEN_SANDBOX_CGROUPS; do
+    mkdir -p "$h/$ID"
+    echo 0 > "$h/$ID/cgroup.procs"
+done
+mount -t tmpfs -o mode=755 tmpfs /run/systemd
+exec "$@"
+"""
+
+
 def _cgroup_mounts() -> list[tuple[Path, str]]:
     """(mount point, fstype) of every cgroup hierarchy mounted at its root."""
     found: list[tuple[Path, str]] = []
@@ -186,23 +202,65 @@ def _remove_cgroup_tree(top: Path, deadline: float) -> None:
 
 
 def reap_stale() -> list[Path]:
-    """Remove cgroup trees of sandboxes whose owner died without tearing down.
+    """Remove what sandboxes left when their owner was SIGKILLed mid-way.
 
-    A tree is stale when no process is left in it. Returns what was removed.
+    The namespace dies with its owner (PR_SET_PDEATHSIG), but nobody is left to
+    remove the temp dir and the empty cgroup directories. A sandbox is stale when
+    the process recorded in ``ROOT/owner`` is gone; a cgroup tree without a root
+    dir is stale once it is empty and older than a few seconds (younger ones may
+    belong to a sandbox being born). Returns what was removed.
     """
     removed: list[Path] = []
+    now = time.time()
+    for root in Path(tempfile.gettempdir()).glob(CGROUP_PREFIX + "*"):
+        try:
+            owner = (root / "owner").read_text().split()
+            alive = _process_alive(int(owner[0]), owner[1])
+        except (OSError, ValueError, IndexError):
+            alive = now - _mtime(root) < 60
+        if alive:
+            continue
+        for mount, _ in _cgroup_mounts():
+            with contextlib.suppress(SandboxError):
+                if not _cgroup_has_processes(mount / root.name):
+                    _remove_cgroup_tree(mount / root.name, time.monotonic() + 0.5)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    tmp = Path(tempfile.gettempdir())
     for mount, _ in _cgroup_mounts():
         try:
             entries = list(mount.glob(CGROUP_PREFIX + "*"))
         except OSError:
             continue
         for top in entries:
+            if (tmp / top.name).exists() or now - _mtime(top) < 10:
+                continue
             if _cgroup_has_processes(top):
                 continue
             with contextlib.suppress(SandboxError):
                 _remove_cgroup_tree(top, time.monotonic() + 0.5)
                 removed.append(top)
     return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of ``pid``: with the pid, a unique process identity."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _process_alive(pid: int, start_time: str) -> bool:
+    try:
+        return _start_time(pid) == start_time
+    except (OSError, IndexError):
+        return False
 
 
 def _cgroup_has_processes(top: Path) -> bool:
@@ -235,6 +293,13 @@ def probe(scope: Scope = Scope.USER) -> str | None:
     if not _tracking_hierarchies():
         return "no systemd-usable cgroup hierarchy is mounted under /sys/fs/cgroup"
     return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _ns_children(pid: int) -> list[int]:
@@ -277,7 +342,10 @@ class Sandbox:
         self._closed = False
         # What runs inside sees the manager's real runtime dir; env is for the host.
         self._inside_env = inside_env
-        self._nsenter = ["nsenter", f"--target={init_pid}", "--mount", "--pid"]
+        namespaces = ["--mount", "--pid"]
+        if scope is Scope.SYSTEM:
+            namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid"]
+        self._nsenter = ["nsenter", f"--target={init_pid}", *namespaces]
 
     # --- construction -------------------------------------------------------
 
@@ -322,6 +390,7 @@ class Sandbox:
         root = Path(tempfile.mkdtemp(prefix=CGROUP_PREFIX))
         cgroup_id = root.name
         try:
+            (root / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
             runtime = root / "run"
             for sub in ("run", "config", "state", "data", "cache", "home", "tmp", "var-tmp"):
                 (root / sub).mkdir(mode=0o700)
@@ -428,13 +497,144 @@ class Sandbox:
     def _start_system(
         cls, *, share: Iterable[Path], boot_timeout: float, die_with_parent: bool
     ) -> Sandbox:
-        raise SandboxError("the system (nspawn) sandbox is not implemented yet")
+        reason = probe(Scope.SYSTEM)
+        if reason:
+            raise SandboxError(f"cannot start the system sandbox: {reason}")
+        reap_stale()
+        root = Path(tempfile.mkdtemp(prefix=CGROUP_PREFIX))
+        cgroup_id = root.name
+        try:
+            (root / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+            # Non-root callers must reach the bus socket below root.
+            root.chmod(0o755)
+            skel = root / "skel"
+            skel.mkdir()
+            for name in ("bin", "sbin", "lib", "lib64"):
+                (skel / name).symlink_to(f"usr/{name}")
+            for name in ("usr", "etc", "var", "tmp", "run", "proc", "sys", "dev", "root", "home"):
+                (skel / name).mkdir()
+            (skel / "tmp").chmod(0o1777)
+            # nspawn checks for os-release on the host side, before /usr is bound, so
+            # the usual symlink into usr/lib would dangle: give it a real file.
+            os_release = Path("/usr/lib/os-release").read_bytes()
+            (skel / "etc" / "os-release").write_bytes(os_release)
+            etc_upper = root / "etc-upper"
+            etc_upper.mkdir()
+            (etc_upper / "os-release").write_bytes(os_release)
+            dirs = {
+                "dbus": "/run/dbus",
+                "system-units": "/etc/systemd/system",
+                "etc-unitgen": "/etc/unitgen",
+                "run-unitgen": "/run/unitgen",
+            }
+            for sub in dirs:
+                (root / sub).mkdir(mode=0o755)
+            (root / "etc-unitgen" / "policy.d").mkdir()
+            bus = f"unix:path={root}/dbus/system_bus_socket"
+            env = {
+                "DBUS_SYSTEM_BUS_ADDRESS": bus,
+                "UNITGEN_SCOPE": "system",
+                "UNITGEN_STATE_DIR": str(skel / "var" / "lib" / "unitgen"),
+                "UNITGEN_RUN_DIR": str(root / "run-unitgen"),
+                "UNITGEN_POLICY_DIR": str(root / "etc-unitgen" / "policy.d"),
+            }
+            shared = [str(Path(p).resolve()) for p in share]
+            binds = [f"--bind={root}"]
+            binds += [f"--bind={root / sub}:{inside}" for sub, inside in dirs.items()]
+            binds += [f"--bind={p}" for p in shared]
+            # The venv's interpreter may live outside /usr (pyenv, /opt): bind it too.
+            import sys
+
+            for prefix in {sys.base_prefix, sys.prefix}:
+                if not prefix.startswith("/usr/") and prefix != "/usr":
+                    binds.append(f"--bind-ro={prefix}")
+            nspawn = [
+                "systemd-nspawn",
+                "--quiet",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--machine=unitgen-sandbox",
+                f"--directory={skel}",
+                "--bind-ro=/usr",
+                f"--overlay=/etc:{etc_upper}:/etc",
+                *binds,
+                "--setenv=SYSTEMD_LOG_LEVEL=info",
+                "-b",
+            ]
+            init_script = root / "init.sh"
+            init_script.write_text(_SYSTEM_INIT)
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--kill-child=SIGKILL",
+                "--",
+                "/bin/sh",
+                str(init_script),
+                cgroup_id,
+                *nspawn,
+            ]
+            if die_with_parent:
+                argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+            child_env = {
+                **_base_env(),
+                "UNITGEN_SANDBOX_CGROUPS": " ".join(str(p) for p in _tracking_hierarchies()),
+            }
+            log = open(root / "init.log", "wb")  # noqa: SIM115 - handed to the child
+            try:
+                launcher = subprocess.Popen(
+                    argv,
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                log.close()
+        except OSError as exc:
+            shutil.rmtree(root, ignore_errors=True)
+            raise SandboxError(f"cannot start the system sandbox in {root}: {exc}") from exc
+
+        deadline = time.monotonic() + boot_timeout
+        init_pid = 0
+        while not init_pid:
+            # unshare -> (sh exec'd into) nspawn -> container's systemd
+            for nspawn_pid in _ns_children(launcher.pid):
+                kids = _ns_children(nspawn_pid)
+                if kids and _comm(kids[0]) == "systemd":
+                    init_pid = kids[0]
+            if init_pid:
+                break
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                _abort(launcher, root, cgroup_id)
+                raise SandboxError(f"system sandbox did not boot: {_tail(root / 'init.log')}")
+            time.sleep(0.005)
+        sb = cls(
+            Scope.SYSTEM,
+            root,
+            env,
+            bus,
+            root / "system-units",
+            launcher,
+            init_pid,
+            cgroup_id,
+            {},
+        )
+        try:
+            sb._wait_running(deadline)
+        except BaseException:
+            sb.close()
+            raise
+        return sb
 
     def _wait_running(self, deadline: float) -> None:
         # Over the bus, not the private socket: the manager refuses private-socket
         # peers from another PID namespace, and the bus is what clients will use.
         # systemd1 appears on the socket-activated bus only after dbus.service is up.
-        bus_socket = self.root / "run" / "bus"
+        bus_socket = Path(self.bus_address.removeprefix("unix:path="))
         last = ""
         while time.monotonic() < deadline:
             if self._launcher.poll() is not None:
@@ -444,7 +644,9 @@ class Sandbox:
                 if last in ("running", "degraded"):
                     return
             time.sleep(_POLL)
-        raise SandboxError(f"user manager not running after boot timeout (last state: {last!r})")
+        raise SandboxError(
+            f"{self.scope.value} manager not running after boot timeout (last state: {last!r})"
+        )
 
     def _system_state(self) -> str:
         res = subprocess.run(
@@ -482,14 +684,36 @@ class Sandbox:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
-        """Kill everything, remove the cgroups and the temp dir. Safe to call twice."""
+    def close(self, *, graceful: bool = False, timeout: float = 10.0) -> None:
+        """Kill everything, remove the cgroups and the temp dir. Safe to call twice.
+
+        ``graceful``: ask the manager to exit (``systemctl exit``/``poweroff``) and
+        wait up to ``timeout`` first, so units run their ExecStop=; the kill that
+        follows then finds nothing, but still runs.
+        """
         if self._closed:
             return
+        if graceful:
+            verb = "exit" if self.scope is Scope.USER else "poweroff"
+            with contextlib.suppress(SandboxError):
+                self.systemctl(verb, "--no-block", timeout=timeout)
+            if self.scope is Scope.SYSTEM:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._launcher.wait(timeout=timeout)
+            else:
+                deadline = time.monotonic() + timeout
+                while Path(f"/proc/{self.init_pid}").exists() and time.monotonic() < deadline:
+                    if not any(_comm(p) == "systemd" for p in _ns_children(self.init_pid)):
+                        break
+                    time.sleep(_POLL)
         self._closed = True
         _abort(self._launcher, self.root, self.cgroup_id, self.init_pid)
 
     # --- running things inside ----------------------------------------------
+
+    def inside_env(self) -> dict[str, str]:
+        """The variables a process inside needs (``run`` adds them for you)."""
+        return dict(self._inside_env)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` inside the sandbox (for Popen and friends)."""
@@ -503,10 +727,16 @@ class Sandbox:
         timeout: float = 60.0,
         input: str | None = None,
         env: Mapping[str, str] | None = None,
+        user: int | str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the sandbox's namespaces; output captured as text."""
+        """Run ``argv`` inside the sandbox's namespaces; output captured as text.
+
+        ``user``: a uid or user name to run as (via ``setpriv``, groups cleared).
+        """
         if self._closed:
             raise SandboxError("sandbox is closed")
+        if user is not None:
+            argv = [*as_user(user), *argv]
         full_env = {**_base_env(), **self._inside_env, **(env or {})}
         try:
             res = subprocess.run(
@@ -675,6 +905,25 @@ class Sandbox:
         except OSError:
             return []
         return _pids_in_ns(our_ns)
+
+
+def as_user(user: int | str) -> list[str]:
+    """argv prefix that drops to ``user`` (uid or name) with its primary group only."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        if isinstance(user, str):
+            raise SandboxError(f"no such user {user!r}") from None
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+    return [
+        "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--clear-groups",
+        "--",
+    ]
 
 
 def _pids_in_ns(ns: str) -> list[int]:
