@@ -93,7 +93,8 @@ def test_dry_run_reports_but_keeps(tmp_path: Path, dead_pid: int) -> None:
 def test_missing_pidfile_is_nothing_to_do(tmp_path: Path) -> None:
     report = remove_stale_pidfile(str(tmp_path / "none.pid"), unit_cgroup=None)
     report2 = remove_stale_pidfile(str(tmp_path / "nodir" / "none.pid"), unit_cgroup=None)
-    assert report.removed == report.refused == report2.removed == report2.refused == []
+    assert report.removed == [] and report.refused == []
+    assert report2.removed == [] and report2.refused == []
 
 
 def test_foreign_owner_is_refused(tmp_path: Path, dead_pid: int) -> None:
