@@ -134,7 +134,8 @@ def quote(value: object, kind: str) -> str:
         return _no_trailing_backslash(_check(value, kind).strip(), kind).replace("%", "%%")
     if kind == "path":
         path = _check(value, kind)
-        if not path.startswith("/"):
+        # "-/x": systemd's "ignore if missing" prefix (EnvironmentFile=, WorkingDirectory=).
+        if not path.removeprefix("-").startswith("/"):
             raise RenderError(f"quote(path): {_short(path)} is not an absolute path")
         if path != path.strip():
             raise RenderError(f"quote(path): {_short(path)} has surrounding whitespace")

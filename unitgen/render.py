@@ -13,6 +13,7 @@ an installed wheel (package data). docs/rendering.md describes the layout.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -403,9 +404,7 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
                 directory.mkdir(parents=True, exist_ok=True)
                 stage = Path(tempfile.mkdtemp(prefix=".unitgen-stage-", dir=directory))
             except OSError as exc:
-                raise RenderError(
-                    f"{directory}: cannot write there ({exc.strerror or exc})"
-                ) from exc
+                raise _write_error(f"{directory}: cannot write there", exc) from exc
             stages.append(stage)
             for name, text in files.items():
                 tmp = stage / name.replace("/", "__")
@@ -416,9 +415,8 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
                         os.fsync(fh.fileno())
                     tmp.chmod(0o644)
                 except OSError as exc:
-                    raise RenderError(
-                        f"{directory / name}: cannot write ({exc.strerror or exc}); "
-                        "nothing was changed"
+                    raise _write_error(
+                        f"{directory / name}: cannot write, nothing was changed", exc
                     ) from exc
                 staged.append((tmp, directory / name))
         written: list[Path] = []
@@ -442,6 +440,14 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
                     leftover.unlink()
             with contextlib.suppress(OSError):
                 stage.rmdir()
+
+
+def _write_error(message: str, exc: OSError) -> RenderError:
+    """A one-line RenderError; exit 2 when the operator pointed us at a bad place."""
+    err = RenderError(f"{message} ({exc.strerror or exc})")
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        err.exit_code = 2  # EACCES, EROFS, ENOTDIR...: a bad --out, not a failure of ours
+    return err
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,156 @@
+"""``unitgen check SPEC``: validate, render to a temporary directory, ask systemd.
+
+For every rendered unit it runs the real ``systemd-analyze verify`` (any
+complaint about our files is an error, since verify itself exits 0 on unknown
+keys) and ``systemd-analyze security --offline=yes``. The exposure must not
+exceed ``--max-exposure`` when given; otherwise each unit is held to its
+profile's ceiling (``hardening.EXPOSURE_CEILING``: strict 1.5, standard 5.0,
+minimal 8.0, off 10.0), so a spec that deliberately picks a milder profile for
+one daemon still passes while every strict unit must reach 1.5. The recovery
+template is verified but not held to any limit: it runs as root on purpose
+(docs/hardening.md).
+
+Exit status: 0 all good, 1 a unit failed verify or is too exposed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unitgen.commands.render import add_common_arguments, prepare
+
+if TYPE_CHECKING:
+    from unitgen.model import Override, Service
+
+HELP = "validate a spec and verify its units with systemd"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--max-exposure",
+        type=float,
+        default=None,
+        metavar="X",
+        help="fail a unit whose systemd-analyze security exposure is above X "
+        "(0.0-10.0; default: its profile's ceiling, 1.5 for strict)",
+    )
+
+
+@dataclass
+class Row:
+    unit: str
+    file: str
+    verify: list[str] = field(default_factory=list)
+    exposure: float | None = None
+    limit: float | None = None  # the exposure it is held to; None: not gated
+    worst_case: str = ""  # restarts per window, systemd + ladder (handlers/budget.py)
+    notes: list[str] = field(default_factory=list)
+    ok: bool = True
+
+
+def _worst_case(spec_unit: Service | Override) -> str:
+    # Hook filled by the ladder's budget (handlers/budget.py): the most restarts the
+    # combined policy allows per ladder window, systemd's burst and the ladder's
+    # attempts together. Empty where that module is missing.
+    try:
+        from handlers.budget import worst_case
+    except ImportError:
+        return ""
+    from unitgen.policy import policy_from_service
+
+    budget = worst_case(policy_from_service(spec_unit, ()))
+    return f"{budget.total}/{budget.window:g}s ({budget.systemd_restarts}+{budget.ladder_restarts})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from unitgen.errors import SystemdError, UsageError
+    from unitgen.hardening import EXPOSURE_CEILING
+    from unitgen.render import RECOVER_UNIT, render, write_trees
+    from unitgen.verify import exposure, verify
+
+    if args.max_exposure is not None and not 0.0 <= args.max_exposure <= 10.0:
+        raise UsageError(f"--max-exposure {args.max_exposure}: expected 0.0 to 10.0")
+    spec, options = prepare(args)
+    files = render(spec, options)
+    owners: dict[str, Service | Override] = {s.unit: s for s in spec.services.values()}
+    owners.update({o.unit: o for o in spec.overrides.values()})
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="unitgen-check-") as tmp:
+        directory = Path(tmp)
+        write_trees([(directory, files)])
+        report = verify(directory, list(files), options.scope)
+        for name in files:
+            unit = name.split(".d/", 1)[0]
+            row = Row(unit=unit, file=name)
+            owner = owners.get(unit)
+            if name != RECOVER_UNIT and owner is not None:
+                # The recovery unit runs as root on purpose: reported, not gated.
+                profile = owner.hardening.profile if owner.hardening else "off"
+                row.limit = (
+                    args.max_exposure
+                    if args.max_exposure is not None
+                    else EXPOSURE_CEILING[profile]
+                )
+            row.verify = report.errors.get(name, [])
+            try:
+                row.exposure = exposure(directory, name, options.scope)
+            except SystemdError as exc:
+                row.notes.append(str(exc))
+            if owner is not None:
+                row.worst_case = _worst_case(owner)
+            row.ok = not row.verify and (
+                row.limit is None or (row.exposure is not None and row.exposure <= row.limit)
+            )
+            if row.limit is not None and row.exposure is None:
+                row.notes.append("no exposure figure: cannot hold it to --max-exposure")
+            rows.append(row)
+        unattributed = report.errors.get("(verify)", [])
+    ok = all(r.ok for r in rows) and not unattributed
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "systemd_version": options.systemd_version,
+                    "scope": options.scope.value,
+                    "units": [asdict(r) for r in rows],
+                    "verify_errors": unattributed,
+                    "verify_notes": report.notes,
+                }
+            )
+        )
+    else:
+        _print_table(rows)
+        for line in unattributed:
+            print(f"verify: {line}")
+        for line in report.notes:
+            print(f"note (not a unit of this spec): {line}")
+    return 0 if ok else 1
+
+
+def _print_table(rows: list[Row]) -> None:
+    header = ("UNIT", "VERIFY", "EXPOSURE", "RESTARTS/WINDOW", "RESULT")
+    table: list[tuple[str, ...]] = [header]
+    for r in rows:
+        if r.exposure is None:
+            exp = "-"
+        elif r.limit is not None:
+            exp = f"{r.exposure:.1f}/{r.limit:.1f}"
+        else:
+            exp = f"{r.exposure:.1f} (ungated)"
+        verify = "ok" if not r.verify else f"{len(r.verify)} error(s)"
+        table.append((r.file, verify, exp, r.worst_case or "-", "ok" if r.ok else "FAIL"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        for line in r.verify:
+            print(f"{r.file}: verify: {line}")
+        for note in r.notes:
+            print(f"{r.file}: {note}")
