@@ -35,14 +35,20 @@ __all__ = [
 # key -> the one Python type its value always has once published.
 DETAIL_TYPES: Mapping[str, type] = {
     # where the ladder is
-    "level": str,  # restart | restart-deps | cleanup-restart | alert
+    # restart | restart-with-dependencies | cleanup-then-restart | alert-and-stop
+    "level": str,
     "from_level": str,  # Escalated: the level that was used up
-    # diagnose | dependencies | cleanup | disk | memory | validate | restart | verify | alert
+    # the ladder state the step ran: diagnosing | checking-dependencies | cleaning-up |
+    # checking-resources | validating-config | backing-off | restarting | verifying | ...
     "step": str,
+    "state": str,  # the ladder state an incident ended in, or a unit's recovery state
+    "verdict": str,  # what the step found (ladder Verdict value)
     "action": str,  # what the step did, e.g. "RestartUnit"
     "result": str,  # ok | failed | skipped | timeout | busy | waiting
-    "reason": str,  # exit-code | signal | core-dump | timeout | oom-kill | start-limit-hit |
-    #                 watchdog | resources | dependency | health | disk | config | manual
+    # why the incident opened (exit-code | signal | core-dump | timeout | oom-kill |
+    # start-limit-hit | watchdog | resources | dependency | health) or why the ladder gave
+    # up (budget | disk | config | dependency | given-up | not-found)
+    "reason": str,
     "trigger": str,  # onfailure | listener | dbus | health | startup
     "attempt": int,
     "attempts": int,
