@@ -60,7 +60,7 @@ class Receiver:
                     scripted = receiver.script.pop(0) if receiver.script else None
                     receiver._cond.notify_all()
                 if scripted is not None:
-                    status, headers, payload = scripted, {}, b"scripted"
+                    status, headers, payload = scripted, dict[str, str](), b"scripted"
                 else:
                     status, headers, payload = receiver.route(rec)
                 self.send_response(status)
