@@ -30,9 +30,11 @@ __all__ = [
     "SIZE_PATTERN",
     "QuantityError",
     "format_duration",
+    "format_duration_usec",
     "format_percent",
     "format_size",
     "parse_duration",
+    "parse_duration_usec",
     "parse_percent",
     "parse_size",
 ]
@@ -165,7 +167,13 @@ def format_duration(seconds: float) -> str:
     """The shortest exact systemd spelling of ``seconds`` at microsecond resolution."""
     if not math.isfinite(seconds) or seconds < 0:
         raise QuantityError(f"a finite duration of zero or more, got {seconds!r}")
-    usec = round(seconds * USEC_PER_SEC)
+    return format_duration_usec(round(seconds * USEC_PER_SEC))
+
+
+def format_duration_usec(usec: int) -> str:
+    """The shortest exact systemd spelling of a whole number of microseconds."""
+    if usec < 0:
+        raise QuantityError(f"a duration of zero or more, got {usec!r}")
     if usec == 0:
         return "0"
     parts: list[str] = []

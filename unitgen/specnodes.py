@@ -447,10 +447,16 @@ class ThresholdNode(Node):
         if isinstance(value, str) and value.strip().endswith("%"):
             pct = Percent().check(value, key, out)
             return None if pct is INVALID else ("percent", float(str(pct)[:-1]))
-        if self.sizes:
-            if isinstance(value, str | int) and not isinstance(value, bool):
-                size = self._absolute.check(value, key, out)
-                return None if size is INVALID else ("bytes", int(str(size)))
+        if self.sizes and isinstance(value, str | int) and not isinstance(value, bool):
+            if isinstance(value, str) and FORBIDDEN_CHARS.search(value):
+                return None
+            try:
+                size = parse_size(value)
+            except QuantityError:
+                pass  # falls through to the message naming both spellings
+            else:
+                if size > 0:
+                    return ("bytes", size)
         elif isinstance(value, int) and not isinstance(value, bool):
             count = self._absolute.check(value, key, out)
             return None if count is INVALID else ("bytes", int(str(count)))
