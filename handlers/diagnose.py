@@ -181,6 +181,9 @@ def classify(
     """One of :data:`CLASSES` for this failure."""
     if failed_dependencies:
         return "dependency"
+    if health_failed and _str(props, "ActiveState") in ("active", "reloading"):
+        # Running but failing its probe: Result still describes an earlier run.
+        return "health"
     result = trigger_result or _str(props, "Result")
     if result in ("oom-kill", "core-dump", "signal", "timeout", "watchdog", "start-limit-hit"):
         return result
@@ -188,8 +191,6 @@ def classify(
         return "resources"
     if result == "exit-code":
         return "exit-code"
-    if health_failed and _str(props, "ActiveState") in ("active", "reloading"):
-        return "health"
     # ExecMainCode: CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3.
     code = _int(props, "ExecMainCode")
     if code == 3:

@@ -1,0 +1,629 @@
+"""The recovery engine against a fake systemd and a fake clock: the ladder's behaviour, fast.
+
+The sandbox tests (tests/test_recovery_sandbox.py) run the same engine against a
+real systemd; these pin the decisions: which state, how many restarts, which
+pauses, which alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handlers.events import Event, EventKind
+from handlers.ladder import Level, State
+from handlers.locks import UnitLock
+from handlers.recovery import RecoveryEngine, Trigger
+from handlers.store import Store
+from unitgen.errors import SystemdError, UnitNotFoundError
+from unitgen.model import Backoff, Disk, Recovery, Threshold
+from unitgen.paths import Paths, Scope
+from unitgen.policy import Policy, to_json
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = 1_700_000_000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+
+class FakeUnit:
+    def __init__(
+        self,
+        name: str,
+        *,
+        state: str = "failed",
+        result: str = "exit-code",
+        sub: str | None = None,
+        restart: str = "no",
+        requires: tuple[str, ...] = (),
+        behaviour: Callable[[int], str] = lambda n: "active",
+    ) -> None:
+        self.name = name
+        self.props: dict[str, Any] = {
+            "LoadState": "loaded",
+            "ActiveState": state,
+            "SubState": sub or ("failed" if state == "failed" else "running"),
+            "Result": result,
+            "ExecMainCode": 1,
+            "ExecMainStatus": 1,
+            "NRestarts": 0,
+            "MainPID": 0,
+            "PIDFile": "",
+            "InvocationID": b"\x01" * 16,
+            "ControlGroup": f"/{name}",
+            "Restart": restart,
+            "Job": [0, "/"],
+            "Requires": list(requires),
+            "BindsTo": [],
+            "Wants": [],
+            "After": list(requires),
+        }
+        self.behaviour = behaviour  # restart number -> "active" | "failed" | "auto-restart"
+        self.restarts = 0
+
+
+class FakeBus:
+    def __init__(self, *units: FakeUnit, clock: FakeClock | None = None) -> None:
+        self.units = {u.name: u for u in units}
+        self.calls: list[tuple[str, str]] = []
+        self.clock = clock
+
+    def _unit(self, name: str) -> FakeUnit | None:
+        return self.units.get(name)
+
+    async def unit_properties(self, name: str) -> dict[str, Any]:
+        u = self._unit(name)
+        if u is None:
+            return {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead"}
+        return dict(u.props)
+
+    async def reset_failed(self, name: str) -> None:
+        self.calls.append(("reset_failed", name))
+        u = self._unit(name)
+        if u is not None and u.props["ActiveState"] == "failed":
+            u.props["ActiveState"] = "inactive"
+
+    async def restart(self, name: str, mode: str = "replace") -> str:
+        self.calls.append(("restart", name))
+        u = self._unit(name)
+        if u is None:
+            raise UnitNotFoundError(name)
+        u.restarts += 1
+        what = u.behaviour(u.restarts)
+        u.props["InvocationID"] = bytes([u.restarts + 1]) * 16
+        if what == "active":
+            u.props.update(ActiveState="active", SubState="running", Result="success")
+        elif what == "auto-restart":
+            u.props.update(ActiveState="activating", SubState="auto-restart", Result="exit-code")
+        else:
+            u.props.update(ActiveState="failed", SubState="failed", Result="exit-code")
+        return f"/job/{len(self.calls)}"
+
+    async def wait_for(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        props = await self.unit_properties(name)
+        if predicate(props):
+            return props
+        if self.clock is not None:
+            self.clock.advance(timeout)
+        raise SystemdError(f"unit {name}: expected state not reached within {timeout:g}s")
+
+    def restarted(self) -> list[str]:
+        return [n for c, n in self.calls if c == "restart"]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[EventKind]:
+        return [e.kind for e in self.events]
+
+
+class FakeAlerter:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.targets = ("t",)
+
+    def time_bound(self) -> float:
+        return 1.0
+
+    async def send(self, alert: Any) -> list[Any]:
+        self.sent.append(alert)
+        from handlers.alerts import Delivery
+
+        return [Delivery("t", True, None, 1, 0.0)]
+
+
+def _paths(tmp_path: Path) -> Paths:
+    return Paths(
+        scope=Scope.USER,
+        policy_dir=tmp_path / "policy",
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        unit_dir=tmp_path / "units",
+    )
+
+
+def _write_policy(paths: Paths, policy: Policy) -> None:
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    (paths.policy_dir / f"{policy.unit}.json").write_text(to_json(policy))
+
+
+FAST = Recovery(
+    max_attempts=5,
+    window=600.0,
+    min_uptime=30.0,
+    stable_after=900.0,
+    start_timeout=5.0,
+    backoff=Backoff(base=5.0, factor=2.0, max=300.0, jitter=0.0),
+)
+
+
+def _engine(
+    tmp_path: Path, bus: FakeBus, clock: FakeClock, **kw: Any
+) -> tuple[RecoveryEngine, Sink, FakeAlerter]:
+    sink = Sink()
+    alerter = FakeAlerter()
+    kw.setdefault("alerter_factory", lambda policy: alerter)
+    engine = RecoveryEngine(
+        bus,
+        _paths(tmp_path),
+        events=sink,
+        clock=clock,
+        rng=random.Random(7),
+        read_journal_lines=False,
+        **kw,
+    )
+    return engine, sink, alerter
+
+
+ONFAIL = Trigger("onfailure", invocation_id="01" * 16, result="exit-code")
+
+
+@pytest.mark.asyncio
+async def test_crash_recovered_with_one_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED
+    assert out.restarts == 1 and out.attempts == 1
+    assert bus.calls == [("reset_failed", "api.service"), ("restart", "api.service")]
+    assert clock.sleeps == []  # the first attempt does not wait
+    assert sink.kinds()[0] is EventKind.STEP_STARTED
+    assert EventKind.INCIDENT_OPENED in sink.kinds() and sink.kinds()[-1] is EventKind.RECOVERED
+    assert [a.status for a in alerter.sent] == ["firing", "resolved"]
+    assert not out.default_policy
+    hist = RecoveryEngine(bus, _paths(tmp_path), clock=clock).history("api.service")
+    assert hist[0]["state"] == "recovered"
+    actions = [a["action"] for a in hist[0]["attempts"]]  # type: ignore[index]
+    assert "restart" in actions and "verify" in actions
+
+
+@pytest.mark.asyncio
+async def test_always_crashing_stops_after_exactly_max_attempts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service", behaviour=lambda n: "failed"), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    assert out.state is State.GAVE_UP and out.reason == "budget"
+    assert bus.restarted() == ["api.service"] * 5
+    assert out.attempts == 5 and out.level is Level.ALERT_AND_STOP
+    # Exponential back-off between attempts, none before the first.
+    assert clock.sleeps == [5.0, 10.0, 20.0, 40.0]
+    # One alert per level, the last one saying it is left failed.
+    levels = [a.level for a in alerter.sent]
+    assert levels == [
+        "restart",
+        "restart-with-dependencies",
+        "cleanup-then-restart",
+        "alert-and-stop",
+    ]
+    assert "left failed" in alerter.sent[-1].summary
+    escalations = [e for e in sink.events if e.kind is EventKind.ESCALATED]
+    assert len(escalations) == 3
+    assert sink.kinds()[-1] is EventKind.GAVE_UP
+    # Another trigger (systemd fires OnFailure again, the listener reconciles): nothing.
+    clock.advance(60)
+    again = await engine.recover("api.service", Trigger("reconcile"))
+    await engine.aclose()
+    assert again.state is State.GAVE_UP and "reset" in again.reason
+    assert len(bus.restarted()) == 5
+    assert len(alerter.sent) == 4
+
+
+@pytest.mark.asyncio
+async def test_reset_rearms_and_resolves_once_healthy(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service", behaviour=lambda n: "failed")
+    bus = FakeBus(unit, clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    assert (await engine.recover("api.service", ONFAIL)).state is State.GAVE_UP
+    # The operator fixes it and starts it, then re-arms.
+    unit.props.update(ActiveState="active", SubState="running")
+    out = await engine.reset("api.service")
+    await engine.aclose()
+    assert out.state is State.NOT_NEEDED
+    assert [a.status for a in alerter.sent][-1] == "resolved"
+    assert sum(a.status == "resolved" for a in alerter.sent) == 1
+    status = RecoveryEngine(bus, _paths(tmp_path), clock=clock).status("api.service")[0]
+    assert status["attempts_in_window"] == 0
+    # Re-armed: a new failure is handled again.
+    unit.props.update(ActiveState="failed", SubState="failed")
+    unit.behaviour = lambda n: "active"
+    engine2, _s, _a = _engine(tmp_path, bus, clock)
+    again = await engine2.recover("api.service", Trigger("onfailure", invocation_id="ff" * 16))
+    await engine2.aclose()
+    assert again.state is State.RECOVERED and again.attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_stands_down_while_systemd_restarts_it(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(
+        FakeUnit("api.service", state="activating", sub="auto-restart", restart="on-failure"),
+        clock=clock,
+    )
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", Trigger("listener"))
+    await engine.aclose()
+    assert out.state is State.WAITING_FOR_SYSTEMD
+    assert "systemd is restarting it" in out.reason
+    assert bus.restarted() == [] and alerter.sent == []
+    triggers = Store.open(_paths(tmp_path).database).triggers("api.service")
+    assert triggers[-1][3] == "systemd-restarting"
+
+
+@pytest.mark.asyncio
+async def test_failed_state_that_systemd_will_restart_is_left_to_systemd(tmp_path: Path) -> None:
+    """systemd 252 broadcasts `failed` just before `auto-restart`: settle, then stand down."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service", restart="on-failure")
+    bus = FakeBus(unit, clock=clock)
+
+    async def wait_for(
+        name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        unit.props.update(ActiveState="activating", SubState="auto-restart")
+        assert predicate(dict(unit.props))
+        return dict(unit.props)
+
+    bus.wait_for = wait_for  # type: ignore[method-assign]
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", Trigger("listener"))
+    await engine.aclose()
+    assert out.state is State.WAITING_FOR_SYSTEMD and bus.restarted() == []
+
+
+@pytest.mark.asyncio
+async def test_failed_dependency_is_recovered_first(tmp_path: Path) -> None:
+    clock = FakeClock()
+    db = FakeUnit("db.service")
+    api = FakeUnit("api.service", requires=("db.service",))
+    bus = FakeBus(db, api, clock=clock)
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED
+    assert bus.restarted() == ["db.service", "api.service"]
+    assert out.default_policy and any("no recovery policy" in n for n in out.notes)
+    hist = RecoveryEngine(bus, _paths(tmp_path), clock=clock).history("db.service")
+    assert hist[0]["source"] == "dependency"
+
+
+@pytest.mark.asyncio
+async def test_dependency_cycle_terminates(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = FakeUnit("a.service", requires=("b.service",))
+    b = FakeUnit("b.service", requires=("a.service",))
+    bus = FakeBus(a, b, clock=clock)
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await asyncio.wait_for(engine.recover("a.service", ONFAIL), 10)
+    await engine.aclose()
+    assert out.state is State.RECOVERED
+    assert sorted(bus.restarted()) == ["a.service", "b.service"]
+    assert bus.restarted()[0] == "b.service"
+
+
+@pytest.mark.asyncio
+async def test_dependency_that_stays_down_blocks_restart_with_reason(tmp_path: Path) -> None:
+    clock = FakeClock()
+    db = FakeUnit("db.service", behaviour=lambda n: "failed")
+    api = FakeUnit("api.service", requires=("db.service",))
+    bus = FakeBus(db, api, clock=clock)
+    paths = _paths(tmp_path)
+    _write_policy(
+        paths, Policy(unit="db.service", recovery=dataclasses.replace(FAST, max_attempts=2))
+    )
+    _write_policy(paths, Policy(unit="api.service", recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.GAVE_UP
+    assert out.reason.startswith("dependency") and "db.service" in out.reason
+    assert "api.service" not in bus.restarted()
+    assert bus.restarted() == ["db.service", "db.service"]
+
+
+@pytest.mark.asyncio
+async def test_failing_config_validation_blocks_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("web.service"), clock=clock)
+    _write_policy(
+        _paths(tmp_path),
+        Policy(
+            unit="web.service", recovery=FAST, validate=("/bin/sh", "-c", "echo bad line 3; exit 1")
+        ),
+    )
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("web.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.GAVE_UP and out.reason.startswith("config")
+    assert bus.restarted() == []
+    assert alerter.sent[-1].level == "alert-and-stop"
+
+
+@pytest.mark.asyncio
+async def test_low_disk_blocks_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    data = tmp_path / "data"
+    data.mkdir()
+    # 100 % free can never hold on a real filesystem: always "low".
+    disk = Disk(paths=(str(data),), min_free=Threshold(percent=100.0))
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST, disk=disk))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.GAVE_UP and out.reason.startswith("disk")
+    assert bus.restarted() == []
+
+
+@pytest.mark.asyncio
+async def test_failure_within_min_uptime_continues_the_incident(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    first = await engine.recover("api.service", ONFAIL)
+    assert first.state is State.RECOVERED
+    clock.advance(2.0)  # crashes 2 s later: < min_uptime (30 s)
+    unit.props.update(ActiveState="failed", SubState="failed", Result="exit-code")
+    second = await engine.recover("api.service", Trigger("onfailure", invocation_id="aa" * 16))
+    await engine.aclose()
+    assert second.incident_id == first.incident_id
+    assert second.attempts == 2
+    assert clock.sleeps == [pytest.approx(3.0)]  # 5 s back-off, 2 s already passed
+    store = Store.open(_paths(tmp_path).database)
+    restarts = [a for a in store.attempts(first.incident_id) if a.action == "restart"]
+    assert [r.result for r in restarts] == ["failed", "ok"]
+    assert "min_uptime" in restarts[0].reason
+
+
+@pytest.mark.asyncio
+async def test_counts_decay_after_stable_period(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    rec = dataclasses.replace(FAST, stable_after=120.0)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=rec))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    for i in range(3):
+        unit.props.update(ActiveState="failed", SubState="failed")
+        out = await engine.recover("api.service", Trigger("onfailure", invocation_id=f"{i:032x}"))
+        clock.advance(60.0)  # 60 s up: past min_uptime, not yet stable
+    assert out.attempts == 3 and out.level is Level.RESTART_WITH_DEPENDENCIES
+    clock.advance(200.0)  # stable for longer than stable_after: forgiven
+    unit.props.update(ActiveState="failed", SubState="failed")
+    out = await engine.recover("api.service", Trigger("onfailure", invocation_id="9" * 32))
+    await engine.aclose()
+    assert out.attempts == 1 and out.level is Level.RESTART
+
+
+@pytest.mark.asyncio
+async def test_counts_survive_a_new_engine(tmp_path: Path) -> None:
+    """The listener is kill -9'd and restarted: the count comes from the database."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service", behaviour=lambda n: "failed")
+    bus = FakeBus(unit, clock=clock)
+    _write_policy(
+        _paths(tmp_path),
+        Policy(unit="api.service", recovery=dataclasses.replace(FAST, max_attempts=3)),
+    )
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    task = asyncio.create_task(engine.recover("api.service", ONFAIL))
+    while len(bus.restarted()) < 2:
+        await asyncio.sleep(0)
+    task.cancel()  # dies mid-incident
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    engine.store.close()
+    engine2, _s2, _a2 = _engine(tmp_path, bus, clock)
+    out = await engine2.recover("api.service", Trigger("reconcile"))
+    await engine2.aclose()
+    assert out.state is State.GAVE_UP and out.reason == "budget"
+    assert len(bus.restarted()) == 3  # not 2 + 3
+
+
+@pytest.mark.asyncio
+async def test_second_trigger_joins_in_process(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    a, b = await asyncio.gather(
+        engine.recover("api.service", ONFAIL), engine.recover("api.service", Trigger("listener"))
+    )
+    await engine.aclose()
+    assert bus.restarted() == ["api.service"]
+    assert {a.joined, b.joined} == {False, True}
+    assert a.incident_id == b.incident_id
+    dispositions = [t[3] for t in Store.open(_paths(tmp_path).database).triggers("api.service")]
+    assert "joined" in dispositions
+
+
+@pytest.mark.asyncio
+async def test_second_trigger_dropped_in_drop_mode(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock, lock_mode="drop")
+    a, b = await asyncio.gather(
+        engine.recover("api.service", ONFAIL), engine.recover("api.service", Trigger("listener"))
+    )
+    await engine.aclose()
+    assert bus.restarted() == ["api.service"]
+    assert b.dropped and not a.dropped
+
+
+@pytest.mark.asyncio
+async def test_joins_a_recovery_running_in_another_process(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    paths = _paths(tmp_path)
+    other = UnitLock(paths.lock_dir, "api.service")  # "the OnFailure= process" holds it
+    assert other.try_acquire()
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    task = asyncio.create_task(engine.recover("api.service", Trigger("listener")))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    other.release()
+    out = await asyncio.wait_for(task, 5)
+    await engine.aclose()
+    assert out.joined and bus.restarted() == []
+
+
+@pytest.mark.asyncio
+async def test_duplicate_invocation_is_not_handled_twice(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    await engine.recover("api.service", ONFAIL)
+    unit.props.update(ActiveState="failed")  # a stale view; same invocation reported again
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert len(bus.restarted()) == 1
+    assert "already handled" in out.reason
+
+
+@pytest.mark.asyncio
+async def test_unknown_unit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    engine, _s, _a = _engine(tmp_path, FakeBus(clock=clock), clock)
+    with pytest.raises(UnitNotFoundError) as info:
+        await engine.recover("nope.service", ONFAIL)
+    await engine.aclose()
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_health_trigger_restarts_an_active_unit(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service", state="active")
+    bus = FakeBus(unit, clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", Trigger("health", reason="http 500"))
+    stale = await engine.recover("api.service", Trigger("listener"))
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.classification == "health"
+    assert stale.state is State.NOT_NEEDED
+    assert bus.restarted() == ["api.service"]
+
+
+@pytest.mark.asyncio
+async def test_crash_after_our_start_hands_back_to_systemd(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(
+        FakeUnit(
+            "api.service",
+            restart="on-failure",
+            result="start-limit-hit",
+            behaviour=lambda n: "auto-restart",
+        ),
+        clock=clock,
+    )
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.WAITING_FOR_SYSTEMD and out.restarts == 1
+    last = Store.open(_paths(tmp_path).database).last_incident("api.service")
+    assert last is not None and last.state == "open"  # the next OnFailure= continues it
+
+
+@pytest.mark.asyncio
+async def test_dry_run_restarts_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock, dry_run=True)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.dry_run and out.state is State.RESTARTING
+    assert bus.calls == []
+    assert not _paths(tmp_path).database.exists()
+
+
+@pytest.mark.asyncio
+async def test_unreachable_alert_endpoint_does_not_stop_recovery(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once we leave: connection refused
+    env = tmp_path / "url"
+    env.write_text(f"http://127.0.0.1:{port}/hook?token=SECRET\n")
+    target = {"name": "ops", "type": "webhook", "url_file": str(env), "retries": 0, "timeout": 1.0}
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST, alerts=(target,)))
+    engine = RecoveryEngine(bus, _paths(tmp_path), clock=clock, read_journal_lines=False)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED
+    store = Store.open(_paths(tmp_path).database)
+    rows = store._query("SELECT delivered, detail FROM alerts")
+    assert rows and all(r[0] == 0 for r in rows)
+    assert all("SECRET" not in r[1] and "/hook" not in r[1] for r in rows)
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_events_carry_no_secrets_and_only_primitives(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service", behaviour=lambda n: "failed"), clock=clock)
+    engine, sink, _a = _engine(tmp_path, bus, clock)
+    await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    for e in sink.events:
+        json.dumps(dict(e.fields))
+        assert all(isinstance(v, str | int | float | bool) for v in e.fields.values())
