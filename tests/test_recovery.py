@@ -124,7 +124,10 @@ class FakeBus:
         return f"/job/{len(self.calls)}"
 
     async def wait_for(
-        self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         props = await self.unit_properties(name)
         if predicate(props):
@@ -315,7 +318,9 @@ async def test_failed_state_that_systemd_will_restart_is_left_to_systemd(tmp_pat
     bus = FakeBus(unit, clock=clock)
 
     async def wait_for(
-        name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         unit.props.update(ActiveState="activating", SubState="auto-restart")
         assert predicate(dict(unit.props))
@@ -418,7 +423,7 @@ async def test_failure_within_min_uptime_continues_the_incident(tmp_path: Path) 
     unit = FakeUnit("api.service")
     bus = FakeBus(unit, clock=clock)
     _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
-    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
     first = await engine.recover("api.service", ONFAIL)
     assert first.state is State.RECOVERED
     clock.advance(2.0)  # crashes 2 s later: < min_uptime (30 s)
@@ -466,7 +471,7 @@ async def test_counts_survive_a_new_engine(tmp_path: Path) -> None:
     )
     engine, _s, _a = _engine(tmp_path, bus, clock)
     task = asyncio.create_task(engine.recover("api.service", ONFAIL))
-    while len(bus.restarted()) < 2:
+    while len(bus.restarted()) < 2:  # noqa: ASYNC110 -- the fake has no event to wait on
         await asyncio.sleep(0)
     task.cancel()  # dies mid-incident
     with pytest.raises(asyncio.CancelledError):
