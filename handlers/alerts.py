@@ -717,18 +717,37 @@ class Alerter:
             )
         return delivery
 
-    def _prepare(self, target: AlertTarget, alert: Alert) -> Callable[[], Awaitable[_Attempt]]:
-        """Read secrets and build the payload once; return the attempt to repeat."""
-        environ = os.environ if self._env is None else self._env
-        if target.type in _HTTP_TYPES:
-            url = read_secret(
-                owner=target.where,
-                key_file="url_file",
-                key_env="url_env",
-                file=target.url_file,
-                env_name=target.url_env,
-                environ=environ,
+    async def _secret(
+        self, target: AlertTarget, kind: str, file: str | None, env_name: str | None
+    ) -> str:
+        """The secret from its file (read in a thread, bounded) or its variable."""
+        read = partial(
+            read_secret,
+            owner=target.where,
+            key_file=f"{kind}_file",
+            key_env=f"{kind}_env",
+            file=file,
+            env_name=env_name,
+            environ=os.environ if self._env is None else self._env,
+        )
+        if file is None:
+            return read()
+        try:
+            # A file on a hung network mount must not hold the alert past its bound.
+            return await asyncio.wait_for(
+                run_blocking(read, name=f"alert-{target.name}"), target.timeout
             )
+        except TimeoutError as exc:
+            raise AlertError(
+                f"{target.where}: {kind}_file {file}: not readable within {target.timeout:g}s"
+            ) from exc
+
+    async def _prepare(
+        self, target: AlertTarget, alert: Alert
+    ) -> Callable[[], Awaitable[_Attempt]]:
+        """Read secrets and build the payload once; return the attempt to repeat."""
+        if target.type in _HTTP_TYPES:
+            url = await self._secret(target, "url", target.url_file, target.url_env)
             if not url.lower().startswith(("http://", "https://")):
                 raise AlertError(f"{target.where}: the configured URL is not http(s)")
             host = endpoint(url)
@@ -758,13 +777,8 @@ class Alerter:
         if target.type == "email":
             password = None
             if target.username is not None:
-                password = read_secret(
-                    owner=target.where,
-                    key_file="password_file",
-                    key_env="password_env",
-                    file=target.password_file,
-                    env_name=target.password_env,
-                    environ=environ,
+                password = await self._secret(
+                    target, "password", target.password_file, target.password_env
                 )
             msg = email_message(alert, target)
             smtp_call = partial(_smtp_once, target, msg, password, self._ssl_context)
@@ -790,7 +804,7 @@ class Alerter:
     ) -> Delivery:
         deadline = start + bound
         try:
-            attempt = self._prepare(target, alert)
+            attempt = await self._prepare(target, alert)
         except AlertError as exc:
             return Delivery(target.name, False, str(exc), 0, time.monotonic() - start)
         attempts = 0
