@@ -23,9 +23,7 @@ line_text = st.text(
 
 def test_exec_quotes_every_word_and_escapes() -> None:
     got = quote(("/bin/echo", 'a "b"', "c\\d", ";", "100%", "$HOME", "${X}", ""), "exec")
-    assert got == (
-        '"/bin/echo" "a \\"b\\"" "c\\\\d" \\; "100%%" "$$HOME" "$${X}" ""'
-    )
+    assert got == ('"/bin/echo" "a \\"b\\"" "c\\\\d" \\; "100%%" "$$HOME" "$${X}" ""')
 
 
 def test_exec_argv0_must_be_absolute() -> None:

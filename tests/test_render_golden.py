@@ -1,4 +1,4 @@
-"""Golden files: the rendered units of tests/golden/spec.toml for systemd 252, 254 and a user manager.
+"""Golden files: tests/golden/spec.toml rendered for systemd 252, 254 and a user manager.
 
 Regenerate after an intended change, then review the diff like code:
     UNITGEN_UPDATE_GOLDEN=1 /opt/unitgen/bin/python -m pytest tests/test_render_golden.py
