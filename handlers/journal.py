@@ -89,7 +89,8 @@ def field_name(key: str) -> str:
 def _message(event: Event, details: dict[str, object]) -> str:
     unit, kind = event.unit, event.kind
     incident = f"incident {event.incident_id}" if event.incident_id else "incident"
-    reason = f" ({details['reason']})" if "reason" in details else ""
+    why = details.get("reason", details.get("classification"))
+    reason = f" ({why})" if why is not None else ""
     level = f" at level {details['level']}" if "level" in details else ""
     step = details.get("step", "step")
     if kind is EventKind.INCIDENT_OPENED:
@@ -100,7 +101,7 @@ def _message(event: Event, details: dict[str, object]) -> str:
         result = details.get("result", "done")
         return f"{unit}: {step} {result}{level}"
     if kind is EventKind.ESCALATED:
-        source, target = details.get("from_level", "?"), details.get("level", "?")
+        source, target = details.get("from", "?"), details.get("to", details.get("level", "?"))
         return f"{unit}: escalated from {source} to {target}"
     if kind is EventKind.RECOVERED:
         took = details.get("duration")

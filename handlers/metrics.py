@@ -164,7 +164,7 @@ class Metrics:
         self._inc(self._events, (("event", event.kind.value),))
         kind = event.kind
         if kind is EventKind.INCIDENT_OPENED:
-            reason = str(details.get("reason", "unknown"))
+            reason = str(details.get("reason", details.get("classification", "unknown")))
             self._inc(self._incidents, (("unit", unit), ("reason", reason)))
             if event.incident_id:
                 self._opened[event.incident_id] = event.timestamp

@@ -37,7 +37,8 @@ DETAIL_TYPES: Mapping[str, type] = {
     # where the ladder is
     # restart | restart-with-dependencies | cleanup-then-restart | alert-and-stop
     "level": str,
-    "from_level": str,  # Escalated: the level that was used up
+    "from": str,  # Escalated: the level that was used up
+    "to": str,  # Escalated: the level entered
     # the ladder state the step ran: diagnosing | checking-dependencies | cleaning-up |
     # checking-resources | validating-config | backing-off | restarting | verifying | ...
     "step": str,
@@ -49,7 +50,11 @@ DETAIL_TYPES: Mapping[str, type] = {
     # start-limit-hit | watchdog | resources | dependency | health) or why the ladder gave
     # up (budget | disk | config | dependency | given-up | not-found)
     "reason": str,
-    "trigger": str,  # onfailure | listener | dbus | health | startup
+    # IncidentOpened: how the failure was classified (exit-code | signal | core-dump |
+    # timeout | oom-kill | start-limit-hit | watchdog | resources | dependency | health)
+    "classification": str,
+    "source": str,  # who triggered the ladder: onfailure | listener | manual | health | ...
+    "trigger": str,
     "attempt": int,
     "attempts": int,
     "max_attempts": int,
@@ -71,6 +76,7 @@ DETAIL_TYPES: Mapping[str, type] = {
     # outcome
     "alerted": bool,
     "dry_run": bool,
+    "detail": str,  # one line about the step or probe; cut and screened here
     "error": str,  # one line, already free of secrets; cut and screened again here
     "message": str,
 }

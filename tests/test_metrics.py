@@ -105,7 +105,12 @@ def feed_incident(metrics: Metrics) -> None:
         )
     )
     metrics.emit(
-        ev(EventKind.ESCALATED, "web.service", from_level="restart", level="cleanup-then-restart")
+        ev(
+            EventKind.ESCALATED,
+            "web.service",
+            level="restart",
+            **{"from": "restart", "to": "cleanup-then-restart"},
+        )
     )
     metrics.emit(
         ev(
@@ -117,7 +122,7 @@ def feed_incident(metrics: Metrics) -> None:
         )
     )
     metrics.emit(ev(EventKind.RECOVERED, "web.service", ts=1003.0))
-    metrics.emit(ev(EventKind.INCIDENT_OPENED, "db.service", "i2", reason="oom-kill"))
+    metrics.emit(ev(EventKind.INCIDENT_OPENED, "db.service", "i2", classification="oom-kill"))
     metrics.emit(ev(EventKind.GAVE_UP, "db.service", "i2", reason="budget", duration=0.07))
 
 
