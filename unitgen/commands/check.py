@@ -4,8 +4,8 @@ For every rendered unit it runs the real ``systemd-analyze verify`` (any
 complaint about our files is an error, since verify itself exits 0 on unknown
 keys) and ``systemd-analyze security --offline=yes``. The exposure must not
 exceed ``--max-exposure`` when given; otherwise each unit is held to its
-profile's ceiling (``hardening.EXPOSURE_CEILING``: strict 1.5, standard 5.0,
-minimal 8.0, off 10.0), so a spec that deliberately picks a milder profile for
+profile's ceiling (``hardening.EXPOSURE_CEILING``; system scope: strict 1.5,
+standard 5.0, minimal 9.0, off 10.0), so a spec that deliberately picks a milder profile for
 one daemon still passes while every strict unit must reach 1.5. The recovery
 template is verified but not held to any limit: it runs as root on purpose
 (docs/hardening.md).
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 row.limit = (
                     args.max_exposure
                     if args.max_exposure is not None
-                    else EXPOSURE_CEILING[profile]
+                    else EXPOSURE_CEILING[options.scope][profile]
                 )
             row.verify = report.errors.get(name, [])
             try:
