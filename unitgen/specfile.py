@@ -13,6 +13,7 @@ no problem at all becomes a :class:`unitgen.model.Spec`; otherwise one
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import os
@@ -26,7 +27,13 @@ from typing import Any
 from unitgen.errors import SpecError, SpecProblem
 from unitgen.model import AlertConfig, Defaults, Hardening, Override, Service, Spec
 from unitgen.speckeys import SPEC
-from unitgen.specnodes import INVALID, Collector, forbidden_char_problem, join_key
+from unitgen.specnodes import (
+    FORBIDDEN_CHARS,
+    INVALID,
+    Collector,
+    forbidden_char_problem,
+    join_key,
+)
 
 __all__ = ["MAX_SPEC_BYTES", "load_spec", "parse_spec"]
 
@@ -38,22 +45,25 @@ _TOML_WHERE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of documen
 
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and convert the spec at ``path``. Raises :class:`SpecError`."""
-    source = str(path)
-    return parse_spec(_read(source), source)
+    raw_path = str(path)
+    # The name goes into one-line messages; a newline in a file name must not split them.
+    source = FORBIDDEN_CHARS.sub(lambda m: f"\\x{ord(m.group(0)):02x}", raw_path)
+    spec = parse_spec(_read(raw_path, source), source)
+    return spec if source == raw_path else dataclasses.replace(spec, path=raw_path)
 
 
 def _fail(source: str, message: str) -> SpecError:
     return SpecError([SpecProblem(source, "", message)])
 
 
-def _read(source: str) -> str:
+def _read(path: str, source: str) -> str:
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat refuses it below.
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except ValueError as exc:  # a NUL in the path
-        raise _fail(source.replace("\x00", "\\0"), "not a usable file name (contains NUL)") from exc
+        raise _fail(source, "is not a usable file name (contains NUL)") from exc
     except OSError as exc:
-        raise _fail(source, _open_problem(source, exc)) from exc
+        raise _fail(source, _open_problem(path, exc)) from exc
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -96,9 +106,9 @@ def _read_bounded(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _open_problem(source: str, exc: OSError) -> str:
+def _open_problem(path: str, exc: OSError) -> str:
     if exc.errno == errno.ENOENT:
-        link = Path(source)
+        link = Path(path)
         if link.is_symlink():
             try:
                 target = str(link.readlink())

@@ -35,6 +35,7 @@ from unitgen.specnodes import (
     ByType,
     Choice,
     Collector,
+    Computed,
     Duration,
     Field,
     Integer,
@@ -209,6 +210,11 @@ def smtp_host(value: str) -> str | None:
         return None
     return f"a host name or address, got {value!r}"
 
+
+# Defaults that are not a literal value: documented, but kept out of the JSON Schema.
+INHERITED_HARDENING = Computed("the value of defaults.hardening")
+INHERITED_ALERTS = Computed("the value of defaults.alerts")
+NAME_DEFAULT = Computed('"NAME (unitgen)"')
 
 # -- nodes used in several places ----------------------------------------------------
 
@@ -432,7 +438,7 @@ HARDENING_TABLE = Table(
         "profile": Field(
             Choice(HARDENING_PROFILES),
             "the sandboxing profile (see docs/hardening.md)",
-            "defaults.hardening",
+            INHERITED_HARDENING,
         ),
         "disable": Field(
             ListOf(Text(directive_name, type_doc="directive name"), unique=True),
@@ -466,13 +472,13 @@ _COMMON_SERVICE_FIELDS: dict[str, Field] = {
         ARGV, "a config check run before each ladder restart; non-zero exit stops the ladder"
     ),
     "recovery": Field(RECOVERY, "the recovery ladder's budget"),
-    "alerts": Field(ALERT_NAMES, "alert targets for this unit", "defaults.alerts"),
+    "alerts": Field(ALERT_NAMES, "alert targets for this unit", INHERITED_ALERTS),
 }
 
 SERVICE = Table(
     {
         "description": Field(
-            Text(max_length=1024), "human-readable description", "NAME (unitgen)", "Description="
+            Text(max_length=1024), "human-readable description", NAME_DEFAULT, "Description="
         ),
         "exec": Field(
             ARGV, "the command line; exec[0] absolute", None, "ExecStart=", required=True
@@ -532,7 +538,7 @@ SERVICE = Table(
             "WatchdogSec=",
         ),
         "hardening": Field(
-            HARDENING, "sandboxing profile, or a table with escape hatches", "defaults.hardening"
+            HARDENING, "sandboxing profile, or a table with escape hatches", INHERITED_HARDENING
         ),
         **_COMMON_SERVICE_FIELDS,
     },

@@ -42,6 +42,7 @@ __all__ = [
     "ByType",
     "Choice",
     "Collector",
+    "Computed",
     "Duration",
     "Field",
     "Integer",
@@ -73,8 +74,10 @@ INVALID: Final = _Invalid()
 # Characters no spec string may hold. A newline, carriage return or NUL would
 # end a line (or a C string) in a unit file and let a value inject a directive
 # or a section; the other C0 controls, DEL and the Unicode line separators have
-# no legitimate use in a unit and confuse every tool that prints one.
-FORBIDDEN_CHARS: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+# no legitimate use in a unit and confuse every tool that prints one. A lone
+# surrogate cannot come from a UTF-8 file but can reach parse_spec() as text,
+# and could not be written out again.
+FORBIDDEN_CHARS: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
 _CHAR_NAMES = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL byte"}
 
 
@@ -83,7 +86,10 @@ def forbidden_char_problem(text: str) -> str | None:
     if m is None:
         return None
     ch = m.group(0)
-    name = _CHAR_NAMES.get(ch, f"the control character U+{ord(ch):04X}")
+    if "\ud800" <= ch <= "\udfff":
+        name = f"the lone surrogate U+{ord(ch):04X}"
+    else:
+        name = _CHAR_NAMES.get(ch, f"the control character U+{ord(ch):04X}")
     return (
         f"contains {name} at position {m.start()}: values must stay on one line "
         "of a unit file, so newlines, carriage returns, NUL and control characters are refused"
@@ -614,6 +620,13 @@ class Argv(Node):
 
 
 @dataclass(frozen=True)
+class Computed:
+    """A default that depends on other keys: the reference shows ``doc``, the schema nothing."""
+
+    doc: str
+
+
+@dataclass(frozen=True)
 class Field:
     """One key of a table, with what the reference documentation says about it."""
 
@@ -716,7 +729,7 @@ class Table(Node):
         for name, spec_field in self.fields.items():
             prop = dict(spec_field.node.schema())
             prop["description"] = spec_field.doc
-            if spec_field.default is not None:
+            if spec_field.default is not None and not isinstance(spec_field.default, Computed):
                 prop["default"] = spec_field.default
             props[name] = prop
         s: JSON = {"type": "object", "properties": props, "additionalProperties": False}
