@@ -537,3 +537,28 @@ def test_many_files_and_directories(tmp_path: Path) -> None:
     report = remove_old_files(str(root), older_than=1, now=NOW)
     assert len(report.removed) == 510
     assert list(root.iterdir()) == []
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), min_size=1, max_size=15),
+    target=st.integers(0, 16),
+)
+def test_free_space_removes_exactly_the_oldest_needed(
+    tmp_path: Path, files: list[tuple[int, int]], target: int
+) -> None:
+    base = tmp_path / os.urandom(6).hex()
+    paths = []
+    for i, (depth, age) in enumerate(files):
+        where = base.joinpath(*[f"d{j}" for j in range(depth)])
+        paths.append(str(make(where / f"f{i}", mtime=OLD + age)))
+    expected = sorted(paths, key=lambda p: (os.stat(p).st_mtime, p))
+
+    def enough() -> bool:
+        return sum(not os.path.exists(p) for p in paths) >= target
+
+    report = free_space([str(base)], enough=enough)
+    assert [r.path for r in report.removed] == expected[: min(target, len(paths))]
+    assert all(os.path.exists(p) for p in expected[target:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -187,3 +188,23 @@ async def test_runs_in_its_own_session() -> None:
     sid, pid = result.output_tail.split()
     assert sid == pid
     assert int(sid) != os.getsid(0)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_caller_kills_the_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, time\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    task = asyncio.create_task(run_command([PY, "-c", code], timeout=60))
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text()):
+        assert time.monotonic() < deadline, "the child never started its grandchild"
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _wait_gone(int(pidfile.read_text()))
