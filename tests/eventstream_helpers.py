@@ -42,21 +42,60 @@ class PrivateBus:
     address: str
     directory: Path
     process: subprocess.Popen[bytes]
+    policy: Path  # only used by system-like buses
 
     @property
     def env(self) -> dict[str, str]:
         return {"DBUS_SESSION_BUS_ADDRESS": self.address}
 
 
+# The host's real system-bus configuration plus one policy file: what a machine
+# with unitgen installed runs, on a socket of our own.
+_SYSTEM_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <include>/usr/share/dbus-1/system.conf</include>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+RELAXED_POLICY = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy context="default">
+    <allow own="org.unitgen.Recovery1"/>
+    <allow send_destination="org.unitgen.Recovery1"/>
+    <allow receive_sender="org.unitgen.Recovery1"/>
+  </policy>
+</busconfig>
+"""
+
+
 @contextlib.contextmanager
-def private_bus(timeout: float = 10.0) -> Iterator[PrivateBus]:
-    """A dbus-daemon on a socket any local uid may reach; killed at exit."""
+def private_bus(timeout: float = 10.0, policy: str | None = None) -> Iterator[PrivateBus]:
+    """A dbus-daemon on a socket any local uid may reach; killed at exit.
+
+    Without ``policy``: a session-type bus that lets anyone do anything. With
+    ``policy`` (the text of a policy file): the host's system.conf plus that
+    file, i.e. the real system-bus policy. The file is ``PrivateBus.policy``,
+    readable by the daemon's own user, so a test may rewrite it and call
+    ReloadConfig.
+    """
     directory = Path(tempfile.mkdtemp(prefix="unitgen-bus-"))
     directory.chmod(0o755)  # so a test can connect as another uid
     config = directory / "bus.conf"
-    config.write_text(_CONFIG.format(socket=directory / "bus"))
+    socket_path = directory / "bus"
+    argv = ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"]
+    if policy is None:
+        config.write_text(_CONFIG.format(socket=socket_path))
+    else:
+        policy_path = directory / "policy.conf"
+        policy_path.write_text(policy)
+        policy_path.chmod(0o644)
+        config.write_text(_SYSTEM_CONFIG.format(policy=policy_path))
+        argv += ["--nopidfile", f"--address=unix:path={socket_path}"]
     proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
+        argv,
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # it complains it may not raise its fd limit
@@ -75,7 +114,7 @@ def private_bus(timeout: float = 10.0) -> Iterator[PrivateBus]:
                 if not chunk:
                     raise RuntimeError("dbus-daemon closed its stdout")
                 line += chunk
-        yield PrivateBus(line.decode().strip(), directory, proc)
+        yield PrivateBus(line.decode().strip(), directory, proc, directory / "policy.conf")
     finally:
         proc.kill()
         proc.wait()
@@ -84,6 +123,20 @@ def private_bus(timeout: float = 10.0) -> Iterator[PrivateBus]:
         for child in directory.iterdir():
             child.unlink()
         directory.rmdir()
+
+
+def as_nobody(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 async def connect(lib_name: str, address: str) -> Any:
