@@ -215,12 +215,17 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _pid_state(pid: int) -> str | None:
-    """The process state letter from /proc, or None when there is no such process."""
+    """The process state letter from /proc, or None when there is no such process.
+
+    ``"?"`` means the process exists but /proc would not tell us more (hidepid).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
+    except OSError:
+        return "?"
     # The command name is in parentheses and may itself contain ") ".
     return data.rsplit(b")", 1)[1].split()[0].decode("ascii", "replace")
 
@@ -232,7 +237,7 @@ def _pid_cgroup(pid: int) -> str | None:
             for line in f:
                 if line.startswith("0::"):
                     return line[3:].rstrip("\n")
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:
         return None
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,20 @@ def test_directory_and_fifo_are_refused_without_hanging(tmp_path: Path) -> None:
 def test_relative_path_is_refused() -> None:
     report = remove_stale_pidfile("run/svc.pid", unit_cgroup=None)
     assert report.refused == [("run/svc.pid", "not an absolute path")]
+
+
+def test_zombie_pid_counts_as_dead(tmp_path: Path) -> None:
+    proc = subprocess.Popen(["true"])
+    try:
+        stat_file = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 10
+        # Not reaped yet: the child lingers as a zombie, still in our own cgroup.
+        while stat_file.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "child never became a zombie"
+            time.sleep(0.01)
+        f = pidfile(tmp_path / "svc.pid", str(proc.pid))
+        report = remove_stale_pidfile(str(f), unit_cgroup=own_cgroup())
+        assert not f.exists()
+        assert report.removed[0].reason == f"stale PID file: process {proc.pid} is not running"
+    finally:
+        proc.wait()
