@@ -24,13 +24,12 @@ pytest's base temp dir is shared into every sandbox, so files under
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from sandboxlib import open_bus, start_sandbox
+from sandboxlib import close_bus, open_bus, start_sandbox
 
 from unitgen.paths import Scope
 from unitgen.sandbox import Sandbox
@@ -97,7 +96,4 @@ async def sandbox_bus() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
         yield connect
     finally:
         for bus in opened:
-            bus.disconnect()
-            # disconnect() only schedules the close; wait so no socket outlives the test.
-            with contextlib.suppress(Exception):
-                await bus.wait_for_disconnect()
+            await close_bus(bus)

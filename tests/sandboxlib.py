@@ -7,10 +7,11 @@ because CI must never go green with the systemd tests skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -54,3 +55,21 @@ async def open_bus(sandbox: Sandbox, *, negotiate_unix_fd: bool = False) -> obje
         bus_address=sandbox.bus_address, bus_type=bus_type, negotiate_unix_fd=negotiate_unix_fd
     )
     return await bus.connect()
+
+
+async def close_bus(bus: Any) -> None:
+    """Disconnect a dbus-next MessageBus and really close its socket.
+
+    dbus-next 0.2.3's ``disconnect()`` only shuts the socket down; the socket
+    and its file object stay open until garbage collection, which under
+    ``filterwarnings = error`` surfaces as an unraisable ResourceWarning in a
+    later, unrelated test.
+    """
+    bus.disconnect()
+    with contextlib.suppress(Exception):
+        await bus.wait_for_disconnect()
+    for attr in ("_stream", "_sock"):
+        handle = getattr(bus, attr, None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()

@@ -224,3 +224,44 @@ def test_fresh_sandboxes_are_isolated(fresh_user_sandbox: Sandbox, user_sandbox:
     other = user_sandbox.show("ug-t-iso.service", "LoadState")
     assert other["LoadState"] == "not-found"
     assert fresh_user_sandbox.cgroup_id != user_sandbox.cgroup_id
+
+
+# --- the 226/NAMESPACE finding (docs/sandbox.md) ----------------------------------
+
+NEEDS_INACCESSIBLE_NODES = [
+    "ProtectHome=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelLogs=yes",
+    "InaccessiblePaths=/root",
+]
+
+
+def _start_each(sb: Sandbox, directives: list[str]) -> dict[str, dict[str, str]]:
+    names = {d: f"ug-t-ns{i}.service" for i, d in enumerate(directives)}
+    sb.install_units({n: f"[Service]\n{d}\nExecStart=/bin/sleep 600\n" for d, n in names.items()})
+    for name in names.values():
+        sb.systemctl("start", name)
+    return {d: sb.wait_for(n, {"active", "failed"}) for d, n in names.items()}
+
+
+def test_without_pid1_nodes_these_directives_die_with_226(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with sandboxlib.start_sandbox(Scope.USER, host_like=False) as sb:
+        results = _start_each(sb, [*NEEDS_INACCESSIBLE_NODES, "ProtectSystem=strict"])
+        statuses = {
+            d: sb.show(f"ug-t-ns{i}.service", "ExecMainStatus")["ExecMainStatus"]
+            for i, d in enumerate(NEEDS_INACCESSIBLE_NODES)
+        }
+    assert {d: r["ActiveState"] for d, r in results.items()} == {
+        **dict.fromkeys(NEEDS_INACCESSIBLE_NODES, "failed"),
+        "ProtectSystem=strict": "active",
+    }
+    assert set(statuses.values()) == {"226"}
+
+
+def test_with_pid1_nodes_the_same_directives_work(fresh_user_sandbox: Sandbox) -> None:
+    results = _start_each(fresh_user_sandbox, NEEDS_INACCESSIBLE_NODES)
+    assert {d: r["ActiveState"] for d, r in results.items()} == dict.fromkeys(
+        NEEDS_INACCESSIBLE_NODES, "active"
+    )

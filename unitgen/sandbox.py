@@ -102,6 +102,10 @@ for h in $UNITGEN_SANDBOX_CGROUPS; do
 done
 mount -t tmpfs -o mode=755 tmpfs /run/systemd
 mkdir -p /run/systemd/system /run/systemd/journal /run/systemd/.keep
+if [ -d "$R/inaccessible" ]; then
+    mkdir /run/systemd/inaccessible
+    mount --bind "$R/inaccessible" /run/systemd/inaccessible
+fi
 # Keep the root and the shared paths reachable across the /tmp and /var/tmp binds.
 i=0
 for p in "$R" "$@"; do
@@ -358,8 +362,15 @@ class Sandbox:
         journal: bool = True,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         die_with_parent: bool = True,
+        host_like: bool = True,
     ) -> Sandbox:
         """Start a sandbox and wait until its manager reports "running".
+
+        ``host_like`` (user scope): provide ``/run/systemd/inaccessible/``, which
+        PID 1 creates on a real host and which systemd 252 needs for ProtectHome=yes,
+        ProtectKernelTunables=, ProtectKernelLogs= and InaccessiblePaths=; without it
+        those die with 226/NAMESPACE (see docs/sandbox.md). ``False`` reproduces a
+        host whose PID 1 is not systemd.
 
         ``share``: host directories made visible inside at the same path (the
         sandbox's private /tmp and /var/tmp would hide them otherwise).
@@ -371,7 +382,11 @@ class Sandbox:
                 share=share, boot_timeout=boot_timeout, die_with_parent=die_with_parent
             )
         return cls._start_user(
-            share=share, journal=journal, boot_timeout=boot_timeout, die_with_parent=die_with_parent
+            share=share,
+            journal=journal,
+            boot_timeout=boot_timeout,
+            die_with_parent=die_with_parent,
+            host_like=host_like,
         )
 
     @classmethod
@@ -382,6 +397,7 @@ class Sandbox:
         journal: bool,
         boot_timeout: float,
         die_with_parent: bool,
+        host_like: bool,
     ) -> Sandbox:
         reason = probe(Scope.USER)
         if reason:
@@ -417,6 +433,8 @@ class Sandbox:
                 "UNITGEN_RUN_DIR": str(runtime / "unitgen"),
                 "UNITGEN_POLICY_DIR": str(root / "config" / "unitgen" / "policy.d"),
             }
+            if host_like:
+                _make_inaccessible_nodes(root / "inaccessible")
             init_script = root / "init.sh"
             init_script.write_text(
                 _USER_INIT.replace("__SYSTEMD__", SYSTEMD).replace("__JOURNALD__", JOURNALD)
@@ -924,6 +942,22 @@ def as_user(user: int | str) -> list[str]:
         "--clear-groups",
         "--",
     ]
+
+
+def _make_inaccessible_nodes(top: Path) -> None:
+    """What PID 1 creates in /run/systemd/inaccessible: one mode-0 node per file type."""
+    import socket
+
+    top.mkdir(mode=0o755)
+    (top / "dir").mkdir(mode=0)
+    (top / "reg").touch(mode=0)
+    os.mknod(top / "chr", 0o000 | 0o020000, os.makedev(0, 0))
+    os.mknod(top / "blk", 0o000 | 0o060000, os.makedev(0, 0))
+    os.mkfifo(top / "fifo", 0)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(top / "sock"))
+    for name in ("dir", "reg", "chr", "blk", "fifo", "sock"):
+        (top / name).chmod(0)
 
 
 def _pids_in_ns(ns: str) -> list[int]:
