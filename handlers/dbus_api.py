@@ -271,6 +271,9 @@ def _variant(lib: _Lib, value: Any, depth: int = 0) -> Any | None:
         items = list(value)
         if all(isinstance(i, str) for i in items):
             return lib.Variant("as", [_text(i) for i in items])
+        if items and all(_is_record(i) for i in items):
+            # e.g. History's attempts of an incident: typed, so busctl shows them as such.
+            return lib.Variant("aa{sv}", [_vardict(lib, _record(i), depth + 1) for i in items])
         return lib.Variant("av", [v for i in items if (v := _variant(lib, i, depth + 1))])
     return lib.Variant("s", _text(str(value)))
 

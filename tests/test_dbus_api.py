@@ -185,7 +185,14 @@ async def test_status_and_history_return_what_the_backend_says(
         {"unit": "a.service", "state": "ok", "attempts": 0, "mttr": 1.5, "default": False},
         {"unit": "b.service", "state": "gave-up", "attempts": 5, "last_reason": None},
     ]
-    backend.histories["a.service"] = [{"level": "restart", "result": "ok", "duration": 0.25}]
+    backend.histories["a.service"] = [
+        {
+            "incident_id": "i1",
+            "level": "restart",
+            "closed": None,
+            "attempts": [{"action": "restart", "result": "ok", "duration": 0.25}],
+        }
+    ]
     reply = await call(client, "Status")
     assert reply.message_type == MessageType.METHOD_RETURN and reply.signature == "aa{sv}"
     plain = [{k: v.value for k, v in rec.items()} for rec in reply.body[0]]
@@ -195,9 +202,15 @@ async def test_status_and_history_return_what_the_backend_says(
     ]
     reply = await call(client, "History", "s", ["a.service"])
     assert reply.signature == "aa{sv}"
-    assert [{k: v.value for k, v in r.items()} for r in reply.body[0]] == [
-        {"level": "restart", "result": "ok", "duration": 0.25}
-    ]
+    (incident,) = reply.body[0]
+    assert set(incident) == {"incident_id", "level", "attempts"}  # None is left out
+    assert incident["attempts"].signature == "aa{sv}"
+    (attempt,) = incident["attempts"].value
+    assert {k: v.value for k, v in attempt.items()} == {
+        "action": "restart",
+        "result": "ok",
+        "duration": 0.25,
+    }
     assert ("history", "a.service") in backend.calls
 
 
