@@ -104,6 +104,9 @@ async def run_command(
     SIGTERM, then SIGKILL after ``kill_grace`` seconds, and ``timed_out`` is set.
     The deadline covers the output too: a grandchild that keeps the pipe open
     after the command exited is killed with the group when the deadline passes.
+    A background child that closed its output and outlives a command which
+    finished in time is left alone (a hook may detach on purpose).
+    Cancelling the call SIGKILLs the group.
     """
     args = tuple(str(a) for a in argv)
     if not args:
@@ -149,6 +152,8 @@ async def run_command(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), kill_grace)
         # SIGKILL the group even if the leader obeyed SIGTERM: a child may have ignored it.
+        # The pgid cannot name someone else's group: Linux does not hand out a PID
+        # that is still some group's ID, and an empty group just gives ESRCH.
         _signal_group(pgid, signal.SIGKILL)
         await proc.wait()
         # Everything holding the pipe is dead now, so EOF comes promptly.
