@@ -152,8 +152,9 @@ async def run_command(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), kill_grace)
         # SIGKILL the group even if the leader obeyed SIGTERM: a child may have ignored it.
-        # The pgid cannot name someone else's group: Linux does not hand out a PID
-        # that is still some group's ID, and an empty group just gives ESRCH.
+        # Linux does not reuse a PID while it is still a group's ID, so while any member
+        # lives the pgid is ours; once the group is empty, the number would have to wrap
+        # around and be taken by a new group leader within the grace period to misfire.
         _signal_group(pgid, signal.SIGKILL)
         await proc.wait()
         # Everything holding the pipe is dead now, so EOF comes promptly.
