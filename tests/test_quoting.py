@@ -139,9 +139,9 @@ def test_text_round_trips_or_refuses(value: str) -> None:
         text = quote(value, "text")
     except RenderError:
         # The only refusal for text is a trailing backslash (a line continuation).
-        assert value.strip().endswith("\\")
+        assert value.strip(" \t").endswith("\\")
         return
-    assert unquote(text, "text") == value.strip()
+    assert unquote(text, "text") == value.strip(" \t")
 
 
 @given(st.lists(line_text.map(lambda s: "/" + s), max_size=4))

@@ -31,7 +31,7 @@ def parse_unit(text: str) -> list[tuple[str, str, str]]:
     section = ""
     out: list[tuple[str, str, str]] = []
     for raw in text.split("\n"):
-        line = raw.strip()
+        line = raw.strip(" \t")  # systemd's WHITESPACE, not Python's idea of it
         if not line or line.startswith(("#", ";")):
             continue
         trailing = len(line) - len(line.rstrip("\\"))
@@ -42,8 +42,8 @@ def parse_unit(text: str) -> list[tuple[str, str, str]]:
             continue
         key, sep, value = line.partition("=")
         assert sep and section, f"not a directive in a section: {line!r}"
-        assert KEY.fullmatch(key.strip()), f"bad key {key!r}"
-        out.append((section, key.strip(), value.strip()))
+        assert KEY.fullmatch(key.strip(" \t")), f"bad key {key!r}"
+        out.append((section, key.strip(" \t"), value.strip(" \t")))
     return out
 
 
@@ -118,7 +118,7 @@ def test_hostile_values_cannot_change_the_structure(
         text = render(spec_of(svc), OPTIONS)["h.service"]
     except RenderError as exc:
         # The only refusals: values systemd cannot hold faithfully (documented).
-        assert description.strip().endswith("\\") or path.endswith("\\"), str(exc)
+        assert description.strip(" \t").endswith("\\") or path.endswith("\\"), str(exc)
         return
     got = parse_unit(text)
     expected = parse_unit(render(spec_of(_benign(svc)), OPTIONS)["h.service"])
@@ -126,7 +126,7 @@ def test_hostile_values_cannot_change_the_structure(
     values: dict[str, list[str]] = {}
     for _, key, value in got:
         values.setdefault(key, []).append(value)
-    assert unquote(values["Description"][0], "text") == description.strip()
+    assert unquote(values["Description"][0], "text") == description.strip(" \t")
     assert unquote(values["ExecStart"][0], "exec") == svc.exec
     assert unquote(values["ExecStartPre"][0], "exec") == svc.exec_start_pre[0]
     assert unquote(values["ExecReload"][0], "exec") == svc.exec_reload

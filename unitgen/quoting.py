@@ -53,6 +53,8 @@ KINDS: tuple[Kind, ...] = (
 )
 
 _LINE_BREAKERS = ("\n", "\r", "\x00")
+# What systemd strips around a value (its WHITESPACE minus the line breakers).
+_BLANK = " \t"
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # systemd.unit(5): ASCII letters, digits, ":-_.\" and "@"; the full check is the validator's.
 _UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
@@ -131,13 +133,14 @@ def quote(value: object, kind: str) -> str:
             raise RenderError(f"quote(env): {_short(key)} is not a valid environment name")
         return _dq(f"{key}={val}")
     if kind == "text":
-        return _no_trailing_backslash(_check(value, kind).strip(), kind).replace("%", "%%")
+        stripped = _check(value, kind).strip(_BLANK)
+        return _no_trailing_backslash(stripped, kind).replace("%", "%%")
     if kind == "path":
         path = _check(value, kind)
         # "-/x": systemd's "ignore if missing" prefix (EnvironmentFile=, WorkingDirectory=).
         if not path.removeprefix("-").startswith("/"):
             raise RenderError(f"quote(path): {_short(path)} is not an absolute path")
-        if path != path.strip():
+        if path != path.strip(_BLANK):
             raise RenderError(f"quote(path): {_short(path)} has surrounding whitespace")
         return _no_trailing_backslash(path, kind).replace("%", "%%")
     if kind == "paths":
@@ -250,7 +253,7 @@ def unquote(text: str, kind: str) -> object:
             raise RenderError("unquote(env): no '=' in assignment")
         return (key, val)
     if kind in ("text", "path"):
-        return _unpercent(text.strip(), kind)
+        return _unpercent(text.strip(_BLANK), kind)
     if kind in ("paths", "dirs"):
         return tuple(_unpercent(w, kind) for w in _split_words(text, kind))
     if kind == "units":

@@ -1,0 +1,210 @@
+"""Rendered units in a real systemd (the user-manager sandbox of tests/conftest.py).
+
+What only a real manager can prove: hostile values come out of systemd exactly as
+the spec wrote them, a strict unit starts and serves, and OnFailure= reaches the
+recovery template with a template instance's full name intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import socket
+import time
+from pathlib import Path
+
+from unitgen.model import Hardening, Restart, Service, Spec
+from unitgen.paths import Scope
+from unitgen.render import BaseDirs, RenderOptions, render
+from unitgen.sandbox import Sandbox
+
+NASTY = [
+    'double "quotes" and \\backslash\\',
+    "single 'quotes'",
+    ";",
+    "a;b",
+    "\\;",
+    "100% %n %i %% %",
+    "$HOME ${HOME} $$ $",
+    "trailing backslash \\",
+    "\ttab\tand  spaces ",
+    "",
+    "=",
+    "[Service]",
+    "#comment",
+    "ExecStartPost=/bin/false",
+    "unicode: ünï €",
+    "\\x41 \\n \\t",
+]
+
+
+def _random_values(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pool = "\\\"'%$;[]=# \t{}`ab01é€\x0b\x0c"
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+
+
+def _options(tmp_path: Path, **kw: object) -> RenderOptions:
+    base = RenderOptions(
+        systemd_version=252,
+        scope=Scope.USER,
+        unitgen_bin="/bin/false",
+        policy_dir=tmp_path / "policy",
+        base_dirs=BaseDirs.for_scope(Scope.USER),
+    )
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _busctl(sb: Sandbox, unit: str, prop: str, interface: str = "Service") -> object:
+    path = (
+        sb.run(
+            [
+                "busctl",
+                "--user",
+                "call",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "LoadUnit",
+                "s",
+                unit,
+            ],
+            check=True,
+        )
+        .stdout.split()[1]
+        .strip('"')
+    )
+    res = sb.run(
+        [
+            "busctl",
+            "--user",
+            "get-property",
+            "--json=short",
+            "org.freedesktop.systemd1",
+            path,
+            f"org.freedesktop.systemd1.{interface}",
+            prop,
+        ],
+        check=True,
+    )
+    return json.loads(res.stdout)["data"]
+
+
+def test_hostile_values_round_trip_through_systemd(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    values = NASTY + _random_values(24, seed=20261123)
+    recorder = tmp_path / "record.py"
+    recorder.write_text(
+        "import json, os, sys\n"
+        "out = {'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items()"
+        " if k.startswith('H_')}}\n"
+        "open(sys.argv[1], 'w').write(json.dumps(out))\n"
+    )
+    services = []
+    chunks = [values[i : i + 8] for i in range(0, len(values), 8)]
+    for n, chunk in enumerate(chunks):
+        out = tmp_path / f"out{n}.json"
+        services.append(
+            Service(
+                name=f"hostile{n}",
+                unit=f"ugq-hostile{n}.service",
+                description=f"d{n} " + " | ".join(chunk) + " |",
+                exec=("/usr/bin/python3", str(recorder), str(out), *chunk),
+                type="exec",
+                environment=tuple((f"H_{i}", v) for i, v in enumerate(chunk)),
+                restart=Restart(policy="no"),
+                # Strict, except that the recorder must reach tmp_path in the real /tmp.
+                hardening=Hardening(disable=("PrivateTmp",), read_write_paths=(str(tmp_path),)),
+            )
+        )
+    spec = Spec(path="t", services={s.name: s for s in services})
+    files = render(spec, _options(tmp_path))
+    user_sandbox.install_units(files)
+    for n, svc in enumerate(services):
+        # What systemd parsed (before it expands $VAR at exec time: $$ is still doubled).
+        exec_start = _busctl(user_sandbox, svc.unit, "ExecStart")
+        assert exec_start[0][1] == [w.replace("$", "$$") for w in svc.exec]  # type: ignore[index]
+        env = _busctl(user_sandbox, svc.unit, "Environment")
+        assert env == [f"{k}={v}" for k, v in svc.environment]
+        # busctl, not `systemctl show`: str.splitlines() would split at \x0b and \x0c.
+        desc = _busctl(user_sandbox, svc.unit, "Description", "Unit")
+        assert desc == svc.description.strip(" \t")
+        # And what the program really got.
+        user_sandbox.systemctl("start", svc.unit, check=True)
+        out = tmp_path / f"out{n}.json"
+        deadline = time.monotonic() + 10
+        while not out.exists() or not out.read_text():
+            assert time.monotonic() < deadline, user_sandbox.journal(svc.unit)
+            time.sleep(0.02)
+        got = json.loads(out.read_text())
+        assert got["argv"] == list(svc.exec[2:])
+        assert got["env"] == dict(svc.environment)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_strict_unit_starts_and_serves(fresh_user_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = fresh_user_sandbox
+    port = _free_port()
+    web = Service(
+        name="ugq-web",
+        unit="ugq-web.service",
+        description="plain network daemon",
+        exec=("/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", str(port)),
+        type="exec",
+        state_directory=("ugq-web",),
+    )
+    files = render(Spec(path="t", services={"w": web}), _options(tmp_path))
+    assert "ProtectSystem=strict" in files[web.unit]
+    sb.install_units(files)
+    sb.systemctl("start", web.unit, check=True)
+    sb.wait_for(web.unit, "running", prop="SubState")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                assert conn.recv(64).startswith(b"HTTP/1.0 200")
+                break
+        except OSError:
+            assert time.monotonic() < deadline, sb.journal(web.unit)
+            time.sleep(0.05)
+    props = sb.show(web.unit, "ProtectSystem", "NoNewPrivileges", "SubState")
+    assert props == {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "SubState": "running"}
+    sb.systemctl("stop", web.unit, check=True)
+
+
+def test_on_failure_reaches_recovery_with_the_instance_name(
+    fresh_user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    log = tmp_path / "recover.log"
+    fake = tmp_path / "unitgen"
+    fake.write_text(f'#!/bin/sh\necho "$*|$MONITOR_UNIT" >> {log}\n')
+    fake.chmod(0o755)
+    worker = Service(
+        name="ugq-worker@",
+        unit="ugq-worker@.service",
+        description="fails at once",
+        exec=("/bin/false",),
+        restart=Restart(policy="no"),
+    )
+    files = render(
+        Spec(path="t", services={"w": worker}), _options(tmp_path, unitgen_bin=str(fake))
+    )
+    sb.install_units(files)
+    instances = ["ugq-worker@3.service", "ugq-worker@a\\x2db.service"]
+    for unit in instances:
+        sb.systemctl("start", unit)
+    deadline = time.monotonic() + 15
+    while len(log.read_text().splitlines() if log.exists() else []) < len(instances):
+        assert time.monotonic() < deadline, sb.journal(
+            "unitgen-recover@ugq-worker@3.service.service"
+        )
+        time.sleep(0.05)
+    lines = sorted(log.read_text().splitlines())
+    assert lines == sorted(f"recover --user {u}|{u}" for u in instances)
