@@ -52,7 +52,8 @@ def main() -> None:
         starts, closes = measure(scope, runs, **kwargs)
         print(line(f"{label}: start ({runs} runs)", starts))
         print(line(f"{label}: teardown", closes))
-        print(line(f"{label}: start + teardown", [a + b for a, b in zip(starts, closes)]))
+        total = [a + b for a, b in zip(starts, closes, strict=True)]
+        print(line(f"{label}: start + teardown", total))
 
 
 if __name__ == "__main__":
