@@ -59,6 +59,7 @@ __all__ = [
     "MetricsPublisher",
     "parse_listen",
     "parse_textfile",
+    "publisher_for",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -337,6 +338,23 @@ def write_textfile(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def publisher_for(
+    metrics: Metrics, listen: str | None, textfile: str | None
+) -> MetricsPublisher | None:
+    """The publisher ``--metrics-listen``/``--metrics-textfile`` ask for; None for neither.
+
+    Validates both first (UsageError, exit 2), so a daemon with a typo in its
+    unit file fails at start instead of running without metrics.
+    """
+    if listen is None and textfile is None:
+        return None
+    return MetricsPublisher(
+        metrics,
+        listen=parse_listen(listen) if listen is not None else None,
+        textfile=parse_textfile(textfile) if textfile is not None else None,
+    )
 
 
 # What a scrape request may be: small and quick, or the connection is dropped.

@@ -22,6 +22,7 @@ from handlers.metrics import (
     MetricsPublisher,
     parse_listen,
     parse_textfile,
+    publisher_for,
 )
 from unitgen.errors import UsageError
 
@@ -283,6 +284,16 @@ def test_listen_accepts_loopback_forms() -> None:
     assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert parse_listen("[::1]:9464") == ("::1", 9464)
     assert parse_listen("localhost:0") == ("localhost", 0)
+
+
+def test_publisher_for_validates_both_options(tmp_path: Path) -> None:
+    metrics = Metrics()
+    assert publisher_for(metrics, None, None) is None
+    with pytest.raises(UsageError, match="loopback"):
+        publisher_for(metrics, "0.0.0.0:9464", None)
+    with pytest.raises(UsageError, match=r"\.prom"):
+        publisher_for(metrics, "127.0.0.1:0", str(tmp_path / "x.txt"))
+    assert publisher_for(metrics, "127.0.0.1:0", str(tmp_path / "u.prom")) is not None
 
 
 def test_textfile_path_is_checked(tmp_path: Path) -> None:
