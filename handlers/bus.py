@@ -199,8 +199,8 @@ class _Waiter:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # (arrival sequence, changed, invalidated)
-        self.queue: asyncio.Queue[tuple[int, dict[str, Any], list[str]]] = asyncio.Queue()
+        # (arrival sequence, interface, changed, invalidated)
+        self.queue: asyncio.Queue[tuple[int, str, dict[str, Any], list[str]]] = asyncio.Queue()
 
 
 class SystemdBus:
@@ -218,7 +218,20 @@ class SystemdBus:
         self._seq = 0  # counts every incoming message, to order replies against signals
         self._reply_seq: dict[int, int] = {}  # serial of a watched call -> seq of its reply
         self._calls = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        self._gone = asyncio.Event()
         bus.add_message_handler(self._dispatch)
+        # The library's disconnect future must never be cancelled (awaiting it from
+        # a task that gets cancelled would cancel it for everyone), so exactly one
+        # task awaits it, and everyone else waits on an Event.
+        self._gone_task = asyncio.ensure_future(self._watch_disconnect())
+
+    async def _watch_disconnect(self) -> None:
+        try:
+            await self._bus.wait_for_disconnect()
+        except Exception as exc:
+            log.info("bus connection ended: %s", type(exc).__name__)
+        finally:
+            self._gone.set()
 
     # -- connection ----------------------------------------------------------------
 
@@ -261,14 +274,18 @@ class SystemdBus:
         return not self._closed and bool(getattr(self._bus, "connected", False))
 
     @property
+    def raw(self) -> Any:
+        """The library's MessageBus, for exporting objects on the same connection."""
+        return self._bus
+
+    @property
     def unique_name(self) -> str | None:
         name = getattr(self._bus, "unique_name", None)
         return str(name) if name else None
 
     async def wait_disconnected(self) -> None:
         """Returns when the connection is gone, for whatever reason."""
-        with contextlib.suppress(Exception):
-            await self._bus.wait_for_disconnect()
+        await self._gone.wait()
 
     async def close(self) -> None:
         """The one teardown path: drop handlers, disconnect, release the socket."""
@@ -280,8 +297,10 @@ class SystemdBus:
             self._bus.remove_message_handler(self._dispatch)
         with contextlib.suppress(Exception):
             self._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._bus.wait_for_disconnect(), 2.0)
+        await asyncio.wait({self._gone_task}, timeout=2.0)
+        if not self._gone_task.done():
+            self._gone_task.cancel()
+            await asyncio.gather(self._gone_task, return_exceptions=True)
         # dbus-next shuts the socket down but never closes it (a ResourceWarning
         # later); dbus-fast closes it itself, and closing twice is harmless.
         for attr in ("_stream", "_sock"):
@@ -370,9 +389,12 @@ class SystemdBus:
 
     # -- systemd ------------------------------------------------------------------
 
-    async def subscribe(self) -> None:
-        """Manager.Subscribe: without it systemd sends this client no unit signals."""
-        if self._subscribed:
+    async def subscribe(self, *, force: bool = False) -> None:
+        """Manager.Subscribe: without it systemd sends this client no unit signals.
+
+        ``force`` subscribes again after systemd re-executed (it forgets clients).
+        """
+        if self._subscribed and not force:
             return
         try:
             await self.call("Subscribe")
@@ -496,12 +518,13 @@ class SystemdBus:
                         f"SubState={props.get('SubState')})"
                     )
                 try:
-                    seq, changed, invalidated = await asyncio.wait_for(
+                    seq, iface, changed, invalidated = await asyncio.wait_for(
                         waiter.queue.get(), remaining
                     )
                 except TimeoutError:
                     continue
-                if seq <= seen:
+                # Older than the GetAll of its own interface: already in props.
+                if seq <= seen.get(iface, 0):
                     continue
                 if invalidated:
                     props, seen = await self._snapshot(name, path, ifaces)
@@ -520,10 +543,10 @@ class SystemdBus:
 
     async def _snapshot(
         self, name: str, path: str, interfaces: tuple[str, ...]
-    ) -> tuple[dict[str, Any], int]:
-        """GetAll, and the arrival number of its last reply."""
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """GetAll per interface, and the arrival number of each interface's reply."""
         props: dict[str, Any] = {}
-        last = 0
+        seen: dict[str, int] = {}
         for iface in interfaces:
             serials: list[int] = []
             try:
@@ -542,9 +565,9 @@ class SystemdBus:
                 raise
             finally:
                 for s in serials:
-                    last = max(last, self._reply_seq.pop(s, 0))
+                    seen[iface] = self._reply_seq.pop(s, 0)
             props.update(unwrap(values))
-        return props, last
+        return props, seen
 
     def _watch_reply(self, serials: list[int]) -> Callable[[int], None]:
         def hook(serial: int) -> None:
@@ -581,8 +604,8 @@ class SystemdBus:
             waiters = self._waiters.get(msg.path)
             if waiters:
                 try:
-                    _iface, changed, invalidated = msg.body
-                    item = (self._seq, unwrap(changed), list(invalidated))
+                    iface, changed, invalidated = msg.body
+                    item = (self._seq, str(iface), unwrap(changed), list(invalidated))
                 except (ValueError, TypeError):
                     log.warning("malformed PropertiesChanged on %s", msg.path)
                 else:

@@ -1,0 +1,164 @@
+"""Health probes for running units, on their interval, off the event path.
+
+Each unit with a health section gets one task that sleeps its interval and
+then, only while the unit is active, runs its probe under a global semaphore
+(so a thousand units cannot open a thousand sockets at once). Probes are
+coroutines from :mod:`handlers.probes` that bound themselves by their timeout
+and run commands and HTTP off the loop, so a slow probe delays nothing but its
+own next round. ``failures`` consecutive failures call ``on_unhealthy`` once;
+the listener then queues a recovery with reason ``health``.
+
+A unit that is not active has a parked task waiting on an event, not a timer:
+with no active probed unit, the scheduler causes no wakeups at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from handlers.events import Event, EventKind, EventSink, NullSink
+from handlers.probes import ProbeResult, ProbeSpec, probe
+from unitgen.model import Health
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Watch:
+    health: Health
+    spec: ProbeSpec
+    active: asyncio.Event
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+    healthy: bool | None = None
+
+
+class HealthScheduler:
+    def __init__(
+        self,
+        on_unhealthy: Callable[[str, str], None],
+        *,
+        events: EventSink | None = None,
+        max_concurrent: int = 8,
+        prober: Callable[[ProbeSpec], Awaitable[ProbeResult]] | None = None,
+    ) -> None:
+        self._on_unhealthy = on_unhealthy
+        self._events = events or NullSink()
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self._prober = prober or probe
+        self._watches: dict[str, _Watch] = {}
+        self.probes_run = 0
+
+    @property
+    def units(self) -> frozenset[str]:
+        return frozenset(self._watches)
+
+    def configure(self, healths: Mapping[str, Health]) -> None:
+        """Start tasks for new units, stop them for units that lost their section."""
+        for unit in list(self._watches):
+            if unit not in healths or healths[unit] != self._watches[unit].health:
+                self._drop(unit)
+        for unit, health in healths.items():
+            if unit in self._watches:
+                continue
+            try:
+                spec = ProbeSpec.from_model(health.probe, where=f"{unit}: health.probe")
+            except ValueError as exc:
+                log.warning("%s", exc)
+                continue
+            watch = _Watch(health=health, spec=spec, active=asyncio.Event())
+            watch.task = asyncio.create_task(self._run(unit, watch), name=f"health {unit}")
+            watch.task.add_done_callback(_log_failure)
+            self._watches[unit] = watch
+
+    def set_active(self, unit: str, active: bool) -> None:
+        watch = self._watches.get(unit)
+        if watch is None:
+            return
+        if active:
+            watch.active.set()
+        else:
+            watch.active.clear()
+            watch.failures = 0
+
+    async def close(self) -> None:
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        for unit in list(self._watches):
+            self._drop(unit)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("health task %s failed", task.get_name(), exc_info=result)
+
+    def _drop(self, unit: str) -> None:
+        watch = self._watches.pop(unit)
+        if watch.task is not None:
+            watch.task.cancel()
+
+    async def _run(self, unit: str, watch: _Watch) -> None:
+        interval = max(0.05, watch.health.interval)
+        while True:
+            await watch.active.wait()
+            await asyncio.sleep(interval)
+            if not watch.active.is_set():
+                continue
+            async with self._sem:
+                result = await self._probe(watch.spec)
+            self.probes_run += 1
+            self._record(unit, watch, result)
+
+    async def _probe(self, spec: ProbeSpec) -> ProbeResult:
+        try:
+            # Probes bound themselves; the margin only guards against a broken one.
+            result = await asyncio.wait_for(self._prober(spec), spec.timeout + 5.0)
+        except TimeoutError:
+            return ProbeResult(False, f"{spec.describe()}: probe overran its timeout", 0.0)
+        except Exception as exc:
+            return ProbeResult(False, f"{spec.describe()}: {type(exc).__name__}", 0.0)
+        return result
+
+    def _record(self, unit: str, watch: _Watch, result: ProbeResult) -> None:
+        if result.ok:
+            watch.failures = 0
+            if watch.healthy is not True:
+                watch.healthy = True
+                self._emit(unit, True, result.detail, 0)
+            return
+        watch.failures += 1
+        log.info(
+            "%s: health probe failed (%d/%d): %s",
+            unit,
+            watch.failures,
+            watch.health.failures,
+            result.detail,
+        )
+        if watch.failures >= watch.health.failures:
+            watch.failures = 0
+            if watch.healthy is not False:
+                watch.healthy = False
+                self._emit(unit, False, result.detail, watch.health.failures)
+            try:
+                self._on_unhealthy(unit, result.detail)
+            except Exception:
+                log.exception("%s: health escalation failed", unit)
+
+    def _emit(self, unit: str, healthy: bool, detail: str, failures: int) -> None:
+        self._events.emit(
+            Event(
+                EventKind.HEALTH_CHANGED,
+                unit,
+                "",
+                {"healthy": healthy, "detail": detail, "failures": failures},
+            )
+        )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("task %s failed", task.get_name(), exc_info=exc)

@@ -1,0 +1,588 @@
+"""The D-Bus listener: follows systemd and runs the recovery ladder the moment it is needed.
+
+How it decides (systemd 252, proven in tests/test_listener_sandbox.py)
+----------------------------------------------------------------------
+A unit with ``Restart=`` broadcasts ``ActiveState=failed`` just before systemd
+restarts it itself. On 252, ``service_enter_dead()`` sets ``failed`` and then,
+in the same call, ``auto-restart``; systemd answers no method call in between.
+So on a ``failed`` signal the listener makes one round trip to systemd (GetAll
+of the unit) and looks at the answer:
+
+* ``SubState=auto-restart`` (or anything but ``failed``): systemd is restarting
+  it, or already has. The listener stands down and counts it.
+* still ``failed``, same InvocationID: systemd gave up (``Restart=no``, a result
+  its policy does not restart, or start-limit-hit: ``auto-restart`` -> ``dead``
+  -> ``failed`` with no new invocation). The ladder takes over, once per
+  InvocationID: a second ``failed`` of the same invocation is dropped.
+
+Data flow
+---------
+Signals are handled inside the bus library's reader callback, which only
+updates a small per-unit cache and puts the unit name in a coalescing queue
+(one entry per unit however many signals arrive; a full queue drops the unit,
+counts it and schedules a reconciliation, so nothing is dropped silently).
+``max_concurrency`` worker tasks take units from the queue; one unit is never
+handled by two workers at once. Health probes run in their own tasks
+(:mod:`handlers.health`) and only put units in the same queue.
+
+Connection life
+---------------
+connect -> AddMatch -> Subscribe -> reconcile -> READY=1 (first time only) ->
+wait for disconnect. A lost bus (dbus-daemon restarted, socket closed) or a
+new owner of ``org.freedesktop.systemd1`` leads to reconnect with capped,
+jittered exponential backoff, then AddMatch, Subscribe and reconcile again.
+``Reloading`` (daemon-reload, daemon-reexec) is a gap: reconcile when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from handlers import bus as busmod
+from handlers.bus import SystemdBus
+from handlers.events import EventSink, NullSink
+from handlers.health import HealthScheduler
+from handlers.notify import Notifier
+from handlers.watchset import WatchSet
+from unitgen.errors import PolicyError, SystemdError, UnitgenError
+from unitgen.model import Health
+from unitgen.paths import Paths
+from unitgen.policy import load_policy
+
+log = logging.getLogger(__name__)
+
+
+class Recoverer(Protocol):
+    """What the listener needs of :class:`handlers.recovery.RecoveryEngine`.
+
+    One engine lives as long as the listener (it holds the SQLite store); after
+    a reconnect its ``bus`` is pointed at the new connection.
+    """
+
+    bus: Any
+
+    async def recover(self, unit: str, trigger: Any) -> Any: ...
+
+
+EngineFactory = Callable[[SystemdBus], Recoverer]
+TriggerFactory = Callable[..., Any]
+ConnectHook = Callable[[SystemdBus], Awaitable[None]]
+
+
+def default_trigger(**fields: Any) -> Any:
+    from handlers.recovery import Trigger
+
+    return Trigger(**fields)
+
+
+@dataclass(frozen=True)
+class ListenerOptions:
+    max_concurrency: int = 8  # units handled at once, across all units
+    max_pending: int = 4096  # distinct units waiting; more are dropped and counted
+    reconnect_initial: float = 0.05
+    reconnect_max: float = 10.0
+    health_concurrency: int = 8
+
+
+@dataclass
+class UnitState:
+    active: str = ""
+    sub: str = ""
+    invocation: str = ""  # hex; changes on every start
+    handled: str = ""  # the invocation last handed to the ladder
+    reasons: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Stats:
+    signals: int = 0
+    failed_signals: int = 0
+    systemd_restarting: int = 0  # failed, then systemd's own auto-restart: stood down
+    duplicates: int = 0  # a failure of an invocation already handed to the ladder
+    recoveries: int = 0
+    recovery_errors: int = 0
+    health_escalations: int = 0
+    coalesced: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    reconciles: int = 0
+
+
+# Signals systemd's manager object sends that the listener wants; PropertiesChanged
+# is matched separately, under the unit namespace, for the Unit interface only.
+_MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
+
+
+def match_rules() -> list[str]:
+    """The narrow AddMatch rules: nothing else systemd says reaches this process."""
+    rules = [
+        busmod.match_rule(
+            type="signal",
+            sender=busmod.SYSTEMD,
+            interface=busmod.PROPERTIES,
+            member="PropertiesChanged",
+            path_namespace=busmod.UNIT_PATH_PREFIX,
+            arg0=busmod.UNIT,
+        )
+    ]
+    rules.extend(
+        busmod.match_rule(
+            type="signal",
+            sender=busmod.SYSTEMD,
+            interface=busmod.MANAGER,
+            path=busmod.ROOT_PATH,
+            member=member,
+        )
+        for member in _MANAGER_SIGNALS
+    )
+    # systemd's reexec drops and re-takes its bus name; that is a gap too.
+    rules.append(
+        busmod.match_rule(
+            type="signal",
+            sender=busmod.DBUS_NAME,
+            interface=busmod.DBUS_NAME,
+            member="NameOwnerChanged",
+            arg0=busmod.SYSTEMD,
+        )
+    )
+    return rules
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, list):
+        return bytes(value).hex()
+    return str(value or "")
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+class Listener:
+    """``unitgen watch``: one instance per process, run() until stop()."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        engine_factory: EngineFactory,
+        *,
+        globs: Iterable[str] = (),
+        address: str | None = None,
+        library: str | None = None,
+        events: EventSink | None = None,
+        notifier: Notifier | None = None,
+        options: ListenerOptions | None = None,
+        trigger_factory: TriggerFactory = default_trigger,
+        on_connected: ConnectHook | None = None,
+        health: bool = True,
+    ) -> None:
+        self.paths = paths
+        self.scope = paths.scope
+        self.watch = WatchSet(paths.policy_dir, globs)
+        self.options = options or ListenerOptions()
+        self.stats = Stats()
+        self.units: dict[str, UnitState] = {}
+        self.ready = asyncio.Event()  # set once subscribed and reconciled (READY=1)
+        self.connected = asyncio.Event()
+        self._address = address
+        self._library = library
+        self._engine_factory = engine_factory
+        self._events = events or NullSink()
+        self._notifier = notifier or Notifier({})
+        self._trigger = trigger_factory
+        self._on_connected = on_connected
+        self._bus: SystemdBus | None = None
+        self._engine: Recoverer | None = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue(self.options.max_pending)
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        self._names: dict[str, str] = {}  # object path -> unit name
+        self._stop = asyncio.Event()
+        self._gap = asyncio.Event()  # reconcile requested
+        self._resync = False  # something was dropped: reconcile once the queue drains
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._health = (
+            HealthScheduler(
+                self._unhealthy,
+                events=self._events,
+                max_concurrent=self.options.health_concurrency,
+            )
+            if health
+            else None
+        )
+        self._rng = random.Random()  # noqa: S311 - backoff jitter only
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def bus(self) -> SystemdBus | None:
+        return self._bus
+
+    @property
+    def engine(self) -> Recoverer | None:
+        return self._engine
+
+    async def run(self) -> None:
+        """Follow systemd until stop(); the one teardown path is the finally below."""
+        for i in range(self.options.max_concurrency):
+            self._spawn(self._worker(), f"listener worker {i}")
+        self._spawn(self._notifier.watchdog_loop(), "watchdog")
+        self._spawn(self._gap_loop(), "reconcile")
+        delay = self.options.reconnect_initial
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    delay = self.options.reconnect_initial
+                except UnitgenError as exc:
+                    log.warning("listener: %s; reconnecting in %.2fs", exc, delay)
+                if self._stop.is_set():
+                    break
+                self.stats.reconnects += 1
+                self._notifier.status(f"bus lost; reconnecting (attempt {self.stats.reconnects})")
+                await self._sleep_or_stop(delay * (1 + self._rng.uniform(0, 0.2)))
+                delay = min(self.options.reconnect_max, delay * 2)
+        finally:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        self._notifier.stopping("stopping")
+        self.connected.clear()
+        if self._health is not None:
+            await self._health.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        engine, self._engine = self._engine, None
+        aclose = getattr(engine, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing the recovery engine failed")
+        await self._drop_bus()
+        self._notifier.close()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("listener task %s failed", task.get_name(), exc_info=exc)
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _drop_bus(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.close()
+
+    async def _session(self) -> None:
+        """One connection: set up, reconcile, then wait for it to end."""
+        bus = await SystemdBus.connect(self.scope, self._address, library=self._library)
+        try:
+            bus.add_signal_callback(self._on_signal)
+            for rule in match_rules():
+                await bus.add_match(rule)
+            await bus.subscribe()
+            self._bus = bus
+            if self._engine is None:
+                self._engine = self._engine_factory(bus)
+            else:
+                self._engine.bus = bus
+            if self._on_connected is not None:
+                await self._on_connected(bus)
+            await self._reconcile(bus)
+            self.connected.set()
+            if not self.ready.is_set():
+                self.ready.set()
+                self._notifier.ready(self._status_line())
+            else:
+                self._notifier.status(self._status_line())
+            log.info("listener subscribed (%s, dbus-%s)", self.scope.value, bus.lib.name)
+            stop = asyncio.ensure_future(self._stop.wait())
+            gone = asyncio.ensure_future(bus.wait_disconnected())
+            try:
+                await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for fut in (stop, gone):
+                    fut.cancel()
+                await asyncio.gather(stop, gone, return_exceptions=True)
+            if not self._stop.is_set():
+                log.warning("listener: bus connection lost")
+        finally:
+            self.connected.clear()
+            await self._drop_bus()
+
+    # -- reconciliation --------------------------------------------------------------
+
+    def request_reconcile(self) -> None:
+        self._gap.set()
+
+    async def _gap_loop(self) -> None:
+        while True:
+            await self._gap.wait()
+            self._gap.clear()
+            bus = self._bus
+            if bus is None:
+                continue
+            try:
+                await self._reconcile(bus)
+            except UnitgenError as exc:
+                log.warning("reconcile failed: %s", exc)
+
+    async def _reconcile(self, bus: SystemdBus) -> None:
+        """Re-read the watch set and every watched unit's state; queue the failed ones."""
+        self.stats.reconciles += 1
+        self.watch.rescan()
+        rows = await bus.list_units(self.watch.patterns())
+        healths: dict[str, Health] = {}
+        for row in rows:
+            if row.name not in self.watch:
+                continue
+            self._names[row.path] = row.name
+            state = self.units.setdefault(row.name, UnitState())
+            state.active, state.sub = row.active_state, row.sub_state
+            health = self._health_of(row.name)
+            if health is not None:
+                healths[row.name] = health
+            if row.active_state == "failed":
+                self._enqueue(row.name, "failed")
+        if self._health is not None:
+            self._health.configure(healths)
+            for unit in healths:
+                self._health.set_active(unit, self.units[unit].active == "active")
+        self._notifier.status(self._status_line())
+
+    def _health_of(self, unit: str) -> Health | None:
+        try:
+            return load_policy(unit, self.paths.policy_dir).health
+        except PolicyError as exc:
+            log.warning("%s", exc)
+            return None
+
+    def _status_line(self) -> str:
+        failed = sum(1 for s in self.units.values() if s.active == "failed")
+        return (
+            f"watching {len(self.units)} units, {failed} failed, "
+            f"{self.stats.recoveries} recoveries, {self.stats.dropped} dropped"
+        )
+
+    # -- signals (runs inside the bus reader: no awaits, no I/O) ----------------------
+
+    def _on_signal(self, msg: Any) -> None:
+        self.stats.signals += 1
+        member = msg.member
+        if member == "PropertiesChanged":
+            self._on_properties(msg)
+        elif member == "JobRemoved":
+            # (id, job, unit, result): a failed start job may leave a failed unit.
+            body = msg.body
+            if len(body) == 4 and body[3] in ("failed", "dependency") and body[2] in self.watch:
+                self._enqueue(body[2], "job")
+        elif member == "UnitNew":
+            name, path = msg.body
+            if name in self.watch:
+                self._names[path] = name
+                self.units.setdefault(name, UnitState())
+        elif member == "UnitRemoved":
+            name, path = msg.body
+            state = self.units.get(name)
+            if state is not None:
+                # Unloaded units have no state to follow; keep "handled" for dedupe.
+                state.active = state.sub = ""
+        elif member == "Reloading":
+            if msg.body and msg.body[0] is False:
+                self.request_reconcile()
+        elif member == "NameOwnerChanged":
+            _name, _old, new = msg.body
+            if new:
+                log.info("systemd re-took its bus name; resubscribing")
+                self._spawn(self._resubscribe(), "resubscribe")
+
+    def _on_properties(self, msg: Any) -> None:
+        path = msg.path
+        name = self._names.get(path)
+        if name is None:
+            name = busmod.unit_from_path(path)
+            if name is None:
+                return
+            if len(self._names) > 200_000:
+                self._names.clear()
+            self._names[path] = name
+        if name not in self.watch:
+            return
+        changed = msg.body[1]
+        active = changed.get("ActiveState")
+        if active is None:
+            return
+        state = self.units.get(name)
+        if state is None:
+            state = self.units[name] = UnitState()
+        state.active = _plain(active)
+        sub = changed.get("SubState")
+        if sub is not None:
+            state.sub = _plain(sub)
+        inv = changed.get("InvocationID")
+        if inv is not None:
+            state.invocation = _hex(_plain(inv))
+        if self._health is not None:
+            self._health.set_active(name, state.active == "active")
+        if state.active == "failed":
+            self.stats.failed_signals += 1
+            self._enqueue(name, "failed")
+
+    async def _resubscribe(self) -> None:
+        bus = self._bus
+        if bus is None:
+            return
+        try:
+            # A new systemd instance knows nothing of our subscription.
+            await bus.subscribe(force=True)
+        except SystemdError as exc:
+            log.warning("resubscribe failed: %s", exc)
+        self.request_reconcile()
+
+    # -- the queue --------------------------------------------------------------------
+
+    def _enqueue(self, unit: str, reason: str) -> None:
+        state = self.units.setdefault(unit, UnitState())
+        if state.reasons:
+            state.reasons.add(reason)
+            self.stats.coalesced += 1
+            return
+        if unit in self._busy:
+            state.reasons.add(reason)
+            self._again.add(unit)
+            return
+        try:
+            self._queue.put_nowait(unit)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            if not self._resync:
+                log.warning(
+                    "listener queue full (%d units); dropping, will reconcile", self._queue.maxsize
+                )
+            self._resync = True
+            return
+        state.reasons.add(reason)
+
+    async def _worker(self) -> None:
+        while True:
+            unit = await self._queue.get()
+            try:
+                await self._handle_queued(unit)
+            finally:
+                self._queue.task_done()
+            if self._resync and self._queue.empty():
+                self._resync = False
+                self.request_reconcile()
+
+    async def _handle_queued(self, unit: str) -> None:
+        state = self.units.setdefault(unit, UnitState())
+        if unit in self._busy:
+            self._again.add(unit)
+            return
+        self._busy.add(unit)
+        try:
+            while True:
+                reasons, state.reasons = state.reasons, set()
+                self._again.discard(unit)
+                if not reasons:
+                    break
+                await self.connected.wait()
+                try:
+                    await self._handle(unit, state, reasons)
+                except UnitgenError as exc:
+                    self.stats.recovery_errors += 1
+                    log.warning("%s: %s", unit, exc)
+                except Exception:
+                    self.stats.recovery_errors += 1
+                    log.exception("%s: handling failed", unit)
+                if unit not in self._again and not state.reasons:
+                    break
+        finally:
+            self._busy.discard(unit)
+
+    async def _handle(self, unit: str, state: UnitState, reasons: set[str]) -> None:
+        bus, engine = self._bus, self._engine
+        if bus is None or engine is None:
+            state.reasons |= reasons
+            return
+        if "health" in reasons and not (reasons - {"health"}):
+            self.stats.health_escalations += 1
+            trigger = self._trigger(source="health", reason="health")
+            await self._recover(engine, unit, trigger)
+            return
+        # The round trip that settles it: systemd sets auto-restart in the same
+        # call that sets failed, so this reply shows auto-restart if it will restart.
+        props = await bus.unit_properties(unit)
+        state.active = props.get("ActiveState", "")
+        state.sub = props.get("SubState", "")
+        inv = _hex(props.get("InvocationID", b""))
+        state.invocation = inv
+        if state.active != "failed":
+            if state.sub == "auto-restart" or state.active in ("activating", "active"):
+                self.stats.systemd_restarting += 1
+            return
+        if inv and inv == state.handled:
+            self.stats.duplicates += 1
+            return
+        state.handled = inv
+        trigger = self._trigger(
+            source="listener",
+            invocation_id=inv,
+            result=str(props.get("Result", "")),
+            exit_code=_exit_code(props.get("ExecMainCode")),
+            exit_status=str(props.get("ExecMainStatus", "")),
+        )
+        try:
+            await self._recover(engine, unit, trigger)
+        except BaseException:
+            # Not handled after all (bus lost mid-ladder): let reconciliation retry it.
+            state.handled = ""
+            raise
+
+    async def _recover(self, engine: Recoverer, unit: str, trigger: Any) -> None:
+        started = time.monotonic()
+        outcome = await engine.recover(unit, trigger)
+        self.stats.recoveries += 1
+        log.info(
+            "%s: %s in %.3fs",
+            unit,
+            getattr(getattr(outcome, "state", None), "value", outcome),
+            time.monotonic() - started,
+        )
+        self._notifier.status(self._status_line())
+
+    def _unhealthy(self, unit: str, detail: str) -> None:
+        log.warning("%s: unhealthy: %s", unit, detail)
+        self._enqueue(unit, "health")
+
+
+def _exit_code(code: Any) -> str:
+    # ExecMainCode is a CLD_* number; $MONITOR_EXIT_CODE spells it as a word.
+    return {1: "exited", 2: "killed", 3: "dumped"}.get(code if isinstance(code, int) else 0, "")

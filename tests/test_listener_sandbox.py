@@ -1,0 +1,260 @@
+"""The listener against a real user manager: who restarts what, reconciliation, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from handlers.bus import SystemdBus
+from handlers.listener import Listener, ListenerOptions
+from unitgen.paths import Paths, Scope, paths_for
+from unitgen.sandbox import Sandbox
+
+LIBS = ["next", "fast"]
+
+
+def _unit(restart: str = "no", burst: int = 3, extra: str = "") -> str:
+    return (
+        f"[Unit]\nStartLimitBurst={burst}\nStartLimitIntervalSec=60\n"
+        f"[Service]\nExecStart=/bin/sleep infinity\nRestart={restart}\nRestartSec=50ms\n{extra}"
+    )
+
+
+@dataclass
+class FakeEngine:
+    """Records what the listener hands over and restarts like the first ladder rung."""
+
+    bus: Any
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+    restart: bool = True
+
+    async def recover(self, unit: str, trigger: dict[str, Any]) -> str:
+        self.calls.append((unit, trigger))
+        self.called.set()
+        if self.restart:
+            await self.bus.reset_failed(unit)
+            await self.bus.restart(unit)
+        return "recovered"
+
+
+@dataclass
+class Running:
+    listener: Listener
+    engines: list[FakeEngine]
+    task: asyncio.Task[None]
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.engines[0]
+
+
+def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    for key, value in sb.env.items():
+        monkeypatch.setenv(key, value)
+    return paths_for(Scope.USER)
+
+
+def _policy(paths: Paths, unit: str) -> None:
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    (paths.policy_dir / f"{unit}.json").write_text(json.dumps({"unit": unit, "version": 1}))
+
+
+StartFn = Callable[..., Awaitable[Running]]
+
+
+@pytest_asyncio.fixture
+async def start_listener() -> AsyncIterator[StartFn]:
+    started: list[Running] = []
+
+    async def start(sb: Sandbox, paths: Paths, lib: str = "fast", **kwargs: Any) -> Running:
+        engines: list[FakeEngine] = []
+
+        def factory(bus: SystemdBus) -> FakeEngine:
+            engine = FakeEngine(bus)
+            engines.append(engine)
+            return engine
+
+        listener = Listener(
+            paths,
+            factory,
+            address=sb.bus_address,
+            library=lib,
+            trigger_factory=dict,
+            options=kwargs.pop("options", ListenerOptions(reconnect_initial=0.05)),
+            **kwargs,
+        )
+        task = asyncio.create_task(listener.run())
+        running = Running(listener, engines, task)
+        started.append(running)
+        await asyncio.wait_for(listener.ready.wait(), 15)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.listener.stop()
+            await asyncio.wait_for(running.task, 15)
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_restart_no_unit_is_recovered_once(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn, lib: str
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = f"plain-{uuid.uuid4().hex[:6]}.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths, lib)
+    first = sb.main_pid(unit)
+    sb.kill_main(unit)
+    await asyncio.wait_for(running.engine.called.wait(), 10)
+    props = await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+    assert int(props.get("MainPID", "0") or sb.main_pid(unit)) != first
+    assert len(running.engine.calls) == 1
+    name, trigger = running.engine.calls[0]
+    assert name == unit
+    assert trigger["source"] == "listener" and trigger["result"] == "signal"
+    assert len(trigger["invocation_id"]) == 32
+    assert running.listener.stats.systemd_restarting == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_never_races_systemds_own_restart(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn, lib: str
+) -> None:
+    """Restart=on-failure broadcasts failed before each of systemd's own restarts.
+
+    The listener must stand down on every one of those and act exactly once,
+    when systemd hits its start limit and gives up.
+    """
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = f"auto-{uuid.uuid4().hex[:6]}.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("on-failure", burst=3)})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths, lib)
+    listener = running.listener
+    for n in (1, 2):
+        sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
+        sb.kill_main(unit)
+        # systemd's own restart: NRestarts grows, the listener stands down.
+        sb.wait_for(
+            unit,
+            lambda p, n=n: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
+            10,
+        )
+        await _until(lambda n=n: listener.stats.systemd_restarting >= n)
+        assert running.engine.calls == []
+    assert listener.stats.failed_signals >= 2
+    # The third death exhausts StartLimitBurst=3: systemd gives up, the ladder takes over.
+    sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
+    sb.kill_main(unit)
+    await asyncio.wait_for(running.engine.called.wait(), 10)
+    await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+    assert len(running.engine.calls) == 1
+    assert running.engine.calls[0][1]["source"] == "listener"
+
+
+@pytest.mark.asyncio
+async def test_unwatched_units_are_ignored_and_globs_and_templates_work(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _policy(paths, "wk@.service")
+    sb.install_units(
+        {"wk@.service": _unit("no"), "other.service": _unit("no"), "glob-a.service": _unit("no")}
+    )
+    for u in ("wk@1.service", "other.service", "glob-a.service"):
+        sb.systemctl("start", u, check=True)
+    running = await start_listener(sb, paths, globs=["glob-*.service"])
+    for u in ("other.service", "wk@1.service", "glob-a.service"):
+        sb.kill_main(u)
+    await _until(lambda: len(running.engine.calls) >= 2)
+    sb.wait_for("other.service", "failed", 10)
+    await asyncio.sleep(0)  # let any stray handling finish before the assertion
+    assert sorted(c[0] for c in running.engine.calls) == ["glob-a.service", "wk@1.service"]
+
+
+@pytest.mark.asyncio
+async def test_startup_reconciliation_handles_already_failed_units(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "dead-before.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    sb.kill_main(unit)
+    sb.wait_for(unit, "failed", 10)
+    running = await start_listener(sb, paths)
+    await asyncio.wait_for(running.engine.called.wait(), 10)
+    await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+    assert [c[0] for c in running.engine.calls] == [unit]
+
+
+@pytest.mark.asyncio
+async def test_same_invocation_is_handed_over_once(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "stays-failed.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths)
+    running.engine.restart = False
+    sb.kill_main(unit)
+    await asyncio.wait_for(running.engine.called.wait(), 10)
+    # A reconcile (as after Reloading) sees the same failed invocation again.
+    sb.daemon_reload()
+    await _until(lambda: running.listener.stats.reconciles >= 2)
+    await _until(lambda: running.listener.stats.duplicates >= 1)
+    assert len(running.engine.calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_reconnects_after_dbus_daemon_dies(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "after-bus.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths)
+    listener = running.listener
+    sb.systemctl("kill", "--signal=KILL", "dbus.service", check=True)
+    await _until(lambda: listener.stats.reconnects >= 1, 15)
+    await asyncio.wait_for(listener.connected.wait(), 30)
+    # Subscribed again: a failure after the reconnect is still seen and handled.
+    await _until(lambda: sb.main_pid(unit) > 0)
+    sb.kill_main(unit)
+    await asyncio.wait_for(running.engine.called.wait(), 30)
+    assert [c[0] for c in running.engine.calls] == [unit]

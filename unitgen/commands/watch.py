@@ -1,0 +1,146 @@
+"""``unitgen watch``: the D-Bus listener daemon (see handlers/listener.py, docs/listener.md)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from handlers.recovery import RecoveryEngine
+
+HELP = "run the D-Bus listener daemon"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", action="store_true", help="follow the user manager")
+    parser.add_argument(
+        "--unit",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also watch units matching GLOB (repeatable); policies are always watched",
+    )
+    parser.add_argument(
+        "--dbus",
+        choices=("next", "fast"),
+        default=None,
+        help="D-Bus library (default: $UNITGEN_DBUS, else dbus-fast if installed)",
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=8, metavar="N", help="units recovered at once"
+    )
+    parser.add_argument("--no-health", action="store_true", help="do not run health probes")
+    parser.add_argument(
+        "--no-export",
+        action="store_true",
+        help="do not own org.unitgen.Recovery1 (no event stream, no Recover hand-off)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import os
+    import sys
+
+    from unitgen.errors import UsageError
+
+    if args.max_concurrency < 1:
+        raise UsageError(
+            f"--max-concurrency: expected a positive number, got {args.max_concurrency}"
+        )
+    for glob in args.unit:
+        if not glob or "/" in glob or len(glob) > 256:
+            raise UsageError(f"--unit {glob!r}: expected a unit name glob like 'worker@*.service'")
+    # Under systemd, journald adds its own timestamps.
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format=fmt, stream=sys.stderr
+    )
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from handlers.bus import SystemdBus
+    from handlers.events import FanOut
+    from handlers.listener import Listener, ListenerOptions
+    from handlers.notify import Notifier
+    from handlers.recovery import RecoveryEngine
+    from unitgen.paths import detect_scope, paths_for
+
+    scope = detect_scope(True if args.user else None)
+    paths = paths_for(scope)
+    events = FanOut([])
+    service = None
+    engines: list[RecoveryEngine] = []
+
+    def make_engine(bus: SystemdBus) -> RecoveryEngine:
+        engine = RecoveryEngine(bus, paths, events=events)
+        engines.append(engine)
+        return engine
+
+    async def export(bus: SystemdBus) -> None:
+        nonlocal service
+        if args.no_export or not engines:
+            return
+        from handlers.dbus_api import RecoveryService
+
+        if service is None:
+            service = RecoveryService(_Backend(engines[0]))
+            events.add(service)
+        await service.attach(bus.raw)
+
+    listener = Listener(
+        paths,
+        make_engine,
+        globs=args.unit,
+        library=args.dbus,
+        events=events,
+        notifier=Notifier(),
+        options=ListenerOptions(max_concurrency=args.max_concurrency),
+        on_connected=export,
+        health=not args.no_health,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, listener.stop)
+    try:
+        await listener.run()
+    finally:
+        if service is not None:
+            await service.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+class _Backend:
+    """org.unitgen.Recovery1's methods, served by the listener's own engine."""
+
+    def __init__(self, engine: RecoveryEngine) -> None:
+        self._engine = engine
+
+    async def recover(self, unit: str, trigger: str) -> object:
+        from handlers.recovery import Trigger
+
+        # The OnFailure= unit hands its failure over; anything else is an operator.
+        if trigger == "onfailure":
+            return await self._engine.recover(unit, Trigger(source="onfailure"))
+        return await self._engine.recover(unit, Trigger(source="manual"))
+
+    async def reset(self, unit: str) -> object:
+        return await self._engine.reset(unit)
+
+    def status(self, unit: str | None) -> object:
+        return self._engine.status(unit)
+
+    def history(self, unit: str) -> object:
+        return self._engine.history(unit)
