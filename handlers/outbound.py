@@ -41,6 +41,7 @@ __all__ = ["MAX_REDIRECTS", "HttpOutcome", "http_once", "run_blocking"]
 T = TypeVar("T")
 
 MAX_REDIRECTS = 3
+_DRAIN_LIMIT = 64 * 1024
 
 install_log_redaction()
 
@@ -112,9 +113,10 @@ def http_once(
 ) -> HttpOutcome:
     """One request, blocking; never raises. Run it through :func:`run_blocking`.
 
-    Redirects are followed at most :data:`MAX_REDIRECTS` times. The body of
-    the final response is not read: only its status matters, and not reading
-    it keeps a slow server from extending the request.
+    Redirects are followed at most :data:`MAX_REDIRECTS` times. Only the
+    status matters; a body with a Content-Length of at most 64 KiB is read and
+    dropped, so that a normal small response is consumed and the connection
+    closes cleanly.
     """
     session = requests.Session()
     session.max_redirects = MAX_REDIRECTS
@@ -134,10 +136,19 @@ def http_once(
             stream=True,
         )
         try:
-            return HttpOutcome(
+            outcome = HttpOutcome(
                 status=response.status_code,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
+            # Read a small body before closing: closing with unread data makes the
+            # kernel send RST, which servers log as an error on every health check.
+            # The status is already known, so a failure here changes nothing.
+            # Only a body of known, small length: a streamed one could hold us up.
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) <= _DRAIN_LIMIT:
+                with contextlib.suppress(Exception):
+                    response.raw.read(int(length))
+            return outcome
         finally:
             response.close()
     except (requests.ConnectionError, requests.Timeout) as exc:
