@@ -659,7 +659,7 @@ ALERT = Tagged(
             {
                 "command": Field(
                     ARGV,
-                    "argv run with the alert in its environment and on stdin",
+                    "argv run with the alert in its environment (UNITGEN_ALERT, docs/alerts.md)",
                     None,
                     required=True,
                 )
