@@ -809,3 +809,63 @@ def test_socket_cleanup_helpers_work() -> None:
     port = closed_port()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+SPEC_WITH_EVERY_ALERT = """
+[defaults]
+alerts = ["hook", "chat", "am", "mail", "cmd"]
+
+[alert.hook]
+type = "webhook"
+url_file = "/etc/unitgen/hook.url"
+timeout = "2s"
+retries = 1
+send_resolved = false
+
+[alert.chat]
+type = "slack"
+url_env = "SLACK_URL"
+
+[alert.am]
+type = "alertmanager"
+url_file = "/etc/unitgen/am.url"
+labels = { team = "sre" }
+
+[alert.mail]
+type = "email"
+smtp_host = "mx.example.org"
+smtp_port = 587
+starttls = true
+from = "unitgen@example.org"
+to = ["ops@example.org"]
+username = "unitgen"
+password_file = "/etc/unitgen/smtp.pw"
+
+[alert.cmd]
+type = "command"
+command = ["/usr/local/bin/page", "--now"]
+
+[service.api]
+exec = ["/usr/bin/python3", "-m", "http.server"]
+"""
+
+
+def test_every_spec_alert_reaches_from_mapping_through_the_policy_file() -> None:
+    """The spec validator and AlertTarget.from_mapping accept the same tables."""
+    from unitgen.policy import from_json, policy_from_service, to_json
+    from unitgen.specfile import parse_spec
+
+    spec = parse_spec(SPEC_WITH_EVERY_ALERT, "spec.toml")
+    mappings = tuple({**a.config, "name": a.name, "type": a.type} for a in spec.alerts.values())
+    policy = from_json(to_json(policy_from_service(spec.services["api"], mappings)), "p.json")
+    targets = {t.name: t for t in (AlertTarget.from_mapping(m) for m in policy.alerts)}
+    assert set(targets) == {"hook", "chat", "am", "mail", "cmd"}
+    assert (targets["hook"].timeout, targets["hook"].retries) == (2.0, 1)
+    assert targets["hook"].send_resolved is False
+    assert targets["chat"].url_env == "SLACK_URL"
+    assert targets["am"].labels == {"team": "sre"}
+    assert (targets["mail"].smtp_port, targets["mail"].password_file) == (
+        587,
+        "/etc/unitgen/smtp.pw",
+    )
+    assert targets["cmd"].command == ("/usr/local/bin/page", "--now")
