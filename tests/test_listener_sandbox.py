@@ -258,3 +258,76 @@ async def test_reconnects_after_dbus_daemon_dies(
     sb.kill_main(unit)
     await asyncio.wait_for(running.engine.called.wait(), 30)
     assert [c[0] for c in running.engine.calls] == [unit]
+
+
+# -- with the real ladder, and the OnFailure= path racing it -------------------------
+
+
+def _counting_unit(count_file: str, extra: str = "") -> str:
+    return (
+        "[Unit]\nOnFailure=unitgen-recover@%n.service\n"
+        "[Service]\n"
+        f"ExecStart=/bin/sh -c 'echo start >> {count_file}; exec sleep infinity'\n"
+        f"Restart=no\n{extra}"
+    )
+
+
+def _recover_unit(sb: Sandbox, done_file: str) -> str:
+    import sys
+    from pathlib import Path
+
+    unitgen = Path(sys.executable).with_name("unitgen")
+    env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+    return (
+        "[Service]\nType=oneshot\n"
+        f"{env}"
+        f"ExecStart=/bin/sh -c '{unitgen} recover \"$1\"; echo $? >> {done_file}' _ %i\n"
+    )
+
+
+@pytest.mark.asyncio
+async def test_real_ladder_through_listener_and_onfailure_restarts_nothing_twice(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from handlers.recovery import RecoveryEngine
+
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "crashy.service"
+    _policy(paths, unit)
+    starts, done = tmp_path / "starts", tmp_path / "done"
+    sb.install_units(
+        {
+            unit: _counting_unit(str(starts)),
+            "unitgen-recover@.service": _recover_unit(sb, str(done)),
+        }
+    )
+    sb.systemctl("start", unit, check=True)
+    engines: list[RecoveryEngine] = []
+
+    def factory(bus: SystemdBus) -> RecoveryEngine:
+        engines.append(RecoveryEngine(bus, paths))
+        return engines[0]
+
+    listener = Listener(paths, factory, address=sb.bus_address, library="fast", health=False)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.ready.wait(), 15)
+        sb.kill_main(unit)
+        # Both actors ran: the listener's ladder, and the OnFailure= unit's `unitgen recover`.
+        await _until(lambda: listener.stats.recoveries >= 1, 30)
+        await _until(lambda: done.exists() and done.read_text().strip() != "", 60)
+        await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+        assert starts.read_text().splitlines() == ["start", "start"]  # one restart, not two
+        history = engines[0].history(unit)
+        assert history, "the ladder recorded no incident"
+        restarts = [
+            a
+            for inc in history
+            for a in inc["attempts"]  # type: ignore[union-attr]
+            if "restart" in str(a.get("action", ""))
+        ]
+        assert len(restarts) == 1, history
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 15)
