@@ -19,6 +19,7 @@ them (bounded) so a short-lived CLI process does not lose them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -208,7 +209,16 @@ class RecoveryEngine:
         probe_runner: ProbeRunner | None = None,
         read_journal_lines: bool = True,
         host: str | None = None,
+        watch_uptime: bool = False,
     ) -> None:
+        """``watch_uptime``: verify also waits ``min_uptime`` for the unit to stay up.
+
+        The OnFailure= process sets it: a crash within min_uptime then continues the
+        ladder in the same process (systemd merges the OnFailure= start job into the
+        still-running recovery unit, so no second process would come). The listener
+        leaves it off and sees the next failure itself; its "resolved" alert is sent
+        once the unit has been up for min_uptime.
+        """
         self.bus = bus
         self.paths = paths
         self.events: EventSink = events if events is not None else NullSink()
@@ -219,6 +229,8 @@ class RecoveryEngine:
         self._alerter_factory = alerter_factory if alerter_factory is not None else _alerter
         self._probe = probe_runner if probe_runner is not None else _probe
         self._read_journal = read_journal_lines
+        self.watch_uptime = watch_uptime
+        self._deferred: set[asyncio.Task[None]] = set()
         self.host = host if host is not None else socket.gethostname()
         self._boot = boot_id()
         if store is not None:
@@ -345,6 +357,10 @@ class RecoveryEngine:
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait (bounded) for alerts still being sent, then close the store."""
+        for task in list(self._deferred):
+            task.cancel()
+        if self._deferred:
+            await asyncio.gather(*self._deferred, return_exceptions=True)
         if self._pending:
             bound = timeout
             if bound is None:
@@ -670,6 +686,11 @@ class RecoveryEngine:
                 down.append(f"depends[{i}]")
                 details.append(detail)
         run.waiting_on = tuple(down)
+        if details and run.diagnosis is not None and run.diagnosis.classification != "dependency":
+            # A dependency had failed: that, not the unit's own Result, is the cause.
+            run.diagnosis = dataclasses.replace(run.diagnosis, classification="dependency")
+            if run.incident is not None:
+                self.store.update_incident(run.incident.id, classification="dependency")
         if down:
             run.detail = "dependency down: " + "; ".join(details)
             return Verdict.DEPENDENCY_DOWN
@@ -830,7 +851,10 @@ class RecoveryEngine:
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
-            await self.bus.reset_failed(unit)
+            # Not loaded (garbage-collected while inactive): nothing to reset, and
+            # RestartUnit loads it again.
+            with contextlib.suppress(UnitNotFoundError):
+                await self.bus.reset_failed(unit)
             await self.bus.restart(unit, "replace")
         except SystemdError as exc:
             run.detail = f"restart refused: {exc}"
@@ -886,8 +910,38 @@ class RecoveryEngine:
             if not ok:
                 run.detail = f"active but unhealthy: {detail}"
                 return Verdict.FAILED
+        if self.watch_uptime and run.policy.recovery.min_uptime > 0:
+            return await self._watch_uptime(run, props)
         run.detail = f"active (attempt {run.used})"
         return Verdict.OK
+
+    async def _watch_uptime(self, run: _Run, props: dict[str, Any]) -> Verdict:
+        """Active is not enough: it must stay up for min_uptime (signal-driven wait)."""
+        unit = run.unit
+        invocation = diagnosis_from(unit, props).invocation_id
+        min_uptime = run.policy.recovery.min_uptime
+        started = self.clock.monotonic()
+
+        def ended(p: dict[str, Any]) -> bool:
+            return (
+                p.get("ActiveState") != "active"
+                or p.get("SubState") in RESTARTING_SUBSTATES
+                or diagnosis_from(unit, p).invocation_id != invocation
+            )
+
+        try:
+            after = await self.bus.wait_for(unit, ended, min_uptime)
+        except SystemdError:
+            run.detail = f"active and up for {min_uptime:g}s (attempt {run.used})"
+            return Verdict.OK
+        took = self.clock.monotonic() - started
+        run.detail = (
+            f"failed again after {took:.1f}s (< min_uptime {min_uptime:g}s): "
+            f"{after.get('ActiveState')}/{after.get('SubState')}"
+        )
+        if after.get("SubState") in RESTARTING_SUBSTATES:
+            return Verdict.SYSTEMD_RESTARTING
+        return Verdict.FAILED
 
     # --- the end of a run -----------------------------------------------------------------
 
@@ -913,7 +967,10 @@ class RecoveryEngine:
                 attempts=run.used,
                 duration=round(now.wall - inc.opened.wall, 6),
             )
-            await self._resolve(run.unit, run.policy, inc)
+            if self.watch_uptime:
+                await self._resolve(run.unit, run.policy, inc)
+            else:
+                self._resolve_later(run, inc)
         elif state is State.GAVE_UP and inc is not None and run.reason != GiveUp.GIVEN_UP.value:
             if run.reason == GiveUp.DEPENDENCY.value and run.waiting_on:
                 run.reason = f"dependency: {', '.join(run.waiting_on)} down"
@@ -1047,6 +1104,37 @@ class RecoveryEngine:
                 f"{unit} is active again",
                 0,
             )
+
+    def _resolve_later(self, run: _Run, inc: IncidentRow) -> None:
+        """Send "resolved" once the unit has stayed up for min_uptime (long-lived engines)."""
+        unit, policy = run.unit, run.policy
+
+        async def later() -> None:
+            props = await self.bus.unit_properties(unit)
+            invocation = diagnosis_from(unit, props).invocation_id
+
+            def ended(p: dict[str, Any]) -> bool:
+                return (
+                    p.get("ActiveState") != "active"
+                    or diagnosis_from(unit, p).invocation_id != invocation
+                )
+
+            try:
+                await self.bus.wait_for(unit, ended, policy.recovery.min_uptime)
+            except SystemdError:
+                # Still the same run, still active, min_uptime later: it is resolved.
+                current = self.store.incident(inc.id)
+                if current is not None and current.state == "recovered":
+                    await self._resolve(unit, policy, current)
+
+        task = asyncio.create_task(later(), name=f"resolve {unit}")
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred_done)
+
+    def _deferred_done(self, task: asyncio.Task[None]) -> None:
+        self._deferred.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("deferred resolve %s failed: %r", task.get_name(), task.exception())
 
     async def _resolve_reset(self, run: _Run) -> None:
         """An incident given up, then reset, resolves once the unit is seen healthy."""

@@ -132,8 +132,6 @@ class FakeBus:
         props = await self.unit_properties(name)
         if predicate(props):
             return props
-        if self.clock is not None:
-            self.clock.advance(timeout)
         raise SystemdError(f"unit {name}: expected state not reached within {timeout:g}s")
 
     def restarted(self) -> list[str]:
@@ -217,7 +215,7 @@ async def test_crash_recovered_with_one_restart(tmp_path: Path) -> None:
     clock = FakeClock()
     bus = FakeBus(FakeUnit("api.service"), clock=clock)
     _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
-    engine, sink, alerter = _engine(tmp_path, bus, clock)
+    engine, sink, alerter = _engine(tmp_path, bus, clock, watch_uptime=True)
     out = await engine.recover("api.service", ONFAIL)
     await engine.aclose()
     assert out.state is State.RECOVERED
@@ -632,3 +630,50 @@ async def test_events_carry_no_secrets_and_only_primitives(tmp_path: Path) -> No
     for e in sink.events:
         json.dumps(dict(e.fields))
         assert all(isinstance(v, str | int | float | bool) for v in e.fields.values())
+
+
+@pytest.mark.asyncio
+async def test_long_lived_engine_resolves_after_min_uptime_only(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    await engine.recover("api.service", ONFAIL)
+    assert [a.status for a in alerter.sent] == ["firing"]  # not yet: min_uptime pending
+    await asyncio.gather(*engine._deferred)  # the fake "waited" min_uptime, unit still up
+    await engine.aclose()
+    assert [a.status for a in alerter.sent] == ["firing", "resolved"]
+
+
+@pytest.mark.asyncio
+async def test_watch_uptime_continues_in_the_same_run(tmp_path: Path) -> None:
+    """The OnFailure= process watches min_uptime: a quick crash is the next attempt, here."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    crashes = iter([True, True, False])
+
+    async def wait_for(
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        props = dict(unit.props)
+        if predicate(props):
+            return props
+        if next(crashes, False):
+            unit.props.update(ActiveState="failed", SubState="failed")
+            crashed = dict(unit.props)
+            assert predicate(crashed)
+            return crashed
+        raise SystemdError("timeout")
+
+    bus.wait_for = wait_for  # type: ignore[method-assign]
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock, watch_uptime=True)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.restarts == 3
+    assert out.level is Level.RESTART_WITH_DEPENDENCIES
+    assert [a.status for a in alerter.sent] == ["firing", "firing", "resolved"]

@@ -140,7 +140,9 @@ async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
     trigger = Trigger.from_environment(os.environ, source=source)  # type: ignore[arg-type]
     bus = await SystemdBus.connect(paths.scope)
     try:
-        engine = RecoveryEngine(bus, paths, events=LogSink(), dry_run=args.dry_run)
+        engine = RecoveryEngine(
+            bus, paths, events=LogSink(), dry_run=args.dry_run, watch_uptime=True
+        )
         try:
             return await engine.recover(unit, trigger)
         finally:
