@@ -236,3 +236,49 @@ def test_any_string_in_any_numeric_field_never_crashes(value: str) -> None:
     except SpecError as exc:
         assert all(p.key.startswith("service.api.") for p in exc.problems)
         assert len(str(exc).splitlines()) == len(exc.problems)
+
+
+def _spellings(ch: str) -> list[str]:
+    """Every TOML way to put ``ch`` into a description."""
+    code = ord(ch)
+    ways = [
+        f'"a\\u{code:04X}b"',
+        f'"a\\U{code:08X}b"',
+        f'"""a\\u{code:04x}b"""',
+    ]
+    short = {"\n": "n", "\r": "r", "\b": "b", "\f": "f"}
+    if ch in short:
+        ways.append(f'"a\\{short[ch]}b"')
+    if ch in "\n\x85\u2028\u2029":
+        ways += [f'"""a{ch}b"""', f"'''a{ch}b'''"]
+    if ch in "\x85\u2028\u2029":
+        ways += [f'"a{ch}b"', f"'a{ch}b'"]
+    return ways
+
+
+@pytest.mark.parametrize(
+    "ch", ["\n", "\r", "\x00", "\b", "\f", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"]
+)
+def test_every_toml_spelling_of_a_forbidden_character_is_caught(ch: str) -> None:
+    for spelling in _spellings(ch):
+        text = f'[service.api]\nexec = ["/usr/bin/api"]\ndescription = {spelling}\n'
+        with pytest.raises(SpecError) as info:
+            parse_spec(text, SRC)
+        assert [p.key for p in info.value.problems] == ["service.api.description"], spelling
+
+
+def test_multiline_string_with_crlf_is_caught() -> None:
+    text = '[service.api]\r\nexec = ["/usr/bin/api"]\r\ndescription = """a\r\nb"""\r\n'
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, SRC)
+    assert [p.key for p in info.value.problems] == ["service.api.description"]
+
+
+def test_clean_escapes_still_load() -> None:
+    text = (
+        '[service.api]\nexec = ["/usr/bin/api", "a\\tb", "q\\"uote", "back\\\\slash"]\n'
+        "description = '''literal \\n stays two characters'''\n"
+    )
+    api = parse_spec(text, SRC).services["api"]
+    assert api.exec[1:] == ("a\tb", 'q"uote', "back\\slash")
+    assert api.description == "literal \\n stays two characters"

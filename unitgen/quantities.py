@@ -18,6 +18,7 @@ that is fit to follow ``expected ...``; the spec loader turns it into a
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
@@ -106,6 +107,14 @@ def _decimal(text: str) -> Decimal:
 
 def parse_duration_usec(value: str | int | float) -> int:
     """A time span as whole microseconds (rounded down, as systemd does)."""
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise QuantityError(f"a duration like '5s' or '1min 30s', got {_short(value)}")
+    return _duration_usec(value)
+
+
+# A spec repeats the same few spellings ("5s", "10min") thousands of times.
+@functools.lru_cache(maxsize=4096)
+def _duration_usec(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise QuantityError(f"a duration like '5s' or '1min 30s', got {_short(value)}")
     if isinstance(value, int | float):
@@ -200,6 +209,13 @@ MAX_SIZE = 2**64 - 1
 
 def parse_size(value: str | int) -> int:
     """A size as int bytes (base 1024 suffixes). Raises QuantityError."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise QuantityError(f"a size like '512M' or '1G', got {_short(value)}")
+    return _size(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size(value: str | int) -> int:
     if isinstance(value, bool):
         raise QuantityError(f"a size like '512M' or '1G', got {_short(value)}")
     if isinstance(value, int):

@@ -140,7 +140,8 @@ def parse_spec(text: str, source: str) -> Spec:
     except RecursionError as exc:
         raise _fail(source, "TOML syntax error: arrays or tables nested too deeply") from exc
     out = Collector(source)
-    _scan_strings(raw, out)
+    if _MAY_HOLD_FORBIDDEN.search(text):
+        _scan_strings(raw, out)
     converted = SPEC.check(raw, "", out)
     _cross_checks(raw, out)
     if out.problems or converted is INVALID:
@@ -161,6 +162,15 @@ def _toml_problem(message: str) -> str:
 
 
 # -- every string, at any depth ------------------------------------------------------
+
+# How a forbidden character can get into a parsed TOML string: an escape (\n, \r,
+# \b, \f, \uXXXX, \UXXXXXXXX), a raw line break inside a multi-line string, or a
+# character TOML allows raw (U+0085, U+2028, U+2029; surrogates only via parse_spec's
+# str). Raw controls elsewhere are TOML syntax errors. Text with none of these cannot
+# hold a forbidden character, so the walk over every string is skipped for it.
+_MAY_HOLD_FORBIDDEN = re.compile(
+    r'\\[bfnruU]|"""|\'\'\'|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]'
+)
 
 
 def _scan_strings(raw: Mapping[str, Any], out: Collector) -> None:

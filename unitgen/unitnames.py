@@ -10,6 +10,7 @@ first ``@`` separating prefix from instance (an instance may contain more
 from __future__ import annotations
 
 import enum
+import functools
 import string
 
 __all__ = [
@@ -61,6 +62,7 @@ def _kind(name: str) -> UnitNameKind:
     return UnitNameKind.INSTANCE if instance else UnitNameKind.TEMPLATE
 
 
+@functools.lru_cache(maxsize=8192)
 def unit_name_problem(
     name: str,
     allowed: UnitNameKind = UnitNameKind.ANY,
