@@ -52,6 +52,7 @@ def test_line_breakers_are_refused_by_every_kind(kind: str, bad: str) -> None:
         "paths": ("/x" + bad,),
         "dirs": ("x" + bad,),
         "units": ("a.service" + bad,),
+        "directives": (("Key", "v" + bad),),
     }
     with pytest.raises(RenderError):
         quote(values.get(kind, "/x" + bad), kind)
@@ -107,6 +108,14 @@ def test_units_names_literals_keys() -> None:
     assert quote("ProtectSystem", "key") == "ProtectSystem"
     with pytest.raises(RenderError):
         quote("Exec Start", "key")
+    block = (("ProtectSystem", "strict"), ("SystemCallFilter", "~@privileged @resources"))
+    assert quote(block, "directives") == (
+        "ProtectSystem=strict\nSystemCallFilter=~@privileged @resources"
+    )
+    assert unquote(quote(block, "directives"), "directives") == block
+    for bad_block in ((("Bad Key", "x"),), (("Key", '"x"'),), ("Key=x",), "Key=x"):
+        with pytest.raises(RenderError):
+            quote(bad_block, "directives")
     with pytest.raises(RenderError, match="unknown kind"):
         quote("x", "nope")
 

@@ -30,6 +30,7 @@ than being silently changed, except surrounding whitespace in free text
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Literal
@@ -38,7 +39,9 @@ from unitgen.errors import RenderError
 
 __all__ = ["KINDS", "Kind", "quote", "unquote"]
 
-Kind = Literal["exec", "env", "text", "path", "paths", "dirs", "units", "name", "literal", "key"]
+Kind = Literal[
+    "exec", "env", "text", "path", "paths", "dirs", "units", "name", "literal", "key", "directives"
+]
 KINDS: tuple[Kind, ...] = (
     "exec",
     "env",
@@ -50,9 +53,10 @@ KINDS: tuple[Kind, ...] = (
     "name",
     "literal",
     "key",
+    "directives",
 )
 
-_LINE_BREAKERS = ("\n", "\r", "\x00")
+_LINE_BREAKER = re.compile("[\n\r\x00]")
 # What systemd strips around a value (its WHITESPACE minus the line breakers).
 _BLANK = " \t"
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -68,16 +72,17 @@ _DIRECTIVE = re.compile(r"[A-Z][A-Za-z0-9]*")
 def _check(value: object, kind: str) -> str:
     if not isinstance(value, str):
         raise RenderError(f"quote({kind}): expected a string, got {type(value).__name__}")
-    for bad in _LINE_BREAKERS:
-        if bad in value:
-            raise RenderError(
-                f"quote({kind}): value {_short(value)} contains {bad!r}, "
-                "which would end the line in a unit file"
-            )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RenderError(f"quote({kind}): value {_short(value)} is not valid UTF-8") from exc
+    bad = _LINE_BREAKER.search(value)
+    if bad is not None:
+        raise RenderError(
+            f"quote({kind}): value {_short(value)} contains {bad.group()!r}, "
+            "which would end the line in a unit file"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RenderError(f"quote({kind}): value {_short(value)} is not valid UTF-8") from exc
     return value
 
 
@@ -110,6 +115,20 @@ def _words(value: object, kind: str) -> list[str]:
 
 
 def quote(value: object, kind: str) -> str:
+    """See :func:`_quote`; the fixed values of the profiles repeat, so they are cached."""
+    if kind in ("literal", "key") and type(value) is str:
+        return _quote_cached(value, kind)
+    if kind == "directives" and isinstance(value, tuple):
+        return _quote_cached(value, kind)
+    return _quote(value, kind)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quote_cached(value: str | tuple[object, ...], kind: str) -> str:
+    return _quote(value, kind)
+
+
+def _quote(value: object, kind: str) -> str:
     """``value`` spelled so systemd reads back exactly ``value``, for directive ``kind``.
 
     Kinds: ``exec`` (argv list), ``env`` (a (KEY, value) pair), ``text`` (free
@@ -117,7 +136,8 @@ def quote(value: object, kind: str) -> str:
     ``paths`` (absolute paths, a list directive), ``dirs`` (relative directory
     names for State/Logs/...Directory), ``units`` (unit names), ``name``
     (user/group), ``literal`` (numbers, durations, sizes and the fixed values of
-    the hardening profiles) and ``key`` (a directive name).
+    the hardening profiles), ``key`` (a directive name) and ``directives`` (a
+    block of ``key=literal`` lines, one per pair).
     """
     if kind == "exec":
         argv = _words(value, kind)
@@ -176,6 +196,17 @@ def quote(value: object, kind: str) -> str:
         if not _LITERAL.fullmatch(lit):
             raise RenderError(f"quote(literal): {_short(lit)} has characters a literal may not")
         return lit
+    if kind == "directives":
+        # A block of "Key=literal" lines (hardening, limits): every key and value is
+        # checked as its own kind; the block is cached since profiles repeat.
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise RenderError("quote(directives): expected (key, value) pairs")
+        lines = []
+        for pair in value:
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise RenderError("quote(directives): expected (key, value) pairs")
+            lines.append(f"{quote(pair[0], 'key')}={quote(pair[1], 'literal')}")
+        return "\n".join(lines)
     if kind == "key":
         key = _check(value, kind)
         if not _DIRECTIVE.fullmatch(key):
@@ -260,4 +291,6 @@ def unquote(text: str, kind: str) -> object:
         return tuple(text.split())
     if kind in ("name", "literal", "key"):
         return text
+    if kind == "directives":
+        return tuple(tuple(line.split("=", 1)) for line in text.split("\n") if line)
     raise RenderError(f"unquote: unknown kind {kind!r}")

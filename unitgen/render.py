@@ -145,13 +145,18 @@ def _environment(directory: str) -> jinja2.Environment:
         autoescape=False,  # noqa: S701 -- unit files, not HTML; quote() does the escaping
         trim_blocks=True,
         lstrip_blocks=True,
+        # Templates do not change under a running process; skip the stat() per use.
+        auto_reload=False,
     )
     env.filters["q"] = quote
     return env
 
 
-def _render_template(name: str, context: Mapping[str, Any]) -> str:
-    env = _environment(str(template_dir()))
+def _templates() -> jinja2.Environment:
+    return _environment(str(template_dir()))
+
+
+def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, Any]) -> str:
     try:
         return env.get_template(name).render(context)
     except RenderError:
@@ -169,9 +174,9 @@ def _restart_view(restart: Restart | None) -> dict[str, str] | None:
     return {"policy": restart.policy, "delay": format_duration(restart.delay)}
 
 
-def _limits_view(limits: Limits | None) -> list[tuple[str, str]]:
+def _limits_view(limits: Limits | None) -> tuple[tuple[str, str], ...]:
     if limits is None:
-        return []
+        return ()
     out: list[tuple[str, str]] = []
 
     def size(value: int | str) -> str:
@@ -187,15 +192,15 @@ def _limits_view(limits: Limits | None) -> list[tuple[str, str]]:
         out.append(("TasksMax", str(limits.tasks_max)))
     if limits.nofile is not None:
         out.append(("LimitNOFILE", str(limits.nofile)))
-    return out
+    return tuple(out)
 
 
 def _hardening_view(
     profile: hardening.HardeningProfile,
     disable: Sequence[str],
     options: RenderOptions,
-) -> list[tuple[str, str]]:
-    return list(
+) -> tuple[tuple[str, str], ...]:
+    return tuple(
         hardening.directives_for(
             profile,
             disable=disable,
@@ -215,7 +220,7 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         ("After", svc.after),
         ("Before", svc.before),
     ]
-    timeouts = [
+    timeouts = tuple(
         (key, format_duration(value))
         for key, value in (
             ("TimeoutStartSec", svc.timeout_start),
@@ -223,7 +228,7 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
             ("WatchdogSec", svc.watchdog),
         )
         if value is not None
-    ]
+    )
     directories = [
         ("StateDirectory", svc.state_directory),
         ("RuntimeDirectory", svc.runtime_directory),
@@ -285,7 +290,7 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
         "limits": _limits_view(ovr.limits),
         "profile": hard.profile if hard else "off",
         # The vendor's unit decides its user: never DynamicUser= in a drop-in.
-        "hardening": _hardening_view(hard.profile, hard.disable, options) if hard else [],
+        "hardening": _hardening_view(hard.profile, hard.disable, options) if hard else (),
         "read_write_paths": list(hard.read_write_paths) if hard else [],
     }
 
@@ -326,7 +331,7 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
         "argv": argv,
         "environment": env,
         "timeout": format_duration(_recover_timeout(spec)),
-        "hardening": list(directives),
+        "hardening": tuple(directives),
     }
 
 
@@ -336,15 +341,18 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
 def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
     """Every unit file of ``spec``: relative path -> text (the recovery template included)."""
     out: dict[str, str] = {}
+    env = _templates()
     for svc in spec.services.values():
         out[svc.unit] = _render_template(
-            "service.j2", {"spec_path": spec.path, "s": _service_view(svc, options)}
+            env, "service.j2", {"spec_path": spec.path, "s": _service_view(svc, options)}
         )
     for ovr in spec.overrides.values():
         out[f"{ovr.unit}.d/{DROPIN_NAME}"] = _render_template(
-            "dropin.j2", {"spec_path": spec.path, "s": _override_view(ovr, options)}
+            env, "dropin.j2", {"spec_path": spec.path, "s": _override_view(ovr, options)}
         )
-    out[RECOVER_UNIT] = _render_template(f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)})
+    out[RECOVER_UNIT] = _render_template(
+        env, f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)}
+    )
     return out
 
 
