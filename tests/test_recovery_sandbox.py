@@ -460,3 +460,89 @@ def test_cli_recover_status_and_history(user_sandbox: Sandbox, tmp_path: Path) -
         assert "restart" in hist.stdout and "recovered" in hist.stdout
     finally:
         _cleanup(sb, unit)
+
+
+# -- the layering: systemd's Restart= first, then the ladder through OnFailure= --------
+
+
+def _rendered(sb: Sandbox, tmp_path: Path, count: Path) -> tuple[str, dict[str, str]]:
+    """Render a real spec for the user manager: the service and unitgen-recover@.service."""
+    from unitgen.render import RenderOptions, render, render_policies
+    from unitgen.specfile import parse_spec
+
+    spec_text = f"""
+[service.flaky]
+description = "always crashes"
+exec = ["/bin/sh", "-c", "echo x >> {count}; exit 1"]
+hardening = "off"
+restart = {{ policy = "on-failure", delay = "300ms", burst = 3, interval = "1min" }}
+
+[service.flaky.recovery]
+max_attempts = 2
+min_uptime = "5s"
+start_timeout = "10s"
+backoff = {{ base = "200ms", max = "1s", jitter = 0.0 }}
+"""
+    spec = parse_spec(spec_text, str(tmp_path / "spec.toml"))
+    options = RenderOptions.for_scope(
+        Scope.USER, 252, unitgen_bin=UNITGEN, policy_dir=tmp_path / "policy"
+    )
+    options = dataclasses.replace(
+        options,
+        recover_env=(
+            ("UNITGEN_STATE_DIR", str(tmp_path / "state")),
+            ("UNITGEN_RUN_DIR", str(tmp_path / "run")),
+            ("DBUS_SESSION_BUS_ADDRESS", sb.env["DBUS_SESSION_BUS_ADDRESS"]),
+        ),
+    )
+    units = render(spec, options)
+    policies = render_policies(spec, options)
+    (tmp_path / "policy").mkdir(parents=True, exist_ok=True)
+    for name, text in policies.items():
+        (tmp_path / "policy" / name).write_text(text)
+    return spec.services["flaky"].unit, units
+
+
+def test_layering_no_failure_is_restarted_by_two_actors(
+    fresh_user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Restart=on-failure + start limit + OnFailure=, with the rendered units.
+
+    Every start is either systemd's own auto-restart inside a burst, or one ladder
+    restart after the start limit was hit. With burst 3 and max_attempts 2 that is
+    exactly (1 + 2) bursts of 3 starts: one start more would be a double restart.
+    """
+    sb = fresh_user_sandbox
+    count = tmp_path / "starts"
+    unit, units = _rendered(sb, tmp_path, count)
+    assert "OnFailure=unitgen-recover@%n.service" in units[unit]
+    assert "Restart=on-failure" in units[unit] and "StartLimitBurst=3" in units[unit]
+    sb.install_units(units)
+    sb.systemctl("start", "--no-block", unit)
+    expected = (1 + 2) * 3
+    _wait(lambda: _count(count) >= expected, 60, f"{expected} starts")
+
+    def gave_up() -> bool:
+        store = Store.open(tmp_path / "state" / "history.sqlite3")
+        try:
+            last = store.last_incident(unit)
+            return last is not None and last.state == "gave-up"
+        finally:
+            store.close()
+
+    _wait(gave_up, 60, "the ladder to give up")
+    sb.wait_for(unit, "failed", timeout=20)
+    # Long enough for one more burst and one more back-off: nothing moves.
+    assert _stays(lambda: _count(count) == expected, 4.0), _count(count)
+    store = Store.open(tmp_path / "state" / "history.sqlite3")
+    try:
+        incidents = store.incidents(unit)
+        restarts = [a for inc in incidents for a in store.attempts(inc.id) if a.action == "restart"]
+        dispositions = [t[3] for t in store.triggers(unit)]
+    finally:
+        store.close()
+    assert len(restarts) == 2, restarts
+    assert len(incidents) == 1  # each crash within min_uptime continued the same incident
+    assert incidents[0].reason == "budget"
+    # Each OnFailure= run handled what it saw; none acted while systemd was restarting.
+    assert "handled" in dispositions
