@@ -322,6 +322,7 @@ class SystemdBus:
         destination: str = SYSTEMD,
         what: str = "",
         serial_hook: Callable[[int], None] | None = None,
+        timeout: float = CALL_TIMEOUT,  # noqa: ASYNC109 - a per-call reply timeout
     ) -> list[Any]:
         """One method call; the reply's body, or a translated error."""
         if self._closed:
@@ -339,9 +340,9 @@ class SystemdBus:
             serial_hook(msg.serial)
         try:
             async with self._calls:
-                reply = await asyncio.wait_for(self._bus.call(msg), CALL_TIMEOUT)
+                reply = await asyncio.wait_for(self._bus.call(msg), timeout)
         except TimeoutError as exc:
-            raise SystemdError(f"{member}{_for(what)}: no reply in {CALL_TIMEOUT:.0f}s") from exc
+            raise SystemdError(f"{member}{_for(what)}: no reply in {timeout:g}s") from exc
         except Exception as exc:
             raise SystemdError(
                 f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"

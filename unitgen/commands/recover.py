@@ -140,6 +140,14 @@ async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
     trigger = Trigger.from_environment(os.environ, source=source)  # type: ignore[arg-type]
     bus = await SystemdBus.connect(paths.scope)
     try:
+        if source == "onfailure" and not args.dry_run:
+            # A running `unitgen watch` takes the work over D-Bus (handlers/handoff.py);
+            # without one, or if it vanishes mid-call, the ladder runs here.
+            from handlers.handoff import hand_off, outcome_from_record
+
+            handed = await hand_off(bus, unit)
+            if handed is not None:
+                return outcome_from_record(handed, unit)  # type: ignore[no-any-return]
         engine = RecoveryEngine(
             bus, paths, events=LogSink(), dry_run=args.dry_run, watch_uptime=True
         )

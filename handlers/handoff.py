@@ -1,0 +1,127 @@
+"""The OnFailure= path handing its failure to the running listener daemon.
+
+``unitgen recover`` (run by ``unitgen-recover@.service``) first asks the bus
+whether ``org.unitgen.Recovery1`` has an owner. If it does, it calls
+``Recover(unit)`` there and waits for the outcome: the daemon's ladder, with
+its live signal stream, does the work, and the oneshot only reports. If no
+daemon owns the name, or it vanishes mid-call (killed, restarting), the caller
+runs the ladder itself. Either way the per-unit flock and the shared SQLite
+history make a double restart impossible: the hand-off is an optimisation,
+never the safety mechanism.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from handlers.bus import DBUS_NAME, DBUS_PATH, SystemdBus, unwrap
+from unitgen.errors import AccessDeniedError, SystemdError
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.unitgen.Recovery1"
+OBJECT_PATH = "/org/unitgen/Recovery1"
+INTERFACE = "org.unitgen.Recovery1"
+
+# The daemon's ladder may wait out backoff and dependency rounds; the recovery
+# unit's own TimeoutStartSec bounds the whole run anyway.
+HANDOFF_TIMEOUT = 900.0
+
+# Replies that mean "no daemon to hand to": run the ladder here instead.
+_NO_DAEMON = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.UnknownObject",
+    "org.freedesktop.DBus.Error.UnknownMethod",
+    "bus connection failed",
+)
+
+
+async def daemon_running(bus: SystemdBus) -> bool:
+    (owned,) = await bus.call(
+        "NameHasOwner",
+        "s",
+        [BUS_NAME],
+        interface=DBUS_NAME,
+        path=DBUS_PATH,
+        destination=DBUS_NAME,
+    )
+    return bool(owned)
+
+
+async def hand_off(
+    bus: SystemdBus,
+    unit: str,
+    timeout: float = HANDOFF_TIMEOUT,  # noqa: ASYNC109
+) -> dict[str, Any] | None:
+    """The daemon's outcome for ``unit``, or None when there is no daemon to ask.
+
+    AccessDenied (the daemon does not trust this caller) is raised: falling
+    back would hide a misconfigured bus policy.
+    """
+    if not await daemon_running(bus):
+        return None
+    try:
+        (outcome,) = await bus.call(
+            "Recover",
+            "s",
+            [unit],
+            interface=INTERFACE,
+            path=OBJECT_PATH,
+            destination=BUS_NAME,
+            what=unit,
+            timeout=timeout,
+        )
+    except SystemdError as exc:
+        text = str(exc)
+        if "AccessDenied" in text:
+            raise AccessDeniedError(f"Recover({unit}): the unitgen daemon refused: {text}") from exc
+        if any(marker in text for marker in _NO_DAEMON):
+            log.info("daemon went away during the hand-off of %s; running the ladder here", unit)
+            return None
+        raise
+    result = unwrap(outcome)
+    return result if isinstance(result, dict) else {}
+
+
+def outcome_from_record(record: dict[str, Any], unit: str) -> Any:
+    """The daemon's a{sv} reply as a :class:`handlers.recovery.Outcome` for printing."""
+    from handlers.ladder import Level, State
+    from handlers.recovery import Outcome
+
+    def text(key: str) -> str:
+        value = record.get(key, "")
+        return value if isinstance(value, str) else str(value)
+
+    def number(key: str) -> int:
+        value = record.get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    try:
+        state = State(text("state"))
+    except ValueError:
+        state = State.DIAGNOSING
+    try:
+        level = Level(number("level") or 1)
+    except ValueError:
+        level = Level.RESTART
+    notes = record.get("notes", ())
+    duration = record.get("duration", 0.0)
+    return Outcome(
+        unit=text("unit") or unit,
+        state=state,
+        reason=text("reason"),
+        attempts=number("attempts"),
+        incident_id=text("incident_id"),
+        level=level,
+        classification=text("classification"),
+        restarts=number("restarts"),
+        joined=bool(record.get("joined", False)),
+        duration=float(duration) if isinstance(duration, int | float) else 0.0,
+        notes=(
+            "handled by the running unitgen watch daemon",
+            *(n for n in notes if isinstance(n, str)),
+        ),
+    )

@@ -1,0 +1,178 @@
+"""`unitgen watch` as the real Type=notify service rendered from units/unitgen-watch.toml."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unitgen.paths import Paths, Scope, paths_for
+from unitgen.sandbox import Sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+UNITGEN = Path(sys.executable).with_name("unitgen")
+DAEMON = "unitgen-watch.service"
+
+
+def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    for key, value in sb.env.items():
+        monkeypatch.setenv(key, value)
+    return paths_for(Scope.USER)
+
+
+def _render_daemon(sb: Sandbox, paths: Paths, tmp_path: Path, watchdog: str = "30s") -> None:
+    """Render the daemon's own spec with the project's generator, pointed at this venv."""
+    spec = (REPO / "units" / "unitgen-watch.toml").read_text()
+    spec = spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
+    spec = spec.replace('watchdog = "30s"', f'watchdog = "{watchdog}"')
+    spec = spec.replace('"watch"]', '"watch", "--verbose"]')
+    (tmp_path / "watch.toml").write_text(spec)
+    out = tmp_path / "rendered"
+    res = subprocess.run(
+        [
+            str(UNITGEN),
+            "render",
+            str(tmp_path / "watch.toml"),
+            "--user",
+            "--out",
+            str(out),
+            "--policy-dir",
+            str(paths.policy_dir),
+            "--unitgen-bin",
+            str(UNITGEN),
+        ],
+        capture_output=True,
+        text=True,
+        env={**sb.env, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    sb.install_units(out)
+
+
+def _policy(paths: Paths, unit: str, **recovery: Any) -> None:
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {"unit": unit, "version": 1}
+    if recovery:
+        body["recovery"] = recovery
+    (paths.policy_dir / f"{unit}.json").write_text(json.dumps(body))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout} s")
+        time.sleep(0.02)
+
+
+def test_daemon_is_notify_ready_only_when_subscribed_and_takes_the_onfailure_handoff(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _render_daemon(sb, paths, tmp_path)
+    unit = "handed.service"
+    starts = tmp_path / "starts"
+    _policy(paths, unit)
+    sb.install_units(
+        {
+            unit: "[Unit]\nOnFailure=unitgen-recover@%n.service\n[Service]\n"
+            f"ExecStart=/bin/sh -c 'echo start >> {starts}; exec sleep infinity'\n"
+        }
+    )
+    sb.systemctl("start", unit, check=True)
+    # Type=notify: `start` returns only after READY=1, which comes after Subscribe().
+    sb.systemctl("start", DAEMON, check=True)
+    props = sb.show(DAEMON, "ActiveState", "StatusText", "WatchdogUSec", "Type")
+    assert props["ActiveState"] == "active", sb.journal(DAEMON)
+    assert props["StatusText"].startswith("watching "), props
+    assert props["WatchdogUSec"] == "30s"
+    sb.kill_main(unit)
+    _until(lambda: len(_lines(starts)) >= 2, 30, "restart")
+    sb.wait_for(unit, "active", 10)
+    # The OnFailure= unit ran and handed its work to the daemon instead of restarting.
+    recover = "unitgen-recover@handed.service.service"
+    _until(
+        lambda: "handled by the running unitgen watch daemon" in sb.journal(recover, 100),
+        30,
+        "hand-off noted in the recovery unit's output",
+    )
+    assert _lines(starts) == ["start", "start"], sb.journal(DAEMON, 80)
+
+
+def test_watchdog_pings_keep_the_daemon_alive(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _render_daemon(sb, paths, tmp_path, watchdog="1s")
+    sb.systemctl("start", DAEMON, check=True)
+    pid = sb.main_pid(DAEMON)
+    # Three watchdog periods: without WATCHDOG=1 every 0.5 s systemd would kill it.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        props = sb.show(DAEMON, "ActiveState", "MainPID", "NRestarts")
+        assert props["ActiveState"] == "active" and int(props["MainPID"]) == pid, props
+        time.sleep(0.1)
+    assert sb.show(DAEMON, "NRestarts")["NRestarts"] == "0"
+
+
+def test_kill_9_mid_incident_continues_without_exceeding_the_budget(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _render_daemon(sb, paths, tmp_path)
+    unit = "flappy.service"
+    starts = tmp_path / "starts"
+    max_attempts = 3
+    _policy(
+        paths,
+        unit,
+        max_attempts=max_attempts,
+        window=600.0,
+        min_uptime=5.0,
+        backoff={"base": 1.0, "factor": 1.0, "max": 1.0, "jitter": 0.0},
+    )
+    # Dies 0.3 s after every start: each ladder restart "works" and then fails again.
+    sb.install_units(
+        {unit: f"[Service]\nExecStart=/bin/sh -c 'echo start >> {starts}; sleep 0.3; exit 3'\n"}
+    )
+    sb.systemctl("start", DAEMON, check=True)
+    sb.systemctl("start", unit, check=True)
+    first_daemon = sb.main_pid(DAEMON)
+    _until(lambda: len(_lines(starts)) >= 2, 30, "first ladder restart")
+    # Mid-incident: the ladder has restarted once and is about to again.
+    sb.systemctl("kill", "--signal=KILL", DAEMON, check=True)
+    sb.wait_for(
+        DAEMON,
+        lambda p: (
+            p.get("ActiveState") == "active" and p.get("MainPID") not in ("0", str(first_daemon))
+        ),
+        15,
+    )
+    # The incident goes on in the restarted daemon until the budget is used up.
+    _until(lambda: len(_lines(starts)) >= 1 + max_attempts, 60, "budget used")
+    sb.wait_for(unit, "failed", 30)
+    # Long enough for a fourth restart (backoff 1 s) to have happened if it were allowed.
+    time.sleep(4.0)
+    assert len(_lines(starts)) == 1 + max_attempts, sb.journal(DAEMON, 120)
+    status = subprocess.run(
+        [str(UNITGEN), "status", "--json", unit],
+        capture_output=True,
+        text=True,
+        env={**sb.env, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert "gave-up" in status.stdout, status.stdout + status.stderr
+    assert int(sb.show(DAEMON, "NRestarts")["NRestarts"]) == 1
