@@ -189,6 +189,19 @@ def test_disable_and_explicit_user() -> None:
     assert "User=api" in lines and "DynamicUser=yes" not in lines
 
 
+def test_unknown_disable_name_is_bad_input() -> None:
+    svc = Service(
+        name="a",
+        unit="a.service",
+        description="A",
+        exec=("/bin/true",),
+        hardening=Hardening(disable=("MemoryDenyWriteExecut",)),
+    )
+    with pytest.raises(RenderError, match="MemoryDenyWriteExecut") as info:
+        render(spec_of(svc), OPTIONS)
+    assert info.value.exit_code == 2
+
+
 def test_versions_filter_directives() -> None:
     svc = Service(name="a", unit="a.service", description="A", exec=("/bin/true",))
     old = render(spec_of(svc), dataclasses.replace(OPTIONS, systemd_version=241))["a.service"]

@@ -85,8 +85,8 @@ _STRICT: tuple[Directive, ...] = (
         "yes",
         214,
         "/home, /root and /run/user are inaccessible. " + _USER_SCOPE_NOTE,
-        breaks="programs with data in /home: disable it, or add read_write_paths "
-        "(ProtectHome=read-only is the middle ground, used by 'standard')",
+        breaks="programs with data in /home: disable it, or pick 'standard', where "
+        "ProtectHome=read-only leaves /home readable",
         user_scope=False,
     ),
     Directive("PrivateTmp", "yes", 183, "a private /tmp and /var/tmp"),

@@ -196,10 +196,20 @@ def _limits_view(limits: Limits | None) -> tuple[tuple[str, str], ...]:
 
 
 def _hardening_view(
+    unit: str,
     profile: hardening.HardeningProfile,
     disable: Sequence[str],
     options: RenderOptions,
 ) -> tuple[tuple[str, str], ...]:
+    unknown = sorted(set(disable) - hardening.known_directive_names())
+    if unknown:
+        # A typo here would silently keep the directive the operator meant to drop.
+        err = RenderError(
+            f"{unit}: hardening.disable: {', '.join(unknown)} is not a directive of any "
+            f"profile (known: see docs/hardening.md)"
+        )
+        err.exit_code = 2
+        raise err
     return tuple(
         hardening.directives_for(
             profile,
@@ -267,7 +277,7 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         "directories": [(k, v) for k, v in directories if v],
         "limits": _limits_view(svc.limits),
         "profile": profile,
-        "hardening": _hardening_view(profile, svc.hardening.disable, options),
+        "hardening": _hardening_view(svc.unit, profile, svc.hardening.disable, options),
         "read_write_paths": list(svc.hardening.read_write_paths),
         "wanted_by": list(svc.wanted_by) or [default_target],
     }
@@ -290,7 +300,9 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
         "limits": _limits_view(ovr.limits),
         "profile": hard.profile if hard else "off",
         # The vendor's unit decides its user: never DynamicUser= in a drop-in.
-        "hardening": _hardening_view(hard.profile, hard.disable, options) if hard else (),
+        "hardening": (
+            _hardening_view(ovr.unit, hard.profile, hard.disable, options) if hard else ()
+        ),
         "read_write_paths": list(hard.read_write_paths) if hard else [],
     }
 
