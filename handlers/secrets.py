@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -29,6 +30,8 @@ __all__ = [
     "install_log_redaction",
     "read_secret",
 ]
+
+log = logging.getLogger(__name__)
 
 # A secret file larger than this is not a URL or a password: refuse, don't slurp.
 _MAX_SECRET_BYTES = 64 * 1024
@@ -50,12 +53,7 @@ def read_secret(
     its content. Raises :class:`AlertError`.
     """
     if file is not None:
-        try:
-            with open(file, "rb") as fh:
-                data = fh.read(_MAX_SECRET_BYTES + 1)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise AlertError(f"{owner}: {key_file} {file}: cannot read ({reason})") from exc
+        data = _read_regular_file(owner, key_file, file)
         if len(data) > _MAX_SECRET_BYTES:
             raise AlertError(f"{owner}: {key_file} {file}: larger than {_MAX_SECRET_BYTES} bytes")
         try:
@@ -71,6 +69,37 @@ def read_secret(
             raise AlertError(f"{owner}: {key_env} {env_name}: variable is unset or empty")
         return value
     raise AlertError(f"{owner}: neither {key_file} nor {key_env} is set")
+
+
+def _read_regular_file(owner: str, key: str, file: str) -> bytes:
+    def cannot(exc: OSError) -> AlertError:
+        reason = exc.strerror or type(exc).__name__
+        return AlertError(f"{owner}: {key} {file}: cannot read ({reason})")
+
+    # O_NONBLOCK: opening a FIFO planted at the path must not hang; it is refused below.
+    # Symlinks are followed on purpose: mounted secrets (Kubernetes, systemd
+    # credentials) are usually symlinks into a private directory.
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise cannot(exc) from exc
+    try:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            raise cannot(exc) from exc
+        if not stat.S_ISREG(mode):
+            raise AlertError(f"{owner}: {key} {file}: not a regular file")
+        if mode & stat.S_IROTH:
+            log.warning("%s: %s %s is readable by every user; chmod o-r it", owner, key, file)
+        try:
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                return fh.read(_MAX_SECRET_BYTES + 1)
+        except OSError as exc:
+            raise cannot(exc) from exc
+    finally:
+        os.close(fd)
 
 
 def endpoint(url: str) -> str:

@@ -869,3 +869,32 @@ def test_every_spec_alert_reaches_from_mapping_through_the_policy_file() -> None
         "/etc/unitgen/smtp.pw",
     )
     assert targets["cmd"].command == ("/usr/local/bin/page", "--now")
+
+
+@pytest.mark.asyncio
+async def test_url_file_fifo_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "hook.url"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    (d,) = await Alerter([url_target("webhook", fifo, timeout=2.0)]).send(make_alert())
+    assert time.monotonic() - start < 2.0
+    assert d.error == f"webhook ops: url_file {fifo}: not a regular file"
+    assert d.attempts == 0
+
+
+@pytest.mark.asyncio
+async def test_world_readable_secret_file_warns(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="handlers.secrets")
+    private, public = tmp_path / "private.url", tmp_path / "public.url"
+    for path, mode in ((private, 0o600), (public, 0o644)):
+        write(path, receiver.url(f"/{TOKEN}"))
+        path.chmod(mode)
+    deliveries = await Alerter([url_target("webhook", private), url_target("slack", public)]).send(
+        make_alert()
+    )
+    assert all(d.ok for d in deliveries)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "handlers.secrets"]
+    assert warnings == [f"slack ops: url_file {public} is readable by every user; chmod o-r it"]
+    assert_no_secret(caplog.text)

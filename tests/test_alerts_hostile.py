@@ -26,6 +26,7 @@ from handlers.alerts import (
     slack_payload,
     webhook_payload,
 )
+from handlers.secrets import describe_exception, endpoint
 
 # Newlines, quotes, %, specifiers, header look-alikes, unicode, and lone surrogates.
 hostile = st.one_of(
@@ -202,3 +203,44 @@ def test_hostile_alerts_delivered_end_to_end(tmp_path: Path) -> None:
         assert am[0]["labels"]["reason"] == alert.reason
         assert env.rcpt_tos == ["ops@example.org"]
         check_email_bytes(env.original_content, alert)
+
+
+SECRET = "Zq9SECRETzq9"
+url_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
+    host=st.one_of(st.from_regex(r"[a-z0-9.-]{1,20}", fullmatch=True), url_text),
+    port=st.one_of(st.none(), st.integers(-5, 70000).map(str), url_text),
+    where=st.sampled_from(["userinfo", "password", "path", "query", "fragment"]),
+    noise=url_text,
+)
+def test_endpoint_never_shows_the_secret(
+    scheme: str, host: str, port: str | None, where: str, noise: str
+) -> None:
+    user = f"{SECRET}@" if where == "userinfo" else (f"u:{SECRET}@" if where == "password" else "")
+    path = f"/hooks/{SECRET}/{noise}" if where == "path" else f"/{noise}"
+    query = f"?token={SECRET}" if where == "query" else ""
+    frag = f"#{SECRET}" if where == "fragment" else ""
+    netloc = f"{user}{host}" + (f":{port}" if port is not None else "")
+    url = f"{scheme}://{netloc}{path}{query}{frag}"
+    shown = endpoint(url)
+    assert SECRET not in shown
+    assert "\\n" not in shown
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.text(max_size=50))
+def test_describe_exception_never_reads_the_message(message: str) -> None:
+    import requests
+
+    secret_message = f"{message} https://u:{SECRET}@h/{SECRET}"
+    for exc in (
+        requests.ConnectionError(secret_message),
+        requests.ConnectTimeout(secret_message),
+        OSError(111, secret_message),
+        ValueError(secret_message),
+    ):
+        assert SECRET not in describe_exception(exc)
