@@ -265,7 +265,12 @@ def test_template_service_name() -> None:
         (
             {"hardening": {"disable": ["no-such"]}},
             "service.api.hardening.disable[0]",
-            "directive name",
+            "a directive that a hardening profile sets",
+        ),
+        (
+            {"hardening": {"disable": ["ProtectHom"]}},
+            "service.api.hardening.disable[0]",
+            "did you mean 'ProtectHome'?",
         ),
         ({"description": 5}, "service.api.description", "expected a string"),
         ({"timeout_start": "1.5.s"}, "service.api.timeout_start", "expected a duration"),

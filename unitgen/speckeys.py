@@ -11,12 +11,14 @@ Leaf tables build their model objects directly; ``[service.NAME]`` and
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from unitgen.hardening import known_directive_names
 from unitgen.model import (
     Backoff,
     Cleanup,
@@ -147,9 +149,15 @@ def dependency_unit(value: str) -> str | None:
 
 
 def directive_name(value: str) -> str | None:
-    if re.fullmatch(r"[A-Z][A-Za-z]{1,63}", value):
+    # Checked here as well as by the renderer so a typo is reported at its key,
+    # with the other problems, instead of silently keeping the directive.
+    known = known_directive_names()
+    if value in known:
         return None
-    return f"a systemd directive name like 'MemoryDenyWriteExecute', got {value!r}"
+    close = difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    example = "like 'MemoryDenyWriteExecute'"
+    return f"a directive that a hardening profile sets, {example}, got {value!r}{hint}"
 
 
 def http_url(value: str) -> str | None:
