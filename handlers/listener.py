@@ -113,6 +113,7 @@ class Stats:
     dropped: int = 0
     reconnects: int = 0
     reconciles: int = 0
+    malformed: int = 0
 
 
 # Signals systemd's manager object sends that the listener wants; PropertiesChanged
@@ -395,6 +396,15 @@ class Listener:
 
     def _on_signal(self, msg: Any) -> None:
         self.stats.signals += 1
+        try:
+            self._route(msg)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            # Only systemd and the bus daemon can send what the match rules let
+            # through, but a malformed body must cost one log line, not the listener.
+            self.stats.malformed += 1
+            log.warning("ignoring malformed %s signal", getattr(msg, "member", "?"))
+
+    def _route(self, msg: Any) -> None:
         member = msg.member
         if member == "PropertiesChanged":
             self._on_properties(msg)

@@ -1,0 +1,374 @@
+"""Listener pieces without systemd: watch set, queue, health scheduler, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from handlers.bus import UNIT, UNIT_PATH_PREFIX, unit_path
+from handlers.health import HealthScheduler
+from handlers.listener import Listener, ListenerOptions, match_rules
+from handlers.notify import Notifier
+from handlers.probes import ProbeResult, ProbeSpec
+from handlers.watchset import WatchSet
+from unitgen.model import Health, Probe
+from unitgen.paths import Paths, Scope
+
+# -- watch set -----------------------------------------------------------------------
+
+
+def _policies(d: Path, *units: str) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for u in units:
+        (d / f"{u}.json").write_text(json.dumps({"unit": u, "version": 1}))
+
+
+def test_watchset_policies_templates_and_globs(tmp_path: Path) -> None:
+    _policies(tmp_path, "api.service", "worker@.service")
+    (tmp_path / "notes.txt").write_text("not a policy")
+    (tmp_path / "../evil.json").write_text("{}")
+    ws = WatchSet(tmp_path, ["db-*.service"])
+    ws.rescan()
+    assert "api.service" in ws
+    assert "worker@1.service" in ws and "worker@a-b.service" in ws
+    assert "worker@.service" not in ws or "worker@.service" in ws.templates
+    assert "worker@1.socket" not in ws
+    assert "db-main.service" in ws
+    assert "api2.service" not in ws and "other.service" not in ws
+    assert sorted(ws.patterns()) == ["api.service", "db-*.service", "worker@*.service"]
+
+
+def test_watchset_missing_dir_and_rescan(tmp_path: Path) -> None:
+    ws = WatchSet(tmp_path / "absent")
+    ws.rescan()
+    assert "api.service" not in ws
+    _policies(tmp_path / "absent", "api.service")
+    assert "api.service" not in ws  # cached until the next rescan
+    ws.rescan()
+    assert "api.service" in ws
+
+
+def test_watchset_ignores_bad_policy_names(tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    for bad in ("has space.service", "no-suffix", ".hidden.service", "Upper.SERVICE"):
+        (tmp_path / f"{bad}.json").write_text("{}")
+    ws = WatchSet(tmp_path)
+    ws.rescan()
+    assert ws.units == frozenset() and ws.templates == frozenset()
+
+
+@given(st.text(max_size=80))
+def test_watchset_any_name_is_answered(name: str) -> None:
+    ws = WatchSet(Path("/nonexistent-unitgen"), ["*.service", "w@*.socket"])
+    ws.rescan()
+    expected = fnmatch.fnmatchcase(name, "*.service") or fnmatch.fnmatchcase(name, "w@*.socket")
+    assert (name in ws) is expected
+    assert (name in ws) is expected  # the cached answer is the same
+
+
+def test_match_rules_are_narrow() -> None:
+    rules = match_rules()
+    props = [r for r in rules if "PropertiesChanged" in r]
+    assert len(props) == 1
+    assert f"arg0='{UNIT}'" in props[0] and f"path_namespace='{UNIT_PATH_PREFIX}'" in props[0]
+    members = {r.split("member='")[1].split("'")[0] for r in rules}
+    assert members == {
+        "PropertiesChanged",
+        "UnitNew",
+        "UnitRemoved",
+        "JobRemoved",
+        "Reloading",
+        "NameOwnerChanged",
+    }
+    assert all("sender='" in r for r in rules)
+
+
+# -- queue, dedupe, concurrency (a fake bus and engine) -----------------------------
+
+
+@dataclass
+class FakeVariant:
+    signature: str
+    value: Any
+
+
+@dataclass
+class Msg:
+    member: str
+    body: list[Any]
+    path: str = "/org/freedesktop/systemd1"
+
+
+@dataclass
+class FakeBus:
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    closed: bool = False
+
+    async def unit_properties(self, name: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return dict(self.states.get(name, {"ActiveState": "inactive", "SubState": "dead"}))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class SlowEngine:
+    bus: Any = None
+    running: int = 0
+    peak: int = 0
+    per_unit: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def recover(self, unit: str, trigger: dict[str, Any]) -> str:
+        self.calls.append((unit, trigger))
+        self.running += 1
+        self.per_unit[unit] = self.per_unit.get(unit, 0) + 1
+        assert self.per_unit[unit] == 1, "one unit handled twice at once"
+        self.peak = max(self.peak, self.running)
+        await self.gate.wait()
+        self.per_unit[unit] -= 1
+        self.running -= 1
+        return "ok"
+
+
+def _listener(tmp_path: Path, **opts: Any) -> tuple[Listener, FakeBus, SlowEngine]:
+    paths = Paths(Scope.USER, tmp_path / "p", tmp_path / "s", tmp_path / "r", tmp_path / "u")
+    listener = Listener(
+        paths,
+        lambda bus: SlowEngine(bus),
+        globs=["*.service"],
+        trigger_factory=dict,
+        options=ListenerOptions(**opts),
+        health=False,
+    )
+    listener.watch.rescan()
+    bus, engine = FakeBus(), SlowEngine()
+    listener._bus = bus  # type: ignore[assignment]
+    listener._engine = engine
+    listener.connected.set()
+    return listener, bus, engine
+
+
+def _failed(unit: str, inv: str = "ab" * 16) -> dict[str, Any]:
+    return {
+        "ActiveState": "failed",
+        "SubState": "failed",
+        "InvocationID": bytes.fromhex(inv),
+        "Result": "signal",
+    }
+
+
+def _changed(unit: str, active: str, sub: str) -> Msg:
+    return Msg(
+        "PropertiesChanged",
+        [
+            UNIT,
+            {"ActiveState": FakeVariant("s", active), "SubState": FakeVariant("s", sub)},
+            [],
+        ],
+        unit_path(unit),
+    )
+
+
+async def _settle(listener: Listener) -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_flood_is_coalesced_bounded_and_counted(tmp_path: Path) -> None:
+    listener, bus, engine = _listener(tmp_path, max_pending=10, max_concurrency=2)
+    for i in range(30):
+        bus.states[f"u{i}.service"] = _failed(f"u{i}.service", f"{i:032x}")
+    # 30 distinct failing units x 100 signals each, no worker running yet.
+    for _ in range(100):
+        for i in range(30):
+            listener._on_signal(_changed(f"u{i}.service", "failed", "failed"))
+    assert listener._queue.qsize() == 10
+    assert listener.stats.dropped == 20 * 100
+    assert listener.stats.coalesced == 10 * 99
+    assert listener._resync  # a reconcile is due once the queue drains
+    for i in range(2):
+        listener._spawn(listener._worker(), f"w{i}")
+    await _settle(listener)
+    assert engine.peak == 2  # the global concurrency limit
+    engine.gate.set()
+    await _settle(listener)
+    assert sorted(c[0] for c in engine.calls) == sorted(f"u{i}.service" for i in range(10))
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+async def test_one_unit_at_a_time_and_once_per_invocation(tmp_path: Path) -> None:
+    listener, bus, engine = _listener(tmp_path, max_concurrency=4)
+    bus.states["a.service"] = _failed("a.service")
+    for i in range(4):
+        listener._spawn(listener._worker(), f"w{i}")
+    listener._on_signal(_changed("a.service", "failed", "failed"))
+    await _settle(listener)
+    assert len(engine.calls) == 1
+    # More failed signals of the same invocation while it is being handled.
+    for _ in range(5):
+        listener._on_signal(_changed("a.service", "failed", "failed"))
+    await _settle(listener)
+    engine.gate.set()
+    await _settle(listener)
+    assert len(engine.calls) == 1
+    assert listener.stats.duplicates >= 1
+    # A new invocation fails: handled again.
+    bus.states["a.service"] = _failed("a.service", "cd" * 16)
+    listener._on_signal(_changed("a.service", "failed", "failed"))
+    await _settle(listener)
+    assert len(engine.calls) == 2
+    assert engine.calls[1][1]["invocation_id"] == "cd" * 16
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+async def test_stands_down_when_systemd_restarts_it(tmp_path: Path) -> None:
+    listener, bus, engine = _listener(tmp_path)
+    listener._spawn(listener._worker(), "w")
+    # The failed signal is already stale: the round trip shows auto-restart.
+    bus.states["r.service"] = {"ActiveState": "activating", "SubState": "auto-restart"}
+    listener._on_signal(_changed("r.service", "failed", "failed"))
+    await _settle(listener)
+    assert engine.calls == []
+    assert listener.stats.systemd_restarting == 1
+    listener._stop.set()
+    await listener._teardown()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["PropertiesChanged", "UnitNew", "UnitRemoved", "JobRemoved", "Reloading", "X"]
+            ),
+            st.lists(
+                st.one_of(st.text(max_size=20), st.integers(), st.booleans(), st.none()),
+                max_size=5,
+            ),
+            st.text(max_size=60),
+        ),
+        max_size=30,
+    )
+)
+def test_hostile_signals_never_break_the_listener(events: list[tuple[str, list[Any], str]]) -> None:
+    async def go() -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            listener, _bus, _engine = _listener(Path(d), max_pending=5)
+            for member, body, path in events:
+                listener._on_signal(Msg(member, body, path))
+            assert listener._queue.qsize() <= 5
+            assert listener.stats.signals == len(events)
+            await listener._teardown()
+
+    asyncio.run(go())
+
+
+# -- health ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_health_failures_escalate_once_and_slow_probes_do_not_block() -> None:
+    unhealthy: list[str] = []
+    probed: list[str] = []
+    escalated = asyncio.Event()
+
+    def on_unhealthy(unit: str, detail: str) -> None:
+        unhealthy.append(unit)
+        escalated.set()
+
+    async def prober(spec: ProbeSpec) -> ProbeResult:
+        probed.append(str(spec.target))
+        if spec.target == "127.0.0.1:2":
+            await asyncio.sleep(30)  # a hung probe
+        return ProbeResult(spec.target == "127.0.0.1:3", "detail", 0.0)
+
+    sched = HealthScheduler(on_unhealthy, prober=prober, max_concurrent=4)
+
+    def health(port: int) -> Health:
+        return Health(Probe("tcp", f"127.0.0.1:{port}", timeout=0.5), interval=0.05, failures=3)
+
+    sched.configure({"bad.service": health(1), "slow.service": health(2), "ok.service": health(3)})
+    for u in ("bad.service", "slow.service", "ok.service"):
+        sched.set_active(u, True)
+    await asyncio.wait_for(escalated.wait(), 5)
+    assert unhealthy.count("bad.service") == 1
+    assert "ok.service" not in unhealthy
+    assert probed.count("127.0.0.1:3") >= 2  # kept probing while the slow one hangs
+    sched.set_active("bad.service", False)
+    before = probed.count("127.0.0.1:1")
+    await asyncio.sleep(0.3)
+    assert probed.count("127.0.0.1:1") == before  # inactive units are not probed
+    await sched.close()
+
+
+# -- sd_notify -----------------------------------------------------------------------
+
+
+def test_notify_abstract_socket_and_watchdog_env() -> None:
+    name = f"unitgen-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(b"\0" + name.encode())
+        server.settimeout(2)
+        n = Notifier({"NOTIFY_SOCKET": f"@{name}", "WATCHDOG_USEC": "2000000"})
+        assert n.enabled and n.watchdog_interval == 1.0
+        assert n.ready("watching 3 units")
+        assert server.recv(4096) == b"READY=1\nSTATUS=watching 3 units"
+        assert n.status("multi\nline")
+        assert server.recv(4096) == b"STATUS=multi line"
+        assert n.watchdog()
+        assert server.recv(4096) == b"WATCHDOG=1"
+        n.close()
+
+
+def test_notify_path_socket(tmp_path: Path) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(2)
+        n = Notifier({"NOTIFY_SOCKET": str(path)})
+        assert n.stopping()
+        assert server.recv(4096) == b"STOPPING=1"
+        n.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "enabled", "interval"),
+    [
+        ({}, False, None),
+        ({"NOTIFY_SOCKET": "relative/path"}, False, None),
+        ({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "0"}, True, None),
+        ({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "junk"}, True, None),
+        ({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}, True, None),
+    ],
+)
+def test_notify_env_rules(env: dict[str, str], enabled: bool, interval: float | None) -> None:
+    n = Notifier(env)
+    assert n.enabled is enabled
+    assert n.watchdog_interval == interval
+    n.close()
+
+
+def test_notify_to_a_dead_socket_does_not_raise(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    assert n.ready() is False
+    n.close()
