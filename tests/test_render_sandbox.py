@@ -291,3 +291,43 @@ def test_dropins_harden_real_debian_daemons(system_sandbox: Sandbox, tmp_path: P
     assert sb.show("redis-server.service", "ProtectSystem")["ProtectSystem"] == "strict"
     for ovr in overrides:
         sb.systemctl("stop", ovr.unit)
+
+
+def test_system_recovery_unit_runs_under_its_hardening(
+    system_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The root recovery unit starts in system scope and can write where cleanup must."""
+    sb = system_sandbox
+    log = tmp_path / "recover.log"
+    stale = Path("/var/tmp/ugq-stale")  # what a cleanup step would delete: real /var/tmp
+    fake = tmp_path / "unitgen"
+    fake.write_text(
+        # rm first: the log line is what the test waits for.
+        f'#!/bin/sh\nrm -f {stale}\necho "$*|$MONITOR_UNIT|$UNITGEN_POLICY_DIR" >> {log}\n'
+    )
+    fake.chmod(0o755)
+    failing = Service(
+        name="ugq-sysfail",
+        unit="ugq-sysfail.service",
+        description="fails at once",
+        exec=("/bin/false",),
+        restart=Restart(policy="no"),
+    )
+    options = dataclasses.replace(
+        _options(tmp_path, unitgen_bin=str(fake)),
+        scope=Scope.SYSTEM,
+        base_dirs=BaseDirs.for_scope(Scope.SYSTEM),
+    )
+    sb.install_units(render(Spec(path="t", services={"f": failing}), options))
+    sb.run(["touch", str(stale)], check=True)
+    sb.systemctl("start", failing.unit)
+    deadline = time.monotonic() + 15
+    while not (log.exists() and log.read_text()):
+        assert time.monotonic() < deadline, sb.journal(
+            "unitgen-recover@ugq-sysfail.service.service"
+        )
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == [
+        f"recover ugq-sysfail.service|ugq-sysfail.service|{tmp_path / 'policy'}"
+    ]
+    assert sb.run(["test", "-e", str(stale)]).returncode == 1
