@@ -22,8 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
-import socket
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from unitgen.paths import Paths, Scope
 from unitgen.policy import Policy, default_policy, load_policy
 
 if TYPE_CHECKING:
+    import random
+
     from handlers.alerts import Alert, Alerter, Delivery
 
 __all__ = [
@@ -223,7 +224,7 @@ class RecoveryEngine:
         self.paths = paths
         self.events: EventSink = events if events is not None else NullSink()
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.rng = rng if rng is not None else random.Random()  # noqa: S311 -- jitter only
+        self._rng = rng
         self.lock_mode: LockMode = lock_mode
         self.dry_run = dry_run
         self._alerter_factory = alerter_factory if alerter_factory is not None else _alerter
@@ -231,7 +232,7 @@ class RecoveryEngine:
         self._read_journal = read_journal_lines
         self.watch_uptime = watch_uptime
         self._deferred: set[asyncio.Task[None]] = set()
-        self.host = host if host is not None else socket.gethostname()
+        self.host = host if host is not None else os.uname().nodename
         self._boot = boot_id()
         if store is not None:
             self.store = store
@@ -243,6 +244,15 @@ class RecoveryEngine:
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._alerters: dict[str, Alerter | None] = {}
+
+    @property
+    def rng(self) -> random.Random:
+        # Created on first use: `random` costs start-up time the first attempt never needs.
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random()  # noqa: S311 -- jitter, not cryptography
+        return self._rng
 
     # --- public API ---------------------------------------------------------------------
 

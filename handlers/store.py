@@ -27,7 +27,6 @@ import logging
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,7 +288,8 @@ class Store:
         level: int,
         at: Stamp,
     ) -> str:
-        incident_id = uuid.uuid4().hex[:16]
+        # 64 random bits: unique enough per unit history, and uuid's import is not free.
+        incident_id = os.urandom(8).hex()
         self._exec(
             "INSERT INTO incidents(id, unit, source, invocation_id, classification, state,"
             " reason, level, opened_wall, opened_mono, opened_boot)"
