@@ -546,3 +546,32 @@ def test_layering_no_failure_is_restarted_by_two_actors(
     assert incidents[0].reason == "budget"
     # Each OnFailure= run handled what it saw; none acted while systemd was restarting.
     assert "handled" in dispositions
+
+
+def test_full_state_disk_recovery_goes_on_without_history(
+    user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = user_sandbox
+    unit = _name("nohist")
+    mark = tmp_path / "once"
+    script = f"[ -e {mark} ] || {{ touch {mark}; exit 3; }}; exec sleep infinity"
+    sb.install_units({unit: f"[Service]\nType=exec\nExecStart={_sh(script)}\n"})
+    _policy(_paths(tmp_path), Policy(unit=unit, recovery=dataclasses.replace(QUICK, min_uptime=0)))
+    state = tmp_path / "state"
+    state.mkdir()
+    # The state directory is a 64 KiB tmpfs, full before unitgen starts.
+    prelude = (
+        f"mount -t tmpfs -o size=64k tmpfs {state}\n"
+        f"head -c 1000000 /dev/zero > {state}/fill || true"
+    )
+    try:
+        _fail_unit(sb, unit)
+        res = _run_cli(sb, tmp_path, ["recover", "--user", "--json", unit], prelude=prelude)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["state"] == "recovered" and out["restarts"] == 1
+        assert any(n.startswith("history not kept") for n in out["notes"]), out["notes"]
+        assert "recovery continues without history" in res.stderr
+        sb.wait_for(unit, "active", timeout=10)
+    finally:
+        _cleanup(sb, unit)
