@@ -77,6 +77,9 @@ def _owner(line: str, directory: Path, names: Iterable[str]) -> str | None:
         unit = name.split(".d/", 1)[0]
         if line.startswith((f"{directory}/{name}:", f"{directory}/{unit}", f"{unit}:")):
             return name
+        # A drop-in for a unit that is not installed: verify names only the unit.
+        if name != unit and line.startswith(f"Unit {unit} not found"):
+            return name
         # A template is reported by the instance verify made of it (unitgen-recover@i).
         if "@." in unit:
             prefix = unit.split("@.", 1)[0] + "@"
