@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from handlers.events import Event, EventKind
 from handlers.ladder import Level, State
 from handlers.locks import UnitLock
 from handlers.recovery import RecoveryEngine, Trigger
 from handlers.store import Store
-from unitgen.errors import SystemdError, UnitNotFoundError
+from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
 from unitgen.model import Backoff, Disk, Recovery, Threshold
 from unitgen.paths import Paths, Scope
 from unitgen.policy import Policy, to_json
@@ -208,6 +210,13 @@ def _engine(
 
 
 ONFAIL = Trigger("onfailure", invocation_id="01" * 16, result="exit-code")
+_MONITOR_VARS = [
+    "MONITOR_SERVICE_RESULT",
+    "MONITOR_EXIT_CODE",
+    "MONITOR_EXIT_STATUS",
+    "MONITOR_INVOCATION_ID",
+    "MONITOR_UNIT",
+]
 
 
 @pytest.mark.asyncio
@@ -677,3 +686,39 @@ async def test_watch_uptime_continues_in_the_same_run(tmp_path: Path) -> None:
     assert out.state is State.RECOVERED and out.restarts == 3
     assert out.level is Level.RESTART_WITH_DEPENDENCIES
     assert [a.status for a in alerter.sent] == ["firing", "firing", "resolved"]
+
+
+@pytest.mark.asyncio
+async def test_unreadable_policy_falls_back_to_defaults_and_says_so(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    paths = _paths(tmp_path)
+    paths.policy_dir.mkdir(parents=True)
+    (paths.policy_dir / "api.service.json").write_text('{"version": 99}')
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.default_policy
+    assert any("policy unreadable" in n and "version 99" in n for n in out.notes)
+
+
+@given(st.dictionaries(st.sampled_from(_MONITOR_VARS), st.text(max_size=500)))
+def test_trigger_from_hostile_environment_is_bounded(env: dict[str, str]) -> None:
+    t = Trigger.from_environment(env)
+    assert t.source == "onfailure"
+    for value in (t.invocation_id, t.result, t.exit_code, t.exit_status):
+        assert len(value) <= 64
+    assert t.result == env.get("MONITOR_SERVICE_RESULT", "")[:64]
+
+
+@pytest.mark.asyncio
+async def test_hostile_unit_names_are_refused_before_anything_happens(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    for name in ("../../etc/passwd", "a/b.service", "x\n.service", ""):
+        with pytest.raises(UsageError):
+            await engine.recover(name, ONFAIL)
+    await engine.aclose()
+    assert bus.calls == []
+    assert not (_paths(tmp_path).lock_dir).exists() or not any(_paths(tmp_path).lock_dir.iterdir())

@@ -575,3 +575,32 @@ def test_full_state_disk_recovery_goes_on_without_history(
         sb.wait_for(unit, "active", timeout=10)
     finally:
         _cleanup(sb, unit)
+
+
+def test_cli_test_restart_fire_drill(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = user_sandbox
+    unit = _name("drill")
+    sb.install_units(
+        {unit: "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\nRestartSec=50ms\n"}
+    )
+    try:
+        sb.systemctl("start", unit, check=True)
+        old = sb.main_pid(unit)
+        res = _run_cli(sb, tmp_path, ["test-restart", "--user", "--json", "--timeout", "20", unit])
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        assert report["ok"] and report["old_pid"] == old
+        assert report["new_pid"] not in (0, old) and report["new_pid"] == sb.main_pid(unit)
+        assert report["systemd_restarts"] == 1 and report["ladder_restarts"] == 0
+        assert 0 < report["seconds"] < 20
+    finally:
+        _cleanup(sb, unit)
+
+
+def test_cli_test_restart_refuses_an_inactive_unit(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = user_sandbox
+    unit = _name("idle")
+    sb.install_units({unit: "[Service]\nExecStart=/bin/sleep infinity\n"})
+    res = _run_cli(sb, tmp_path, ["test-restart", "--user", unit])
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "not active" in res.stderr
