@@ -7,7 +7,10 @@ return, NUL or other control character can never get past the loader to a unit f
 
 from __future__ import annotations
 
+import copy
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,3 +285,81 @@ def test_clean_escapes_still_load() -> None:
     api = parse_spec(text, SRC).services["api"]
     assert api.exec[1:] == ("a\tb", 'q"uote', "back\\slash")
     assert api.description == "literal \\n stays two characters"
+
+
+# -- every string in the full example (which uses every key) -------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example.toml"
+
+
+def _string_leaves(value: object, key: str = "") -> list[tuple[str, tuple[str | int, ...]]]:
+    """(problem key, access path) of every string value in a parsed spec."""
+    found: list[tuple[str, tuple[str | int, ...]]] = []
+
+    def walk(node: object, where: str, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, str):
+            found.append((where, path))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, join_key(where, k), (*path, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]", (*path, i))
+
+    walk(value, key, ())
+    return found
+
+
+def _replaced(raw: dict[str, Any], path: tuple[str | int, ...], value: str) -> dict[str, Any]:
+    spec = copy.deepcopy(raw)
+    node: Any = spec
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    return spec
+
+
+RAW_EXAMPLE = tomllib.loads(EXAMPLE.read_text())
+LEAVES = _string_leaves(RAW_EXAMPLE)
+
+
+def test_the_example_has_many_string_leaves() -> None:
+    assert len(LEAVES) > 100
+    assert parse_spec(dumps(RAW_EXAMPLE), SRC).services
+
+
+@pytest.mark.parametrize(("key", "path"), LEAVES, ids=[k for k, _ in LEAVES])
+def test_newline_in_any_string_of_the_example(key: str, path: tuple[str | int, ...]) -> None:
+    original = _get(RAW_EXAMPLE, path)
+    for bad in (original + "\nExecStartPre=/bin/sh", "\r" + original, original + "\x00"):
+        with pytest.raises(SpecError) as info:
+            parse_spec(dumps(_replaced(RAW_EXAMPLE, path, bad)), SRC)
+        assert [p.key for p in info.value.problems] == [key]
+
+
+def _get(raw: Any, path: tuple[str | int, ...]) -> str:
+    node = raw
+    for step in path:
+        node = node[step]
+    assert isinstance(node, str)
+    return node
+
+
+@_SETTINGS
+@given(leaf=st.sampled_from(LEAVES), value=HOSTILE)
+def test_hostile_string_anywhere_in_the_example(
+    leaf: tuple[str, tuple[str | int, ...]], value: str
+) -> None:
+    key, path = leaf
+    text = dumps(_replaced(RAW_EXAMPLE, path, value))
+    try:
+        parse_spec(text, SRC)
+    except SpecError as exc:
+        keys = [p.key for p in exc.problems]
+        if FORBIDDEN_CHARS.search(value):
+            assert keys == [key]
+        # A clean but wrong value is reported too: one line per problem, no traceback.
+        assert keys
+        assert len(str(exc).splitlines()) == len(exc.problems)
+    else:
+        assert not FORBIDDEN_CHARS.search(value)

@@ -205,8 +205,13 @@ def _tables(raw: Mapping[str, Any], section: str) -> Iterator[tuple[str, dict[st
 
 
 def _str_list(value: object) -> list[tuple[int, str]]:
+    """The usable strings of a list; one with a forbidden character is already reported."""
     if isinstance(value, list):
-        return [(i, v) for i, v in enumerate(value) if isinstance(v, str)]
+        return [
+            (i, v)
+            for i, v in enumerate(value)
+            if isinstance(v, str) and not FORBIDDEN_CHARS.search(v)
+        ]
     return []
 
 
