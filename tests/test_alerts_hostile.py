@@ -209,7 +209,7 @@ SECRET = "Zq9SECRETzq9"
 url_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     scheme=st.sampled_from(["http", "https", "HTTP", "ftp", ""]),
     host=st.one_of(st.from_regex(r"[a-z0-9.-]{1,20}", fullmatch=True), url_text),
