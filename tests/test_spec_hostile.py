@@ -363,3 +363,40 @@ def test_hostile_string_anywhere_in_the_example(
         assert len(str(exc).splitlines()) == len(exc.problems)
     else:
         assert not FORBIDDEN_CHARS.search(value)
+
+
+# -- arbitrary text: a Spec or a SpecError, never anything else ----------------------
+
+EXAMPLE_TEXT = EXAMPLE.read_text()
+
+
+def _loads_or_spec_error(text: str) -> None:
+    try:
+        spec = parse_spec(text, SRC)
+    except SpecError as exc:
+        assert exc.problems
+        assert len(str(exc).splitlines()) == len(exc.problems)
+    else:
+        assert spec.services or spec.overrides
+
+
+@_SETTINGS
+@given(text=st.text(max_size=400))
+def test_arbitrary_text(text: str) -> None:
+    _loads_or_spec_error(text)
+
+
+@_SETTINGS
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(EXAMPLE_TEXT)), st.integers(0, 3), HOSTILE),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_mutated_example(edits: list[tuple[int, int, str]]) -> None:
+    # Replace a few short spans of the real example with hostile text.
+    text = EXAMPLE_TEXT
+    for at, cut, insert in edits:
+        text = text[:at] + insert + text[at + cut :]
+    _loads_or_spec_error(text)

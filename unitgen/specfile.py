@@ -139,6 +139,10 @@ def parse_spec(text: str, source: str) -> Spec:
         raise _fail(source, _toml_problem(str(exc))) from exc
     except RecursionError as exc:
         raise _fail(source, "TOML syntax error: arrays or tables nested too deeply") from exc
+    except ValueError as exc:
+        # tomllib lets int()'s digit limit through: a 5,000-digit integer literal.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(source, f"TOML value cannot be read: {reason[:120]}") from exc
     out = Collector(source)
     if _MAY_HOLD_FORBIDDEN.search(text):
         _scan_strings(raw, out)
