@@ -297,8 +297,7 @@ class RecoveryEngine:
             if last.state == "open":
                 self.store.close_incident(last.id, state="reset", reason="re-armed", at=now)
             if healthy:
-                policy = self._policy(unit, notes)
-                await self._resolve(unit, policy, self.store.incident(last.id) or last)
+                await self._resolve_reset(unit, self._policy(unit, notes))
         if self.store.note:
             notes.append(self.store.note)
         state = State.NOT_NEEDED if healthy else State.DIAGNOSING
@@ -434,6 +433,11 @@ class RecoveryEngine:
             )
         r = policy.recovery
         bound = min(JOIN_CAP, r.max_attempts * (r.backoff.max + r.start_timeout) + 30.0)
+        if trigger.source == "dependency":
+            # A dependent waits for its dependency's recovery only as long as it would
+            # wait for the dependency itself; two processes recovering a cycle from
+            # both ends must not hold each other for the full ladder.
+            bound = min(bound, DEPENDENCY_WAIT)
         released = await lock.wait_released(bound)
         last = self.store.last_incident(unit)
         incident_id = last.id if last else ""
@@ -977,6 +981,7 @@ class RecoveryEngine:
                 attempts=run.used,
                 duration=round(now.wall - inc.opened.wall, 6),
             )
+            await self._resolve_reset(run.unit, run.policy)
             if self.watch_uptime:
                 await self._resolve(run.unit, run.policy, inc)
             else:
@@ -1001,7 +1006,7 @@ class RecoveryEngine:
             run.reason = f"given up earlier ({inc.reason}); run `unitgen reset {run.unit}`"
         elif state is State.NOT_NEEDED:
             run.reason = run.detail or "already active"
-            await self._resolve_reset(run)
+            await self._resolve_reset(run.unit, run.policy)
         elif state is State.WAITING_FOR_SYSTEMD:
             run.reason = run.detail or "systemd is restarting it"
             if inc is not None and run.restarts > 0:
@@ -1146,18 +1151,19 @@ class RecoveryEngine:
         if not task.cancelled() and task.exception() is not None:
             log.error("deferred resolve %s failed: %r", task.get_name(), task.exception())
 
-    async def _resolve_reset(self, run: _Run) -> None:
-        """An incident given up, then reset, resolves once the unit is seen healthy."""
-        last = self.store.last_incident(run.unit)
-        if last is None or last.state != "gave-up":
+    async def _resolve_reset(self, unit: str, policy: Policy) -> None:
+        """Incidents given up, then reset, resolve once the unit is seen healthy."""
+        now = self._stamp()
+        reset_at = self.store.reset_at(unit, now)
+        if reset_at is None:
             return
-        reset_at = self.store.reset_at(run.unit, self._stamp())
-        if (
-            reset_at is not None
-            and last.closed is not None
-            and reset_at >= _timeline(last.closed, self._stamp())
-        ):
-            await self._resolve(run.unit, run.policy, last)
+        for inc in self.store.incidents(unit, 20):
+            if (
+                inc.state == "gave-up"
+                and inc.closed is not None
+                and reset_at >= _timeline(inc.closed, now)
+            ):
+                await self._resolve(unit, policy, inc)
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -722,3 +722,25 @@ async def test_hostile_unit_names_are_refused_before_anything_happens(tmp_path: 
     await engine.aclose()
     assert bus.calls == []
     assert not (_paths(tmp_path).lock_dir).exists() or not any(_paths(tmp_path).lock_dir.iterdir())
+
+
+@pytest.mark.asyncio
+async def test_reset_while_failed_resolves_on_the_next_recovery(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service", behaviour=lambda n: "failed")
+    bus = FakeBus(unit, clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock, watch_uptime=True)
+    gave_up = await engine.recover("api.service", ONFAIL)
+    assert gave_up.state is State.GAVE_UP
+    reset = await engine.reset("api.service")  # still failed: re-armed, nothing resolved yet
+    assert reset.state is State.DIAGNOSING and "re-armed" in reset.reason
+    assert ("reset_failed", "api.service") in bus.calls
+    assert all(a.status == "firing" for a in alerter.sent)
+    unit.behaviour = lambda n: "active"  # fixed
+    clock.advance(5)
+    out = await engine.recover("api.service", Trigger("manual"))
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.incident_id != gave_up.incident_id
+    resolved = [a for a in alerter.sent if a.status == "resolved"]
+    assert {a.incident_id for a in resolved} == {gave_up.incident_id, out.incident_id}
