@@ -51,7 +51,7 @@ from handlers.events import EventSink, NullSink
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
 from handlers.watchset import WatchSet
-from unitgen.errors import PolicyError, SystemdError, UnitgenError
+from unitgen.errors import PolicyError, SystemdError, UnitgenError, UnitNotFoundError
 from unitgen.model import Health
 from unitgen.paths import Paths
 from unitgen.policy import load_policy
@@ -549,10 +549,22 @@ class Listener:
             return
         # The round trip that settles it: systemd sets auto-restart in the same
         # call that sets failed, so this reply shows auto-restart if it will restart.
-        props = await bus.unit_properties(unit)
-        state.active = props.get("ActiveState", "")
-        state.sub = props.get("SubState", "")
-        inv = _hex(props.get("InvocationID", b""))
+        # Two small Gets, sent together, cost far less than a GetAll of ~300 properties.
+        try:
+            active, sub, raw_inv = await asyncio.gather(
+                bus.get_property(unit, "ActiveState"),
+                bus.get_property(unit, "SubState"),
+                bus.get_property(unit, "InvocationID"),
+            )
+        except UnitNotFoundError:
+            return
+        except SystemdError:
+            # Not loaded any more (UnknownObject): ask the slow way, which loads it.
+            props = await bus.unit_properties(unit, (busmod.UNIT,))
+            active, sub = props.get("ActiveState", ""), props.get("SubState", "")
+            raw_inv = props.get("InvocationID", b"")
+        state.active, state.sub = str(active), str(sub)
+        inv = _hex(raw_inv)
         state.invocation = inv
         if state.active != "failed":
             if state.sub == "auto-restart" or state.active in ("activating", "active"):
@@ -562,13 +574,9 @@ class Listener:
             self.stats.duplicates += 1
             return
         state.handled = inv
-        trigger = self._trigger(
-            source="listener",
-            invocation_id=inv,
-            result=str(props.get("Result", "")),
-            exit_code=_exit_code(props.get("ExecMainCode")),
-            exit_status=str(props.get("ExecMainStatus", "")),
-        )
+        # Result and the exit status are the ladder's to read (its diagnose step
+        # reads them anyway); the trigger names the invocation it is about.
+        trigger = self._trigger(source="listener", invocation_id=inv)
         try:
             await self._recover(engine, unit, trigger)
         except BaseException:
@@ -591,8 +599,3 @@ class Listener:
     def _unhealthy(self, unit: str, detail: str) -> None:
         log.warning("%s: unhealthy: %s", unit, detail)
         self._enqueue(unit, "health")
-
-
-def _exit_code(code: Any) -> str:
-    # ExecMainCode is a CLD_* number; $MONITOR_EXIT_CODE spells it as a word.
-    return {1: "exited", 2: "killed", 3: "dumped"}.get(code if isinstance(code, int) else 0, "")

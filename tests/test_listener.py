@@ -118,6 +118,9 @@ class FakeBus:
         await asyncio.sleep(0)
         return dict(self.states.get(name, {"ActiveState": "inactive", "SubState": "dead"}))
 
+    async def get_property(self, name: str, prop: str) -> Any:
+        return (await self.unit_properties(name)).get(prop, "")
+
     async def close(self) -> None:
         self.closed = True
 

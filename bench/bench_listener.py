@@ -1,0 +1,312 @@
+"""Listener benchmarks (issue 5, item 9). Not a test: prints a table for docs/listener.md.
+
+Run (root; a disposable user manager is started for each mode):
+
+    /opt/unitgen/bin/python bench/bench_listener.py latency [--trials 100]
+    /opt/unitgen/bin/python bench/bench_listener.py scale [--units 1000 --fail 200]
+    /opt/unitgen/bin/python bench/bench_listener.py idle [--seconds 60]
+    /opt/unitgen/bin/python bench/bench_listener.py flood [--seconds 5]
+
+Method (/work/shared/bench-method.md): the service is bench/stamp.c, a static C
+program that writes its CLOCK_MONOTONIC start time to a FIFO first thing in
+main(). A trial reads MainPID, records CLOCK_MONOTONIC, sends SIGKILL and waits
+for the new program's timestamp; 0.3 s pause. All approaches run in the same
+run, in alternation, each on its own unit and FIFO:
+
+* ``systemd RestartSec=0``      Restart=always, RestartSec=0
+* ``systemd RestartSec=100ms``  Restart=always and systemd's default RestartSec
+* ``listener (dbus-fast)``      Restart=no; the in-process listener + full ladder
+* ``listener (dbus-next)``      the same, a second listener on dbus-next
+* ``OnFailure= unitgen recover`` Restart=no; OnFailure= runs `unitgen recover`
+
+For the listeners, "detection" is kill -> RestartUnit issued (the ladder's
+bus.restart() call, timestamped in-process), and "signal" is kill -> the
+``failed`` PropertiesChanged received. monit and supervisord are not installed
+on these machines and are not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from handlers.bus import UNIT, SystemdBus, unit_path, unwrap  # noqa: E402
+from handlers.listener import Listener, ListenerOptions  # noqa: E402
+from unitgen.paths import Paths, Scope, paths_for  # noqa: E402
+from unitgen.sandbox import Sandbox  # noqa: E402
+
+UNITGEN = str(Path(sys.executable).with_name("unitgen"))
+
+# A budget large enough for every trial, and no backoff: the benchmark measures
+# the path to RestartUnit, not the ladder's pacing (which is its own feature).
+BENCH_RECOVERY = {
+    "max_attempts": 100000,
+    "window": 60.0,
+    "min_uptime": 0.05,
+    "stable_after": 0.1,
+    "backoff": {"base": 0.001, "factor": 1.0, "max": 0.001, "jitter": 0.0},
+}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+
+    def pct(p: float) -> float:
+        return v[min(len(v) - 1, round(p * (len(v) - 1)))]
+
+    return {
+        "n": len(v),
+        "min": v[0],
+        "median": statistics.median(v),
+        "p95": pct(0.95),
+        "p99": pct(0.99),
+        "max": v[-1],
+    }
+
+
+def line(name: str, values: list[float], base: float | None = None) -> str:
+    if not values:
+        return f"| {name} | no samples |"
+    s = summary(values)
+    ratio = f"{s['median'] / base:.2f}x" if base else ""
+    return (
+        f"| {name} | {s['min']:.1f} | {s['median']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} "
+        f"| {s['max']:.1f} | {int(s['n'])} | {ratio} |"
+    )
+
+
+def build_stamp(work: Path) -> Path:
+    out = work / "stamp"
+    subprocess.run(
+        ["cc", "-O2", "-static", "-o", str(out), str(REPO / "bench" / "stamp.c")], check=True
+    )
+    return out
+
+
+def policy(dir_: Path, unit: str) -> None:
+    dir_.mkdir(parents=True, exist_ok=True)
+    body = {"unit": unit, "version": 1, "recovery": BENCH_RECOVERY}
+    (dir_ / f"{unit}.json").write_text(json.dumps(body))
+
+
+class Fifo:
+    """A FIFO we keep open for reading, so the service's open() never blocks or fails."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path, 0o666)
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.buf = b""
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.fd, 65536):
+                pass
+        self.buf = b""
+
+    def next_stamp(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    self.buf += os.read(self.fd, 4096)
+        raw, self.buf = self.buf.split(b"\n", 1)
+        return int(raw)
+
+
+def main_pid_host(sb: Sandbox, unit: str) -> int:
+    return sb.host_pid(sb.main_pid(unit))
+
+
+# -- latency ---------------------------------------------------------------------------
+
+
+async def latency(trials: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="unitgen-bench-"))
+    try:
+        stamp = build_stamp(work)
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            await _latency(sb, work, stamp, trials)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _latency(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
+    for k, v in sb.env.items():
+        os.environ[k] = v
+    base_paths = paths_for(Scope.USER)
+    approaches = {
+        "systemd RestartSec=0": "b-sd0.service",
+        "systemd RestartSec=100ms (default)": "b-sd100.service",
+        "listener dbus-fast (full ladder)": "b-lfast.service",
+        "listener dbus-next (full ladder)": "b-lnext.service",
+        "OnFailure= unitgen recover": "b-onf.service",
+    }
+    fifos = {u: Fifo(work / f"{u}.fifo") for u in approaches.values()}
+    units: dict[str, str] = {}
+    for unit in approaches.values():
+        head = "[Unit]\nStartLimitIntervalSec=0\n"
+        svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
+        if unit == "b-sd0.service":
+            svc += "Restart=always\nRestartSec=0\n"
+        elif unit == "b-sd100.service":
+            svc += "Restart=always\n"
+        elif unit == "b-onf.service":
+            head += "OnFailure=b-recover@%n.service\n"
+        units[unit] = head + svc
+    onf_policy = work / "onf-policy"
+    policy(onf_policy, "b-onf.service")
+    env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+    units["b-recover@.service"] = (
+        "[Service]\nType=oneshot\n"
+        f"{env}Environment=UNITGEN_POLICY_DIR={onf_policy}\n"
+        f"ExecStart={UNITGEN} recover %i\n"
+    )
+    sb.install_units(units)
+    for unit in approaches.values():
+        sb.systemctl("start", unit, check=True)
+
+    marks: dict[str, list[tuple[str, int]]] = {}
+    engines: dict[str, Any] = {}
+
+    def engine_factory(tag: str) -> Any:
+        from handlers.recovery import RecoveryEngine
+
+        def make(bus: SystemdBus) -> Any:
+            original = bus.restart
+
+            async def timed_restart(name: str, mode: str = "replace") -> str:
+                marks.setdefault(name, []).append(("restart", time.monotonic_ns()))
+                return await original(name, mode)
+
+            bus.restart = timed_restart  # type: ignore[method-assign]
+
+            def on_signal(msg: Any) -> None:
+                if msg.member == "PropertiesChanged" and msg.body[0] == UNIT:
+                    state = msg.body[1].get("ActiveState")
+                    if state is not None and unwrap(state) == "failed":
+                        name = msg.path.rsplit("/", 1)[-1]
+                        marks.setdefault(name, []).append(("failed", time.monotonic_ns()))
+
+            bus.add_signal_callback(on_signal)
+            paths = dataclasses.replace(base_paths, policy_dir=work / f"policy-{tag}")
+            engine = RecoveryEngine(bus, paths, read_journal_lines=False)
+            engines[tag] = engine
+            return engine
+
+        return make
+
+    listeners = []
+    for tag, unit in (("fast", "b-lfast.service"), ("next", "b-lnext.service")):
+        policy(work / f"policy-{tag}", unit)
+        paths = dataclasses.replace(base_paths, policy_dir=work / f"policy-{tag}")
+        listener = Listener(
+            paths,
+            engine_factory(tag),
+            address=sb.bus_address,
+            library=tag,
+            health=False,
+            options=ListenerOptions(),
+        )
+        listeners.append((listener, asyncio.create_task(listener.run())))
+    for listener, _ in listeners:
+        await asyncio.wait_for(listener.ready.wait(), 20)
+
+    results: dict[str, list[float]] = {name: [] for name in approaches}
+    detect: dict[str, list[float]] = {"fast": [], "next": []}
+    signal_lat: dict[str, list[float]] = {"fast": [], "next": []}
+    for trial in range(trials):
+        for name, unit in approaches.items():
+            fifo = fifos[unit]
+            pid = await asyncio.to_thread(main_pid_host, sb, unit)
+            fifo.drain()
+            marks.pop(unit_path(unit).rsplit("/", 1)[-1], None)
+            marks.pop(unit, None)
+            t_kill = time.monotonic_ns()
+            os.kill(pid, 9)
+            ts = await asyncio.to_thread(fifo.next_stamp, 10.0)
+            if ts is None:
+                print(f"trial {trial}: {name}: no restart within 10 s", file=sys.stderr)
+                continue
+            results[name].append((ts - t_kill) / 1e6)
+            tag = (
+                "fast" if unit == "b-lfast.service" else "next" if unit == "b-lnext.service" else ""
+            )
+            if tag:
+                restart = [t for k, t in marks.get(unit, []) if k == "restart"]
+                failed = [
+                    t for k, t in marks.get(unit_path(unit).rsplit("/", 1)[-1], []) if k == "failed"
+                ]
+                if restart:
+                    detect[tag].append((restart[0] - t_kill) / 1e6)
+                if failed:
+                    signal_lat[tag].append((failed[0] - t_kill) / 1e6)
+            await asyncio.sleep(0.3)
+            if unit == "b-onf.service":
+                # Let the oneshot finish before the next kill of this unit.
+                await asyncio.to_thread(
+                    sb.wait_for,
+                    unit,
+                    lambda p: p.get("ActiveState") == "active",
+                    10,
+                )
+    steps: dict[str, dict[str, list[float]]] = {}
+    for tag, unit in (("fast", "b-lfast.service"), ("next", "b-lnext.service")):
+        for incident in engines[tag].history(unit, trials + 5):
+            for attempt in incident["attempts"]:
+                by = steps.setdefault(tag, {})
+                by.setdefault(str(attempt["action"]), []).append(1000 * float(attempt["duration"]))
+    for listener, task in listeners:
+        listener.stop()
+        await task
+    base = statistics.median(results["systemd RestartSec=0"] or [1.0])
+    print(f"\nkill -9 -> new process running (ms), {trials} trials, alternating, one run\n")
+    print("| path | min | median | p95 | p99 | max | n | vs RestartSec=0 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in approaches:
+        print(line(name, results[name], base))
+    print("\nlistener detection (ms): kill -> failed signal received; kill -> RestartUnit issued\n")
+    print("| step | min | median | p95 | p99 | max | n | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tag in ("fast", "next"):
+        print(line(f"dbus-{tag}: kill -> failed signal", signal_lat[tag]))
+        print(line(f"dbus-{tag}: kill -> RestartUnit issued", detect[tag]))
+    print("\nthe ladder's own steps per incident (ms, from its history)\n")
+    print("| step | min | median | p95 | p99 | max | n | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tag, by in steps.items():
+        for action, values in by.items():
+            print(line(f"dbus-{tag}: {action}", values))
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("latency")
+    p.add_argument("--trials", type=int, default=100)
+    args = parser.parse_args()
+    if args.mode == "latency":
+        asyncio.run(latency(args.trials))
+
+
+if __name__ == "__main__":
+    cli()
