@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unitgen.errors import RenderError
@@ -127,6 +127,7 @@ def test_values_must_be_strings() -> None:
         quote("/bin/x", "exec")  # a string is not an argv
 
 
+@settings(deadline=None)  # a loaded CI box must not fail a correctness test
 @given(st.lists(line_text, max_size=6))
 def test_exec_round_trips(words: list[str]) -> None:
     argv = ("/bin/x", *words)
@@ -135,6 +136,7 @@ def test_exec_round_trips(words: list[str]) -> None:
     assert unquote(text, "exec") == argv
 
 
+@settings(deadline=None)  # a loaded CI box must not fail a correctness test
 @given(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), line_text)
 def test_env_round_trips(key: str, value: str) -> None:
     text = quote((key, value), "env")
@@ -142,6 +144,7 @@ def test_env_round_trips(key: str, value: str) -> None:
     assert unquote(text, "env") == (key, value)
 
 
+@settings(deadline=None)  # a loaded CI box must not fail a correctness test
 @given(line_text)
 def test_text_round_trips_or_refuses(value: str) -> None:
     try:
@@ -153,6 +156,7 @@ def test_text_round_trips_or_refuses(value: str) -> None:
     assert unquote(text, "text") == value.strip(" \t")
 
 
+@settings(deadline=None)  # a loaded CI box must not fail a correctness test
 @given(st.lists(line_text.map(lambda s: "/" + s), max_size=4))
 def test_paths_round_trip(paths: list[str]) -> None:
     assert unquote(quote(tuple(paths), "paths"), "paths") == tuple(paths)

@@ -102,7 +102,7 @@ def _benign(svc: Service) -> Service:
     )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     description=hostile,
     args=st.lists(hostile, max_size=4),
@@ -187,6 +187,16 @@ def test_disable_and_explicit_user() -> None:
     with_user = dataclasses.replace(svc, hardening=Hardening(), user="api")
     lines = render(spec_of(with_user), OPTIONS)["a.service"].splitlines()
     assert "User=api" in lines and "DynamicUser=yes" not in lines
+
+
+def test_refused_value_names_the_unit_and_directive() -> None:
+    svc = Service(name="a", unit="a.service", description="ends in \\", exec=("/bin/true",))
+    with pytest.raises(RenderError) as info:
+        render(spec_of(svc), OPTIONS)
+    message = str(info.value)
+    assert message.startswith("/etc/unitgen/spec.toml: a.service: Description=: ")
+    assert "continuation" in message and "\n" not in message
+    assert info.value.exit_code == 2
 
 
 def test_unknown_disable_name_is_bad_input() -> None:

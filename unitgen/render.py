@@ -156,13 +156,35 @@ def _templates() -> jinja2.Environment:
     return _environment(str(template_dir()))
 
 
-def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, Any]) -> str:
+def _render_template(
+    env: jinja2.Environment, name: str, context: Mapping[str, Any], where: str
+) -> str:
     try:
         return env.get_template(name).render(context)
-    except RenderError:
-        raise
+    except RenderError as exc:
+        # A value quote() refused: the spec holds something systemd cannot represent.
+        err = RenderError(f"{where}: {_directive_at(exc)}{exc}")
+        err.exit_code = 2
+        raise err from exc
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {name}: {exc}") from exc
+
+
+def _directive_at(exc: BaseException) -> str:
+    """``"Description=: "`` for the template line that failed, from Jinja's traceback."""
+    tb = exc.__traceback__
+    found = ""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            try:
+                line = Path(filename).read_text(encoding="utf-8").splitlines()[tb.tb_lineno - 1]
+            except (OSError, IndexError):
+                line = ""
+            key = line.split("=", 1)[0].strip()
+            found = f"{key}=: " if key.isidentifier() else found
+        tb = tb.tb_next
+    return found
 
 
 # -- views: what the templates see ----------------------------------------------------
@@ -356,14 +378,20 @@ def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
     env = _templates()
     for svc in spec.services.values():
         out[svc.unit] = _render_template(
-            env, "service.j2", {"spec_path": spec.path, "s": _service_view(svc, options)}
+            env,
+            "service.j2",
+            {"spec_path": spec.path, "s": _service_view(svc, options)},
+            f"{spec.path}: {svc.unit}",
         )
     for ovr in spec.overrides.values():
         out[f"{ovr.unit}.d/{DROPIN_NAME}"] = _render_template(
-            env, "dropin.j2", {"spec_path": spec.path, "s": _override_view(ovr, options)}
+            env,
+            "dropin.j2",
+            {"spec_path": spec.path, "s": _override_view(ovr, options)},
+            f"{spec.path}: {ovr.unit}",
         )
     out[RECOVER_UNIT] = _render_template(
-        env, f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)}
+        env, f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)}, RECOVER_UNIT
     )
     return out
 
