@@ -769,3 +769,24 @@ def test_spec_error_defaults_deep_copy_safe() -> None:
     before = copy.deepcopy(spec)
     parse_spec(dumps(spec), SRC)
     assert spec == before
+
+
+@pytest.mark.parametrize("key", ["url_file", "url_env"])
+@pytest.mark.parametrize(
+    "secret", ["https://hooks.slack.com/services/T0/B0/XyZsecret", "hunter2-XyZsecret"]
+)
+def test_a_secret_in_the_wrong_key_is_not_echoed(key: str, secret: str) -> None:
+    problem = only_problem(with_alert(type="slack", **{key: secret}))
+    assert problem.key == f"alert.ops.{key}"
+    assert "XyZsecret" not in str(problem)
+    assert "not shown" in problem.message
+
+
+@pytest.mark.parametrize("key", ["password_file", "password_env"])
+def test_a_password_in_the_wrong_key_is_not_echoed(key: str) -> None:
+    alert = {"type": "email", "smtp_host": "h", "from": "a@b", "to": ["c@d"]}
+    problem = only_problem(
+        with_alert(**alert, starttls=True, username="u", **{key: "pa ss XyZsecret"})
+    )
+    assert problem.key == f"alert.ops.{key}"
+    assert "XyZsecret" not in str(problem)

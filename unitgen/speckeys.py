@@ -591,11 +591,34 @@ _ALERT_COMMON: dict[str, Field] = {
     "send_resolved": Field(Boolean(), "also notify when the incident is resolved", True),
 }
 
+
+def _looks_like_a_secret(value: str) -> bool:
+    return "://" in value or "@" in value or len(value) > 40
+
+
+def secret_file(value: str) -> str | None:
+    """Like absolute_path, but a wrong value is never echoed: it may be the secret itself."""
+    if absolute_path(value) is None:
+        return None
+    if _looks_like_a_secret(value):
+        return "the path of a file holding the secret, not the secret itself (value not shown)"
+    return "an absolute path (starting with '/'); the value is not shown"
+
+
+def secret_env(value: str) -> str | None:
+    if env_name(value) is None:
+        return None
+    if _looks_like_a_secret(value):
+        return "the name of a variable holding the secret, not the secret itself (value not shown)"
+    return "an environment variable name like 'SLACK_URL'; the value is not shown"
+
+
+SECRET_FILE = Text(secret_file, type_doc="absolute path", pattern="^/")
+SECRET_ENV = Text(secret_env, type_doc="variable name", pattern="^[A-Za-z_][A-Za-z0-9_]*$")
+
 _URL_SOURCE: dict[str, Field] = {
-    "url_file": Field(PATH, "file holding the URL (the URL is the credential)"),
-    "url_env": Field(
-        Text(env_name, type_doc="variable name"), "environment variable holding the URL"
-    ),
+    "url_file": Field(SECRET_FILE, "file holding the URL (the URL is the credential)"),
+    "url_env": Field(SECRET_ENV, "environment variable holding the URL"),
 }
 
 
@@ -654,11 +677,8 @@ ALERT = Tagged(
                 "username": Field(
                     Text(min_length=1, max_length=256), "SMTP login (needs starttls = true)"
                 ),
-                "password_file": Field(PATH, "file holding the SMTP password"),
-                "password_env": Field(
-                    Text(env_name, type_doc="variable name"),
-                    "environment variable holding the SMTP password",
-                ),
+                "password_file": Field(SECRET_FILE, "file holding the SMTP password"),
+                "password_env": Field(SECRET_ENV, "environment variable holding the SMTP password"),
             },
             at_most_one=[("password_file", "password_env")],
             checks=[_email_rules],
