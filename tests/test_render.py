@@ -261,6 +261,17 @@ def test_recovery_unit_is_always_rendered() -> None:
     assert list(files) == [RECOVER_UNIT]
 
 
+def test_recovery_name_is_reserved() -> None:
+    svc = Service(
+        name="unitgen-recover@", unit="unitgen-recover@.service", description="x", exec=("/x",)
+    )
+    with pytest.raises(RenderError, match="reserved") as info:
+        render(spec_of(svc), OPTIONS)
+    assert info.value.exit_code == 2
+    with pytest.raises(RenderError, match="reserved"):
+        render(spec_of(overrides=(Override(unit="unitgen-recover@a.service"),)), OPTIONS)
+
+
 # -- the writer -----------------------------------------------------------------------
 
 

@@ -375,6 +375,11 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
 def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
     """Every unit file of ``spec``: relative path -> text (the recovery template included)."""
     out: dict[str, str] = {}
+    for unit in [*spec.services, *(s.unit for s in spec.services.values()), *spec.overrides]:
+        if unit.startswith(RECOVER_UNIT.split("@", 1)[0] + "@"):
+            err = RenderError(f"{spec.path}: {unit}: the name is reserved for unitgen's recovery")
+            err.exit_code = 2
+            raise err
     env = _templates()
     for svc in spec.services.values():
         out[svc.unit] = _render_template(
