@@ -32,32 +32,33 @@ For the ladder (how to call this):
 from __future__ import annotations
 
 import asyncio
-import email.policy
-import email.utils
 import json
 import logging
 import math
 import os
-import random
 import re
-import smtplib
 import socket
-import ssl
 import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from functools import partial
 from pathlib import PurePath
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from handlers.outbound import HttpOutcome, http_once, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import describe_exception, endpoint, read_secret
 from unitgen.errors import AlertError, PolicyError
+
+if TYPE_CHECKING:
+    # Imported where used instead: the ladder imports this module on its event loop,
+    # and smtplib/ssl/email (like requests, see handlers.outbound) cost tens of ms.
+    import random
+    import ssl
+    from email.message import EmailMessage
 
 __all__ = [
     "ALERTMANAGER_FIRING_TTL",
@@ -482,6 +483,10 @@ def email_subject(alert: Alert) -> str:
 
 def email_message(alert: Alert, target: AlertTarget) -> EmailMessage:
     """A plain-text message; every header value is reduced to one safe line."""
+    import email.policy
+    import email.utils
+    from email.message import EmailMessage
+
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = target.from_addr or ""
     msg["To"] = ", ".join(target.to)
@@ -604,14 +609,18 @@ def _http_attempt(where: str, host: str, outcome: HttpOutcome) -> _Attempt:
 
 def _smtp_once(
     target: AlertTarget,
-    msg: EmailMessage,
+    alert: Alert,
     password: str | None,
     context: ssl.SSLContext | None,
 ) -> _Attempt:
     """One SMTP session, blocking; never raises and never shows server text or secrets."""
+    import smtplib
+    import ssl
+
     host = f"{target.smtp_host}:{target.smtp_port}"
     where = f"{target.where}: SMTP to {host}"
     try:
+        msg = email_message(alert, target)
         # local_hostname given: the default calls getfqdn(), a DNS lookup that may hang.
         with smtplib.SMTP(
             target.smtp_host or "",
@@ -664,7 +673,11 @@ class Alerter:
         self._env = env
         self.max_send_seconds = max_send_seconds
         self._ssl_context = ssl_context
-        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        if rng is None:
+            import random
+
+            rng = random.Random()  # noqa: S311 -- jitter, not cryptography
+        self._rng = rng
 
     def time_bound(self) -> float:
         """Seconds within which :meth:`send` returns, whatever the endpoints do."""
@@ -780,8 +793,8 @@ class Alerter:
                 password = await self._secret(
                     target, "password", target.password_file, target.password_env
                 )
-            msg = email_message(alert, target)
-            smtp_call = partial(_smtp_once, target, msg, password, self._ssl_context)
+            # The message is built in the thread too: the email package is slow to import.
+            smtp_call = partial(_smtp_once, target, alert, password, self._ssl_context)
 
             async def smtp_attempt() -> _Attempt:
                 return await run_blocking(smtp_call, name=f"alert-{target.name}")

@@ -31,9 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from handlers.secrets import describe_exception, install_log_redaction
 
 __all__ = ["MAX_REDIRECTS", "HttpOutcome", "http_once", "run_blocking"]
@@ -118,6 +115,11 @@ def http_once(
     dropped, so that a normal small response is consumed and the connection
     closes cleanly.
     """
+    # Imported here, in the worker thread: requests takes ~100 ms to import, which
+    # must not stall the event loop of the ladder the first time it alerts.
+    import requests
+    from requests.adapters import HTTPAdapter
+
     session = requests.Session()
     session.max_redirects = MAX_REDIRECTS
     session.trust_env = trust_env

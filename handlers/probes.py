@@ -25,20 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import PurePath
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 from handlers.outbound import http_once, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import describe_exception, endpoint
 from unitgen.errors import PolicyError
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["ProbeKind", "ProbeResult", "ProbeSpec", "probe", "probe_with_backoff"]
 
@@ -270,7 +272,10 @@ async def probe_with_backoff(
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     one = run or probe
-    rand = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+    if rng is None:
+        import random
+
+        rng = random.Random()  # noqa: S311 -- jitter, not cryptography
     start = clock()
     result = ProbeResult(False, f"{spec.describe()}: not run", 0.0)
     for n in range(attempts):
@@ -278,7 +283,7 @@ async def probe_with_backoff(
         if result.ok or n == attempts - 1:
             break
         delay = min(max_delay, base * factor**n)
-        delay *= 1.0 + jitter * rand.uniform(-1.0, 1.0)
+        delay *= 1.0 + jitter * rng.uniform(-1.0, 1.0)
         await sleep(max(0.0, delay))
     tries = n + 1
     return ProbeResult(
