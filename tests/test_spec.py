@@ -235,6 +235,8 @@ def test_template_service_name() -> None:
         ({"health": {"command": ["check"]}}, "service.api.health.command[0]", "absolute"),
         ({"depends": [{"command": ["ping"]}]}, "service.api.depends[0].command[0]", "absolute"),
         ({"health": {"http": "ftp://x/"}}, "service.api.health.http", "http://"),
+        ({"health": {"http": "ftp://u:XyZ@x/"}}, "service.api.health.http", "user:password"),
+        ({"health": {"http": "http://[::1/?token=XyZ"}}, "service.api.health.http", "not shown"),
         ({"health": {"http": "http://user:pw@x/"}}, "service.api.health.http", "credentials"),
         ({"health": {"tcp": "localhost"}}, "service.api.health.tcp", "host:port"),
         ({"health": {"tcp": "localhost:99999"}}, "service.api.health.tcp", "1 to 65535"),
@@ -282,6 +284,7 @@ def test_one_problem_at_key(keys: dict[str, object], key: str, fragment: str) ->
     problem = only_problem(with_service(**keys))
     assert problem.key == key
     assert fragment in problem.message
+    assert "XyZ" not in str(problem)  # the marker for values that may be secrets
 
 
 def test_exec_missing() -> None:

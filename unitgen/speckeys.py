@@ -161,16 +161,20 @@ def directive_name(value: str) -> str | None:
 
 
 def http_url(value: str) -> str | None:
+    # A URL's path, query or userinfo may carry a token: messages name the scheme
+    # and host at most, never the whole URL.
+    netloc = value.split("//", 1)[1].split("/", 1)[0] if "//" in value else ""
+    if "@" in netloc:
+        return "a URL without user:password (credentials do not belong in the spec)"
     try:
         parts = urlsplit(value)
-        port = parts.port
+        _ = parts.port
     except ValueError:
-        return f"an http:// or https:// URL with a valid host and port, got {value!r}"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"an http:// or https:// URL, got {value!r}"
-    if parts.username is not None or parts.password is not None:
-        return "a URL without user:password (credentials do not belong in the spec)"
-    del port
+        return "an http:// or https:// URL with a valid host and port (the URL is not shown)"
+    if parts.scheme not in ("http", "https"):
+        return f"an http:// or https:// URL, got the scheme {parts.scheme or 'none'!r}"
+    if not parts.hostname:
+        return "an http:// or https:// URL with a host"
     return None
 
 
