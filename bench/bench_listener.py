@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from handlers.bus import UNIT, SystemdBus, unit_path, unwrap  # noqa: E402
 from handlers.listener import Listener, ListenerOptions  # noqa: E402
-from unitgen.paths import Paths, Scope, paths_for  # noqa: E402
+from unitgen.paths import Scope, paths_for  # noqa: E402
 from unitgen.sandbox import Sandbox  # noqa: E402
 
 UNITGEN = str(Path(sys.executable).with_name("unitgen"))
@@ -298,14 +298,288 @@ async def _latency(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
             print(line(f"dbus-{tag}: {action}", values))
 
 
+# -- flood: parse + route throughput, dbus-next vs dbus-fast -------------------------
+
+EMITTER = r"""
+import asyncio, sys, time
+from dbus_fast.aio import MessageBus
+from dbus_fast import Message, MessageType, Variant
+
+async def main(address, count, units, rate):
+    bus = await MessageBus(bus_address=address).connect()
+    print(bus.unique_name, flush=True)
+    sys.stdin.readline()  # go
+    inv = Variant("ay", bytes(range(16)))
+    msgs = []
+    for i in range(units):
+        label = "f" + str(i) + "_2eservice"
+        msgs.append(Message(message_type=MessageType.SIGNAL,
+            path="/org/freedesktop/systemd1/unit/" + label,
+            interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
+            signature="sa{sv}as",
+            body=["org.freedesktop.systemd1.Unit",
+                  {"ActiveState": Variant("s", "active"), "SubState": Variant("s", "running"),
+                   "InvocationID": inv, "StateChangeTimestamp": Variant("t", 1),
+                   "ActiveEnterTimestamp": Variant("t", 1)}, []]))
+    start = time.monotonic()
+    for n in range(count):
+        m = msgs[n % units]
+        m.serial = 0
+        bus.send(m)
+        if rate and n % 1000 == 999:
+            ahead = (n + 1) / rate - (time.monotonic() - start)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        elif n % 1000 == 999:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.5)
+    print(time.monotonic() - start, flush=True)
+    bus.disconnect()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+async def _flood_one(sb: Sandbox, lib: str, count: int, rate: float) -> dict[str, Any]:
+    from handlers import bus as busmod
+    from unitgen.paths import Paths
+
+    work = Path(tempfile.mkdtemp(prefix="unitgen-flood-"))
+    paths = Paths(Scope.USER, work / "p", work / "s", work / "r", work / "u")
+    listener = Listener(paths, lambda bus: None, globs=["f*.service"], health=False)  # type: ignore[arg-type,return-value]
+    listener.watch.rescan()
+    bus = await SystemdBus.connect(Scope.USER, sb.bus_address, library=lib)
+    got = 0
+    first = last = 0.0
+
+    def on_signal(msg: Any) -> None:
+        nonlocal got, first, last
+        listener._on_signal(msg)
+        got += 1
+        if got == 1:
+            first = time.monotonic()
+        last = time.monotonic()
+
+    emitter = subprocess.Popen(  # noqa: ASYNC220 - harness set-up, before timing
+        [sys.executable, "-c", EMITTER, sb.bus_address, str(count), "1000", str(rate)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert emitter.stdout is not None and emitter.stdin is not None
+    name = emitter.stdout.readline().strip()
+    bus.add_signal_callback(on_signal)
+    await bus.add_match(
+        busmod.match_rule(
+            type="signal",
+            sender=name,
+            interface=busmod.PROPERTIES,
+            member="PropertiesChanged",
+            path_namespace=busmod.UNIT_PATH_PREFIX,
+            arg0=busmod.UNIT,
+        )
+    )
+    cpu0 = time.process_time()
+    emitter.stdin.write("go\n")
+    emitter.stdin.flush()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while got < count and loop.time() < deadline and bus.connected:
+        await asyncio.sleep(0.05)
+        if emitter.poll() is not None and got < count:
+            await asyncio.sleep(1.0)
+            break
+    cpu = time.process_time() - cpu0
+    emitter.wait(30)
+    connected = bus.connected
+    await bus.close()
+    await listener._teardown()
+    shutil.rmtree(work, ignore_errors=True)
+    span = max(last - first, 1e-9)
+    return {
+        "lib": lib,
+        "sent": count,
+        "received": got,
+        "lost": count - got,
+        "still_connected": connected,
+        "per_second": got / span,
+        "cpu_per_signal_us": 1e6 * cpu / max(got, 1),
+        "routed": listener.stats.signals,
+    }
+
+
+async def flood(count: int, rate: float) -> None:
+    with Sandbox.start(Scope.USER) as sb:
+        results = []
+        for lib in ("fast", "next", "fast", "next"):
+            results.append(await _flood_one(sb, lib, count, rate))
+    print(f"\nflood: {count} systemd-shaped PropertiesChanged signals, sent as fast as one")
+    print(
+        f"dbus-fast sender can (rate cap {rate or 'none'}/s); "
+        "receiver = SystemdBus + listener routing\n"
+    )
+    print("| library | sent | received | lost | connected | handled/s | CPU/signal (us) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| dbus-{r['lib']} | {r['sent']} | {r['received']} | {r['lost']} | "
+            f"{r['still_connected']} | {r['per_second']:.0f} | {r['cpu_per_signal_us']:.1f} |"
+        )
+
+
+# -- scale + idle: a separate `unitgen watch` process ----------------------------------
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_status(pid: int, key: str) -> int:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith(key + ":"):
+            return int(row.split()[1])
+    return -1
+
+
+def _ns_pid_map(sb: Sandbox) -> dict[int, int]:
+    """namespace PID -> host PID for every process in the sandbox, one /proc scan."""
+    out: dict[int, int] = {}
+    for host in sb.processes():
+        with contextlib.suppress(OSError, ValueError):
+            for row in Path(f"/proc/{host}/status").read_text().splitlines():
+                if row.startswith("NSpid:"):
+                    out[int(row.split()[-1])] = host
+    return out
+
+
+async def scale(units: int, fail: int, idle: float, lib: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix="unitgen-scale-"))
+    try:
+        stamp = build_stamp(work)
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            await _scale(sb, work, stamp, units, fail, idle, lib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _scale(
+    sb: Sandbox, work: Path, stamp: Path, units: int, fail: int, idle: float, lib: str
+) -> None:
+    import socket
+
+    for k, v in sb.env.items():
+        os.environ[k] = v
+    paths = paths_for(Scope.USER)
+    policy(paths.policy_dir, "s@.service")
+    fifo = Fifo(work / "scale.fifo")
+    sb.install_units(
+        {
+            "s@.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+            f"ExecStart={stamp} {work}/scale.fifo\n"
+        }
+    )
+    names = [f"s@{i}.service" for i in range(units)]
+    for i in range(0, units, 200):
+        sb.systemctl("start", *names[i : i + 200], check=True, timeout=300)
+    fifo.drain()
+    notify_path = work / "notify"
+    ready_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ready_sock.bind(str(notify_path))
+    ready_sock.settimeout(60)
+    env = {**os.environ, **sb.env, "NOTIFY_SOCKET": str(notify_path), "UNITGEN_DBUS": lib}
+    daemon = subprocess.Popen(  # noqa: ASYNC220 - harness set-up, before timing
+        [UNITGEN, "watch", "--user", "--no-export", "--no-health"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "watch.log", "wb"),  # noqa: SIM115, ASYNC230
+    )
+    try:
+        t_start = time.monotonic()
+        while b"READY=1" not in ready_sock.recv(4096):
+            pass
+        ready_after = time.monotonic() - t_start
+        rss_ready = _proc_status(daemon.pid, "VmRSS")
+        # Idle: no events, no health probes.
+        cpu0 = _proc_cpu(daemon.pid)
+        ctx0 = _proc_status(daemon.pid, "voluntary_ctxt_switches")
+        nctx0 = _proc_status(daemon.pid, "nonvoluntary_ctxt_switches")
+        await asyncio.sleep(idle)
+        idle_cpu = _proc_cpu(daemon.pid) - cpu0
+        idle_ctx = _proc_status(daemon.pid, "voluntary_ctxt_switches") - ctx0
+        idle_nctx = _proc_status(daemon.pid, "nonvoluntary_ctxt_switches") - nctx0
+        # Scale: `fail` units killed at once.
+        bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+        victims = names[:: max(1, units // fail)][:fail]
+        ns_pids = [
+            int(await bus.get_property(u, "MainPID", "org.freedesktop.systemd1.Service"))
+            for u in victims
+        ]
+        await bus.close()
+        pid_map = await asyncio.to_thread(_ns_pid_map, sb)
+        host_pids = [pid_map[p] for p in ns_pids]
+        cpu0 = _proc_cpu(daemon.pid)
+        t_kill = time.monotonic_ns()
+        for pid in host_pids:
+            os.kill(pid, 9)
+        stamps = []
+        for _ in range(fail):
+            ts = await asyncio.to_thread(fifo.next_stamp, 30.0)
+            if ts is None:
+                break
+            stamps.append(ts)
+        await asyncio.sleep(1.0)  # let the ladder finish verifying before reading CPU
+        cpu = _proc_cpu(daemon.pid) - cpu0
+        rss = _proc_status(daemon.pid, "VmRSS")
+        hwm = _proc_status(daemon.pid, "VmHWM")
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        ready_sock.close()
+    print(f"\nscale: {units} watched instances of s@.service, {fail} killed at once, dbus-{lib}\n")
+    print("| measure | value |")
+    print("|---|---|")
+    print(
+        f"| READY=1 after start (subscribe + reconcile of {units}) | {ready_after * 1000:.0f} ms |"
+    )
+    print(f"| RSS when ready | {rss_ready / 1024:.1f} MB |")
+    print(f"| idle {idle:.0f} s: CPU | {idle_cpu:.2f} s |")
+    print(
+        f"| idle {idle:.0f} s: voluntary / involuntary context switches "
+        f"| {idle_ctx} / {idle_nctx} |"
+    )
+    print(f"| recovered (new process started) | {len(stamps)} / {fail} |")
+    if stamps:
+        print(f"| kill -> last of {fail} running again | {(max(stamps) - t_kill) / 1e6:.0f} ms |")
+        print(
+            "| kill -> median running again "
+            f"| {(statistics.median(stamps) - t_kill) / 1e6:.0f} ms |"
+        )
+    print(f"| listener CPU for the {fail} recoveries | {cpu:.2f} s |")
+    print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("latency")
     p.add_argument("--trials", type=int, default=100)
+    p = sub.add_parser("flood")
+    p.add_argument("--count", type=int, default=100000)
+    p.add_argument("--rate", type=float, default=0.0, help="cap signals/s (0: as fast as possible)")
+    p = sub.add_parser("scale")
+    p.add_argument("--units", type=int, default=1000)
+    p.add_argument("--fail", type=int, default=200)
+    p.add_argument("--idle", type=float, default=60.0, help="idle seconds measured first")
+    p.add_argument("--lib", choices=("fast", "next"), default="fast")
     args = parser.parse_args()
     if args.mode == "latency":
         asyncio.run(latency(args.trials))
+    elif args.mode == "flood":
+        asyncio.run(flood(args.count, args.rate))
+    else:
+        asyncio.run(scale(args.units, args.fail, args.idle, args.lib))
 
 
 if __name__ == "__main__":

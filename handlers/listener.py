@@ -185,6 +185,7 @@ class Listener:
         trigger_factory: TriggerFactory = default_trigger,
         on_connected: ConnectHook | None = None,
         health: bool = True,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self.paths = paths
         self.scope = paths.scope
@@ -201,6 +202,7 @@ class Listener:
         self._notifier = notifier or Notifier({})
         self._trigger = trigger_factory
         self._on_connected = on_connected
+        self._on_drop = on_drop  # e.g. Metrics.count_dropped("listener")
         self._bus: SystemdBus | None = None
         self._engine: Recoverer | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue(self.options.max_pending)
@@ -492,6 +494,11 @@ class Listener:
             self._queue.put_nowait(unit)
         except asyncio.QueueFull:
             self.stats.dropped += 1
+            if self._on_drop is not None:
+                try:
+                    self._on_drop("listener")
+                except Exception:
+                    log.exception("drop counter failed")
             if not self._resync:
                 log.warning(
                     "listener queue full (%d units); dropping, will reconcile", self._queue.maxsize

@@ -35,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not own org.unitgen.Recovery1 (no event stream, no Recover hand-off)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on a loopback address (e.g. 127.0.0.1:9464)",
+    )
+    parser.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write metrics for node_exporter's textfile collector",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
 
 
@@ -71,14 +81,19 @@ async def _main(args: argparse.Namespace) -> int:
 
     from handlers.bus import SystemdBus
     from handlers.events import FanOut
+    from handlers.journal import JournalSink
     from handlers.listener import Listener, ListenerOptions
+    from handlers.metrics import Metrics, publisher_for
     from handlers.notify import Notifier
     from handlers.recovery import RecoveryEngine
     from unitgen.paths import detect_scope, paths_for
 
     scope = detect_scope(True if args.user else None)
     paths = paths_for(scope)
-    events = FanOut([])
+    metrics = Metrics()
+    # Validated before anything starts: a typo in the unit file fails the start.
+    publisher = publisher_for(metrics, args.metrics_listen, args.metrics_textfile)
+    events = FanOut([metrics, JournalSink(on_drop=metrics.count_dropped)])
     service = None
     engines: list[RecoveryEngine] = []
 
@@ -94,7 +109,7 @@ async def _main(args: argparse.Namespace) -> int:
         from handlers.dbus_api import RecoveryService
 
         if service is None:
-            service = RecoveryService(_Backend(engines[0]))
+            service = RecoveryService(_Backend(engines[0]), on_drop=metrics.count_dropped)
             events.add(service)
         await service.attach(bus.raw)
 
@@ -108,15 +123,20 @@ async def _main(args: argparse.Namespace) -> int:
         options=ListenerOptions(max_concurrency=args.max_concurrency),
         on_connected=export,
         health=not args.no_health,
+        on_drop=metrics.count_dropped,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, listener.stop)
     try:
+        if publisher is not None:
+            await publisher.start()
         await listener.run()
     finally:
         if service is not None:
             await service.close()
+        if publisher is not None:
+            await publisher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
