@@ -23,6 +23,7 @@ strict 2.0 (docs/hardening.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -328,6 +329,14 @@ def directives_for(
     systemd_version: int,
 ) -> tuple[tuple[str, str], ...]:
     """(name, value) pairs of ``profile`` for this scope and systemd version."""
+    return _directives_cached(profile, frozenset(disable), scope, systemd_version)
+
+
+@functools.lru_cache(maxsize=256)
+def _directives_cached(
+    profile: HardeningProfile, disable: frozenset[str], scope: Scope, systemd_version: int
+) -> tuple[tuple[str, str], ...]:
+    # A thousand services share a handful of (profile, disable) combinations.
     return filter_directives(
         PROFILES[profile], disable=disable, scope=scope, systemd_version=systemd_version
     )

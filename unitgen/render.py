@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -190,10 +191,11 @@ def _directive_at(exc: BaseException) -> str:
 # -- views: what the templates see ----------------------------------------------------
 
 
-def _restart_view(restart: Restart | None) -> dict[str, str] | None:
+def _restart_view(restart: Restart | None) -> SimpleNamespace | None:
+    # Namespaces, not dicts: Jinja tries getattr() first, and a miss costs an exception.
     if restart is None:
         return None
-    return {"policy": restart.policy, "delay": format_duration(restart.delay)}
+    return SimpleNamespace(policy=restart.policy, delay=format_duration(restart.delay))
 
 
 def _limits_view(limits: Limits | None) -> tuple[tuple[str, str], ...]:
@@ -385,18 +387,21 @@ def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
         out[svc.unit] = _render_template(
             env,
             "service.j2",
-            {"spec_path": spec.path, "s": _service_view(svc, options)},
+            {"spec_path": spec.path, "s": SimpleNamespace(**_service_view(svc, options))},
             f"{spec.path}: {svc.unit}",
         )
     for ovr in spec.overrides.values():
         out[f"{ovr.unit}.d/{DROPIN_NAME}"] = _render_template(
             env,
             "dropin.j2",
-            {"spec_path": spec.path, "s": _override_view(ovr, options)},
+            {"spec_path": spec.path, "s": SimpleNamespace(**_override_view(ovr, options))},
             f"{spec.path}: {ovr.unit}",
         )
     out[RECOVER_UNIT] = _render_template(
-        env, f"{RECOVER_UNIT}.j2", {"r": _recover_view(spec, options)}, RECOVER_UNIT
+        env,
+        f"{RECOVER_UNIT}.j2",
+        {"r": SimpleNamespace(**_recover_view(spec, options))},
+        RECOVER_UNIT,
     )
     return out
 
