@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sandboxlib import unavailable
 
 from unitgen.cli import main
 from unitgen.paths import Scope
@@ -81,7 +82,7 @@ def test_render_bad_out_dir_is_one_line_exit_2(
 
 def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> None:
     if shutil.which("unshare") is None:
-        pytest.skip("unshare not installed")
+        unavailable("unshare not installed")
     out = tmp_path / "out"
     out.mkdir()
     (out / "web.service").write_text("old\n")
@@ -100,7 +101,7 @@ def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> Non
         check=False,
     )
     if "mount:" in res.stderr and "rc=" not in res.stdout:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     assert "rc=1" in res.stdout, res.stdout + res.stderr
     err = [line for line in res.stderr.splitlines() if line.startswith("unitgen:")]
     assert len(err) == 1 and "No space left" in err[0], res.stderr
@@ -108,6 +109,33 @@ def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> Non
     # The policy dir may exist (created before staging), but nothing was renamed in.
     assert "web.service" in listing and "unitgen-recover@.service" not in listing
     assert res.stdout.rstrip().endswith("old")
+
+
+def test_render_into_a_read_only_dir_is_bad_input(spec: Path, tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        unavailable("unshare not installed")
+    out = tmp_path / "ro"
+    out.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=64k tmpfs {out} && echo old > {out}/web.service && "
+        f"mount -o remount,ro {out} && "
+        f"{sys.executable} -m unitgen render {spec} --out {out} --policy-dir {tmp_path}/pol "
+        f"--systemd-version 252; echo rc=$?; cat {out}/web.service; ls -A {tmp_path}/pol"
+    )
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "mount:" in res.stderr and "rc=" not in res.stdout:
+        unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    assert "rc=2" in res.stdout, res.stdout + res.stderr
+    err = [line for line in res.stderr.splitlines() if line.startswith("unitgen:")]
+    assert len(err) == 1 and "Read-only file system" in err[0], res.stderr
+    after = res.stdout.split("rc=2", 1)[1].split()
+    assert after == ["old"]  # web.service untouched, nothing staged in the policy dir
 
 
 def test_check_passes_a_good_spec(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
