@@ -48,7 +48,7 @@ from functools import partial
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from handlers.outbound import HttpOutcome, http_once, run_blocking
+from handlers.outbound import HttpOutcome, http_once, load_requests, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import describe_exception, endpoint, read_secret
 from unitgen.errors import AlertError, PolicyError
@@ -764,6 +764,7 @@ class Alerter:
             if not url.lower().startswith(("http://", "https://")):
                 raise AlertError(f"{target.where}: the configured URL is not http(s)")
             host = endpoint(url)
+            await load_requests()
             body_obj: object
             if target.type == "webhook":
                 body_obj = webhook_payload(alert)

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from handlers.secrets import describe_exception, install_log_redaction
 
-__all__ = ["MAX_REDIRECTS", "HttpOutcome", "http_once", "run_blocking"]
+__all__ = ["MAX_REDIRECTS", "HttpOutcome", "http_once", "load_requests", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,26 @@ MAX_REDIRECTS = 3
 _DRAIN_LIMIT = 64 * 1024
 
 install_log_redaction()
+
+
+_requests_loaded = threading.Event()
+
+
+def _load_requests() -> None:
+    import requests  # noqa: F401 -- the import is the point
+
+    _requests_loaded.set()
+
+
+async def load_requests() -> None:
+    """Import requests in a worker thread, once; a no-op afterwards.
+
+    Callers await this before starting a timed request, so that the import
+    (100 ms and more on a busy machine) neither blocks the event loop nor eats
+    into a probe's timeout.
+    """
+    if not _requests_loaded.is_set():
+        await run_blocking(_load_requests, name="import-requests")
 
 
 async def run_blocking(fn: Callable[[], T], *, name: str) -> T:
@@ -115,8 +135,8 @@ def http_once(
     dropped, so that a normal small response is consumed and the connection
     closes cleanly.
     """
-    # Imported here, in the worker thread: requests takes ~100 ms to import, which
-    # must not stall the event loop of the ladder the first time it alerts.
+    # Imported here, in the worker thread (normally already done by load_requests):
+    # importing requests on the event loop would stall it.
     import requests
     from requests.adapters import HTTPAdapter
 

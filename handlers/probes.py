@@ -34,7 +34,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
-from handlers.outbound import http_once, run_blocking
+from handlers.outbound import http_once, load_requests, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import describe_exception, endpoint
 from unitgen.errors import PolicyError
@@ -194,6 +194,7 @@ async def _probe_http(spec: ProbeSpec) -> tuple[bool, str]:
         allow_redirects=False,
         trust_env=False,
     )
+    await load_requests()  # once per process, outside the probe's timeout
     try:
         outcome = await asyncio.wait_for(run_blocking(call, name="probe-http"), spec.timeout)
     except TimeoutError:

@@ -304,3 +304,30 @@ async def test_backoff_real_probe(receiver: Receiver) -> None:
 def test_backoff_rejects_zero_attempts() -> None:
     with pytest.raises(ValueError, match="attempts"):
         asyncio.run(probe_with_backoff(ProbeSpec("tcp", "h:1", 1.0), attempts=0))
+
+
+def test_importing_alerts_and_probes_loads_no_heavy_library() -> None:
+    """requests, smtplib and email load in worker threads, never on the ladder's loop."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, handlers.alerts, handlers.probes; "
+        "print(sorted(m for m in ('requests', 'urllib3', 'smtplib', 'email.message') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.asyncio
+async def test_load_requests_marks_requests_loaded(receiver: Receiver) -> None:
+    from handlers import outbound
+
+    await outbound.load_requests()
+    assert outbound._requests_loaded.is_set()
+    await outbound.load_requests()  # the second call is a no-op, no thread
+    result = await probe(http(receiver.url("/"), timeout=0.5))
+    assert result.ok
