@@ -201,3 +201,19 @@ def test_diff_exit_codes(spec: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert {c["status"] for c in payload["changes"]} == {"changed"}
     assert "+RestartMode=direct" in payload["diff"]
     assert main(["diff", str(spec), "--against", str(tmp_path / "missing")]) == 2
+
+
+def test_check_says_when_this_machine_lacks_pid1_nodes(
+    spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import unitgen.hardening
+
+    monkeypatch.setattr(unitgen.hardening, "INACCESSIBLE_DIR", str(tmp_path / "missing"))
+    main(["check", str(spec), "--systemd-version", "252", "--json"])
+    notes = json.loads(capsys.readouterr().out)["environment_notes"]
+    assert len(notes) == 1 and "ProtectHome" in notes[0] and "226/NAMESPACE" in notes[0]
+    main(["check", str(spec), "--systemd-version", "252", "--json", "--user"])
+    assert json.loads(capsys.readouterr().out)["environment_notes"] == []
+    monkeypatch.setattr(unitgen.hardening, "INACCESSIBLE_DIR", str(tmp_path))
+    main(["check", str(spec), "--systemd-version", "252", "--json"])
+    assert json.loads(capsys.readouterr().out)["environment_notes"] == []

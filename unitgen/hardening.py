@@ -296,6 +296,14 @@ DYNAMIC_USER_NOTE = (
 )
 
 
+INACCESSIBLE_DIR = "/run/systemd/inaccessible"
+
+
+def needs_inaccessible_nodes() -> frozenset[str]:
+    """Directives that bind-mount PID 1's inaccessible nodes (left out in user scope)."""
+    return frozenset(d.name for d in _STRICT + _STANDARD + RECOVER_HARDENING if not d.user_scope)
+
+
 def known_directive_names() -> frozenset[str]:
     """Every name ``hardening.disable`` may list."""
     names = {d.name for profile in PROFILES.values() for d in profile}

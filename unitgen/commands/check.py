@@ -26,6 +26,7 @@ from unitgen.commands.render import add_common_arguments, prepare
 
 if TYPE_CHECKING:
     from unitgen.model import Override, Service
+    from unitgen.paths import Scope
 
 HELP = "validate a spec and verify its units with systemd"
 
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                 row.notes.append("no exposure figure: cannot hold it to --max-exposure")
             rows.append(row)
         unattributed = report.errors.get("(verify)", [])
+    environment = _environment_notes(files, options.scope)
     ok = all(r.ok for r in rows) and not unattributed
     if args.json:
         print(
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                     "units": [asdict(r) for r in rows],
                     "verify_errors": unattributed,
                     "verify_notes": report.notes,
+                    "environment_notes": environment,
                 }
             )
         )
@@ -129,9 +132,36 @@ def run(args: argparse.Namespace) -> int:
         _print_table(rows)
         for line in unattributed:
             print(f"verify: {line}")
+        for line in environment:
+            print(f"note (this machine): {line}")
         for line in report.notes:
             print(f"note (not a unit of this spec): {line}")
     return 0 if ok else 1
+
+
+def _environment_notes(files: dict[str, str], scope: Scope) -> list[str]:
+    """Directives that would fail with 226/NAMESPACE on *this* machine (docs/hardening.md)."""
+    from unitgen.hardening import INACCESSIBLE_DIR, needs_inaccessible_nodes
+    from unitgen.paths import Scope
+
+    if scope is Scope.USER or Path(INACCESSIBLE_DIR).is_dir():
+        return []
+    wanted = needs_inaccessible_nodes()
+    used = sorted(
+        {
+            line.split("=", 1)[0]
+            for text in files.values()
+            for line in text.splitlines()
+            if line.split("=", 1)[0] in wanted
+        }
+    )
+    if not used:
+        return []
+    return [
+        f"{INACCESSIBLE_DIR} is missing (systemd is not PID 1 here): units using "
+        f"{', '.join(used)} would fail with 226/NAMESPACE on this machine; "
+        "they work where systemd boots the system"
+    ]
 
 
 def _print_table(rows: list[Row]) -> None:
