@@ -483,8 +483,9 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
                 final.parent.mkdir(exist_ok=True)
                 tmp.replace(final)
                 written.append(final)
-            for directory, _ in trees:
-                _fsync_dir(directory)
+            # The renames are durable only once their directories are synced.
+            for parent in sorted({final.parent for _, final in staged}):
+                _fsync_dir(parent)
         except OSError as exc:
             raise RenderError(
                 f"renaming into place failed after {len(written)} of {len(staged)} files "
