@@ -32,6 +32,7 @@ library is taken from the bus object handed to :meth:`RecoveryService.attach`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import enum
@@ -89,6 +90,11 @@ MUTATING = frozenset({"Reset", "Recover"})
 MAX_CALLS = 256
 # Strings in replies: long enough for any unit name or error line, short enough for one message.
 MAX_REPLY_TEXT = 4096
+# Events waiting for the bus (a burst, or the gap of a reconnect); past this the oldest go.
+MAX_QUEUE = 10_000
+# Signals sent between two round trips to the bus daemon (see RecoveryService._pump).
+SYNC_EVERY = 64
+SYNC_TIMEOUT = 25.0
 TRIGGER = "dbus"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -369,8 +375,13 @@ class RecoveryService:
         *,
         access: AccessPolicy | None = None,
         on_drop: Callable[[str], None] | None = None,
+        max_queue: int = MAX_QUEUE,
     ) -> None:
         self._backend = backend
+        self._max_queue = max_queue
+        self._queue: collections.deque[Event] = collections.deque()
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
         self._access = access or AccessPolicy()
         self._on_drop = on_drop
         self._bus: Any = None
@@ -401,8 +412,18 @@ class RecoveryService:
         bus.add_message_handler(self._on_message)
         bus.export(OBJECT_PATH, iface)
         self._bus, self._lib, self._iface = bus, lib, iface
-        if not request_name:
-            return
+        if request_name:
+            await self._request_name(bus, lib)
+        # Only now: a signal sent before the name was ours would miss sender= matches.
+        self._pump_task = self._loop.create_task(self._pump(bus, lib, iface), name="dbus-signals")
+        self._pump_task.add_done_callback(self._pump_done)
+
+    def _pump_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Typically the bus went away; queued events wait for the next attach().
+            log.warning("signal pump stopped: %s", type(task.exception()).__name__)
+
+    async def _request_name(self, bus: Any, lib: _Lib) -> None:
         try:
             reply = await bus.request_name(BUS_NAME, lib.NameFlag.DO_NOT_QUEUE)
         except Exception as exc:
@@ -415,7 +436,14 @@ class RecoveryService:
             raise SystemdError(f"cannot own {BUS_NAME}: another process owns it ({reply.name})")
 
     async def detach(self) -> None:
-        """Stop serving on the current bus; calls in progress finish or fail quietly."""
+        """Stop serving on the current bus; calls in progress finish or fail quietly.
+
+        Events emitted meanwhile stay queued (up to ``max_queue``) for the next attach.
+        """
+        pump, self._pump_task = self._pump_task, None
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
         bus, self._bus, self._iface = self._bus, None, None
         if bus is None:
             return
@@ -447,22 +475,71 @@ class RecoveryService:
         except RuntimeError:
             running = None
         loop = self._loop
-        if running is not None and running is loop:
-            self._send(event)
+        if running is not None and (loop is None or running is loop):
+            self._enqueue(event)
         elif loop is not None and not loop.is_closed():
-            # From a worker thread: the bus may only be touched on its own loop.
+            # From a worker thread: the queue and the bus belong to the loop.
             try:
-                loop.call_soon_threadsafe(self._send, event)
+                loop.call_soon_threadsafe(self._enqueue, event)
             except RuntimeError:
                 self._drop("loop closed")
         else:
-            self._drop("not attached")
+            self._drop("no event loop")
 
-    def _send(self, event: Event) -> None:
-        iface, lib = self._iface, self._lib
-        if iface is None or lib is None:
-            self._drop("not attached")
-            return
+    def _enqueue(self, event: Event) -> None:
+        if len(self._queue) >= self._max_queue:
+            # Keep the newest: a consumer catching up wants the current state.
+            self._queue.popleft()
+            self._drop("queue full")
+        self._queue.append(event)
+        self._wake.set()
+
+    async def _pump(self, bus: Any, lib: _Lib, iface: Any) -> None:
+        """Send queued events as signals, with flow control.
+
+        Both libraries write queued messages in a loop until the socket would
+        block, and then treat EAGAIN as a broken connection (python-dbus-next
+        #153; dbus-fast inherited the writer). A burst of signals, faster than
+        the bus daemon reads, would so cost us the connection. After every
+        :data:`SYNC_EVERY` signals the pump waits for a round trip to the bus
+        daemon, which answers only once it has read everything before it, so
+        never more than two such windows of signals are unwritten (~32 KiB,
+        against a socket buffer of ~200 KiB).
+        """
+        since_sync = 0
+        # One round trip stays in flight while the next window is sent (two windows
+        # unwritten at most), so the pump is not idle for a whole round trip per window.
+        pending: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self._send(iface, lib, self._queue.popleft())
+                since_sync += 1
+                if since_sync >= SYNC_EVERY:
+                    since_sync = 0
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(self._sync(bus, lib))
+        finally:
+            if pending is not None:
+                if not pending.done():
+                    pending.cancel()
+                elif not pending.cancelled():
+                    pending.exception()  # retrieved: the pump's own failure is what is logged
+
+    async def _sync(self, bus: Any, lib: _Lib) -> None:
+        ping = lib.Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="GetId",
+        )
+        await asyncio.wait_for(bus.call(ping), SYNC_TIMEOUT)
+
+    def _send(self, iface: Any, lib: _Lib, event: Event) -> None:
         try:
             details = {k: lib.Variant(_SIG[type(v)], v) for k, v in public_details(event).items()}
             ts = max(0, int(event.timestamp * 1_000_000))

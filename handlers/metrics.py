@@ -42,6 +42,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from handlers.events import Event, EventKind
@@ -57,6 +58,8 @@ __all__ = [
     "STATES",
     "Metrics",
     "MetricsPublisher",
+    "Snapshot",
+    "format_snapshot",
     "parse_listen",
     "parse_textfile",
     "publisher_for",
@@ -84,6 +87,8 @@ def _escape_help(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    if type(value) is int:
+        return str(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -93,11 +98,30 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _label_text(labels: Labels) -> str:
+    return ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+
+
 def _series(name: str, labels: Labels, value: float) -> str:
     if not labels:
         return f"{name} {_number(value)}"
-    inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-    return f"{name}{{{inner}}} {_number(value)}"
+    return f"{name}{{{_label_text(labels)}}} {_number(value)}"
+
+
+_BUCKET_TEXT = tuple(_number(b) for b in BUCKETS)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A copy of every series, taken on the loop, formatted anywhere (a worker thread)."""
+
+    incidents: dict[Labels, int]
+    attempts: dict[Labels, int]
+    durations: dict[Labels, tuple[tuple[int, ...], int, float]]
+    states: dict[str, str]
+    events: dict[Labels, int]
+    dropped: dict[Labels, int]
+    series_dropped: int
 
 
 class _Histogram:
@@ -121,12 +145,12 @@ class Metrics:
 
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._max_series = max_series
-        self._incidents: dict[Labels, float] = {}
-        self._attempts: dict[Labels, float] = {}
+        self._incidents: dict[Labels, int] = {}
+        self._attempts: dict[Labels, int] = {}
         self._durations: dict[Labels, _Histogram] = {}
         self._states: dict[str, str] = {}
-        self._events: dict[Labels, float] = {}
-        self._dropped: dict[Labels, float] = {}
+        self._events: dict[Labels, int] = {}
+        self._dropped: dict[Labels, int] = {}
         self._series_dropped = 0
         self._opened: dict[str, float] = {}  # incident id -> wall-clock open time
         self._listeners: list[Callable[[], None]] = []
@@ -145,11 +169,11 @@ class Metrics:
             except Exception:
                 log.exception("metrics change listener failed")
 
-    def _inc(self, family: dict[Labels, float], labels: Labels, by: float = 1.0) -> None:
+    def _inc(self, family: dict[Labels, int], labels: Labels, by: int = 1) -> None:
         if labels not in family and len(family) >= self._max_series:
             self._series_dropped += 1
             return
-        family[labels] = family.get(labels, 0.0) + by
+        family[labels] = family.get(labels, 0) + by
 
     def emit(self, event: Event) -> None:
         try:
@@ -225,64 +249,86 @@ class Metrics:
 
     def count_dropped(self, sink: str, n: int = 1) -> None:
         """An event that a sink (or the listener's bounded queue) could not take."""
-        self._inc(self._dropped, (("sink", sink),), float(n))
+        self._inc(self._dropped, (("sink", sink),), n)
         self._changed()
 
     # -- exposition --------------------------------------------------------------------
 
+    def snapshot(self) -> Snapshot:
+        """Copies of every series: cheap, so it is taken on the loop between events."""
+        return Snapshot(
+            incidents=dict(self._incidents),
+            attempts=dict(self._attempts),
+            durations={k: (tuple(h.buckets), h.count, h.total) for k, h in self._durations.items()},
+            states=dict(self._states),
+            events=dict(self._events),
+            dropped=dict(self._dropped),
+            series_dropped=self._series_dropped,
+        )
+
     def render(self) -> str:
-        """The Prometheus text exposition format 0.0.4."""
-        out: list[str] = []
+        """The Prometheus text exposition format 0.0.4 (on the caller's thread)."""
+        return format_snapshot(self.snapshot())
 
-        def family(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {_escape_help(text)}")
-            out.append(f"# TYPE {name} {kind}")
 
-        def counters(name: str, series: Mapping[Labels, float]) -> None:
-            out.extend(_series(name, labels, v) for labels, v in sorted(series.items()))
+def format_snapshot(snap: Snapshot) -> str:
+    """The text exposition format 0.0.4 of a snapshot; pure, safe in a worker thread."""
+    out: list[str] = []
 
-        family("unitgen_build_info", "gauge", "unitgen version, always 1.")
-        out.append(_series("unitgen_build_info", (("version", __version__),), 1))
-        family("unitgen_incidents_total", "counter", "Incidents opened, by unit and reason.")
-        counters("unitgen_incidents_total", self._incidents)
-        family(
-            "unitgen_attempts_total",
-            "counter",
-            "Recovery attempts (restart and verify), by unit, ladder level and result.",
+    def family(name: str, kind: str, text: str) -> None:
+        out.append(f"# HELP {name} {_escape_help(text)}")
+        out.append(f"# TYPE {name} {kind}")
+
+    def counters(name: str, series: Mapping[Labels, int]) -> None:
+        out.extend(_series(name, labels, v) for labels, v in sorted(series.items()))
+
+    family("unitgen_build_info", "gauge", "unitgen version, always 1.")
+    out.append(_series("unitgen_build_info", (("version", __version__),), 1))
+    family("unitgen_incidents_total", "counter", "Incidents opened, by unit and reason.")
+    counters("unitgen_incidents_total", snap.incidents)
+    family(
+        "unitgen_attempts_total",
+        "counter",
+        "Recovery attempts (restart and verify), by unit, ladder level and result.",
+    )
+    counters("unitgen_attempts_total", snap.attempts)
+    name = "unitgen_recovery_duration_seconds"
+    family(name, "histogram", "Time from incident opened to recovered or given up.")
+    for labels, (buckets, count, total) in sorted(snap.durations.items()):
+        prefix = f"{name}_bucket{{{_label_text(labels)},le="
+        out.extend(
+            f'{prefix}"{bound}"}} {n}' for bound, n in zip(_BUCKET_TEXT, buckets, strict=True)
         )
-        counters("unitgen_attempts_total", self._attempts)
-        name = "unitgen_recovery_duration_seconds"
-        family(name, "histogram", "Time from incident opened to recovered or given up.")
-        for labels, hist in sorted(self._durations.items()):
-            for bound, count in zip(BUCKETS, hist.buckets, strict=True):
-                out.append(_series(f"{name}_bucket", (*labels, ("le", _number(bound))), count))
-            out.append(_series(f"{name}_bucket", (*labels, ("le", "+Inf")), hist.count))
-            out.append(_series(f"{name}_sum", labels, hist.total))
-            out.append(_series(f"{name}_count", labels, hist.count))
-        family(
-            "unitgen_unit_state",
-            "gauge",
-            "Recovery state of each watched unit: 1 for its current state, 0 otherwise.",
+        out.append(f'{prefix}"+Inf"}} {count}')
+        out.append(_series(f"{name}_sum", labels, total))
+        out.append(_series(f"{name}_count", labels, count))
+    family(
+        "unitgen_unit_state",
+        "gauge",
+        "Recovery state of each watched unit: 1 for its current state, 0 otherwise.",
+    )
+    for unit, current in sorted(snap.states.items()):
+        unit_label = _escape_label(unit)
+        out.extend(
+            f'unitgen_unit_state{{unit="{unit_label}",state="{state}"}} '
+            f"{1 if state == current else 0}"
+            for state in STATES
         )
-        for unit, current in sorted(self._states.items()):
-            for state in STATES:
-                value = 1 if state == current else 0
-                out.append(_series("unitgen_unit_state", (("unit", unit), ("state", state)), value))
-        family("unitgen_events_total", "counter", "Events published, by kind.")
-        counters("unitgen_events_total", self._events)
-        family(
-            "unitgen_events_dropped_total",
-            "counter",
-            "Events a sink or a bounded queue could not take, by sink.",
-        )
-        counters("unitgen_events_dropped_total", self._dropped)
-        family(
-            "unitgen_series_dropped_total",
-            "counter",
-            "Updates not stored because a metric family reached its series limit.",
-        )
-        out.append(_series("unitgen_series_dropped_total", (), self._series_dropped))
-        return "\n".join(out) + "\n"
+    family("unitgen_events_total", "counter", "Events published, by kind.")
+    counters("unitgen_events_total", snap.events)
+    family(
+        "unitgen_events_dropped_total",
+        "counter",
+        "Events a sink or a bounded queue could not take, by sink.",
+    )
+    counters("unitgen_events_dropped_total", snap.dropped)
+    family(
+        "unitgen_series_dropped_total",
+        "counter",
+        "Updates not stored because a metric family reached its series limit.",
+    )
+    out.append(_series("unitgen_series_dropped_total", (), snap.series_dropped))
+    return "\n".join(out) + "\n"
 
 
 # -- publishing ------------------------------------------------------------------------
@@ -357,6 +403,10 @@ def publisher_for(
     )
 
 
+def _format_and_write(path: Path, snap: Snapshot) -> None:
+    write_textfile(path, format_snapshot(snap))
+
+
 # What a scrape request may be: small and quick, or the connection is dropped.
 _MAX_REQUEST = 8192
 _REQUEST_TIMEOUT = 5.0
@@ -381,6 +431,7 @@ class MetricsPublisher:
         self._writer: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._conns: set[asyncio.Task[None]] = set()
+        self._cached: tuple[int, bytes] | None = None  # (generation, body)
         self.scrapes = 0
         self.writes = 0
 
@@ -428,9 +479,25 @@ class MetricsPublisher:
                 # The last state, so node_exporter does not keep serving a stale one.
                 await self._write_once(self._textfile)
 
+    async def body(self) -> bytes:
+        """The current exposition; formatted off the loop, and only after a change.
+
+        A thousand units are tens of thousands of lines: formatting them on the
+        loop would stall event handling for every scrape.
+        """
+        generation = self.metrics.generation
+        if self._cached is not None and self._cached[0] == generation:
+            return self._cached[1]
+        snap = self.metrics.snapshot()
+        text = await asyncio.to_thread(format_snapshot, snap)
+        body = text.encode("utf-8")
+        self._cached = (generation, body)
+        return body
+
     async def _write_once(self, path: Path) -> None:
+        snap = self.metrics.snapshot()
         try:
-            await asyncio.to_thread(write_textfile, path, self.metrics.render())
+            await asyncio.to_thread(_format_and_write, path, snap)
             self.writes += 1
         except OSError as exc:
             log.warning("metrics textfile %s: %s", path, exc.strerror or type(exc).__name__)
@@ -480,7 +547,7 @@ class MetricsPublisher:
         if target.split("?", 1)[0] not in ("/metrics", "/"):
             await _respond(writer, 404, "Not Found", b"try /metrics\n")
             return
-        body = self.metrics.render().encode("utf-8")
+        body = await self.body()
         self.scrapes += 1
         await _respond(writer, 200, "OK", body, head_only=method == "HEAD")
 

@@ -427,11 +427,40 @@ async def test_a_second_daemon_cannot_take_the_name(
 
 
 @pytest.mark.asyncio
-async def test_emit_without_a_bus_counts_a_drop_and_does_not_raise() -> None:
+async def test_events_wait_for_the_bus_and_the_oldest_go_first_when_full(
+    bus_daemon: PrivateBus, lib_name: str, client: Any
+) -> None:
     drops: list[str] = []
-    service = RecoveryService(FakeBackend(), on_drop=drops.append)
-    service.emit(event(EventKind.GAVE_UP))
-    assert service.dropped == 1 and drops == ["dbus"]
+    service = RecoveryService(FakeBackend(), on_drop=drops.append, max_queue=3)
+    for i in range(5):  # emitted before there is a bus, e.g. across a reconnect
+        service.emit(event(EventKind.STEP_STARTED, unit=f"q{i}.service"))
+    assert service.dropped == 2 and drops == ["dbus", "dbus"]
+    queue = await subscribe(client)
+    bus = await connect(lib_name, bus_daemon.address)
+    try:
+        await service.attach(bus)
+        got = [(await asyncio.wait_for(queue.get(), 10)).body[0] for _ in range(3)]
+    finally:
+        await service.close()
+        await disconnect(bus)
+    assert got == ["q2.service", "q3.service", "q4.service"]
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_signals_does_not_break_the_connection(
+    served: tuple[RecoveryService, FakeBackend, Any], client: Any
+) -> None:
+    """Both libraries drop the connection on EAGAIN (python-dbus-next#153): flow control."""
+    service, _, bus = served
+    queue = await subscribe(client)
+    n = 5000
+    for i in range(n):
+        service.emit(event(EventKind.STEP_FINISHED, unit=f"b{i}.service", step="restarting"))
+    for i in range(n):
+        msg = await asyncio.wait_for(queue.get(), 30)
+        assert msg.body[0] == f"b{i}.service"
+    assert service.sent == n and service.dropped == 0
+    assert bus.connected
 
 
 @pytest.mark.asyncio
