@@ -60,16 +60,25 @@ ALERT_TYPES = ("webhook", "slack", "alertmanager", "email", "command")
 
 # -- string rules: each returns what was expected, or None ---------------------------
 
+
+def _show(value: str) -> str:
+    """A value quoted for a one-line message, shortened if long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 PATH_MAX = 4095  # bytes, without the NUL
 NAME_MAX = 255
 
 
 def absolute_path(value: str) -> str | None:
     if not value.startswith("/"):
-        return f"an absolute path (starting with '/'), got {value!r}"
+        return f"an absolute path (starting with '/'), got {_show(value)}"
+    if "/../" in value + "/":
+        return f"an absolute path without '..' components, got {_show(value)}"
+    if len(value) <= NAME_MAX // 4:
+        return None  # even at 4 bytes a character, no component or total can be too long
     parts = value.split("/")
-    if ".." in parts:
-        return f"an absolute path without '..' components, got {value!r}"
     if len(value.encode()) > PATH_MAX:
         return f"a path of at most {PATH_MAX} bytes"
     if any(len(p.encode()) > NAME_MAX for p in parts):
@@ -91,12 +100,13 @@ def relative_directory(value: str) -> str | None:
     if not value:
         return "a directory name, got an empty string"
     if value.startswith("/"):
-        return (
-            f"a name relative to systemd's base directory (like 'api'), got the absolute {value!r}"
-        )
+        where = "a name relative to systemd's base directory (like 'api')"
+        return f"{where}, got the absolute {_show(value)}"
     parts = value.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        return f"a relative directory name without empty, '.' or '..' components, got {value!r}"
+        return (
+            f"a relative directory name without empty, '.' or '..' components, got {_show(value)}"
+        )
     if len(value.encode()) > PATH_MAX or any(len(p.encode()) > NAME_MAX for p in parts):
         return "a shorter directory name"
     return None
@@ -111,7 +121,8 @@ def user_or_group(value: str) -> str | None:
         return None if int(value) < 2**32 - 1 and len(value) <= 10 else "a valid numeric id"
     if _USER.fullmatch(value):
         return None
-    return f"a user or group name like 'api' (letters, digits, '_', '-', at most 31), got {value!r}"
+    rule = "letters, digits, '_', '-', at most 31"
+    return f"a user or group name like 'api' ({rule}), got {_show(value)}"
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -120,7 +131,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def env_name(value: str) -> str | None:
     if _ENV_NAME.fullmatch(value) and len(value) <= 256:
         return None
-    return f"an environment variable name like 'API_PORT', got {value!r}"
+    return f"an environment variable name like 'API_PORT', got {_show(value)}"
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -129,7 +140,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def alert_name(value: str) -> str | None:
     if _NAME.fullmatch(value):
         return None
-    return f"an alert name of letters, digits, '_', '.', '-' (at most 64), got {value!r}"
+    return f"an alert name of letters, digits, '_', '.', '-' (at most 64), got {_show(value)}"
 
 
 def service_name(value: str) -> str | None:
@@ -157,7 +168,7 @@ def directive_name(value: str) -> str | None:
     close = difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     example = "like 'MemoryDenyWriteExecute'"
-    return f"a directive that a hardening profile sets, {example}, got {value!r}{hint}"
+    return f"a directive that a hardening profile sets, {example}, got {_show(value)}{hint}"
 
 
 def http_url(value: str) -> str | None:
@@ -179,12 +190,12 @@ def http_url(value: str) -> str | None:
 
 
 def host_port(value: str) -> str | None:
-    what = f"'host:port' like '127.0.0.1:6379' or '[::1]:6379', got {value!r}"
+    what = f"'host:port' like '127.0.0.1:6379' or '[::1]:6379', got {_show(value)}"
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit():
         return what
     if not 1 <= int(port) <= 65535 or len(port) > 5:
-        return f"a port from 1 to 65535 in {value!r}"
+        return f"a port from 1 to 65535 in {_show(value)}"
     if host.startswith("["):
         if not host.endswith("]"):
             return what
@@ -200,9 +211,10 @@ def host_port(value: str) -> str | None:
 
 def label_name(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) or value.startswith("__"):
-        return f"a Prometheus label name ([A-Za-z_][A-Za-z0-9_]*, not '__'-prefixed), got {value!r}"
+        rule = "[A-Za-z_][A-Za-z0-9_]*, not '__'-prefixed"
+        return f"a Prometheus label name ({rule}), got {_show(value)}"
     if value in ("alertname", "unit", "instance", "incident", "reason"):
-        return f"a label name unitgen does not set itself, got the reserved {value!r}"
+        return f"a label name unitgen does not set itself, got the reserved {_show(value)}"
     return None
 
 
@@ -213,14 +225,14 @@ def email_address(value: str) -> str | None:
     return (
         None
         if _ADDRESS.fullmatch(value)
-        else f"one plain e-mail address (user@host), got {value!r}"
+        else f"one plain e-mail address (user@host), got {_show(value)}"
     )
 
 
 def smtp_host(value: str) -> str | None:
     if value and not re.search(r"[\s/]", value):
         return None
-    return f"a host name or address, got {value!r}"
+    return f"a host name or address, got {_show(value)}"
 
 
 # Defaults that are not a literal value: documented, but kept out of the JSON Schema.

@@ -42,6 +42,11 @@ UNIT_TYPES = frozenset(
 _VALID_CHARS = frozenset(string.ascii_letters + string.digits + ":-_.\\")
 
 
+def _show(name: str) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class UnitNameKind(enum.Flag):
     PLAIN = enum.auto()
     INSTANCE = enum.auto()
@@ -76,19 +81,19 @@ def unit_name_problem(
         return f"a unit name of at most {UNIT_NAME_MAX} characters, got {len(name)}"
     stem, dot, suffix = name.rpartition(".")
     if not dot or not stem:
-        return f"a unit name with a type suffix like 'foo.service', got {name!r}"
+        return f"a unit name with a type suffix like 'foo.service', got {_show(name)}"
     if suffix not in UNIT_TYPES:
         known = ", ".join(sorted(UNIT_TYPES))
-        return f"a unit type suffix ({known}), got {('.' + suffix)!r} in {name!r}"
+        return f"a unit type suffix ({known}), got {('.' + suffix)!r} in {_show(name)}"
     bad = sorted({c for c in stem if c not in _VALID_CHARS and c != "@"})
     if bad:
         shown = "".join(bad)
         return (
             "a unit name of ASCII letters, digits and ':-_.\\' (plus '@' for templates), "
-            f"got {shown!r} in {name!r}"
+            f"got {shown!r} in {_show(name)}"
         )
     if stem.startswith("@"):
-        return f"a unit name with a prefix before '@', got {name!r}"
+        return f"a unit name with a prefix before '@', got {_show(name)}"
     kind = _kind(name)
     if not kind & allowed:
         wanted = " or ".join(
@@ -97,7 +102,7 @@ def unit_name_problem(
             if k & allowed and k.name
         )
         assert kind.name is not None
-        return f"a {wanted} unit name, got the {kind.name.lower()} {name!r}"
+        return f"a {wanted} unit name, got the {kind.name.lower()} {_show(name)}"
     if suffix not in types:
-        return f"a unit of type {', '.join('.' + t for t in sorted(types))}, got {name!r}"
+        return f"a unit of type {', '.join('.' + t for t in sorted(types))}, got {_show(name)}"
     return None
