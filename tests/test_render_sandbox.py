@@ -108,7 +108,13 @@ def test_hostile_values_round_trip_through_systemd(user_sandbox: Sandbox, tmp_pa
             Service(
                 name=f"hostile{n}",
                 unit=f"ugq-hostile{n}.service",
-                description=f"d{n} " + " | ".join(chunk) + " |",
+                # Odd chunks put a hostile value first and last: a Description that
+                # starts and ends with quotes or '#' must stay as it is.
+                description=(
+                    f"d{n} " + " | ".join(chunk) + " |"
+                    if n % 2 == 0
+                    else f'"{chunk[0]}" ' + " | ".join(chunk) + ' "'
+                ),
                 exec=("/usr/bin/python3", str(recorder), str(out), *chunk),
                 type="exec",
                 environment=tuple((f"H_{i}", v) for i, v in enumerate(chunk)),
