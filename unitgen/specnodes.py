@@ -176,18 +176,17 @@ class Text(Node):
         pattern: str | None = None,
         min_length: int = 0,
         max_length: int = 4096,
-        convert: Callable[[str], object] | None = None,
     ) -> None:
         self.rule = rule
         self.type_doc = type_doc
         self.pattern = pattern
         self.min_length = min_length
         self.max_length = max_length
-        self.convert = convert
 
     def check(self, value: object, key: str, out: Collector) -> object:
         if not isinstance(value, str):
-            out.expected(key, self.type_doc if self.type_doc != "string" else "a string", value)
+            what = "a string" if self.type_doc == "string" else f"a string ({self.type_doc})"
+            out.expected(key, what, value)
             return INVALID
         if FORBIDDEN_CHARS.search(value):
             return INVALID  # the pre-scan in specfile reported it, at this very key
@@ -202,7 +201,7 @@ class Text(Node):
             if problem is not None:
                 out.add(key, f"expected {problem}")
                 return INVALID
-        return self.convert(value) if self.convert is not None else value
+        return value
 
     def schema(self) -> JSON:
         s: JSON = {"type": "string"}
@@ -447,33 +446,32 @@ class ThresholdNode(Node):
         self.build = build
         self.sizes = sizes
         self.type_doc = "threshold"
-        self._absolute = SizeOrPercent(percent=False) if sizes else Integer(minimum=1)
+        self._what = "a percentage like '10%' or " + (
+            "a size like '1G'" if sizes else "a count of at least 1"
+        )
 
     def _one(self, value: object, key: str, out: Collector) -> tuple[str, float | int] | None:
-        if isinstance(value, str) and value.strip().endswith("%"):
-            pct = Percent().check(value, key, out)
-            return None if pct is INVALID else ("percent", float(str(pct)[:-1]))
-        if self.sizes and isinstance(value, str | int) and not isinstance(value, bool):
-            if isinstance(value, str) and FORBIDDEN_CHARS.search(value):
-                return None
-            try:
-                size = parse_size(value)
-            except QuantityError:
-                pass  # falls through to the message naming both spellings
-            else:
-                if size > 0:
-                    return ("bytes", size)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            count = self._absolute.check(value, key, out)
-            return None if count is INVALID else ("bytes", int(str(count)))
         if isinstance(value, str) and FORBIDDEN_CHARS.search(value):
-            return None
-        what = (
-            "a percentage like '10%' or a size like '1G'"
-            if self.sizes
-            else ("a percentage like '10%' or a count of at least 1")
-        )
-        out.expected(key, what, value)
+            return None  # reported by the pre-scan
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return ("percent", parse_percent(value))
+            except QuantityError as exc:
+                out.add(key, f"expected {exc}")
+                return None
+        absolute = 0
+        if isinstance(value, bool):
+            pass
+        elif self.sizes and isinstance(value, str | int):
+            try:
+                absolute = parse_size(value)
+            except QuantityError:
+                absolute = 0  # the message below names both spellings
+        elif isinstance(value, int):
+            absolute = value
+        if absolute > 0:
+            return ("absolute", absolute)
+        out.expected(key, self._what, value)
         return None
 
     def check(self, value: object, key: str, out: Collector) -> object:
@@ -498,7 +496,7 @@ class ThresholdNode(Node):
         if not ok:
             return INVALID
         pct = found.get("percent")
-        absolute = found.get("bytes")
+        absolute = found.get("absolute")
         return self.build(
             None if pct is None else float(pct), None if absolute is None else int(absolute)
         )
