@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from handlers import backoff, ladder
@@ -42,7 +43,7 @@ from handlers.diagnose import (
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
 from handlers.locks import UnitLock, check_unit_name
-from handlers.store import IncidentRow, Stamp, Store, boot_id
+from handlers.store import AttemptRow, IncidentRow, Stamp, Store, boot_id
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
 from unitgen.model import Probe, Threshold
 from unitgen.paths import Paths, Scope
@@ -186,6 +187,7 @@ class _Run:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     journal_task: asyncio.Task[tuple[str, ...]] | None = None
+    rows: list[AttemptRow] = field(default_factory=list)  # steps not yet written
 
     @property
     def incident_id(self) -> str:
@@ -243,6 +245,8 @@ class RecoveryEngine:
             self.store = Store.open(paths.database)
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[Alerter, Alert, str]] = []
+        self._policies: dict[str, tuple[tuple[int, ...], Policy]] = {}
         self._alerters: dict[str, Alerter | None] = {}
 
     @property
@@ -370,6 +374,7 @@ class RecoveryEngine:
             task.cancel()
         if self._deferred:
             await asyncio.gather(*self._deferred, return_exceptions=True)
+        self._flush_alerts()
         if self._pending:
             bound = timeout
             if bound is None:
@@ -507,6 +512,7 @@ class RecoveryEngine:
                 if _ACTION[state]:
                     self._record_step(run, _ACTION[state], verdict.value, run.detail, took)
                 if t.attempt_failed:
+                    self._flush_rows(run)
                     self.store.amend_last_restart(
                         run.incident_id, result="failed", reason=run.detail
                     )
@@ -516,6 +522,7 @@ class RecoveryEngine:
         except BaseException:
             if run.journal_task is not None:
                 run.journal_task.cancel()
+            self._flush_rows(run)
             raise
         return await self._finish(run, state)
 
@@ -553,10 +560,6 @@ class RecoveryEngine:
             health_failed=health,
         )
         run.diagnosis = diag
-        if self._read_journal and run.journal_task is None and not diag.active:
-            run.journal_task = asyncio.create_task(
-                read_journal(unit, user=self.paths.scope is Scope.USER), name=f"journal {unit}"
-            )
         if restart_pending(props):
             run.detail = f"systemd is restarting it ({diag.sub_state})"
             self._note_systemd(run)
@@ -684,11 +687,11 @@ class RecoveryEngine:
     async def _check_dependencies(self, run: _Run) -> Verdict:
         down: list[str] = []
         details: list[str] = []
-        for dep in self._systemd_dependencies(run):
-            if dep in run.visited:
-                continue  # a cycle: it is being recovered further up this chain
-            props = await self._properties(dep)
-            if props.get("ActiveState") != "failed":
+        deps = [d for d in self._systemd_dependencies(run) if d not in run.visited]
+        states = await self._active_states(deps)
+        for dep in deps:
+            # (visited ones are skipped: a cycle, being recovered further up this chain)
+            if states.get(dep) != "failed":
                 continue
             outcome = await self._recover_dependency(dep, run)
             details.append(f"{dep}: {outcome.state.value} ({outcome.reason})")
@@ -712,6 +715,17 @@ class RecoveryEngine:
         if run.level is Level.CLEANUP_THEN_RESTART:
             return Verdict.CLEANUP_NEXT
         return Verdict.OK
+
+    async def _active_states(self, units: list[str]) -> dict[str, str]:
+        """ActiveState of each unit: one ListUnitsByPatterns when the bus has it."""
+        if not units:
+            return {}
+        lister = getattr(self.bus, "list_units", None)
+        if lister is not None:
+            # Units that are not loaded are not listed, and are not failed either.
+            rows = await lister(patterns=units)
+            return {r.name: r.active_state for r in rows}
+        return {u: str((await self._properties(u)).get("ActiveState", "")) for u in units}
 
     async def _recover_dependency(self, dep: str, run: _Run) -> Outcome:
         trigger = Trigger("dependency", reason=f"dependency of {run.unit}")
@@ -799,9 +813,8 @@ class RecoveryEngine:
         if run.diagnosis is not None and run.diagnosis.classification == "oom-kill":
             run.notes.append("the unit was oom-killed")
             self._alert(run, "firing", run.level, f"{run.unit} was killed by the OOM killer")
-        mem = await asyncio.to_thread(
-            resources.memory_status, _threshold(resources, policy.memory.min_available)
-        )
+        # /proc/meminfo is generated in memory: reading it cannot block like statvfs can.
+        mem = resources.memory_status(_threshold(resources, policy.memory.min_available))
         if not mem.ok:
             run.notes.append(f"memory low: {mem.reason}")
         paths = self._disk_paths(run)
@@ -862,6 +875,10 @@ class RecoveryEngine:
         run.used += 1
         run.restarts += 1
         run.last_attempt_at = started
+        run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
+        # Counted before it is made: a process killed right after RestartUnit must not
+        # leave an attempt the next run does not see (the budget is never exceeded).
+        self._record_step(run, "restart", "started", run.detail, 0.0)
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
@@ -872,13 +889,34 @@ class RecoveryEngine:
             await self.bus.restart(unit, "replace")
         except SystemdError as exc:
             run.detail = f"restart refused: {exc}"
-            self._record_step(
-                run, "restart", "failed", run.detail, self.clock.monotonic() - started
+            self.store.amend_last_restart(
+                run.incident_id,
+                result="failed",
+                reason=run.detail,
+                duration=self.clock.monotonic() - started,
             )
             return Verdict.FAILED
-        run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
-        self._record_step(run, "restart", "started", run.detail, self.clock.monotonic() - started)
+        finally:
+            # Whatever came before the restart (journal, alerts) waits until it is issued.
+            self._after_restart_call(run)
+        self.store.amend_last_restart(
+            run.incident_id,
+            result="started",
+            reason=run.detail,
+            duration=self.clock.monotonic() - started,
+        )
         return Verdict.OK
+
+    def _after_restart_call(self, run: _Run) -> None:
+        self._start_journal(run)
+        self._flush_alerts()
+
+    def _start_journal(self, run: _Run) -> None:
+        if self._read_journal and run.journal_task is None and run.restarts <= 1:
+            run.journal_task = asyncio.create_task(
+                read_journal(run.unit, user=self.paths.scope is Scope.USER),
+                name=f"journal {run.unit}",
+            )
 
     async def _restart_dependencies(self, run: _Run) -> None:
         diag = run.diagnosis
@@ -960,6 +998,9 @@ class RecoveryEngine:
     # --- the end of a run -----------------------------------------------------------------
 
     async def _finish(self, run: _Run, state: State) -> Outcome:
+        self._flush_rows(run)
+        if run.restarts == 0 and run.incident is not None:
+            self._start_journal(run)
         now = self._stamp()
         inc = run.incident
         journal: tuple[str, ...] = ()
@@ -1015,6 +1056,7 @@ class RecoveryEngine:
                 pass
         elif run.reason == "" and self.dry_run:
             run.reason = "dry run"
+        self._flush_alerts()
         return self._outcome(run, state, run.reason or run.detail, journal)
 
     def _outcome(
@@ -1086,9 +1128,18 @@ class RecoveryEngine:
             ended_at=self.clock.time() if status == "resolved" else None,
             host=self.host,
         )
-        task = asyncio.create_task(self._deliver(alerter, alert, key), name=f"alert {unit}")
-        self._pending.add(task)
-        task.add_done_callback(self._alert_done)
+        # Queued, not sent: building the alert imports requests, which must not delay
+        # the restart. Flushed right after RestartUnit, and when the run ends.
+        self._queued.append((alerter, alert, key))
+
+    def _flush_alerts(self) -> None:
+        queued, self._queued = self._queued, []
+        for alerter, alert, key in queued:
+            task = asyncio.create_task(
+                self._deliver(alerter, alert, key), name=f"alert {alert.unit}"
+            )
+            self._pending.add(task)
+            task.add_done_callback(self._alert_done)
 
     async def _deliver(self, alerter: Alerter, alert: Alert, key: str) -> None:
         deliveries: list[Delivery] = await alerter.send(alert)
@@ -1171,13 +1222,20 @@ class RecoveryEngine:
         return Stamp(self.clock.monotonic(), self.clock.time(), self._boot)
 
     def _policy(self, unit: str, notes: list[str]) -> Policy:
+        # Re-read only when a candidate file changed: the listener reads it per failure.
+        key = _policy_stat(unit, self.paths.policy_dir)
+        cached = self._policies.get(unit)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
-            return load_policy(unit, self.paths.policy_dir)
+            policy = load_policy(unit, self.paths.policy_dir)
         except PolicyError as exc:
             # Recovery must not stop on a broken policy file; the operator is told.
             notes.append(f"policy unreadable, using the defaults: {exc}")
             log.warning("%s", exc)
             return default_policy(unit)
+        self._policies[unit] = (key, policy)
+        return policy
 
     async def _properties(self, unit: str) -> dict[str, Any]:
         return await self.bus.unit_properties(unit)
@@ -1209,16 +1267,27 @@ class RecoveryEngine:
     ) -> None:
         if run.incident is None:
             return
-        self.store.record_attempt(
-            run.incident.id,
-            run.unit,
-            at=self._stamp(),
-            level=int(run.level),
-            action=action,
-            result=result,
-            reason=reason[:1000],
-            duration=duration,
+        run.rows.append(
+            AttemptRow(
+                run.incident.id,
+                run.unit,
+                self._stamp(),
+                int(run.level),
+                action,
+                result,
+                reason[:1000],
+                duration,
+            )
         )
+        if action == "restart" or len(run.rows) >= 32:
+            # The restart row (and the steps before it) are on disk before RestartUnit.
+            self._flush_rows(run)
+
+    def _flush_rows(self, run: _Run) -> None:
+        rows, run.rows = run.rows, []
+        if rows:
+            # One transaction for the steps of a run: each commit is a WAL append.
+            self.store.record_attempts(rows)
 
     def _record_trigger(
         self, incident_id: str, unit: str, trigger: Trigger, disposition: str
@@ -1284,6 +1353,22 @@ def _alerter(policy: Policy) -> Alerter | None:
 
     targets = [AlertTarget.from_mapping(m) for m in policy.alerts]
     return Alerter(targets)
+
+
+def _policy_stat(unit: str, policy_dir: Path) -> tuple[int, ...]:
+    names = [f"{unit}.json"]
+    prefix, at, rest = unit.partition("@")
+    if at and "." in rest:
+        names.append(f"{prefix}@.{rest.rsplit('.', 1)[1]}.json")
+    out: list[int] = []
+    for name in names:
+        try:
+            st = (policy_dir / name).stat()
+        except OSError:
+            out.extend((0, 0, 0))
+        else:
+            out.extend((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
 
 
 def _threshold(resources: Any, t: Threshold) -> Any:

@@ -371,12 +371,51 @@ class Store:
             (incident_id, unit, at.wall, at.mono, at.boot, level, action, result, reason, duration),
         )
 
-    def amend_last_restart(self, incident_id: str, *, result: str, reason: str) -> None:
-        """Mark the incident's last restart as failed after the fact (min_uptime)."""
+    def record_attempts(self, rows: list[AttemptRow]) -> None:
+        """Several steps in one transaction (one WAL commit instead of one each)."""
+        params = [
+            (
+                r.incident_id,
+                r.unit,
+                r.at.wall,
+                r.at.mono,
+                r.at.boot,
+                r.level,
+                r.action,
+                r.result,
+                r.reason,
+                r.duration,
+            )
+            for r in rows
+        ]
+        sql = (
+            "INSERT INTO attempts(incident_id, unit, wall, mono, boot, level, action, result,"
+            " reason, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        for _ in range(2):
+            try:
+                with self._writing() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.executemany(sql, params)
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                    return
+            except _Retry:
+                continue
+        raise StateError("history: could not record attempts")
+
+    def amend_last_restart(
+        self, incident_id: str, *, result: str, reason: str, duration: float | None = None
+    ) -> None:
+        """Set the result of the incident's last restart after the fact (min_uptime)."""
         self._exec(
-            "UPDATE attempts SET result = ?, reason = ? WHERE id = (SELECT max(id) FROM"
-            " attempts WHERE incident_id = ? AND action = 'restart')",
-            (result, reason, incident_id),
+            "UPDATE attempts SET result = ?, reason = ?, duration = coalesce(?, duration)"
+            " WHERE id = (SELECT max(id) FROM attempts WHERE incident_id = ?"
+            " AND action = 'restart')",
+            (result, reason, duration, incident_id),
         )
 
     def attempts(self, incident_id: str) -> list[AttemptRow]:

@@ -477,13 +477,24 @@ async def test_counts_survive_a_new_engine(tmp_path: Path) -> None:
         Policy(unit="api.service", recovery=dataclasses.replace(FAST, max_attempts=3)),
     )
     engine, _s, _a = _engine(tmp_path, bus, clock)
+    real_restart = bus.restart
+    second = asyncio.Event()
+
+    async def restart_then_hang(name: str, mode: str = "replace") -> str:
+        job = await real_restart(name, mode)
+        if len(bus.restarted()) == 2:
+            second.set()
+            await asyncio.Event().wait()  # killed right after its second RestartUnit
+        return job
+
+    bus.restart = restart_then_hang  # type: ignore[method-assign]
     task = asyncio.create_task(engine.recover("api.service", ONFAIL))
-    while len(bus.restarted()) < 2:  # noqa: ASYNC110 -- the fake has no event to wait on
-        await asyncio.sleep(0)
+    await asyncio.wait_for(second.wait(), 5)
     task.cancel()  # dies mid-incident
     with pytest.raises(asyncio.CancelledError):
         await task
     engine.store.close()
+    bus.restart = real_restart  # type: ignore[method-assign]
     engine2, _s2, _a2 = _engine(tmp_path, bus, clock)
     out = await engine2.recover("api.service", Trigger("reconcile"))
     await engine2.aclose()

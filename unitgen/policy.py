@@ -130,8 +130,15 @@ def load_policy(unit: str, policy_dir: Path) -> Policy:
 # -- dict -> dataclass, checked against the type hints -------------------------------
 
 
+# get_type_hints compiles every annotation string on each call (~1 ms per class); the
+# handler reads a policy on every failure, so resolve each class once.
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
 def _build(cls: type[Any], raw: Mapping[str, Any], source: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
