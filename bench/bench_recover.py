@@ -6,12 +6,12 @@ Four measurements, all in one run (the machine is noisy: compare within a run):
 
 1. Python start-up, side by side: bare ``python -c pass``; the imports of the
    recover path (cli, command, engine, bus layer, the D-Bus library); and
-   ``unitgen recover --help``-free start: ``python -m unitgen --version``.
+   ``unitgen --version`` (the console script, argparse, no command imported).
 2. Failed -> RestartUnit through the real OnFailure= path in a disposable user
    manager: a service with ``OnFailure=unitgen-recover@%n.service`` is killed
    (SIGKILL) and systemd's own ``InactiveEnterTimestampMonotonic`` (entered
-   failed) is compared with the monotonic time the ladder recorded right after
-   RestartUnit returned (the ``restart`` row in the history). Same clock:
+   failed) is compared with the monotonic time the ladder stamped on its
+   ``restart`` row, just before ResetFailedUnit + RestartUnit. Same clock:
    CLOCK_MONOTONIC is system-wide. Also: failed -> new main process started
    (``ExecMainStartTimestampMonotonic``).
 3. The same failure handled in-process (as the listener does): recover() call
