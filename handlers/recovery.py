@@ -1047,6 +1047,20 @@ class RecoveryEngine:
             run.reason = f"given up earlier ({inc.reason}); run `unitgen reset {run.unit}`"
         elif state is State.NOT_NEEDED:
             run.reason = run.detail or "already active"
+            last = self.store.last_incident(run.unit)
+            if last is not None and last.state == "open":
+                # An incident left open (its process was killed after the restart, or
+                # systemd's Restart= finished the job): the unit is up, so it is over.
+                self.store.close_incident(
+                    last.id, state="recovered", reason="active again (seen later)", at=now
+                )
+                run.incident = last
+                self._emit(run, EventKind.RECOVERED, attempts=run.used)
+                closed = self.store.incident(last.id) or last
+                if self.watch_uptime:
+                    await self._resolve(run.unit, run.policy, closed)
+                else:
+                    self._resolve_later(run, closed)
             await self._resolve_reset(run.unit, run.policy)
         elif state is State.WAITING_FOR_SYSTEMD:
             run.reason = run.detail or "systemd is restarting it"

@@ -755,3 +755,34 @@ async def test_reset_while_failed_resolves_on_the_next_recovery(tmp_path: Path) 
     assert out.state is State.RECOVERED and out.incident_id != gave_up.incident_id
     resolved = [a for a in alerter.sent if a.status == "resolved"]
     assert {a.incident_id for a in resolved} == {gave_up.incident_id, out.incident_id}
+
+
+@pytest.mark.asyncio
+async def test_open_incident_of_a_killed_process_closes_when_seen_active(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service")
+    bus = FakeBus(unit, clock=clock)
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    real_restart = bus.restart
+    hang = asyncio.Event()
+
+    async def restart_then_die(name: str, mode: str = "replace") -> str:
+        job = await real_restart(name, mode)
+        hang.set()
+        await asyncio.Event().wait()
+        return job
+
+    bus.restart = restart_then_die  # type: ignore[method-assign]
+    task = asyncio.create_task(engine.recover("api.service", ONFAIL))
+    await asyncio.wait_for(hang.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    engine.store.close()
+    engine2, sink, _a2 = _engine(tmp_path, bus, clock)
+    out = await engine2.recover("api.service", Trigger("reconcile"))
+    await engine2.aclose()
+    assert out.state is State.NOT_NEEDED
+    last = Store.open(_paths(tmp_path).database).last_incident("api.service")
+    assert last is not None and last.state == "recovered"
+    assert EventKind.RECOVERED in sink.kinds()
