@@ -4,6 +4,7 @@ Run: /opt/unitgen/bin/python bench/bench_cleanup.py [--files 20000] [--dirs 200]
 
 Builds a tree of small old files in a temp dir, then times, each on a fresh copy:
 remove_old_files (dry run and real), free_space until half the files are gone,
+shutil.rmtree as the no-checks baseline (unlink cost of this filesystem),
 check_disk, memory_status, and run_command(["true"]). Peak Python memory comes
 from tracemalloc (so it excludes the interpreter itself).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -95,6 +97,10 @@ def main() -> None:
             f"free_space ({target} of {n} files, check each)",
             lambda: free_space([str(base / "b")], enough=enough),
         )
+
+        # Baseline: the kernel's own unlink cost on this filesystem, with no checks at all.
+        build(base / "c", n, args.dirs)
+        measure(f"baseline: shutil.rmtree ({n} files)", lambda: shutil.rmtree(base / "c"))
 
         paths = [str(base), "/", "/tmp", str(base / "missing" / "dir")]
         t = Threshold.parse("5%")

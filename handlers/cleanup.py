@@ -373,21 +373,64 @@ def _pidfile_in(
 
 _Chain = tuple[tuple[str, int, int], ...]  # (name, st_dev, st_ino) of each directory below a root
 
+# free_space keeps at most this many candidates in memory and rescans when they
+# are used up, so a cache of millions of files cannot exhaust memory while the
+# machine is already in trouble.
+_BATCH = 50_000
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
-    """A regular file or a directory found by the scan, with the lstat the decision rests on."""
+    """A regular file or directory found by the scan, with the lstat fields decisions rest on.
+
+    Kept small on purpose (no stat_result, no joined path): a scan may hold many.
+    """
 
     root_index: int
-    chain: _Chain  # the directory the entry is in
+    chain: _Chain  # the directory the entry is in (shared by its siblings)
+    dir_path: str  # that directory's path, for reports (shared by its siblings)
     name: str
-    st: os.stat_result
-    path: str
+    dev: int
+    ino: int
+    ctime_ns: int
+    mtime: float
+    size: int
+
+    @classmethod
+    def of(
+        cls, root_index: int, chain: _Chain, dir_path: str, name: str, st: os.stat_result
+    ) -> _Entry:
+        return cls(
+            root_index,
+            chain,
+            dir_path,
+            name,
+            st.st_dev,
+            st.st_ino,
+            st.st_ctime_ns,
+            st.st_mtime,
+            st.st_size,
+        )
+
+    @property
+    def path(self) -> str:
+        return f"{self.dir_path}/{self.name}"
 
     @property
     def own_chain(self) -> _Chain:
         """For a directory: the chain of the entries inside it."""
-        return (*self.chain, (self.name, self.st.st_dev, self.st.st_ino))
+        return (*self.chain, (self.name, self.dev, self.ino))
+
+    def same_dir(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+    def same_file(self, st: os.stat_result) -> bool:
+        """Same file, unchanged: inode numbers are reused at once, so the ctime must match too."""
+        return (st.st_dev, st.st_ino, st.st_ctime_ns) == (self.dev, self.ino, self.ctime_ns)
+
+
+def _age_key(entry: _Entry) -> tuple[float, str]:
+    return (entry.mtime, entry.path)
 
 
 @dataclass
@@ -416,20 +459,38 @@ def _open_root(root: str, report: CleanupReport) -> _Root | None:
 
 @dataclass
 class _Scan:
-    """One walk of one root: the files, the directories (post-order) and entry counts."""
+    """One walk of one root: the wanted files, the directories (post-order), entry counts.
+
+    ``want`` filters files as they are found.  With ``limit``, only the
+    ``limit`` oldest wanted files are kept and ``truncated`` says some were dropped.
+    """
 
     root: _Root
     root_index: int
     report: CleanupReport
+    want: Callable[[_Entry], bool] = lambda _e: True
+    limit: int | None = None
+    keep_dirs: bool = False
     files: list[_Entry] = field(default_factory=list)
     dirs: list[_Entry] = field(default_factory=list)
-    # How many entries each directory held when listed; the dry run uses it to
-    # predict which directories cleaning would empty.
+    truncated: bool = False
+    # How many entries each directory held when listed; remove_old_files uses it
+    # to know which directories cleaning emptied (and, in a dry run, would empty).
     entries: dict[_Chain, int] = field(default_factory=dict)
 
     def run(self) -> _Scan:
         self._walk(self.root.fd, (), self.root.path)
+        self._trim(final=True)
         return self
+
+    def _trim(self, *, final: bool = False) -> None:
+        if self.limit is None:
+            return
+        if final or len(self.files) > 2 * self.limit:
+            self.files.sort(key=_age_key)
+            if len(self.files) > self.limit:
+                self.truncated = True
+                del self.files[self.limit :]
 
     def _walk(self, fd: int, chain: _Chain, dir_path: str) -> None:
         try:
@@ -441,27 +502,30 @@ class _Scan:
             return
         self.entries[chain] = len(names)
         for name in names:
-            self._entry(fd, chain, name, f"{dir_path}/{name}")
+            self._entry(fd, chain, dir_path, name)
 
-    def _entry(self, fd: int, chain: _Chain, name: str, path: str) -> None:
+    def _entry(self, fd: int, chain: _Chain, dir_path: str, name: str) -> None:
         report = self.report
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return
         except OSError as exc:
-            report.refuse(path, f"cannot stat: {exc.strerror}")
+            report.refuse(f"{dir_path}/{name}", f"cannot stat: {exc.strerror}")
             return
         if st.st_dev != self.root.st.st_dev:
-            report.refuse(path, "on another filesystem (mount point), not crossed")
+            report.refuse(f"{dir_path}/{name}", "on another filesystem (mount point), not crossed")
         elif stat.S_ISREG(st.st_mode):
-            self.files.append(_Entry(self.root_index, chain, name, st, path))
+            entry = _Entry.of(self.root_index, chain, dir_path, name, st)
+            if self.want(entry):
+                self.files.append(entry)
+                self._trim()
         elif stat.S_ISDIR(st.st_mode):
-            self._subdir(fd, _Entry(self.root_index, chain, name, st, path))
+            self._subdir(fd, _Entry.of(self.root_index, chain, dir_path, name, st))
         elif stat.S_ISLNK(st.st_mode):
-            report.refuse(path, "symlink, left alone")
+            report.refuse(f"{dir_path}/{name}", "symlink, left alone")
         else:
-            report.refuse(path, "not a regular file, left alone")
+            report.refuse(f"{dir_path}/{name}", "not a regular file, left alone")
 
     def _subdir(self, fd: int, entry: _Entry) -> None:
         if len(entry.chain) >= _MAX_DEPTH:
@@ -480,7 +544,7 @@ class _Scan:
                 self.report.refuse(entry.path, f"cannot open: {exc.strerror}")
             return
         try:
-            if not _same(os.fstat(sub), entry.st):
+            if not entry.same_dir(os.fstat(sub)):
                 self.report.refuse(
                     entry.path, "directory was swapped while walking, subtree refused"
                 )
@@ -488,7 +552,8 @@ class _Scan:
             self._walk(sub, entry.own_chain, entry.path)
         finally:
             os.close(sub)
-        self.dirs.append(entry)
+        if self.keep_dirs:
+            self.dirs.append(entry)
 
 
 class _DirCache:
@@ -542,12 +607,12 @@ class _DirCache:
 def _remove_file(cache: _DirCache, entry: _Entry, reason: str, report: CleanupReport) -> bool:
     """Remove one regular file (or, in a dry run, record it); True when it went."""
     if report.dry_run:
-        report.removed.append(Removal(entry.path, reason, entry.st.st_size, entry.st.st_mtime))
+        report.removed.append(Removal(entry.path, reason, entry.size, entry.mtime))
         return True
     try:
         dfd = cache.open(entry)
         now = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
-        if not _same_file(now, entry.st) or not stat.S_ISREG(now.st_mode):
+        if not entry.same_file(now) or not stat.S_ISREG(now.st_mode):
             report.refuse(entry.path, "file was replaced while cleaning, left alone")
             return False
         os.unlink(entry.name, dir_fd=dfd)
@@ -566,12 +631,12 @@ def _remove_file(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRe
 def _remove_dir(cache: _DirCache, entry: _Entry, reason: str, report: CleanupReport) -> bool:
     """Remove one directory if it is empty; True when it went (or, dry, would go)."""
     if report.dry_run:
-        report.removed.append(Removal(entry.path, reason, 0, entry.st.st_mtime))
+        report.removed.append(Removal(entry.path, reason, 0, entry.mtime))
         return True
     try:
         dfd = cache.open(entry)
         now = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
-        if not _same(now, entry.st):
+        if not entry.same_dir(now):
             report.refuse(entry.path, "directory was replaced while cleaning, left alone")
             return False
         os.rmdir(entry.name, dir_fd=dfd)
@@ -583,7 +648,7 @@ def _remove_dir(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRep
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
             report.refuse(entry.path, f"cannot remove directory: {exc.strerror}")
         return False
-    report.removed.append(Removal(entry.path, reason, 0, entry.st.st_mtime))
+    report.removed.append(Removal(entry.path, reason, 0, entry.mtime))
     return True
 
 
@@ -602,24 +667,26 @@ def remove_old_files(
     """
     report = CleanupReport(dry_run=dry_run)
     now = time.time() if now is None else now
+
+    def old(entry: _Entry) -> bool:
+        return now - entry.mtime > older_than
+
     opened = _open_root(root, report)
     if opened is None:
         return report
     cache = _DirCache([opened])
     try:
-        scan = _Scan(opened, 0, report).run()
+        scan = _Scan(opened, 0, report, want=old, keep_dirs=True).run()
         gone: dict[_Chain, int] = {}
         for entry in scan.files:
-            if now - entry.st.st_mtime > older_than and _remove_file(
-                cache, entry, f"older than {older_than:g}s", report
-            ):
+            if _remove_file(cache, entry, f"older than {older_than:g}s", report):
                 gone[entry.chain] = gone.get(entry.chain, 0) + 1
         # scan.dirs is post-order: every directory comes after everything inside it.
         for entry in scan.dirs:
             emptied = gone.get(entry.own_chain, 0) == scan.entries.get(entry.own_chain, -1)
             if (
                 emptied
-                and now - entry.st.st_mtime > older_than
+                and old(entry)
                 and _remove_dir(cache, entry, f"empty directory older than {older_than:g}s", report)
             ):
                 gone[entry.chain] = gone.get(entry.chain, 0) + 1
@@ -638,10 +705,10 @@ def free_space(
 
     ``enough`` is checked before the first removal and after each one, so no
     more is removed than needed.  In a dry run it is checked once, before: if
-    space is short, every file that could go is listed, in the order it would
-    go, since nothing is freed to change the answer.  Directories are left in
-    place.  If ``enough()`` is still false afterwards, cleanup could not free
-    enough and the caller must escalate.
+    space is short, the files that could go are listed in the order they would
+    go (at most the oldest 50,000), since nothing is freed to change the answer.
+    Directories are left in place.  If ``enough()`` is still false afterwards,
+    cleanup could not free enough and the caller must escalate.
     """
     report = CleanupReport(dry_run=dry_run)
     opened: list[_Root] = []
@@ -652,20 +719,33 @@ def free_space(
                 opened.append(r)
         if enough():
             return report
-        files: list[_Entry] = []
-        for i, r in enumerate(opened):
-            files.extend(_Scan(r, i, report).run().files)
-        files.sort(key=lambda e: (e.st.st_mtime, e.path))
-        cache = _DirCache(opened)
-        try:
-            for entry in files:
-                if _remove_file(cache, entry, "oldest file, freeing space", report) and (
-                    not dry_run and enough()
-                ):
-                    break
-        finally:
-            cache.close()
+        while True:
+            # Refusals from a rescan repeat the first pass's; keep each once.
+            seen = set(report.refused)
+            scratch = CleanupReport(dry_run=dry_run)
+            files: list[_Entry] = []
+            truncated = False
+            for i, r in enumerate(opened):
+                scan = _Scan(r, i, scratch, limit=_BATCH).run()
+                files.extend(scan.files)
+                truncated = truncated or scan.truncated
+            report.refused.extend(x for x in dict.fromkeys(scratch.refused) if x not in seen)
+            files.sort(key=_age_key)
+            del files[_BATCH:]
+            removed_any = False
+            cache = _DirCache(opened)
+            try:
+                for entry in files:
+                    if not _remove_file(cache, entry, "oldest file, freeing space", report):
+                        continue
+                    removed_any = True
+                    if not dry_run and enough():
+                        return report
+            finally:
+                cache.close()
+            # Another pass only helps if this one was cut short and made progress.
+            if dry_run or not truncated or not removed_any:
+                return report
     finally:
         for r in opened:
             os.close(r.fd)
-    return report

@@ -559,3 +559,28 @@ def test_free_space_removes_exactly_the_oldest_needed(
     report = free_space([str(base)], enough=enough)
     assert [r.path for r in report.removed] == expected[: min(target, len(paths))]
     assert all(os.path.exists(p) for p in expected[target:])
+
+
+def test_free_space_works_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cleanup, "_BATCH", 3)
+    root = tmp_path / "cache"
+    paths = [make(root / f"d{i % 2}" / f"f{i:02d}", mtime=OLD + i) for i in range(10)]
+    (root / "link").symlink_to(tmp_path)
+
+    def gone() -> int:
+        return sum(not p.exists() for p in paths)
+
+    report = free_space([str(root)], enough=lambda: gone() >= 7)
+    assert [r.path for r in report.removed] == [str(p) for p in paths[:7]]
+    assert report.refused == [(f"{root}/link", "symlink, left alone")]  # once, not per pass
+
+    report = free_space([str(root)], enough=lambda: False)
+    assert [r.path for r in report.removed] == [str(p) for p in paths[7:]]
+    assert report.refused == [(f"{root}/link", "symlink, left alone")]
+
+    for p in paths:
+        make(p, mtime=OLD + int(p.name[1:]))
+    dry = free_space([str(root)], enough=lambda: False, dry_run=True)
+    assert [r.path for r in dry.removed] == [str(p) for p in paths[:3]]  # at most one batch
