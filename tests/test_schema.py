@@ -276,6 +276,8 @@ def _spec(**api: Any) -> dict[str, Any]:
                          "password_env": "P", "password_file": "/p"}}, **_spec()},
         {"alert": {"x": {"type": "command", "command": ["/x"], "url_env": "U"}}, **_spec()},
         {"defaults": {"colour": "blue"}, **_spec()},
+        {"service": {"my api": {"exec": ["/usr/bin/api"]}}},
+        {"override": {"nginx": {"on_failure": True}}, **_spec()},
     ],
 )  # fmt: skip
 def test_schema_rejects(spec: dict[str, Any]) -> None:

@@ -714,6 +714,9 @@ ALERT = Tagged(
     refused=_REFUSED_SECRETS,
 )
 
+# For editors only (the JSON Schema); unit_name_problem() is the authority.
+_UNIT_STEM = r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.@\\-]*)?"
+
 SPEC = Table(
     {
         "defaults": Field(DEFAULTS, "defaults for every unit"),
@@ -725,10 +728,24 @@ SPEC = Table(
             {},
         ),
         "service": Field(
-            MapOf(SERVICE, service_name, key_doc="NAME", max_items=10_000), "services by name", {}
+            MapOf(
+                SERVICE,
+                service_name,
+                key_doc="NAME",
+                key_pattern=f"^{_UNIT_STEM}$",
+                max_items=10_000,
+            ),
+            "services by name",
+            {},
         ),
         "override": Field(
-            MapOf(OVERRIDE, override_unit, key_doc='"UNIT"', max_items=10_000),
+            MapOf(
+                OVERRIDE,
+                override_unit,
+                key_doc='"UNIT"',
+                key_pattern=f"^{_UNIT_STEM}[.]service$",
+                max_items=10_000,
+            ),
             "drop-ins for units the operator does not own",
             {},
         ),
