@@ -86,6 +86,9 @@ from unitgen.paths import Scope
 SYSTEMD = "/lib/systemd/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
 CGROUP_PREFIX = "unitgen-sandbox-"
+# Where the user sandbox's HOME and runtime dir appear inside (ROOT/home, ROOT/run).
+INSIDE_HOME = "/home/sandbox"
+INSIDE_RUNTIME = "/run/user/0"
 DEFAULT_BOOT_TIMEOUT = 20.0
 _POLL = 0.01  # seconds between state polls; systemctl show costs ~3 ms
 
@@ -100,30 +103,38 @@ for h in $UNITGEN_SANDBOX_CGROUPS; do
     mkdir -p "$h/$ID/init.scope"
     echo 0 > "$h/$ID/init.scope/cgroup.procs"
 done
-mount -t tmpfs -o mode=755 tmpfs /run/systemd
-mkdir -p /run/systemd/system /run/systemd/journal /run/systemd/.keep
+# A fresh /run: the runtime dir must live where a real one does (/run/user/UID),
+# because under /tmp a PrivateTmp= unit could not reach the notify socket; and the
+# host's /run (its system bus included) is none of the sandbox's business.
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /run/systemd/system /run/systemd/journal /run/log /run/lock /run/user/0 /run/.keep
+mount --bind "$R/run" /run/user/0
 if [ -d "$R/inaccessible" ]; then
     mkdir /run/systemd/inaccessible
     mount --bind "$R/inaccessible" /run/systemd/inaccessible
 fi
+# HOME under /home, as on a real host, so ProtectHome= means what it will mean there.
+mount -t tmpfs -o mode=755 tmpfs /home
+mkdir /home/sandbox
+mount --bind "$R/home" /home/sandbox
 # Keep the root and the shared paths reachable across the /tmp and /var/tmp binds.
 i=0
 for p in "$R" "$@"; do
-    mkdir -p /run/systemd/.keep/$i
-    mount --bind "$p" /run/systemd/.keep/$i
+    mkdir -p /run/.keep/$i
+    mount --bind "$p" /run/.keep/$i
     i=$((i+1))
 done
-mount --bind /run/systemd/.keep/0/tmp /tmp
-mount --bind /run/systemd/.keep/0/var-tmp /var/tmp
+mount --bind /run/.keep/0/tmp /tmp
+mount --bind /run/.keep/0/var-tmp /var/tmp
 i=0
 for p in "$R" "$@"; do
     mkdir -p "$p"
-    mount --bind /run/systemd/.keep/$i "$p"
-    umount /run/systemd/.keep/$i
+    mount --bind /run/.keep/$i "$p"
+    umount /run/.keep/$i
     i=$((i+1))
 done
+rmdir /run/.keep/* /run/.keep
 if [ "$JOURNAL" = 1 ]; then
-    mount -t tmpfs -o mode=755 tmpfs /run/log
     if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=755 tmpfs /var/log/journal; fi
     __JOURNALD__ </dev/null >/dev/null 2>&1 &
     # The manager opens its log target once; without the socket it would log to
@@ -344,6 +355,7 @@ class Sandbox:
         self.init_pid = init_pid  # host PID of the namespace's PID 1
         self.cgroup_id = cgroup_id
         self._closed = False
+        self.shared: tuple[Path, ...] = ()  # host paths bound at the same path inside
         # What runs inside sees the manager's real runtime dir; env is for the host.
         self._inside_env = inside_env
         namespaces = ["--mount", "--pid"]
@@ -408,8 +420,11 @@ class Sandbox:
         try:
             (root / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
             runtime = root / "run"
-            for sub in ("run", "config", "state", "data", "cache", "home", "tmp", "var-tmp"):
+            home = root / "home"
+            for sub in ("run", "home", "tmp", "var-tmp"):
                 (root / sub).mkdir(mode=0o700)
+            for sub in (".config", ".local/state", ".local/share", ".cache"):
+                (home / sub).mkdir(mode=0o700, parents=True)
             (root / "tmp").chmod(0o1777)
             (root / "var-tmp").chmod(0o1777)
             bus = f"unix:path={runtime}/bus"
@@ -420,19 +435,24 @@ class Sandbox:
             client_runtime = root / "client-run"
             client_runtime.mkdir(mode=0o700)
             (client_runtime / "bus").symlink_to(runtime / "bus")
-            env = {
-                "XDG_RUNTIME_DIR": str(client_runtime),
-                "DBUS_SESSION_BUS_ADDRESS": bus,
-                "XDG_CONFIG_HOME": str(root / "config"),
-                "XDG_STATE_HOME": str(root / "state"),
-                "XDG_DATA_HOME": str(root / "data"),
-                "XDG_CACHE_HOME": str(root / "cache"),
-                "HOME": str(root / "home"),
-                "UNITGEN_SCOPE": "user",
-                "UNITGEN_STATE_DIR": str(root / "state" / "unitgen"),
-                "UNITGEN_RUN_DIR": str(runtime / "unitgen"),
-                "UNITGEN_POLICY_DIR": str(root / "config" / "unitgen" / "policy.d"),
-            }
+
+            def user_env(home: str, runtime: str) -> dict[str, str]:
+                return {
+                    "XDG_RUNTIME_DIR": runtime,
+                    "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
+                    "HOME": home,
+                    "XDG_CONFIG_HOME": f"{home}/.config",
+                    "XDG_STATE_HOME": f"{home}/.local/state",
+                    "XDG_DATA_HOME": f"{home}/.local/share",
+                    "XDG_CACHE_HOME": f"{home}/.cache",
+                    "UNITGEN_SCOPE": "user",
+                    "UNITGEN_STATE_DIR": f"{home}/.local/state/unitgen",
+                    "UNITGEN_RUN_DIR": f"{runtime}/unitgen",
+                    "UNITGEN_POLICY_DIR": f"{home}/.config/unitgen/policy.d",
+                }
+
+            env = {**user_env(str(home), str(runtime)), "XDG_RUNTIME_DIR": str(client_runtime)}
+            inside_env = user_env(INSIDE_HOME, INSIDE_RUNTIME)
             if host_like:
                 _make_inaccessible_nodes(root / "inaccessible")
             init_script = root / "init.sh"
@@ -459,7 +479,6 @@ class Sandbox:
             ]
             if die_with_parent:
                 argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
-            inside_env = {**env, "XDG_RUNTIME_DIR": str(runtime)}
             child_env = {
                 **_base_env(),
                 **inside_env,
@@ -497,12 +516,13 @@ class Sandbox:
             root,
             env,
             bus,
-            root / "config" / "systemd" / "user",
+            home / ".config" / "systemd" / "user",
             launcher,
             init_pid,
             cgroup_id,
             inside_env,
         )
+        sb.shared = tuple(Path(p) for p in shared)
         try:
             sb.unit_dir.mkdir(parents=True, exist_ok=True)
             sb._wait_running(deadline)
@@ -728,6 +748,23 @@ class Sandbox:
         _abort(self._launcher, self.root, self.cgroup_id, self.init_pid)
 
     # --- running things inside ----------------------------------------------
+
+    def to_host(self, inside: str | Path) -> Path:
+        """The host path of a path as the sandbox sees it (user scope remaps some)."""
+        path = Path(inside)
+        if self.scope is Scope.USER:
+            for prefix, host in (
+                (INSIDE_HOME, self.root / "home"),
+                (INSIDE_RUNTIME, self.root / "run"),
+                ("/var/tmp", self.root / "var-tmp"),
+                ("/tmp", self.root / "tmp"),
+            ):
+                if path == Path(prefix) or path.is_relative_to(prefix):
+                    # The root and shared paths are bound back at their own paths.
+                    if any(path.is_relative_to(p) for p in (self.root, *self.shared)):
+                        return path
+                    return host / path.relative_to(prefix)
+        return path
 
     def inside_env(self) -> dict[str, str]:
         """The variables a process inside needs (``run`` adds them for you)."""
