@@ -9,15 +9,12 @@ measurement we could not take would make the outage worse, not better.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-from unitgen.errors import PolicyError
+from unitgen.model import Threshold, format_size
 
 __all__ = [
     "DiskStatus",
@@ -28,83 +25,6 @@ __all__ = [
     "memory_status",
     "oom_killed",
 ]
-
-# systemd's size suffixes, base 1024 (parse_size() in src/basic/parse-util.c).
-_SUFFIXES = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_SIZE_RE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[BKMGTP]?)")
-_PERCENT_RE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*%")
-_MAX_BYTES = (1 << 63) - 1
-_EXPECTED = "expected a percentage like '10%' or a size like '512M' (K, M, G, T, P: base 1024)"
-
-
-def format_size(n: int) -> str:
-    """A byte count the way systemd prints one: ``1.5G``, ``512M``, ``900B``."""
-    for unit in ("P", "T", "G", "M", "K"):
-        scale = _SUFFIXES[unit]
-        if n >= scale:
-            value = n / scale
-            text = f"{value:.1f}".removesuffix(".0")
-            return f"{text}{unit}"
-    return f"{n}B"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A minimum to keep free: a percentage of the total, an absolute amount, or both.
-
-    For inodes the absolute amount is a count of inodes, not bytes.  With
-    both set, both must hold; with neither, the threshold never fails.
-    """
-
-    percent: float | None = None
-    bytes: int | None = None
-
-    @classmethod
-    def parse(cls, text: str | int, *, what: str = "threshold") -> Threshold:
-        """Parse ``"10%"``, ``"512M"``, ``"1G"``, ``"1.5T"`` or a plain number of bytes.
-
-        Raises PolicyError with a one-line message naming ``what`` on bad input.
-        """
-        if isinstance(text, bool) or not isinstance(text, str | int):
-            raise PolicyError(f"{what}: {_EXPECTED}, got {type(text).__name__}")
-        if isinstance(text, int):
-            if not 0 <= text <= _MAX_BYTES:
-                raise PolicyError(f"{what}: {_EXPECTED}, got {text}")
-            return cls(bytes=text)
-        raw = text.strip()
-        shown = repr(text if len(text) <= 40 else text[:40] + "...")
-        if m := _PERCENT_RE.fullmatch(raw):
-            percent = float(m["num"])
-            if not 0.0 <= percent <= 100.0:
-                raise PolicyError(f"{what}: percentage must be between 0% and 100%, got {shown}")
-            return cls(percent=percent)
-        if m := _SIZE_RE.fullmatch(raw):
-            # Fraction, not float: "9007199254740993" must stay exact.
-            value = Fraction(m["num"]) * _SUFFIXES[m["unit"]]
-            if value > _MAX_BYTES:
-                raise PolicyError(f"{what}: size too large, got {shown}")
-            return cls(bytes=int(value))
-        raise PolicyError(f"{what}: {_EXPECTED}, got {shown}")
-
-    def required(self, total: int) -> int:
-        """The amount that must stay free out of ``total``."""
-        need = 0
-        if self.percent is not None:
-            need = max(need, math.ceil(total * self.percent / 100.0))
-        if self.bytes is not None:
-            need = max(need, self.bytes)
-        return need
-
-    def satisfied(self, free: int, total: int) -> bool:
-        return free >= self.required(total)
-
-    def __str__(self) -> str:
-        parts = []
-        if self.percent is not None:
-            parts.append(f"{self.percent:g}%")
-        if self.bytes is not None:
-            parts.append(format_size(self.bytes))
-        return " and ".join(parts) or "none"
 
 
 @dataclass(frozen=True)
