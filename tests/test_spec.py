@@ -793,3 +793,15 @@ def test_a_password_in_the_wrong_key_is_not_echoed(key: str) -> None:
     )
     assert problem.key == f"alert.ops.{key}"
     assert "XyZsecret" not in str(problem)
+
+
+def test_recovery_unit_names_are_reserved() -> None:
+    spec = base()
+    spec["service"]["unitgen-recover@"] = {"exec": ["/bin/x"]}
+    spec["override"] = {"unitgen-recover@x.service": {"on_failure": False}}
+    found = problems_of(dumps(spec))
+    assert sorted(p.key for p in found) == [
+        'override."unitgen-recover@x.service"',
+        'service."unitgen-recover@"',
+    ]
+    assert all("recovery" in p.message for p in found)

@@ -143,16 +143,27 @@ def alert_name(value: str) -> str | None:
     return f"an alert name of letters, digits, '_', '.', '-' (at most 64), got {_show(value)}"
 
 
+# unitgen renders its recovery template as unitgen-recover@.service (unitgen.render
+# also refuses it); a spec unit of that name would replace or shadow it.
+RESERVED_UNIT_PREFIX = "unitgen-recover@"
+
+
 def service_name(value: str) -> str | None:
     problem = unit_name_problem(f"{value}.service")
-    if problem is None:
-        return None
-    return f"a service name that makes a valid unit name {value + '.service'!r} ({problem})"
+    if problem is not None:
+        return (
+            f"a service name that makes a valid unit name {_show(value + '.service')} ({problem})"
+        )
+    if value.startswith(RESERVED_UNIT_PREFIX):
+        return f"a name not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
+    return None
 
 
 def override_unit(value: str) -> str | None:
     problem = unit_name_problem(value, types=frozenset({"service"}))
-    return None if problem is None else problem
+    if problem is None and value.startswith(RESERVED_UNIT_PREFIX):
+        return f"a unit not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
+    return problem
 
 
 def dependency_unit(value: str) -> str | None:
