@@ -124,7 +124,10 @@ def onfailure_trials(trials: int, pause: float) -> dict[str, list[float]]:
             {
                 unit: "[Unit]\nOnFailure=unitgen-recover@%n.service\n"
                 "[Service]\nExecStart=/bin/sleep infinity\nRestart=no\n",
+                # No start limit on the recovery unit: trials come faster than its default
+                # 5 starts per 10 s, which would refuse the OnFailure= job.
                 "unitgen-recover@.service": (
+                    "[Unit]\nStartLimitIntervalSec=0\n"
                     f"[Service]\nType=oneshot\n{env}ExecStart={UNITGEN} recover --user %i\n"
                 ),
             }
