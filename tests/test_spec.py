@@ -805,3 +805,16 @@ def test_recovery_unit_names_are_reserved() -> None:
         'service."unitgen-recover@"',
     ]
     assert all("recovery" in p.message for p in found)
+
+
+@pytest.mark.parametrize(
+    ("key", "directive"),
+    [("exec", "ExecStart="), ("user", "User="), ("description", "Description=")],
+)
+def test_override_refuses_service_only_keys(key: str, directive: str) -> None:
+    spec = base()
+    spec["override"] = {"nginx.service": {key: spec["service"]["api"]["exec"]}}
+    problem = only_problem(dumps(spec))
+    assert problem.key == f'override."nginx.service".{key}'
+    assert "only for [service.NAME]" in problem.message
+    assert directive in problem.message

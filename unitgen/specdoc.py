@@ -69,7 +69,9 @@ def reference_markdown() -> str:
             lines.append(_row(name, spec_field))
         rules = [f"exactly one of {', '.join(g)}" for g in table.one_of]
         rules += [f"at most one of {', '.join(g)}" for g in table.at_most_one]
-        rules += [f"`{k}` is refused: {msg}" for k, msg in table.refused.items()]
+        if table.refused:
+            names = ", ".join(f"`{k}`" for k in table.refused)
+            rules.append(f"refused, with a message saying what to use instead: {names}")
         if rules:
             lines.extend(["", "Rules: " + "; ".join(rules) + "."])
         lines.append("")

@@ -586,6 +586,13 @@ OVERRIDE = Table(
         "hardening": Field(HARDENING, "sandboxing added by the drop-in; unset keeps the vendor's"),
         "on_failure": Field(Boolean(), "wire OnFailure= to the recovery unit", True, "OnFailure="),
     },
+    # A drop-in adds to a vendor's unit; what it runs and how is the vendor's to say.
+    refused={
+        name: f"{name} is only for [service.NAME]; a drop-in keeps the vendor unit's own "
+        + (spec_field.directive or "setting")
+        for name, spec_field in SERVICE.fields.items()
+        if name not in _COMMON_SERVICE_FIELDS and name != "hardening"
+    },
     doc="A unit the operator does not own: rendered as a drop-in UNIT.d/NN-unitgen.conf.",
 )
 
