@@ -786,3 +786,54 @@ async def test_open_incident_of_a_killed_process_closes_when_seen_active(tmp_pat
     last = Store.open(_paths(tmp_path).database).last_incident("api.service")
     assert last is not None and last.state == "recovered"
     assert EventKind.RECOVERED in sink.kinds()
+
+
+@pytest.mark.asyncio
+async def test_external_dependency_down_waits_then_gives_up_without_restart(
+    tmp_path: Path,
+) -> None:
+    from unitgen.model import Probe
+
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    probe = Probe("tcp", "127.0.0.1:1", timeout=0.2)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST, depends=(probe,)))
+    calls: list[int] = []
+
+    async def down(p: Probe, attempts: int) -> tuple[bool, str]:
+        calls.append(attempts)
+        return False, "127.0.0.1:1: connection refused"
+
+    engine, _s, alerter = _engine(tmp_path, bus, clock, probe_runner=down)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.GAVE_UP and out.reason.startswith("dependency")
+    assert "depends[0]" in out.reason
+    assert bus.restarted() == []
+    assert len(calls) == 2  # checked once, waited once (bounded), then stopped
+    assert alerter.sent[-1].level == "alert-and-stop"
+
+
+@pytest.mark.asyncio
+async def test_external_dependency_back_during_the_wait_then_restart(tmp_path: Path) -> None:
+    from unitgen.model import Probe
+
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    _write_policy(
+        _paths(tmp_path),
+        Policy(unit="api.service", recovery=FAST, depends=(Probe("tcp", "127.0.0.1:6379"),)),
+    )
+    answers = iter([False, True, True])
+
+    async def flaky(p: Probe, attempts: int) -> tuple[bool, str]:
+        ok = next(answers)
+        return ok, "127.0.0.1:6379: " + ("ok" if ok else "refused")
+
+    engine, _s, _a = _engine(tmp_path, bus, clock, probe_runner=flaky)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED and bus.restarted() == ["api.service"]
+    history = RecoveryEngine(bus, _paths(tmp_path), clock=clock).history("api.service")
+    actions = [a["action"] for a in history[0]["attempts"]]  # type: ignore[index]
+    assert actions[:4] == ["diagnose", "dependencies", "wait-dependency", "dependencies"]

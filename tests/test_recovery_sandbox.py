@@ -604,3 +604,55 @@ def test_cli_test_restart_refuses_an_inactive_unit(user_sandbox: Sandbox, tmp_pa
     res = _run_cli(sb, tmp_path, ["test-restart", "--user", unit])
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "not active" in res.stderr
+
+
+def test_two_recover_processes_restart_once(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    """The OnFailure= process and another trigger at once: one restart, one join, recorded."""
+    sb = user_sandbox
+    unit = _name("race")
+    count = tmp_path / "starts"
+    # Slow to become active (ExecStartPre sleeps), so the first ladder is still verifying
+    # when the second process arrives.
+    sb.install_units(
+        {
+            unit: (
+                "[Service]\nType=exec\nExecStartPre=/bin/sleep 3\n"
+                f"ExecStart={_sh(f'echo x >> {count}; exec sleep infinity')}\n"
+            )
+        }
+    )
+    sb.systemctl("start", unit, check=True)
+    _policy(_paths(tmp_path), Policy(unit=unit, recovery=dataclasses.replace(QUICK, min_uptime=0)))
+    try:
+        sb.kill_main(unit)
+        sb.wait_for(unit, "failed", timeout=10)
+        env = {
+            **os.environ,
+            **sb.env,
+            "UNITGEN_POLICY_DIR": str(tmp_path / "policy"),
+            "UNITGEN_STATE_DIR": str(tmp_path / "state"),
+            "UNITGEN_RUN_DIR": str(tmp_path / "run"),
+        }
+        argv = [UNITGEN, "recover", "--user", "--json", unit]
+        procs = [
+            subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        outs = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=60)
+            assert p.returncode == 0, stderr
+            outs.append(json.loads(stdout))
+        assert sorted(o["joined"] for o in outs) == [False, True], outs
+        assert sum(o["restarts"] for o in outs) == 1
+        assert {o["incident_id"] for o in outs} == {outs[0]["incident_id"]}
+        sb.wait_for(unit, "active", timeout=10)
+        assert _count(count) == 2
+        store = Store.open(tmp_path / "state" / "history.sqlite3")
+        dispositions = sorted(t[3] for t in store.triggers(unit))
+        store.close()
+        assert dispositions == ["handled", "joined"]
+    finally:
+        _cleanup(sb, unit)
