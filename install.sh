@@ -218,7 +218,15 @@ install_venv() {
         # Editable: the tests import the work tree, and CI runs them from the clone.
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO$extras"
     else
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check "$REPO"
+        # Build from a copy: setuptools builds in-tree (build/, *.egg-info), and two
+        # installs from one work tree at once would trip over each other.
+        local src
+        src="$(mktemp -d)"
+        (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.egg-info' \
+            pyproject.toml README.md unitgen handlers units) | tar -xf - -C "$src"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "$src" \
+            || { rm -rf "$src"; die "pip could not install unitgen into $PREFIX"; }
+        rm -rf "$src"
     fi
     echo "$stamp" > "$venv/.unitgen-stamp"
 }

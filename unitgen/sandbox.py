@@ -661,6 +661,7 @@ class Sandbox:
             cgroup_id,
             {},
         )
+        sb.shared = tuple(Path(p) for p in shared)
         try:
             sb._wait_running(deadline)
         except BaseException:
@@ -752,6 +753,21 @@ class Sandbox:
     def to_host(self, inside: str | Path) -> Path:
         """The host path of a path as the sandbox sees it (user scope remaps some)."""
         path = Path(inside)
+        if any(path.is_relative_to(p) for p in (self.root, *self.shared)):
+            return path
+        if self.scope is Scope.SYSTEM:
+            for prefix, host in (
+                ("/etc/systemd/system", self.root / "system-units"),
+                ("/etc/unitgen", self.root / "etc-unitgen"),
+                ("/run/unitgen", self.root / "run-unitgen"),
+                ("/run/dbus", self.root / "dbus"),
+                ("/etc", self.root / "etc-upper"),  # only what the container wrote
+            ):
+                if path.is_relative_to(prefix):
+                    return host / path.relative_to(prefix)
+            if path.parts[1:2] and path.parts[1] in ("var", "opt", "root", "home", "srv"):
+                return self.root / "skel" / path.relative_to("/")
+            return path
         if self.scope is Scope.USER:
             for prefix, host in (
                 (INSIDE_HOME, self.root / "home"),
@@ -759,10 +775,7 @@ class Sandbox:
                 ("/var/tmp", self.root / "var-tmp"),
                 ("/tmp", self.root / "tmp"),
             ):
-                if path == Path(prefix) or path.is_relative_to(prefix):
-                    # The root and shared paths are bound back at their own paths.
-                    if any(path.is_relative_to(p) for p in (self.root, *self.shared)):
-                        return path
+                if path.is_relative_to(prefix):
                     return host / path.relative_to(prefix)
         return path
 
