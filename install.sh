@@ -116,8 +116,9 @@ need_packages() {
         {
             missing_packages PKG_OF
             [ "$DEV" = 1 ] && missing_packages DEV_PKG_OF
-            python_ok || echo python3
-            if [ -x "$PREFIX/bin/python" ]; then :; elif python_ok && ! venv_ok; then
+            if ! python_ok; then
+                echo python3; echo python3-venv
+            elif [ ! -x "$DEST$PREFIX/bin/python" ] && ! venv_ok; then
                 echo python3-venv
             fi
         } | sort -u
