@@ -246,9 +246,13 @@ class Listener:
         delay = self.options.reconnect_initial
         try:
             while not self._stop.is_set():
+                started = time.monotonic()
                 try:
                     await self._session()
-                    delay = self.options.reconnect_initial
+                    # Only a connection that lasted resets the backoff: a bus that
+                    # drops us at once must not be hammered every 50 ms.
+                    if time.monotonic() - started > 10 * self.options.reconnect_max:
+                        delay = self.options.reconnect_initial
                 except UnitgenError as exc:
                     log.warning("listener: %s; reconnecting in %.2fs", exc, delay)
                 if self._stop.is_set():
@@ -338,7 +342,10 @@ class Listener:
                 log.warning("listener: bus connection lost")
         finally:
             self.connected.clear()
-            await self._drop_bus()
+            if self._bus is bus:
+                await self._drop_bus()
+            else:
+                await bus.close()  # lost before it was installed
 
     # -- reconciliation --------------------------------------------------------------
 
@@ -361,7 +368,9 @@ class Listener:
         """Re-read the watch set and every watched unit's state; queue the failed ones."""
         self.stats.reconciles += 1
         self.watch.rescan()
-        rows = await bus.list_units(self.watch.patterns())
+        patterns = self.watch.patterns()
+        # No patterns would mean "every unit" to ListUnitsByPatterns.
+        rows = await bus.list_units(patterns) if patterns else []
         healths: dict[str, Health] = {}
         for row in rows:
             if row.name not in self.watch:
