@@ -656,3 +656,35 @@ def test_two_recover_processes_restart_once(user_sandbox: Sandbox, tmp_path: Pat
         assert dispositions == ["handled", "joined"]
     finally:
         _cleanup(sb, unit)
+
+
+@pytest.mark.asyncio
+async def test_stands_down_while_systemd_restarts_the_unit(
+    user_sandbox: Sandbox, sbus: SystemdBus, tmp_path: Path
+) -> None:
+    sb = user_sandbox
+    unit = _name("selfheal")
+    count = tmp_path / "starts"
+    sb.install_units(
+        {
+            unit: (
+                f"[Service]\nExecStart={_sh(f'echo x >> {count}; exec sleep infinity')}\n"
+                "Restart=on-failure\nRestartSec=2s\n"
+            )
+        }
+    )
+    try:
+        sb.systemctl("start", unit, check=True)
+        _wait(lambda: _count(count) == 1, 10, "first start")
+        sb.kill_main(unit)
+        # Right after the kill: `failed`, or already `auto-restart`; either way systemd's.
+        engine = _engine(sbus, tmp_path)
+        out = await engine.recover(unit, Trigger("listener", result="signal"))
+        await engine.aclose()
+        assert out.state is State.WAITING_FOR_SYSTEMD, out
+        assert out.restarts == 0 and "systemd" in out.reason
+        _wait(lambda: _count(count) == 2, 15, "systemd's own restart")
+        sb.wait_for(unit, "active", timeout=10)
+        assert int(sb.show(unit, "NRestarts")["NRestarts"]) == 1
+    finally:
+        _cleanup(sb, unit)
