@@ -115,7 +115,7 @@ need_packages() {
     mapfile -t pkgs < <(
         {
             missing_packages PKG_OF
-            [ "$DEV" = 1 ] && missing_packages DEV_PKG_OF
+            if [ "$DEV" = 1 ] || [ "$ACTION" = demo ]; then missing_packages DEV_PKG_OF; fi
             if ! python_ok; then
                 echo python3; echo python3-venv
             elif [ ! -x "$DEST$PREFIX/bin/python" ] && ! venv_ok; then
@@ -212,6 +212,13 @@ install_venv() {
         -print0 2>/dev/null | sort -z | xargs -0 cat; echo "$extras"; } | sha256sum | cut -d' ' -f1)"
     if [ -f "$venv/.unitgen-stamp" ] && [ "$(cat "$venv/.unitgen-stamp")" = "$stamp" ] \
         && "$venv/bin/python" -c 'import unitgen' 2>/dev/null; then
+        return 0
+    fi
+    # An editable install of this very work tree (a --dev venv) already runs the
+    # current code: never replace it with a copy.
+    local where
+    where="$("$venv/bin/python" -c 'import unitgen, os; print(os.path.dirname(os.path.dirname(os.path.realpath(unitgen.__file__))))' 2>/dev/null || true)"
+    if [ "$DEV" = 0 ] && [ "$where" = "$REPO" ]; then
         return 0
     fi
     say "installing unitgen$extras into $PREFIX"
