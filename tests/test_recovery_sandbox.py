@@ -688,3 +688,20 @@ async def test_stands_down_while_systemd_restarts_the_unit(
         assert int(sb.show(unit, "NRestarts")["NRestarts"]) == 1
     finally:
         _cleanup(sb, unit)
+
+
+def test_cli_dry_run_changes_nothing(user_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = user_sandbox
+    unit = _name("dry")
+    count = tmp_path / "starts"
+    sb.install_units({unit: f"[Service]\nExecStart={_sh(f'echo x >> {count}; exit 1')}\n"})
+    try:
+        _fail_unit(sb, unit)
+        res = _run_cli(sb, tmp_path, ["recover", "--user", "--dry-run", unit])
+        assert res.returncode == 0, res.stderr
+        assert "(dry run)" in res.stdout and "would reset-failed and restart" in res.stdout
+        assert sb.show(unit, "ActiveState")["ActiveState"] == "failed"
+        assert _count(count) == 1
+        assert not (tmp_path / "state" / "history.sqlite3").exists()
+    finally:
+        _cleanup(sb, unit)
