@@ -812,11 +812,16 @@ class RecoveryEngine:
         policy = run.policy
         if run.diagnosis is not None and run.diagnosis.classification == "oom-kill":
             run.notes.append("the unit was oom-killed")
-            self._alert(run, "firing", run.level, f"{run.unit} was killed by the OOM killer")
+            self._alert(
+                run, "firing", run.level, f"{run.unit} was killed by the OOM killer", "memory"
+            )
         # /proc/meminfo is generated in memory: reading it cannot block like statvfs can.
         mem = resources.memory_status(_threshold(resources, policy.memory.min_available))
         if not mem.ok:
             run.notes.append(f"memory low: {mem.reason}")
+            # Recorded and alerted, but not blocking: a restart may still succeed. One
+            # memory alert per incident (shared with the oom-kill one).
+            self._alert(run, "firing", run.level, f"{run.unit}: {mem.reason}", "memory")
         paths = self._disk_paths(run)
         if not paths:
             run.detail = "no disk paths declared" + (
@@ -1105,12 +1110,17 @@ class RecoveryEngine:
         return self._alerters[policy.unit]
 
     def _alert(
-        self, run: _Run, status: Literal["firing", "resolved"], level: Level, summary: str
+        self,
+        run: _Run,
+        status: Literal["firing", "resolved"],
+        level: Level,
+        summary: str,
+        key: str | None = None,
     ) -> None:
         inc = run.incident
         if inc is None or self.dry_run:
             return
-        self._send(run.unit, run.policy, inc, status, level, summary, run.used)
+        self._send(run.unit, run.policy, inc, status, level, summary, run.used, key)
 
     def _send(
         self,
@@ -1121,11 +1131,14 @@ class RecoveryEngine:
         level: Level,
         summary: str,
         attempts: int,
+        key: str | None = None,
     ) -> None:
+        """``key``: what makes it once-only; the level for firing alerts, "" for resolved."""
         alerter = self._alerter_for(policy)
         if alerter is None or not alerter.targets:
             return
-        key = level.label if status == "firing" else ""
+        if key is None:
+            key = level.label if status == "firing" else ""
         if not self.store.claim_alert(inc.id, key, status, self.clock.time()):
             return  # this process or another already sent it
         from handlers.alerts import Alert

@@ -837,3 +837,18 @@ async def test_external_dependency_back_during_the_wait_then_restart(tmp_path: P
     history = RecoveryEngine(bus, _paths(tmp_path), clock=clock).history("api.service")
     actions = [a["action"] for a in history[0]["attempts"]]  # type: ignore[index]
     assert actions[:4] == ["diagnose", "dependencies", "wait-dependency", "dependencies"]
+
+
+@pytest.mark.asyncio
+async def test_oom_kill_is_recorded_and_alerted_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service", result="oom-kill"), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock, watch_uptime=True)
+    out = await engine.recover("api.service", Trigger("onfailure", result="oom-kill"))
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.classification == "oom-kill"
+    assert any("oom-killed" in n for n in out.notes)
+    summaries = [a.summary for a in alerter.sent if a.status == "firing"]
+    assert sum("OOM killer" in s for s in summaries) == 1
+    assert all(a.reason == "oom-kill" for a in alerter.sent)
