@@ -13,7 +13,6 @@ no problem at all becomes a :class:`unitgen.model.Spec`; otherwise one
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import errno
 import os
@@ -45,11 +44,13 @@ _TOML_WHERE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of documen
 
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and convert the spec at ``path``. Raises :class:`SpecError`."""
-    raw_path = str(path)
+    source = str(path)
+    return parse_spec(_read(source, _shown(source)), source)
+
+
+def _shown(source: str) -> str:
     # The name goes into one-line messages; a newline in a file name must not split them.
-    source = FORBIDDEN_CHARS.sub(lambda m: f"\\x{ord(m.group(0)):02x}", raw_path)
-    spec = parse_spec(_read(raw_path, source), source)
-    return spec if source == raw_path else dataclasses.replace(spec, path=raw_path)
+    return FORBIDDEN_CHARS.sub(lambda m: f"\\x{ord(m.group(0)):02x}", source)
 
 
 def _fail(source: str, message: str) -> SpecError:
@@ -129,6 +130,7 @@ def _open_problem(path: str, exc: OSError) -> str:
 
 def parse_spec(text: str, source: str) -> Spec:
     """Validate and convert spec ``text``; ``source`` names it in every problem."""
+    spec_path, source = source, _shown(source)
     if not text.strip():
         raise _fail(
             source, 'is empty; expected at least one [service.NAME] or [override."UNIT"] table'
@@ -152,7 +154,7 @@ def parse_spec(text: str, source: str) -> Spec:
         # Node checks can only fail after recording a problem, so this is never empty.
         raise SpecError(out.problems or [SpecProblem(source, "", "invalid spec")])
     assert isinstance(converted, dict)
-    return _build(converted, source)
+    return _build(converted, spec_path)
 
 
 def _toml_problem(message: str) -> str:
