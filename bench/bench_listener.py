@@ -522,8 +522,21 @@ async def _scale(
     ready_sock.bind(str(notify_path))
     ready_sock.settimeout(60)
     env = {**os.environ, **sb.env, "NOTIFY_SOCKET": str(notify_path), "UNITGEN_DBUS": lib}
+    argv = [UNITGEN, "watch", "--user", "--no-export", "--no-health"]
+    if os.environ.get("BENCH_PROFILE"):
+        # cProfile the daemon (SIGTERM ends it cleanly, so the profile is written).
+        argv = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            os.environ["BENCH_PROFILE"],
+            "-m",
+            "unitgen",
+            *argv[1:],
+        ]
     daemon = subprocess.Popen(  # noqa: ASYNC220 - harness set-up, before timing
-        [UNITGEN, "watch", "--user", "--no-export", "--no-health"],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(work / "watch.log", "wb"),  # noqa: SIM115, ASYNC230

@@ -66,6 +66,7 @@ _MODULES = {"next": "dbus_next", "fast": "dbus_fast"}
 _loaded: dict[str, BusLibrary] = {}
 # The Variant classes of every library loaded so far, for unwrap().
 _VARIANTS: tuple[type, ...] = ()
+_VARIANT_TYPES: set[type] = set()
 
 
 def load_library(name: str) -> BusLibrary:
@@ -91,6 +92,7 @@ def load_library(name: str) -> BusLibrary:
     _loaded[name] = lib
     global _VARIANTS
     _VARIANTS = (*_VARIANTS, lib.Variant)
+    _VARIANT_TYPES.add(lib.Variant)
     return lib
 
 
@@ -161,11 +163,31 @@ def unit_from_path(path: str) -> str | None:
 # -- values ---------------------------------------------------------------------------
 
 
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, bytes})
+
+
 def unwrap(value: Any) -> Any:
-    """Variants -> plain Python values, recursively (both libraries use ``.value``)."""
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
+    """Variants -> plain Python values, recursively (both libraries use ``.value``).
+
+    A GetAll of a service carries ~300 properties, some of them long arrays of
+    structs, and the ladder reads it on every incident; so an array whose first
+    element is a plain scalar is returned as is (D-Bus arrays are homogeneous),
+    which keeps this from touching every string of every ExecStart.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        # Inlined for the common a{sv} of scalars: one type test per property.
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if type(item) in _VARIANT_TYPES:
+                item = item.value
+            out[key] = item if type(item) in _SCALARS else unwrap(item)
+        return out
+    if kind is list:
+        if not value or type(value[0]) in _SCALARS:
+            return value
         return [unwrap(v) for v in value]
     if isinstance(value, _VARIANTS):
         return unwrap(getattr(value, "value", None))
