@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spec_toml import dumps
 
 from unitgen.errors import SpecError, SpecProblem
@@ -372,6 +375,9 @@ def test_override_of_an_owned_service() -> None:
     problem = only_problem(dumps(spec))
     assert problem.key == 'override."api.service"'
     assert "[service.api]" in problem.message
+
+
+_EDGE_KINDS = ("requires", "binds_to", "after", "before", "wants")
 
 
 def _chain(edges: dict[str, dict[str, list[str]]]) -> str:
@@ -818,3 +824,77 @@ def test_override_refuses_service_only_keys(key: str, directive: str) -> None:
     assert problem.key == f'override."nginx.service".{key}'
     assert "only for [service.NAME]" in problem.message
     assert directive in problem.message
+
+
+def _has_cycle(edges: dict[str, set[str]]) -> bool:
+    state: dict[str, int] = {}
+
+    def visit(node: str) -> bool:
+        state[node] = 1
+        for child in edges[node]:
+            if state.get(child) == 1 or (child not in state and visit(child)):
+                return True
+        state[node] = 2
+        return False
+
+    return any(node not in state and visit(node) for node in edges)
+
+
+def _looping_groups(edges: dict[str, set[str]]) -> int:
+    """How many groups of services loop together (brute force: mutual reachability)."""
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(edges[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges[node])
+        return seen
+
+    reachable = {node: reach(node) for node in edges}
+    groups = {
+        frozenset(m for m in edges if m in reachable[n] and n in reachable[m])
+        for n in edges
+        if n in reachable[n]
+    }
+    return len(groups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda n: st.lists(
+            st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), st.sampled_from(_EDGE_KINDS)),
+            max_size=10,
+        ).map(lambda e: (n, e))
+    )
+)
+def test_cycles_match_a_reference(graph: tuple[int, list[tuple[int, int, str]]]) -> None:
+    n, raw_edges = graph
+    names = [f"s{i}" for i in range(n)]
+    deps: dict[str, dict[str, list[str]]] = {name: {} for name in names}
+    edges: dict[str, set[str]] = {name: set() for name in names}
+    for a, b, kind in raw_edges:
+        lst = deps[names[a]].setdefault(kind, [])
+        if f"s{b}.service" not in lst:
+            lst.append(f"s{b}.service")
+        if kind == "wants":
+            continue  # no ordering, never a cycle
+        # "a before b" means b waits for a.
+        src, dst = (names[b], names[a]) if kind == "before" else (names[a], names[b])
+        edges[src].add(dst)
+    try:
+        parse_spec(_chain(deps), SRC)
+        found: list[SpecProblem] = []
+    except SpecError as exc:
+        found = list(exc.problems)
+    assert all("dependency cycle" in p.message for p in found)
+    assert bool(found) == _has_cycle(edges)
+    assert len(found) == _looping_groups(edges)
+    for problem in found:
+        loop = problem.message.split(": ", 1)[1].split(" (")[0].split(" -> ")
+        assert loop[0] == loop[-1]
+        for a, b in itertools.pairwise(loop):
+            assert b.removesuffix(".service") in edges[a.removesuffix(".service")]
