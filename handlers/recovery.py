@@ -567,6 +567,15 @@ class RecoveryEngine:
         if diag.active and (not health or run.restarts > 0):
             run.detail = f"{unit} is {diag.active_state}"
             return Verdict.HEALTHY
+        if (
+            diag.active_state == "inactive"
+            and diag.result in ("success", "")
+            and trigger.source in ("listener", "reconcile")
+            and run.incident is None
+        ):
+            # Stopped cleanly (an operator's `systemctl stop`): not a failure to undo.
+            run.detail = f"{unit} is inactive and did not fail; left alone"
+            return Verdict.HEALTHY
         if diag.active_state in ("activating", "deactivating", "reloading"):
             run.detail = f"systemd is acting on it ({diag.active_state}/{diag.sub_state})"
             self._note_systemd(run)

@@ -852,3 +852,17 @@ async def test_oom_kill_is_recorded_and_alerted_once(tmp_path: Path) -> None:
     summaries = [a.summary for a in alerter.sent if a.status == "firing"]
     assert sum("OOM killer" in s for s in summaries) == 1
     assert all(a.reason == "oom-kill" for a in alerter.sent)
+
+
+@pytest.mark.asyncio
+async def test_cleanly_stopped_unit_is_not_restarted_by_the_listener(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service", state="inactive", result="success", sub="dead")
+    bus = FakeBus(unit, clock=clock)
+    engine, _s, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", Trigger("reconcile"))
+    manual = await engine.recover("api.service", Trigger("manual"))
+    await engine.aclose()
+    assert out.state is State.NOT_NEEDED and "did not fail" in out.reason
+    assert manual.state is State.RECOVERED  # an operator asking explicitly gets a start
+    assert bus.restarted() == ["api.service"]
