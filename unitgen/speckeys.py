@@ -188,6 +188,8 @@ def http_url(value: str) -> str | None:
     netloc = value.split("//", 1)[1].split("/", 1)[0] if "//" in value else ""
     if "@" in netloc:
         return "a URL without user:password (credentials do not belong in the spec)"
+    if re.search(r"\s", value):
+        return "a URL without whitespace (write a space as %20)"
     try:
         parts = urlsplit(value)
         _ = parts.port
@@ -260,6 +262,10 @@ DIRS = ListOf(Text(relative_directory, type_doc="relative directory"), one_or_ma
 ARGV = Argv(absolute_path)
 
 
+# handlers.probes refuses longer probe timeouts when it reads the policy.
+PROBE_TIMEOUT = Duration(positive=True, maximum=300.0)
+
+
 def _probe_fields(command_doc: str) -> dict[str, Field]:
     return {
         "http": Field(
@@ -284,7 +290,7 @@ HEALTH = Table(
     {
         **_probe_fields("probe: run this argv; exit status 0 passes"),
         "interval": Field(Duration(positive=True), "time between probes", "10s"),
-        "timeout": Field(Duration(positive=True), "a probe that takes longer fails", "2s"),
+        "timeout": Field(PROBE_TIMEOUT, "a probe that takes longer fails (at most 5min)", "2s"),
         "failures": Field(Integer(1, 1000), "consecutive failed probes that open an incident", 3),
     },
     one_of=[("http", "tcp", "command")],
@@ -298,7 +304,7 @@ HEALTH = Table(
 DEPENDENCY = Table(
     {
         **_probe_fields("probe: run this argv; exit status 0 passes"),
-        "timeout": Field(Duration(positive=True), "a probe that takes longer fails", "2s"),
+        "timeout": Field(PROBE_TIMEOUT, "a probe that takes longer fails (at most 5min)", "2s"),
     },
     one_of=[("http", "tcp", "command")],
     build=_probe,
