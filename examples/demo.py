@@ -48,10 +48,18 @@ def exposure(sb: Sandbox, unit: str) -> str:
     return f"{found.group(1)} {found.group(2)}" if found else "?"
 
 
-def serves(sb: Sandbox) -> tuple[str, str]:
-    web = sb.run(["/usr/bin/python3", "-c", FETCH]).stdout.strip() or "no answer"
-    cache = sb.run(["/usr/bin/redis-cli", "-p", "6390", "ping"]).stdout.strip() or "no answer"
-    return web, cache
+def serves(sb: Sandbox, timeout: float = 10.0) -> tuple[str, str]:
+    """Ask both daemons, retrying until they answer or the deadline passes.
+
+    Type=exec units are "active" once exec'd, a moment before they listen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        web = sb.run(["/usr/bin/python3", "-c", FETCH]).stdout.strip() or "no answer"
+        cache = sb.run(["/usr/bin/redis-cli", "-p", "6390", "ping"]).stdout.strip() or "no answer"
+        if (web, cache) == ("200", "PONG") or time.monotonic() > deadline:
+            return web, cache
+        time.sleep(0.1)
 
 
 def demo(sb: Sandbox, spec: Path) -> int:

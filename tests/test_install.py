@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,10 +82,15 @@ def repo_shared_system_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield sb
 
 
-def _serves(sb: Sandbox) -> tuple[str, str]:
-    web = sb.run(["/usr/bin/python3", "-c", FETCH])
-    cache = sb.run(["/usr/bin/redis-cli", "-p", "6390", "ping"])
-    return web.stdout.strip(), cache.stdout.strip()
+def _serves(sb: Sandbox, timeout: float = 15.0) -> tuple[str, str]:
+    # Type=exec is "active" once exec'd, a moment before the server listens.
+    deadline = time.monotonic() + timeout
+    while True:
+        web = sb.run(["/usr/bin/python3", "-c", FETCH]).stdout.strip()
+        cache = sb.run(["/usr/bin/redis-cli", "-p", "6390", "ping"]).stdout.strip()
+        if (web, cache) == ("200", "PONG") or time.monotonic() > deadline:
+            return web, cache
+        time.sleep(0.1)
 
 
 def _check_installed(sb: Sandbox, prefix: str) -> None:
