@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spec_toml import dumps
 
 from handlers.alerts import AlertTarget
 from handlers.probes import ProbeSpec
 from unitgen.errors import SpecError
 from unitgen.specfile import load_spec, parse_spec
-
-from spec_toml import dumps
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example.toml"
 SRC = "spec.toml"
