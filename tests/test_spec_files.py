@@ -161,3 +161,12 @@ def test_syntax_error_from_a_file_names_the_file(tmp_path: Path) -> None:
     spec.write_text('[service.api]\nexec = ["/x"]\nexec = ["/y"]\n')
     problem = the_problem(spec)
     assert "line 3" in problem.message
+
+
+def test_parse_spec_bounds_text_too() -> None:
+    from unitgen.specfile import parse_spec
+
+    with pytest.raises(SpecError) as info:
+        parse_spec("#" * (MAX_SPEC_BYTES + 1), "big.toml")
+    (problem,) = info.value.problems
+    assert "larger than" in problem.message

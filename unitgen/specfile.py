@@ -131,6 +131,8 @@ def _open_problem(path: str, exc: OSError) -> str:
 def parse_spec(text: str, source: str) -> Spec:
     """Validate and convert spec ``text``; ``source`` names it in every problem."""
     spec_path, source = source, _shown(source)
+    if len(text) > MAX_SPEC_BYTES:
+        raise _fail(source, f"is larger than {MAX_SPEC_BYTES} bytes, the most a spec may be")
     if not text.strip():
         raise _fail(
             source, 'is empty; expected at least one [service.NAME] or [override."UNIT"] table'
