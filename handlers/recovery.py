@@ -43,7 +43,7 @@ from handlers.diagnose import (
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
 from handlers.locks import UnitLock, check_unit_name
-from handlers.store import AttemptRow, IncidentRow, Stamp, Store, boot_id
+from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
 from unitgen.model import Probe, Threshold
 from unitgen.paths import Paths, Scope
@@ -188,6 +188,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     journal_task: asyncio.Task[tuple[str, ...]] | None = None
     rows: list[AttemptRow] = field(default_factory=list)  # steps not yet written
+    active_at: Stamp | None = None  # when verification last saw it active and healthy
 
     @property
     def incident_id(self) -> str:
@@ -329,7 +330,7 @@ class RecoveryEngine:
                     "attempts_in_window": used,
                     "max_attempts": policy.recovery.max_attempts,
                     "window": policy.recovery.window,
-                    "last_failure_reason": summary.last_reason or summary.last_classification,
+                    "last_failure_reason": _failure_reason(summary),
                     "incidents": summary.incidents,
                     "mttr": summary.mttr,
                     "success_rate": summary.success_rate,
@@ -976,6 +977,8 @@ class RecoveryEngine:
             if not ok:
                 run.detail = f"active but unhealthy: {detail}"
                 return Verdict.FAILED
+        # MTTR ends here, when it is active and healthy, not after the uptime watch.
+        run.active_at = self._stamp()
         if self.watch_uptime and run.policy.recovery.min_uptime > 0:
             return await self._watch_uptime(run, props)
         run.detail = f"active (attempt {run.used})"
@@ -1029,7 +1032,9 @@ class RecoveryEngine:
         if state is State.RECOVERED and inc is not None:
             run.reason = f"active again after {run.restarts} restart(s)"
             self.store.amend_last_restart(inc.id, result="ok", reason=run.detail)
-            self.store.close_incident(inc.id, state="recovered", reason=run.reason, at=now)
+            self.store.close_incident(
+                inc.id, state="recovered", reason=run.reason, at=run.active_at or now
+            )
             self._emit(
                 run,
                 EventKind.RECOVERED,
@@ -1389,6 +1394,14 @@ def _alerter(policy: Policy) -> Alerter | None:
 
     targets = [AlertTarget.from_mapping(m) for m in policy.alerts]
     return Alerter(targets)
+
+
+def _failure_reason(summary: UnitSummary) -> str:
+    """What failed last, and, if the ladder gave up, why it stopped."""
+    what = summary.last_classification or "unknown"
+    if summary.state == "gave-up" and summary.last_reason:
+        return f"{what}; gave up: {summary.last_reason}"
+    return what if summary.incidents else ""
 
 
 def _policy_stat(unit: str, policy_dir: Path) -> tuple[int, ...]:

@@ -866,3 +866,20 @@ async def test_cleanly_stopped_unit_is_not_restarted_by_the_listener(tmp_path: P
     assert out.state is State.NOT_NEEDED and "did not fail" in out.reason
     assert manual.state is State.RECOVERED  # an operator asking explicitly gets a start
     assert bus.restarted() == ["api.service"]
+
+
+@pytest.mark.asyncio
+async def test_status_reports_failure_reason_mttr_and_budget(tmp_path: Path) -> None:
+    clock = FakeClock()
+    unit = FakeUnit("api.service", behaviour=lambda n: "failed")
+    bus = FakeBus(unit, clock=clock)
+    rec = dataclasses.replace(FAST, max_attempts=2)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=rec))
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    await engine.recover("api.service", ONFAIL)
+    row = engine.status("api.service")[0]
+    await engine.aclose()
+    assert row["last_failure_reason"] == "exit-code; gave up: budget"
+    assert row["attempts_in_window"] == 2 and row["max_attempts"] == 2
+    assert str(row["state"]).startswith("gave-up") and row["success_rate"] == 0.0
+    assert row["mttr"] is None  # nothing recovered yet
