@@ -211,13 +211,13 @@ install_venv() {
         \( -name '*.py' -o -name '*.j2' -o -name '*.conf' -o -name '*.xml' -o -name '*.toml' \) \
         -print0 2>/dev/null | sort -z | xargs -0 cat; echo "$extras"; } | sha256sum | cut -d' ' -f1)"
     if [ -f "$venv/.unitgen-stamp" ] && [ "$(cat "$venv/.unitgen-stamp")" = "$stamp" ] \
-        && "$venv/bin/python" -c 'import unitgen' 2>/dev/null; then
+        && "$venv/bin/python" -I -c 'import unitgen' 2>/dev/null; then
         return 0
     fi
     # An editable install of this very work tree (a --dev venv) already runs the
     # current code: never replace it with a copy.
     local where
-    where="$("$venv/bin/python" -c 'import unitgen, os; print(os.path.dirname(os.path.dirname(os.path.realpath(unitgen.__file__))))' 2>/dev/null || true)"
+    where="$("$venv/bin/python" -I -c 'import unitgen, os; print(os.path.dirname(os.path.dirname(os.path.realpath(unitgen.__file__))))' 2>/dev/null || true)"
     if [ "$DEV" = 0 ] && [ "$where" = "$REPO" ]; then
         return 0
     fi
