@@ -113,3 +113,17 @@ def test_sigkill_of_unitgen_still_kills_the_namespace() -> None:
     assert not root.exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{root.name}"))
     assert os.path.exists("/proc/self")
+
+
+def test_shell_reads_commands_and_returns_their_status() -> None:
+    res = subprocess.run(
+        [*UNITGEN, "sandbox", "--shell"],
+        input="systemctl --user is-system-running\nexit 3\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SHELL": "/bin/bash"},
+        check=False,
+    )
+    assert res.returncode == 3, res.stderr
+    assert res.stdout.strip().splitlines()[-1] in ("running", "degraded")
