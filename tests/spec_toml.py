@@ -32,16 +32,21 @@ def toml_value(value: object) -> str:
     raise TypeError(type(value))
 
 
-def dumps(spec: Mapping[str, Mapping[str, object]]) -> str:
-    """Top-level sections of named tables, as in a spec: [service.NAME] with inline values."""
+def dumps(spec: Mapping[str, object]) -> str:
+    """A spec as [section.NAME] tables with inline values; anything else inline at the top."""
+    head: list[str] = []
     lines: list[str] = []
     for section, body in spec.items():
-        if section == "defaults":
+        if section == "defaults" and isinstance(body, Mapping):
             lines.append("[defaults]")
             lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in body.items())
-            continue
-        for name, table in body.items():
-            lines.append(f"[{toml_key(section)}.{toml_key(name)}]")
-            assert isinstance(table, Mapping)
-            lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
+        elif isinstance(body, Mapping) and all(isinstance(t, Mapping) for t in body.values()):
+            if not body:
+                head.append(f"{toml_key(section)} = {{}}")
+            for name, table in body.items():
+                assert isinstance(table, Mapping)
+                lines.append(f"[{toml_key(section)}.{toml_key(name)}]")
+                lines.extend(f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items())
+        else:
+            head.append(f"{toml_key(section)} = {toml_value(body)}")
+    return "\n".join(head + lines) + "\n"

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spec_toml import dumps
 
 from unitgen import specnodes as sn
+from unitgen.errors import SpecError
 from unitgen.schema import build_schema, schema_json
+from unitgen.specfile import parse_spec
 from unitgen.speckeys import SPEC
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example.toml"
@@ -293,4 +297,67 @@ def test_schema_accepts_the_spellings_the_validator_accepts() -> None:
         state_directory="api",
         hardening="minimal",
     )
+    assert errors(build_schema(), tomllib.loads(dumps(spec))) == []
+
+
+# -- random edits of the example: whatever the validator accepts, the schema accepts --
+
+_RAW_EXAMPLE = tomllib.loads(EXAMPLE.read_text())
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found.append((*path, k))
+            found += _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found.append((*path, i))
+            found += _paths(v, (*path, i))
+    return found
+
+
+_PATHS = _paths(_RAW_EXAMPLE)
+_REPLACEMENTS = [5, 0, -1, True, 1.5, "x", "", "5s", "10%", "/abs", [], ["/abs"], {}]
+
+
+def _edited(edits: list[tuple[int, int | None]]) -> dict[str, Any]:
+    import copy
+
+    spec = copy.deepcopy(_RAW_EXAMPLE)
+    for path_index, replacement in edits:
+        path = _PATHS[path_index]
+        node: Any = spec
+        try:
+            for step in path[:-1]:
+                node = node[step]
+            if replacement is None:
+                del node[path[-1]]
+            else:
+                node[path[-1]] = copy.deepcopy(_REPLACEMENTS[replacement])
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit removed or replaced the parent
+    return spec
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(_PATHS) - 1),
+            st.one_of(st.none(), st.integers(0, len(_REPLACEMENTS) - 1)),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_what_the_validator_accepts_the_schema_accepts(
+    edits: list[tuple[int, int | None]],
+) -> None:
+    spec = _edited(edits)
+    try:
+        parse_spec(dumps(spec), "edited.toml")
+    except SpecError:
+        return
     assert errors(build_schema(), tomllib.loads(dumps(spec))) == []
