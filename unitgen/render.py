@@ -334,12 +334,19 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
 def _recover_timeout(spec: Spec) -> float:
     """How long one recovery may run: the slowest ladder in the spec, plus slack."""
 
+    # The ladder waits up to two rounds for a dependency before giving up on it.
+    from handlers.recovery import DEPENDENCY_WAIT
+
     def ladder(r: Recovery) -> float:
         b = r.backoff
         waits = sum(
             min(b.base * b.factor**i, b.max) * (1 + b.jitter) for i in range(r.max_attempts)
         )
-        return waits + r.max_attempts * (r.start_timeout + r.validate_timeout)
+        # The OnFailure= process also watches each restart for min_uptime, so a quick
+        # crash is handled in the same run (systemd merges a second OnFailure= start
+        # into the oneshot that is still running).
+        per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime
+        return waits + r.max_attempts * per_attempt + 2 * DEPENDENCY_WAIT
 
     recoveries = [s.recovery for s in spec.services.values()]
     recoveries += [o.recovery for o in spec.overrides.values()]
