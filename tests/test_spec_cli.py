@@ -76,3 +76,12 @@ def test_spec_problems_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "service.api.restart.delay",
         "service.api.description",
     }
+
+
+def test_the_example_passes_unitgen_check(capsys: pytest.CaptureFixture[str]) -> None:
+    # The example's header promises this; it runs the real systemd-analyze verify/security.
+    example = Path(__file__).resolve().parent.parent / "examples" / "example.toml"
+    code = main(["check", str(example)])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "api.service" in out
