@@ -45,7 +45,7 @@ from handlers.ladder import GiveUp, Level, State, Verdict
 from handlers.locks import UnitLock, check_unit_name
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
-from unitgen.model import Probe, Threshold
+from unitgen.model import Probe
 from unitgen.paths import Paths, Scope
 from unitgen.policy import Policy, default_policy, load_policy
 
@@ -826,7 +826,7 @@ class RecoveryEngine:
                 run, "firing", run.level, f"{run.unit} was killed by the OOM killer", "memory"
             )
         # /proc/meminfo is generated in memory: reading it cannot block like statvfs can.
-        mem = resources.memory_status(_threshold(resources, policy.memory.min_available))
+        mem = resources.memory_status(policy.memory.min_available)
         if not mem.ok:
             run.notes.append(f"memory low: {mem.reason}")
             # Recorded and alerted, but not blocking: a restart may still succeed. One
@@ -839,27 +839,34 @@ class RecoveryEngine:
             )
             return Verdict.OK
         disk = policy.disk
-        min_free = _threshold(resources, disk.min_free)
-        min_inodes = _threshold(resources, disk.min_free_inodes)
 
-        def low() -> list[str]:
-            statuses = resources.check_disk(paths, min_free=min_free, min_free_inodes=min_inodes)
-            return [s.reason for s in statuses if not s.ok]
-
-        problems = await asyncio.to_thread(low)
-        if problems and disk.cleanup:
-            from handlers import cleanup
-
-            report = await asyncio.to_thread(
-                cleanup.free_space,
-                list(disk.cleanup),
-                enough=lambda: not low(),
-                dry_run=self.dry_run,
+        def low(checked: list[str]) -> list[resources.DiskStatus]:
+            statuses = resources.check_disk(
+                checked, min_free=disk.min_free, min_free_inodes=disk.min_free_inodes
             )
-            run.notes.append(f"freed {report.freed_bytes} bytes from the cleanup directories")
-            problems = await asyncio.to_thread(low)
+            return [s for s in statuses if not s.ok]
+
+        problems = await asyncio.to_thread(low, paths)
+        if problems and disk.cleanup:
+            # Only files on a full filesystem can help it: emptying cleanup directories
+            # that live elsewhere would destroy logs and free nothing that matters.
+            full = [s.path for s in problems]
+            roots = await asyncio.to_thread(_on_same_filesystem, list(disk.cleanup), full)
+            if roots:
+                from handlers import cleanup
+
+                report = await asyncio.to_thread(
+                    cleanup.free_space,
+                    roots,
+                    enough=lambda: not low(full),
+                    dry_run=self.dry_run,
+                )
+                run.notes.append(f"freed {report.freed_bytes} bytes from the cleanup directories")
+                problems = await asyncio.to_thread(low, paths)
+            else:
+                run.notes.append("no cleanup directory is on the full filesystem")
         if problems:
-            run.detail = "; ".join(problems)
+            run.detail = "; ".join(s.reason for s in problems)
             return Verdict.DISK_LOW
         run.detail = "disk ok" + (f"; memory low: {mem.reason}" if not mem.ok else "")
         return Verdict.OK
@@ -1420,19 +1427,28 @@ def _policy_stat(unit: str, policy_dir: Path) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _threshold(resources: Any, t: Threshold) -> Any:
-    return resources.Threshold(percent=t.percent, bytes=t.bytes)
+def _on_same_filesystem(roots: list[str], paths: list[str]) -> list[str]:
+    """The roots that live on the filesystem of one of ``paths`` (nearest existing parent)."""
+
+    def device(path: str) -> int | None:
+        current = Path(path)
+        while True:
+            try:
+                return current.stat().st_dev
+            except FileNotFoundError:
+                if current.parent == current:
+                    return None
+                current = current.parent
+            except OSError:
+                return None
+
+    wanted = {device(p) for p in paths} - {None}
+    return [r for r in roots if device(r) in wanted]
 
 
 async def _validate(argv: tuple[str, ...], timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109
-    try:
-        from handlers import configcheck  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        # Until handlers.configcheck exists: the same contract, run directly.
-        from handlers.procs import run_command
+    from handlers import configcheck
 
-        result = await run_command(argv, timeout=timeout)
-        return result.ok, ("config valid" if result.ok else f"config invalid: {result.describe()}")
     checked = await configcheck.validate_config(argv, timeout=timeout)
     return bool(checked.ok), str(checked.reason)
 

@@ -883,3 +883,16 @@ async def test_status_reports_failure_reason_mttr_and_budget(tmp_path: Path) -> 
     assert row["attempts_in_window"] == 2 and row["max_attempts"] == 2
     assert str(row["state"]).startswith("gave-up") and row["success_rate"] == 0.0
     assert row["mttr"] is None  # nothing recovered yet
+
+
+def test_disk_cleanup_only_touches_directories_on_the_full_filesystem(tmp_path: Path) -> None:
+    from handlers.recovery import _on_same_filesystem
+
+    here = tmp_path / "logs"
+    here.mkdir()
+    missing = tmp_path / "not-created-yet" / "state"
+    # /proc is never on the same filesystem as a temporary directory.
+    roots = [str(here), "/proc/sys"]
+    assert _on_same_filesystem(roots, [str(missing)]) == [str(here)]
+    assert _on_same_filesystem(roots, ["/proc/self"]) == ["/proc/sys"]
+    assert _on_same_filesystem(roots, []) == []

@@ -56,13 +56,10 @@ class Row:
 
 
 def _worst_case(spec_unit: Service | Override) -> str:
-    # Hook filled by the ladder's budget (handlers/budget.py): the most restarts the
+    # From the ladder's budget (handlers/budget.py): the most restarts the
     # combined policy allows per ladder window, systemd's burst and the ladder's
-    # attempts together. Empty where that module is missing.
-    try:
-        from handlers.budget import worst_case
-    except ImportError:
-        return ""
+    # attempts together.
+    from handlers.budget import worst_case
     from unitgen.policy import policy_from_service
 
     budget = worst_case(policy_from_service(spec_unit, ()))
