@@ -833,13 +833,11 @@ class Tagged(Node):
         variants: Mapping[str, Table],
         *,
         tag_doc: str,
-        build: Callable[[str, dict[str, Any]], object] | None = None,
         refused: Mapping[str, str] | None = None,
     ) -> None:
         self.tag = tag
         self.variants = dict(variants)
         self.tag_doc = tag_doc
-        self.build = build
         self.refused = dict(refused or {})
         self.type_doc = "table"
         self._tag_node = Choice(tuple(self.variants))
@@ -850,22 +848,16 @@ class Tagged(Node):
             return INVALID
         if self.tag not in value:
             out.add(join_key(key, self.tag), f"missing: {self.tag_doc}")
-            for name in value:
-                if name in self.refused:
-                    out.add(join_key(key, name), self.refused[name])
-            return INVALID
-        tag = self._tag_node.check(value[self.tag], join_key(key, self.tag), out)
-        if tag is INVALID:
-            for name in value:
-                if name in self.refused:
-                    out.add(join_key(key, name), self.refused[name])
-            return INVALID
-        assert isinstance(tag, str)
-        result = self.variants[tag].check(value, key, out)
-        if result is INVALID:
-            return INVALID
-        assert isinstance(result, dict)
-        return self.build(tag, result) if self.build is not None else result
+            tag: object = INVALID
+        else:
+            tag = self._tag_node.check(value[self.tag], join_key(key, self.tag), out)
+        if isinstance(tag, str):
+            return self.variants[tag].check(value, key, out)
+        # Without a type the key set is unknown, but an inline secret is wrong in any type.
+        for name in value:
+            if name in self.refused:
+                out.add(join_key(key, name), self.refused[name])
+        return INVALID
 
     def schema(self) -> JSON:
         branches: list[JSON] = []
