@@ -142,15 +142,14 @@ def entry_fields(event: Event, *, object_unit: bool = False) -> list[tuple[str, 
 
 def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     """journald's native datagram format, binary-safe for values with newlines."""
-    out = bytearray()
+    parts: list[bytes] = []
     for key, value in fields:
         data = value.encode("utf-8", "replace") if isinstance(value, str) else value
-        name = key.encode("ascii")
         if b"\n" in data:
-            out += name + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+            parts.append(b"%s\n%s%s\n" % (key.encode("ascii"), struct.pack("<Q", len(data)), data))
         else:
-            out += name + b"=" + data + b"\n"
-    return bytes(out)
+            parts.append(b"%s=%s\n" % (key.encode("ascii"), data))
+    return b"".join(parts)
 
 
 def _stderr_line(line: str) -> bool:

@@ -123,8 +123,25 @@ def _coerce(kind: type, value: FieldValue) -> FieldValue | None:
     return None
 
 
+# FanOut hands the same Event object to every sink in turn: remember the last answer.
+_last: tuple[Event, dict[str, FieldValue]] | None = None
+
+
 def public_details(event: Event) -> dict[str, FieldValue]:
-    """The event's details that may be published, each with its documented type."""
+    """The event's details that may be published, each with its documented type.
+
+    Callers must not modify the returned dict (it is shared between sinks).
+    """
+    global _last
+    last = _last
+    if last is not None and last[0] is event:
+        return last[1]
+    out = _compute(event)
+    _last = (event, out)
+    return out
+
+
+def _compute(event: Event) -> dict[str, FieldValue]:
     out: dict[str, FieldValue] = {}
     for key, value in event.fields.items():
         kind = DETAIL_TYPES.get(key)

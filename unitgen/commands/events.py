@@ -119,11 +119,18 @@ async def _follow(args: argparse.Namespace) -> int:
             or getattr(m, "signature", None) != SIGNAL_SIGNATURE
         ):
             return
-        unit, incident, ts, details = unwrap(list(getattr(m, "body", [])))
-        if args.unit and not any(fnmatch.fnmatchcase(unit, g) for g in args.unit):
+        try:
+            unit, incident, ts, variants = getattr(m, "body", [])
+            details = unwrap(dict(variants))
+            if args.unit and not any(fnmatch.fnmatchcase(unit, g) for g in args.unit):
+                return
+            member = str(getattr(m, "member", ""))
+            line = format_event(member, unit, incident, ts, details, args.json)
+        except Exception as exc:
+            # Say so rather than lose an event silently inside the library's dispatch.
+            print(f"unitgen events: skipped a signal ({type(exc).__name__})", file=sys.stderr)
             return
-        member = str(getattr(m, "member", ""))
-        lines.put_nowait(format_event(member, unit, incident, ts, details, args.json))
+        lines.put_nowait(line)
 
     async def dbus_call(member: str, body: list[str]) -> list[object]:
         reply = await bus.call(
