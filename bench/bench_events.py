@@ -25,7 +25,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dbus_next import Message
 from eventstream_helpers import FakeBackend, connect, disconnect, private_bus
 
 from handlers.dbus_api import INTERFACE, RecoveryService, library_of
