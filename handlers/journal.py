@@ -142,6 +142,11 @@ def entry_fields(event: Event, *, object_unit: bool = False) -> list[tuple[str, 
 
 def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     """journald's native datagram format, binary-safe for values with newlines."""
+    fields = list(fields)
+    plain = [(k, v) for k, v in fields if isinstance(v, str) and "\n" not in v]
+    if len(plain) == len(fields):
+        # The usual entry: plain KEY=value lines, encoded in one go.
+        return "".join(f"{key}={value}\n" for key, value in plain).encode("utf-8", "replace")
     parts: list[bytes] = []
     for key, value in fields:
         data = value.encode("utf-8", "replace") if isinstance(value, str) else value
