@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from dbus_next import Message, MessageType
+from dbus_next import Message, MessageType, Variant
 from eventstream_helpers import NOBODY, FakeBackend, PrivateBus, connect, disconnect, private_bus
 
 from handlers.access import AccessPolicy, Decision
@@ -483,3 +483,36 @@ def test_checked_in_xml_is_well_formed_and_names_every_argument() -> None:
         ("out", "t", "timestamp_usec"),
         ("out", "a{sv}", "details"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_library_handled_calls_answer_cleanly_too(
+    served: tuple[RecoveryService, FakeBackend, Any], client: Any
+) -> None:
+    """Properties and unknown members are answered by the library: still no traceback."""
+    calls = [
+        ("org.freedesktop.DBus.Properties", "Get", "ss", [INTERFACE, "Nope"]),
+        ("org.freedesktop.DBus.Properties", "GetAll", "s", [INTERFACE]),
+        ("org.freedesktop.DBus.Properties", "Set", "ssv", [INTERFACE, "Nope", Variant("s", "x")]),
+        (INTERFACE, "NoSuchMethod", "", []),
+        (INTERFACE, "History", "u", [7]),
+    ]
+    for interface, member, sig, body in calls:
+        reply = await asyncio.wait_for(
+            client.call(
+                Message(
+                    destination=BUS_NAME,
+                    path=OBJECT_PATH,
+                    interface=interface,
+                    member=member,
+                    signature=sig,
+                    body=body,
+                )
+            ),
+            10,
+        )
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            assert "Traceback" not in text and "\n" not in text, (member, text)
+        else:
+            assert member == "GetAll" and reply.body == [{}]
