@@ -331,3 +331,43 @@ async def test_real_ladder_through_listener_and_onfailure_restarts_nothing_twice
     finally:
         listener.stop()
         await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.asyncio
+async def test_failing_health_probe_opens_a_health_recovery(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    import socket
+
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "sick.service"
+    # A port nobody listens on: bind, note it, close.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    (paths.policy_dir / f"{unit}.json").write_text(
+        json.dumps(
+            {
+                "unit": unit,
+                "version": 1,
+                "health": {
+                    "probe": {"kind": "tcp", "target": f"127.0.0.1:{port}", "timeout": 0.5},
+                    "interval": 0.1,
+                    "failures": 2,
+                },
+            }
+        )
+    )
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths)
+    running.engine.restart = False
+    await asyncio.wait_for(running.engine.called.wait(), 15)
+    name, trigger = running.engine.calls[0]
+    assert name == unit
+    assert trigger == {"source": "health", "reason": "health"}
+    assert running.listener.stats.health_escalations >= 1
+    # The unit itself never failed: this came from the probe alone.
+    assert sb.show(unit, "ActiveState")["ActiveState"] == "active"
