@@ -218,7 +218,7 @@ class JournalSink:
             + [
                 f"{k.removeprefix('UNITGEN_').lower()}={v}"
                 for k, v in fields[4:]
-                if k != "UNITGEN_UNIT"
+                if k not in ("UNITGEN_UNIT", "OBJECT_SYSTEMD_UNIT")
             ]
         )
         if self._fallback(line):

@@ -148,7 +148,7 @@ def test_without_a_journal_it_falls_back_to_one_line(tmp_path: Path) -> None:
         lines.append(line)
         return True
 
-    sink = JournalSink(str(tmp_path / "no-such-socket"), fallback=fallback)
+    sink = JournalSink(str(tmp_path / "no-such-socket"), fallback=fallback, object_unit=True)
     try:
         sink.emit(Event(EventKind.RECOVERED, "web.service", "i9", {"duration": 1.5}))
     finally:
@@ -156,6 +156,7 @@ def test_without_a_journal_it_falls_back_to_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "\n" not in lines[0]
     assert lines[0].startswith("unitgen: web.service: recovered after 1.500 s")
     assert "event=Recovered" in lines[0] and "incident=i9" in lines[0]
+    assert "object_systemd_unit" not in lines[0]  # the unit is named once, up front
     assert sink.fallbacks == 1 and sink.sent == 0
 
 
