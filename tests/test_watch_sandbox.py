@@ -176,3 +176,94 @@ def test_kill_9_mid_incident_continues_without_exceeding_the_budget(
     )
     assert "gave-up" in status.stdout, status.stdout + status.stderr
     assert int(sb.show(DAEMON, "NRestarts")["NRestarts"]) == 1
+
+
+@pytest.mark.sandbox
+@pytest.mark.system
+def test_system_scope_daemon_runs_hardened_and_recovers(tmp_path: Path) -> None:
+    """The system-scope unit, hardening included, in a booted container."""
+    from sandboxlib import start_sandbox
+
+    # The editable install imports from the repository: share it into the container.
+    sb = start_sandbox(Scope.SYSTEM, share=[REPO, tmp_path])
+    try:
+        _system_daemon(sb, tmp_path)
+    finally:
+        sb.close()
+
+
+def _system_daemon(sb: Sandbox, tmp_path: Path) -> None:
+    spec = (REPO / "units" / "unitgen-watch.toml").read_text()
+    spec = spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
+    # Only for this test machine: the venv's interpreter lives under /root
+    # (pyenv), which ProtectHome=yes hides. Production Pythons live in /usr.
+    spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",')
+    (tmp_path / "watch.toml").write_text(spec)
+    out = tmp_path / "rendered"
+    policy_dir = Path(sb.env["UNITGEN_POLICY_DIR"])
+    res = subprocess.run(
+        [
+            str(UNITGEN),
+            "render",
+            str(tmp_path / "watch.toml"),
+            "--out",
+            str(out),
+            "--policy-dir",
+            "/etc/unitgen/policy.d",
+            "--unitgen-bin",
+            str(UNITGEN),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNITGEN_SCOPE": "system"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    unit = f"sysw-{time.monotonic_ns() % 100000}.service"
+    (policy_dir / f"{unit}.json").write_text(json.dumps({"unit": unit, "version": 1}))
+    files = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+    files[unit] = "[Service]\nExecStart=/bin/sleep infinity\n"
+    sb.install_units(files)
+    # The bus policy install.sh installs, so the daemon may own org.unitgen.Recovery1.
+    sb.run(
+        [
+            "sh",
+            "-c",
+            "mkdir -p /etc/dbus-1/system.d && cat > "
+            "/etc/dbus-1/system.d/org.unitgen.Recovery1.conf",
+        ],
+        input=(REPO / "units" / "org.unitgen.Recovery1.conf").read_text(),
+        check=True,
+    )
+    sb.run(
+        [
+            "busctl",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "ReloadConfig",
+        ],
+        check=True,
+    )
+    try:
+        sb.systemctl("start", unit, check=True)
+        sb.systemctl("start", DAEMON, check=True)
+        props = sb.show(DAEMON, "ActiveState", "StatusText", "ProtectSystem", "NoNewPrivileges")
+        assert props["ActiveState"] == "active", sb.journal(DAEMON, 60)
+        assert props["StatusText"].startswith("watching "), props
+        assert props["ProtectSystem"] == "strict" and props["NoNewPrivileges"] == "yes"
+        first = sb.main_pid(unit)
+        sb.kill_main(unit)
+        sb.wait_for(
+            unit,
+            lambda p: (
+                p.get("ActiveState") == "active" and p.get("MainPID") not in ("0", str(first))
+            ),
+            30,
+        )
+        journal = sb.journal(DAEMON, 200)
+        assert "recovered" in journal, journal
+        assert "event stream not exported" not in journal, journal
+    finally:
+        sb.systemctl("stop", DAEMON, unit)

@@ -77,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
     import signal
+
+    from unitgen.errors import UnitgenError
+
+    log = logging.getLogger("unitgen.watch")
 
     from handlers.bus import SystemdBus
     from handlers.events import FanOut
@@ -111,7 +116,12 @@ async def _main(args: argparse.Namespace) -> int:
         if service is None:
             service = RecoveryService(_Backend(engines[0]), on_drop=metrics.count_dropped)
             events.add(service)
-        await service.attach(bus.raw)
+        try:
+            await service.attach(bus.raw)
+        except UnitgenError as exc:
+            # Recovery matters more than the event stream: carry on without it.
+            # The OnFailure= path then runs the ladder itself (handlers/handoff.py).
+            log.warning("event stream not exported: %s", exc)
 
     listener = Listener(
         paths,
