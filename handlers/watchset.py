@@ -25,7 +25,7 @@ _POLICY_SUFFIX = ".json"
 _CACHE_LIMIT = 65536
 
 
-def _template_of(unit: str) -> str | None:
+def template_of(unit: str) -> str | None:
     """``worker@3.service`` -> ``worker@.service``; None for a non-instance."""
     prefix, at, rest = unit.partition("@")
     if not at or "." not in rest or not prefix:
@@ -77,6 +77,15 @@ class WatchSet:
         self.templates = frozenset(templates)
         self._cache.clear()
 
+    def policy_key(self, unit: str) -> str:
+        """The name whose policy file governs ``unit``: its own, else its template's."""
+        if unit in self.units:
+            return unit
+        template = template_of(unit)
+        if template is not None and template in self.templates:
+            return template
+        return unit
+
     def patterns(self) -> list[str]:
         """Globs for ListUnitsByPatterns that cover every watched unit."""
         pats = set(self.units) | set(self.globs)
@@ -99,7 +108,7 @@ class WatchSet:
     def _decide(self, unit: str) -> bool:
         if unit in self.units:
             return True
-        template = _template_of(unit)
+        template = template_of(unit)
         if template is not None and template in self.templates:
             return True
         return bool(self._glob_re is not None and self._glob_re.fullmatch(unit))

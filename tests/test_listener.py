@@ -46,6 +46,9 @@ def test_watchset_policies_templates_and_globs(tmp_path: Path) -> None:
     assert "db-main.service" in ws
     assert "api2.service" not in ws and "other.service" not in ws
     assert sorted(ws.patterns()) == ["api.service", "db-*.service", "worker@*.service"]
+    assert ws.policy_key("worker@7.service") == "worker@.service"
+    assert ws.policy_key("api.service") == "api.service"
+    assert ws.policy_key("db-main.service") == "db-main.service"
 
 
 def test_watchset_missing_dir_and_rescan(tmp_path: Path) -> None:
