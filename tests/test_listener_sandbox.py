@@ -371,3 +371,23 @@ async def test_failing_health_probe_opens_a_health_recovery(
     assert running.listener.stats.health_escalations >= 1
     # The unit itself never failed: this came from the probe alone.
     assert sb.show(unit, "ActiveState")["ActiveState"] == "active"
+
+
+@pytest.mark.asyncio
+async def test_daemon_reexec_is_a_gap_and_failures_are_still_seen(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = "after-reexec.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths)
+    before = running.listener.stats.reconciles
+    sb.systemctl("daemon-reexec", check=True)
+    await _until(lambda: running.listener.stats.reconciles > before, 15)
+    await _until(lambda: sb.main_pid(unit) > 0)
+    sb.kill_main(unit)
+    await asyncio.wait_for(running.engine.called.wait(), 15)
+    assert [c[0] for c in running.engine.calls] == [unit]
