@@ -7,7 +7,8 @@
 #   ./install.sh --prefix DIR         venv somewhere else (default /opt/unitgen)
 #   ./install.sh --dest DIR           stage everything under DIR (packaging); touches no manager
 #   ./install.sh --uninstall          remove what an earlier run installed (keeps state/history)
-#   ./install.sh --dev                also the test dependencies: .[dev,fast] and the OS packages
+#   ./install.sh --dev                dev/CI set-up: editable .[dev,fast] and the OS packages the
+#                                     tests need; installs no units (the tests bring their own systemd)
 #   ./install.sh --demo               the main job: real systemd sandbox, demo spec, scores
 #   ./install.sh --check              only report what is missing, install nothing
 #   ./install.sh --no-apt             never call apt-get; say what is missing instead
@@ -28,7 +29,7 @@ PYTHON="${PYTHON:-python3}"
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -330,6 +331,12 @@ install_units() {
 do_install() {
     check_requirements
     install_venv
+    # --dev sets up a development/CI machine: the tests bring their own systemd, so
+    # nothing goes into the host's unit directories unless a spec is asked for.
+    if [ "$DEV" = 1 ] && [ -z "$SPEC" ]; then
+        say "done: unitgen[dev,fast] in $PREFIX (--dev installs no units)"
+        return 0
+    fi
     install_units
     say "done: unitgen in $PREFIX, units in $DEST$UNIT_DIR"
 }
@@ -355,7 +362,10 @@ do_uninstall() {
             [ -n "$f" ] || continue
             if [ -e "$DEST$f" ] || [ -L "$DEST$f" ]; then
                 rm -f "$DEST$f"; say "removed $f"
-                rmdir "$(dirname "$DEST$f")" 2>/dev/null || true
+                # Only directories install.sh itself makes: drop-in dirs and specs/.
+                case "$(dirname "$f")" in
+                    "$UNIT_DIR"/*.d|"$MANIFEST_DIR"/specs) rmdir "$(dirname "$DEST$f")" 2>/dev/null || true ;;
+                esac
             fi
         done < "$DEST$MANIFEST"
         has_manager && "${SYSTEMCTL[@]}" daemon-reload || true
