@@ -76,44 +76,6 @@ async def close_bus(bus: Any) -> None:
 
 
 def start_unprivileged_manager(sb: Any, uid: int = 65534) -> dict[str, str]:
-    """Start a second user manager, as ``uid``, inside a (root) user sandbox.
-
-    That is the manager an operator's ``install.sh --user`` meets: no
-    CAP_SETPCAP, namespacing only through user namespaces. Its cgroup is
-    delegated (chowned) like logind's user@UID.service would. Returns the
-    environment for ``sb.run(..., user=uid, env=...)``; waits for "running".
-    """
-    import time
-
-    runtime, home = f"/run/user/{uid}", f"/home/u{uid}"
-    cgroups = " ".join(
-        f"{h}/{sb.cgroup_id}/user-{uid}"
-        for h in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
-    )
-    env = {
-        "XDG_RUNTIME_DIR": runtime,
-        "HOME": home,
-        "XDG_CONFIG_HOME": f"{home}/.config",
-        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
-    }
-    script = f"""set -e
-mkdir -p {runtime} {home}/.config/systemd/user
-chown -R {uid}:{uid} {runtime} {home}; chmod 700 {runtime}
-for c in {cgroups}; do
-    if [ -d "$(dirname "$c")" ]; then
-        mkdir -p "$c"; chown -R {uid}:{uid} "$c"; echo $$ > "$c/cgroup.procs"
-    fi
-done
-setsid setpriv --reuid {uid} --regid {uid} --clear-groups /lib/systemd/systemd --user \
-    </dev/null >/dev/null 2>&1 &
-"""
-    sb.run(["/bin/sh", "-c", script], env=env, check=True)
-    deadline = time.monotonic() + 20
-    state = ""
-    while time.monotonic() < deadline:
-        res = sb.run(["systemctl", "--user", "show", "-P", "SystemState"], env=env, user=uid)
-        state = res.stdout.strip()
-        if state in ("running", "degraded"):
-            return env
-        time.sleep(0.02)
-    raise SandboxError(f"unprivileged user manager (uid {uid}) not running: {state!r}")
+    """See :meth:`unitgen.sandbox.Sandbox.start_unprivileged_manager`."""
+    env: dict[str, str] = sb.start_unprivileged_manager(uid)
+    return env
