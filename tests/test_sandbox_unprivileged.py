@@ -45,6 +45,10 @@ FAILS_226 = [
     "PrivateUsers=yes|ProtectKernelLogs=yes",
     "PrivateUsers=yes|ProtectKernelModules=yes",
     "PrivateUsers=yes|PrivateDevices=yes",
+    # Each of these starts alone, and so does PrivateUsers=yes; the pair does not.
+    "PrivateUsers=yes|ProtectSystem=strict",
+    "PrivateUsers=yes|ProtectHome=yes",
+    "PrivateUsers=yes|PrivateTmp=yes",
 ]
 
 pytestmark = pytest.mark.timeout(300)
