@@ -268,23 +268,10 @@ RECOVER_HARDENING: tuple[Directive, ...] = (
         "/home readable (validate commands may read configs there). " + _USER_SCOPE_NOTE,
         user_scope=False,
     ),
+    # The standard profile but for PrivateTmp (the stale files it removes live in the
+    # real /tmp), plus the address-family allow-list.
     *_pick(
-        (
-            "NoNewPrivileges",
-            "PrivateDevices",
-            "ProtectHostname",
-            "ProtectClock",
-            "ProtectKernelTunables",
-            "ProtectKernelModules",
-            "ProtectKernelLogs",
-            "ProtectControlGroups",
-            "RestrictNamespaces",
-            "LockPersonality",
-            "RestrictRealtime",
-            "RestrictSUIDSGID",
-            "SystemCallArchitectures",
-            "RestrictAddressFamilies",
-        )
+        (*(name for name in _STANDARD_NAMES if name != "PrivateTmp"), "RestrictAddressFamilies")
     ),
 )
 
