@@ -1099,21 +1099,43 @@ def _abort(
     launcher: subprocess.Popen[bytes], root: Path, cgroup_id: str, init_pid: int = 0
 ) -> None:
     """The one teardown path: kill the namespace, then remove cgroups and files."""
-    init = init_pid or next(iter(_ns_children(launcher.pid)), 0)
-    if init:
+    # Kill the namespace's init and let its parent (unshare, or nspawn) reap it:
+    # killing the parent first would leave init a zombie of the host's PID 1.
+    if init_pid:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(init, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        launcher.kill() if not init else None
+            os.kill(init_pid, signal.SIGKILL)
+    else:
+        # A boot that failed half-way: we do not know init, so everything in our
+        # cgroup tree is ours and dies, then the launcher.
+        _kill_cgroup_tree(cgroup_id)
+        with contextlib.suppress(ProcessLookupError):
+            launcher.kill()
     try:
         launcher.wait(timeout=10)
     except subprocess.TimeoutExpired:
         launcher.kill()
         launcher.wait(timeout=10)
     deadline = time.monotonic() + 5
+    while _kill_cgroup_tree(cgroup_id) and time.monotonic() < deadline:
+        time.sleep(_POLL)
     for mount, _ in _cgroup_mounts():
         _remove_cgroup_tree(mount / cgroup_id, deadline)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_cgroup_tree(cgroup_id: str) -> int:
+    """SIGKILL every process in ``/CGROUP_ID`` of any hierarchy; returns how many."""
+    hit = 0
+    for mount, _ in _cgroup_mounts():
+        for dirpath, _dirs, files in os.walk(mount / cgroup_id):
+            if "cgroup.procs" not in files:
+                continue
+            with contextlib.suppress(OSError):
+                for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                        hit += 1
+    return hit
 
 
 def start_user_sandbox(**kwargs: object) -> Sandbox:
