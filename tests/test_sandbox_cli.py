@@ -109,7 +109,8 @@ def test_sigkill_of_unitgen_still_kills_the_namespace() -> None:
     _wait_gone([], [init])  # PR_SET_PDEATHSIG chain: unshare, then the namespace
     from unitgen.sandbox import reap_stale
 
-    assert root in reap_stale()
+    # Any sandbox start reaps (other test processes may get there first).
+    reap_stale()
     assert not root.exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{root.name}"))
     assert os.path.exists("/proc/self")
