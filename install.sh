@@ -94,6 +94,19 @@ declare -A DEV_PKG_OF=(
     [openssl]=openssl [prometheus-alertmanager]=prometheus-alertmanager
 )
 
+# file -> Debian package, for what is not a command: the user manager's session bus.
+declare -A DEV_FILE_PKG=(
+    [/usr/lib/systemd/user/dbus.socket]=dbus-user-session
+)
+
+missing_files() {
+    local -n files=$1
+    local f
+    for f in "${!files[@]}"; do
+        [ -e "$f" ] || echo "${files[$f]}"
+    done
+}
+
 python_ok() {
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
@@ -116,7 +129,12 @@ need_packages() {
     mapfile -t pkgs < <(
         {
             missing_packages PKG_OF
-            if [ "$DEV" = 1 ] || [ "$ACTION" = demo ]; then missing_packages DEV_PKG_OF; fi
+            if [ "$DEV" = 1 ] || [ "$ACTION" = demo ]; then
+                missing_packages DEV_PKG_OF
+                missing_files DEV_FILE_PKG
+            elif [ "$SCOPE" = user ]; then
+                missing_files DEV_FILE_PKG
+            fi
             if ! python_ok; then
                 echo python3; echo python3-venv
             elif [ ! -x "$DEST$PREFIX/bin/python" ] && ! venv_ok; then

@@ -94,7 +94,7 @@ def demo(sb: Sandbox, spec: Path) -> int:
         pid = props["MainPID"]
         owner = "-"
         if pid != "0":
-            owner = sb.run(["ps", "-o", "user=", "-p", pid]).stdout.strip() or "-"
+            owner = sb.run(["stat", "-c", "%U", f"/proc/{pid}"]).stdout.strip() or "-"
         state = f"{props['ActiveState']}/{props['SubState']}"
         ok = ok and props["ActiveState"] == "active"
         print(f"   {unit:22} {state:16} {pid:>8}  {owner:10} {exposure(sb, unit)}")

@@ -218,6 +218,27 @@ def test_check_names_exactly_what_is_missing(tmp_path: Path) -> None:
     assert "missing OS packages: dbus redis-server systemd-container" in res.stdout
 
 
+def test_check_names_a_missing_session_bus_package(tmp_path: Path) -> None:
+    # dbus-user-session is a file, not a command: point the check at a missing one.
+    script = tmp_path / "install.sh"
+    text = (
+        Path(INSTALL)
+        .read_text()
+        .replace("[/usr/lib/systemd/user/dbus.socket]", f"[{tmp_path}/no-dbus.socket]")
+    )
+    script.write_text(text.replace('REPO="$(cd', f'REPO="{REPO}" #', 1))
+    res = subprocess.run(
+        ["bash", str(script), "--dev", "--check", "--prefix", str(tmp_path / "venv")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": "/usr/bin/python3"},
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert "missing OS packages: dbus-user-session" in res.stdout
+
+
 def test_no_apt_refuses_and_says_the_apt_command(tmp_path: Path) -> None:
     path = _fake_path(tmp_path, {"redis-server"})
     res = subprocess.run(

@@ -86,6 +86,7 @@ from unitgen.paths import Scope
 
 SYSTEMD = "/lib/systemd/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
+USER_BUS_SOCKET_UNIT = "/usr/lib/systemd/user/dbus.socket"
 CGROUP_PREFIX = "unitgen-sandbox-"
 # Where the user sandbox's HOME and runtime dir appear inside (ROOT/home, ROOT/run).
 INSIDE_HOME = "/home/sandbox"
@@ -304,6 +305,9 @@ def probe(scope: Scope = Scope.USER) -> str | None:
     missing = [tool for tool in needed if shutil.which(tool) is None]
     if not Path(SYSTEMD).exists():
         missing.append(SYSTEMD)
+    if scope is Scope.USER and not Path(USER_BUS_SOCKET_UNIT).exists():
+        # The user manager's session bus is dbus-user-session's socket unit.
+        missing.append(f"{USER_BUS_SOCKET_UNIT} (Debian package dbus-user-session)")
     if missing:
         return "missing: " + ", ".join(missing)
     if not _tracking_hierarchies():
