@@ -149,4 +149,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from unitgen.errors import UnitgenError
+
+    try:
+        sys.exit(main())
+    except UnitgenError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
