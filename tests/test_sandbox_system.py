@@ -110,3 +110,14 @@ def test_graceful_poweroff(tmp_path_factory: pytest.TempPathFactory) -> None:
     sb.close(graceful=True)
     assert marker.read_text() == "stopped\n"
     assert os.path.exists(marker)
+
+
+def test_the_venv_unitgen_runs_inside(system_sandbox: Sandbox) -> None:
+    import sys
+
+    import unitgen
+
+    unitgen_bin = str(Path(sys.executable).parent / "unitgen")
+    res = system_sandbox.run([unitgen_bin, "--version"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"unitgen {unitgen.__version__}"

@@ -588,9 +588,18 @@ class Sandbox:
             # The venv's interpreter may live outside /usr (pyenv, /opt): bind it too.
             import sys
 
-            for prefix in {sys.base_prefix, sys.prefix}:
-                if not prefix.startswith("/usr/") and prefix != "/usr":
-                    binds.append(f"--bind-ro={prefix}")
+            # An editable install imports unitgen from its work tree: bind that too,
+            # so `unitgen` from the venv runs inside the container.
+            import unitgen
+
+            source_root = str(Path(unitgen.__file__).resolve().parent.parent)
+            bound = [str(root), *shared]
+            for prefix in dict.fromkeys([sys.base_prefix, sys.prefix, source_root]):
+                inside_usr = prefix == "/usr" or prefix.startswith("/usr/")
+                if inside_usr or any(Path(prefix).is_relative_to(b) for b in bound):
+                    continue
+                binds.append(f"--bind-ro={prefix}")
+                bound.append(prefix)
             nspawn = [
                 "systemd-nspawn",
                 "--quiet",
