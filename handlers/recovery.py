@@ -39,6 +39,7 @@ from handlers.diagnose import (
     read_journal,
     restart_pending,
     settle,
+    systemd_would_restart,
 )
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from handlers.alerts import Alert, Alerter, Delivery
 
 __all__ = [
+    "LISTENER_SOURCES",
     "Clock",
     "LockMode",
     "Outcome",
@@ -67,6 +69,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TriggerSource = Literal["onfailure", "listener", "health", "manual", "reconcile", "dependency"]
+# The triggers a listener makes itself: their Outcome is logged as one line, never shown.
+LISTENER_SOURCES: frozenset[str] = frozenset({"listener", "health", "reconcile", "dependency"})
 LockMode = Literal["join", "drop"]
 
 # How often CHECKING_DEPENDENCIES may send us back to WAITING_FOR_DEPENDENCY in one run.
@@ -189,6 +193,10 @@ class _Run:
     journal_task: asyncio.Task[tuple[str, ...]] | None = None
     rows: list[AttemptRow] = field(default_factory=list)  # steps not yet written
     active_at: Stamp | None = None  # when verification last saw it active and healthy
+    # Events made before RestartUnit wait here (timestamped when made, delivered in
+    # order right after the call): the sinks' work must not delay the restart.
+    # None once delivered: from then on events go straight out.
+    held: list[Event] | None = field(default_factory=list)
 
     @property
     def incident_id(self) -> str:
@@ -212,6 +220,7 @@ class RecoveryEngine:
         store: Store | None = None,
         probe_runner: ProbeRunner | None = None,
         read_journal_lines: bool = True,
+        journal_skip: frozenset[str] = frozenset(),
         host: str | None = None,
         watch_uptime: bool = False,
     ) -> None:
@@ -222,6 +231,10 @@ class RecoveryEngine:
         still-running recovery unit, so no second process would come). The listener
         leaves it off and sees the next failure itself; its "resolved" alert is sent
         once the unit has been up for min_uptime.
+
+        ``journal_skip``: trigger sources whose outcome nobody reads (the listener's
+        own triggers), so no ``journalctl`` is started for them: a process per
+        incident is most of the daemon's CPU when many units fail at once.
         """
         self.bus = bus
         self.paths = paths
@@ -233,6 +246,7 @@ class RecoveryEngine:
         self._alerter_factory = alerter_factory if alerter_factory is not None else _alerter
         self._probe = probe_runner if probe_runner is not None else _probe
         self._read_journal = read_journal_lines
+        self._journal_skip = journal_skip
         self.watch_uptime = watch_uptime
         self._deferred: set[asyncio.Task[None]] = set()
         self.host = host if host is not None else os.uname().nodename
@@ -499,6 +513,8 @@ class RecoveryEngine:
                     break
                 step_started = self.clock.monotonic()
                 self._emit(run, EventKind.STEP_STARTED, step=state.value)
+                if state in _WAITING_STATES:
+                    self._release_events(run)
                 verdict = await self._act(state, run)
                 took = self.clock.monotonic() - step_started
                 t = ladder.transition(state, verdict)
@@ -524,6 +540,7 @@ class RecoveryEngine:
             if run.journal_task is not None:
                 run.journal_task.cancel()
             self._flush_rows(run)
+            self._release_events(run)
             raise
         return await self._finish(run, state)
 
@@ -552,6 +569,9 @@ class RecoveryEngine:
                 raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
             run.detail = "systemd no longer knows the unit"
             return Verdict.NOT_FOUND
+        if systemd_would_restart(props):
+            # settle() may wait for systemd: the events so far go out first.
+            self._release_events(run)
         props = await settle(self.bus, unit, props)
         health = trigger.source == "health"
         diag = diagnosis_from(
@@ -697,16 +717,26 @@ class RecoveryEngine:
     async def _check_dependencies(self, run: _Run) -> Verdict:
         down: list[str] = []
         details: list[str] = []
-        deps = [d for d in self._systemd_dependencies(run) if d not in run.visited]
+        deps = [
+            d
+            for d in self._systemd_dependencies(run)
+            # A target or slice has no failed state (systemd's target.c, slice.c): asking
+            # about basic.target on every incident would cost a round trip for nothing.
+            if d not in run.visited and not d.endswith(_NEVER_FAILED)
+        ]
         states = await self._active_states(deps)
         for dep in deps:
             # (visited ones are skipped: a cycle, being recovered further up this chain)
             if states.get(dep) != "failed":
                 continue
+            # Its own run emits events now: ours, made before, go out first.
+            self._release_events(run)
             outcome = await self._recover_dependency(dep, run)
             details.append(f"{dep}: {outcome.state.value} ({outcome.reason})")
             if outcome.state not in (State.RECOVERED, State.NOT_NEEDED):
                 down.append(dep)
+        if run.policy.depends:
+            self._release_events(run)  # probes may take seconds
         for i, probe in enumerate(run.policy.depends):
             ok, detail = await self._probe(probe, 3)
             if not ok:
@@ -765,7 +795,7 @@ class RecoveryEngine:
                     still.append(detail)
                 continue
             try:
-                await self.bus.wait_for(name, lambda p: p.get("ActiveState") == "active", bound)
+                await self._wait_unit(name, lambda p: p.get("ActiveState") == "active", bound)
             except SystemdError as exc:
                 still.append(f"{name}: {exc}")
         if still or run.dependency_rounds > MAX_DEPENDENCY_ROUNDS:
@@ -855,6 +885,7 @@ class RecoveryEngine:
             if roots:
                 from handlers import cleanup
 
+                self._release_events(run)  # freeing space may take a while
                 report = await asyncio.to_thread(
                     cleanup.free_space,
                     roots,
@@ -878,6 +909,7 @@ class RecoveryEngine:
         if not argv:
             run.detail = "no validate command declared"
             return Verdict.OK
+        self._release_events(run)  # the command may take up to validate_timeout
         ok, run.detail = await _validate(argv, run.policy.recovery.validate_timeout)
         return Verdict.OK if ok else Verdict.CONFIG_INVALID
 
@@ -888,6 +920,7 @@ class RecoveryEngine:
         wait = backoff.remaining(delay, run.last_attempt_at, self.clock.monotonic())
         run.detail = f"attempt {run.used + 1}: waiting {wait:.3f}s (delay {delay:.3f}s)"
         if wait > 0 and not self.dry_run:
+            self._release_events(run)
             await self.clock.sleep(wait)
         return Verdict.OK
 
@@ -930,11 +963,17 @@ class RecoveryEngine:
         return Verdict.OK
 
     def _after_restart_call(self, run: _Run) -> None:
+        self._release_events(run)
         self._start_journal(run)
         self._flush_alerts()
 
     def _start_journal(self, run: _Run) -> None:
-        if self._read_journal and run.journal_task is None and run.restarts <= 1:
+        if (
+            self._read_journal
+            and run.journal_task is None
+            and run.restarts <= 1
+            and run.trigger.source not in self._journal_skip
+        ):
             run.journal_task = asyncio.create_task(
                 read_journal(run.unit, user=self.paths.scope is Scope.USER),
                 name=f"journal {run.unit}",
@@ -965,7 +1004,7 @@ class RecoveryEngine:
 
         timeout = run.policy.recovery.start_timeout
         try:
-            props = await self.bus.wait_for(unit, settled, timeout)
+            props = await self._wait_unit(unit, settled, timeout)
         except SystemdError as exc:
             run.detail = f"not active within {timeout:g}s: {exc}"
             return Verdict.FAILED
@@ -975,7 +1014,7 @@ class RecoveryEngine:
         if props.get("ActiveState") != "active":
             run.detail = (
                 f"{props.get('ActiveState')}/{props.get('SubState')} after restart, "
-                f"result {props.get('Result')}"
+                f"result {await self._result_of(unit, props)}"
             )
             return Verdict.FAILED
         health = run.policy.health
@@ -1006,7 +1045,7 @@ class RecoveryEngine:
             )
 
         try:
-            after = await self.bus.wait_for(unit, ended, min_uptime)
+            after = await self._wait_unit(unit, ended, min_uptime)
         except SystemdError:
             run.detail = f"active and up for {min_uptime:g}s (attempt {run.used})"
             return Verdict.OK
@@ -1023,6 +1062,7 @@ class RecoveryEngine:
 
     async def _finish(self, run: _Run, state: State) -> Outcome:
         self._flush_rows(run)
+        self._release_events(run)
         if run.restarts == 0 and run.incident is not None:
             self._start_journal(run)
         now = self._stamp()
@@ -1224,17 +1264,18 @@ class RecoveryEngine:
         unit, policy = run.unit, run.policy
 
         async def later() -> None:
-            props = await self.bus.unit_properties(unit)
-            invocation = diagnosis_from(unit, props).invocation_id
+            # The first predicate call sees the wait's own snapshot: that run's
+            # invocation is the one that must last (no separate read before it).
+            first: list[str] = []
 
             def ended(p: dict[str, Any]) -> bool:
-                return (
-                    p.get("ActiveState") != "active"
-                    or diagnosis_from(unit, p).invocation_id != invocation
-                )
+                invocation = diagnosis_from(unit, p).invocation_id
+                if not first:
+                    first.append(invocation)
+                return p.get("ActiveState") != "active" or invocation != first[0]
 
             try:
-                await self.bus.wait_for(unit, ended, policy.recovery.min_uptime)
+                await self._wait_unit(unit, ended, policy.recovery.min_uptime)
             except SystemdError:
                 # Still the same run, still active, min_uptime later: it is resolved.
                 current = self.store.incident(inc.id)
@@ -1287,6 +1328,37 @@ class RecoveryEngine:
 
     async def _properties(self, unit: str) -> dict[str, Any]:
         return await self.bus.unit_properties(unit)
+
+    async def _wait_unit(
+        self,
+        unit: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109 -- mirrors SystemdClient.wait_for
+    ) -> dict[str, Any]:
+        """wait_for on the Unit interface alone: every predicate here reads only it.
+
+        The Service interface's GetAll is the largest reply systemd sends (~200
+        properties); skipping it halves the reads of each wait.
+        """
+        bus: Any = self.bus
+        if getattr(bus, "selects_interfaces", False):
+            props: dict[str, Any] = await bus.wait_for(
+                unit, predicate, timeout, interfaces=(UNIT_INTERFACE,)
+            )
+            return props
+        return await self.bus.wait_for(unit, predicate, timeout)
+
+    async def _result_of(self, unit: str, props: dict[str, Any]) -> str:
+        """Result (a Service property) for a message, when the Unit read lacks it."""
+        if "Result" in props:
+            return str(props["Result"])
+        getter = getattr(self.bus, "get_property", None)
+        if getter is None:
+            return "unknown"
+        try:
+            return str(await getter(unit, "Result", SERVICE_INTERFACE))
+        except SystemdError:
+            return "unknown"
 
     def _budget(self, unit: str, policy: Policy, now: Stamp) -> tuple[int, float | None]:
         r = policy.recovery
@@ -1352,10 +1424,23 @@ class RecoveryEngine:
     def _emit(self, run: _Run, kind: EventKind, **fields: FieldValue) -> None:
         base: dict[str, FieldValue] = {"level": run.level.label}
         base.update(fields)
+        event = Event(kind, run.unit, run.incident_id, base)
+        if run.held is not None:
+            run.held.append(event)
+            return
+        self._deliver_event(event)
+
+    def _deliver_event(self, event: Event) -> None:
         try:
-            self.events.emit(Event(kind, run.unit, run.incident_id, base))
+            self.events.emit(event)
         except Exception:
-            log.exception("event sink failed on %s", kind.value)
+            log.exception("event sink failed on %s", event.kind.value)
+
+    def _release_events(self, run: _Run) -> None:
+        """Deliver the held events, in order; later ones go straight out."""
+        held, run.held = run.held, None
+        for event in held or ():
+            self._deliver_event(event)
 
 
 _ACTION: dict[State, str] = {
@@ -1369,6 +1454,15 @@ _ACTION: dict[State, str] = {
     State.RESTARTING: "",  # _restart records the counted "restart" row itself
     State.VERIFYING: "verify",
 }
+
+
+_NEVER_FAILED = (".target", ".slice")
+UNIT_INTERFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
+
+# States that wait (on systemd, a dependency, the disk) as a matter of course: events
+# held for the restart's sake are delivered before them, not held through them.
+_WAITING_STATES = frozenset({State.WAITING_FOR_DEPENDENCY, State.CLEANING_UP, State.VERIFYING})
 
 
 def _timeline(at: Stamp, now: Stamp) -> float:

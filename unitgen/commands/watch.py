@@ -90,7 +90,7 @@ async def _main(args: argparse.Namespace) -> int:
     from handlers.listener import Listener, ListenerOptions
     from handlers.metrics import Metrics, publisher_for
     from handlers.notify import Notifier
-    from handlers.recovery import RecoveryEngine
+    from handlers.recovery import LISTENER_SOURCES, RecoveryEngine
     from unitgen.paths import detect_scope, paths_for
 
     scope = detect_scope(True if args.user else None)
@@ -103,7 +103,8 @@ async def _main(args: argparse.Namespace) -> int:
     engines: list[RecoveryEngine] = []
 
     def make_engine(bus: SystemdBus) -> RecoveryEngine:
-        engine = RecoveryEngine(bus, paths, events=events)
+        # Operators' and OnFailure= hand-offs still get journal lines in their reply.
+        engine = RecoveryEngine(bus, paths, events=events, journal_skip=LISTENER_SOURCES)
         engines.append(engine)
         return engine
 
