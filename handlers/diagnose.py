@@ -22,8 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from handlers.procs import run_command
-
 __all__ = [
     "RESTARTING_SUBSTATES",
     "Diagnosis",
@@ -262,6 +260,9 @@ def systemd_would_restart(props: Mapping[str, Any]) -> bool:
 
 async def read_journal(unit: str, *, user: bool, lines: int = JOURNAL_LINES) -> tuple[str, ...]:
     """The unit's last journal lines, or one line saying why there are none."""
+    # Imported here: the journal is read after RestartUnit, off the start-up path.
+    from handlers.procs import run_command
+
     selector = ["--user-unit", unit] if user else ["-u", unit]
     argv = ["journalctl", *selector, "-n", str(lines), "-o", "cat", "--no-pager", "-q"]
     result = await run_command(argv, timeout=JOURNAL_TIMEOUT, max_output=16 * 1024)

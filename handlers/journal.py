@@ -80,10 +80,19 @@ _PRIORITY = {
 _PIPE_BUF = 4096
 
 
+_FIELD_NAMES: dict[str, str] = {}
+
+
 def field_name(key: str) -> str:
     """``attempt`` -> ``UNITGEN_ATTEMPT``: journald wants [A-Z0-9_], no leading underscore."""
-    cleaned = "".join(c if c.isascii() and c.isalnum() else "_" for c in key.upper())
-    return f"UNITGEN_{cleaned}"[:64]
+    name = _FIELD_NAMES.get(key)
+    if name is None:
+        cleaned = "".join(c if c.isascii() and c.isalnum() else "_" for c in key.upper())
+        name = f"UNITGEN_{cleaned}"[:64]
+        # The keys are the ladder's few field names: remembered, not re-cleaned per event.
+        if len(_FIELD_NAMES) < 256:
+            _FIELD_NAMES[key] = name
+    return name
 
 
 def _message(event: Event, details: dict[str, object]) -> str:
