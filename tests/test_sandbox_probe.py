@@ -44,3 +44,24 @@ def test_root_user_manager_starts_what_unprivileged_cannot() -> None:
     text = "[Service]\nPrivateDevices=yes\nProtectKernelModules=yes\nExecStart=/bin/sleep 600\n"
     (result,) = probe_units({"ug-root.service": text})
     assert result.started
+
+
+def test_unitgen_check_probe_starts_the_demo_units() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "demo.toml"
+    res = subprocess.run(
+        [sys.executable, "-m", "unitgen", "check", "--json", "--probe", "--user", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    units = {u["unit"]: u for u in json.loads(res.stdout)["units"]}
+    for name in ("demo-web.service", "demo-cache.service"):
+        assert "probe: started under a user manager" in units[name]["notes"]
+    assert not any(n.startswith("probe:") for n in units["unitgen-recover@.service"]["notes"])

@@ -41,6 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail a unit whose systemd-analyze security exposure is above X "
         "(0.0-10.0; default: its profile's ceiling, 1.5 for strict)",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also start each service in a disposable real systemd (root; docs/sandbox.md) "
+        "and name the hardening directives that stop it from starting",
+    )
+    parser.add_argument(
+        "--unprivileged",
+        action="store_true",
+        help="with --probe --user: probe under a non-root user manager, as `install.sh --user` "
+        "for an ordinary account would meet it",
+    )
 
 
 @dataclass
@@ -109,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 row.notes.append("no exposure figure: cannot hold it to --max-exposure")
             rows.append(row)
         unattributed = report.errors.get("(verify)", [])
+    if args.probe:
+        _probe(files, rows, options.scope, unprivileged=args.unprivileged)
     environment = _environment_notes(files, options.scope)
     ok = all(r.ok for r in rows) and not unattributed
     if args.json:
@@ -134,6 +148,34 @@ def run(args: argparse.Namespace) -> int:
         for line in report.notes:
             print(f"note (not a unit of this spec): {line}")
     return 0 if ok else 1
+
+
+def _probe(files: dict[str, str], rows: list[Row], scope: Scope, *, unprivileged: bool) -> None:
+    """Start every plain service in a sandbox (unitgen/sandbox.py:probe_units); note the result."""
+    from unitgen.paths import Scope
+    from unitgen.sandbox import probe_units
+
+    plain = {n: t for n, t in files.items() if n.endswith(".service") and "@" not in n}
+    results = {r.unit: r for r in probe_units(plain, scope, unprivileged=unprivileged)}
+    where = "an unprivileged user manager" if unprivileged else f"a {scope.value} manager"
+    if unprivileged and scope is not Scope.USER:
+        where = "a system manager (--unprivileged needs --user)"
+    for row in rows:
+        result = results.get(row.file)
+        if result is None:
+            continue
+        if result.started:
+            row.notes.append(f"probe: started under {where}")
+            continue
+        row.ok = False
+        blame = ", ".join(result.culprits) or "none of its hardening directives"
+        row.notes.append(
+            f"probe: did not start under {where} (ExecMainStatus {result.status}); "
+            f"removing {blame} lets it start"
+            if result.culprits
+            else f"probe: did not start under {where} (ExecMainStatus {result.status}); "
+            "not caused by its hardening"
+        )
 
 
 def _environment_notes(files: dict[str, str], scope: Scope) -> list[str]:
