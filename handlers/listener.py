@@ -123,16 +123,7 @@ _MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
 
 def match_rules() -> list[str]:
     """The narrow AddMatch rules: nothing else systemd says reaches this process."""
-    rules = [
-        busmod.match_rule(
-            type="signal",
-            sender=busmod.SYSTEMD,
-            interface=busmod.PROPERTIES,
-            member="PropertiesChanged",
-            path_namespace=busmod.UNIT_PATH_PREFIX,
-            arg0=busmod.UNIT,
-        )
-    ]
+    rules = [busmod.unit_properties_rule()]
     rules.extend(
         busmod.match_rule(
             type="signal",
