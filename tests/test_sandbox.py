@@ -265,3 +265,21 @@ def test_with_pid1_nodes_the_same_directives_work(fresh_user_sandbox: Sandbox) -
     assert {d: r["ActiveState"] for d, r in results.items()} == dict.fromkeys(
         NEEDS_INACCESSIBLE_NODES, "active"
     )
+
+
+def test_code_inside_imports_the_same_unitgen_as_the_host(user_sandbox: Sandbox) -> None:
+    """A checkout under /tmp (CI's fresh clone) stays visible past the private /tmp."""
+    import sys
+
+    import handlers
+    import unitgen
+
+    res = user_sandbox.run(
+        [
+            sys.executable,
+            "-c",
+            "import unitgen, handlers; print(unitgen.__file__, handlers.__file__)",
+        ],
+        check=True,
+    )
+    assert res.stdout.split() == [unitgen.__file__, handlers.__file__]

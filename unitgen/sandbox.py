@@ -73,6 +73,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -330,6 +331,16 @@ def _ns_children(pid: int) -> list[int]:
     return [int(x) for x in text.split()]
 
 
+def _code_roots() -> list[str]:
+    """Where the running unitgen lives: the interpreter's prefixes and, for an
+    editable install, the work tree it imports from. Sandboxes must see them so
+    that `unitgen` from the venv runs inside."""
+    import unitgen
+
+    source_root = str(Path(unitgen.__file__).resolve().parent.parent)
+    return list(dict.fromkeys([sys.base_prefix, sys.prefix, source_root]))
+
+
 class Sandbox:
     """A running disposable systemd. Create with :meth:`start`; always ``close()``."""
 
@@ -465,6 +476,12 @@ class Sandbox:
                 _USER_INIT.replace("__SYSTEMD__", SYSTEMD).replace("__JOURNALD__", JOURNALD)
             )
             shared = [str(Path(p).resolve()) for p in share]
+            # The private /tmp and /var/tmp would hide the interpreter or the work tree
+            # of an editable install living there (a CI clone under /tmp, say).
+            for code in _code_roots():
+                hidden = any(Path(code).is_relative_to(t) for t in ("/tmp", "/var/tmp"))
+                if hidden and not any(Path(code).is_relative_to(p) for p in shared):
+                    shared.append(code)
             argv = [
                 "unshare",
                 "--mount",
@@ -585,16 +602,8 @@ class Sandbox:
             binds = [f"--bind={root}"]
             binds += [f"--bind={root / sub}:{inside}" for sub, inside in dirs.items()]
             binds += [f"--bind={p}" for p in shared]
-            # The venv's interpreter may live outside /usr (pyenv, /opt): bind it too.
-            import sys
-
-            # An editable install imports unitgen from its work tree: bind that too,
-            # so `unitgen` from the venv runs inside the container.
-            import unitgen
-
-            source_root = str(Path(unitgen.__file__).resolve().parent.parent)
             bound = [str(root), *shared]
-            for prefix in dict.fromkeys([sys.base_prefix, sys.prefix, source_root]):
+            for prefix in _code_roots():
                 inside_usr = prefix == "/usr" or prefix.startswith("/usr/")
                 if inside_usr or any(Path(prefix).is_relative_to(b) for b in bound):
                     continue
