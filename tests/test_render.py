@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import unitgen.render as render_module
 from unitgen.errors import RenderError
 from unitgen.model import Hardening, Override, Restart, Service, Spec
 from unitgen.paths import Scope
@@ -290,17 +291,14 @@ def test_failure_while_staging_changes_nothing(
     out = tmp_path / "out"
     policies = tmp_path / "policies"
     write_trees([(out, {"a.service": "old\n"})])
-    calls = 0
-    real_fsync = os.fsync
+    flushed: list[Path] = []
 
-    def full_disk(fd: int) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
+    # Every file is staged; flushing them to disk is what finds the disk full.
+    def full_disk(stages: list[Path], files: list[Path]) -> None:
+        flushed.extend(files)
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full_disk)
+    monkeypatch.setattr(render_module, "_sync_staged", full_disk)
     with pytest.raises(RenderError, match="No space left") as info:
         write_trees(
             [
@@ -312,6 +310,7 @@ def test_failure_while_staging_changes_nothing(
     assert (out / "a.service").read_text() == "old\n"
     assert sorted(p.name for p in out.iterdir()) == ["a.service"]
     assert not any(policies.iterdir())
+    assert len(flushed) == 3
 
 
 def test_bad_out_dir_is_bad_input(tmp_path: Path) -> None:
@@ -329,3 +328,26 @@ def test_writer_refuses_names_outside_the_tree(tmp_path: Path, name: str) -> Non
     with pytest.raises(RenderError, match="refusing"):
         write_trees([(tmp_path, {name: "x"})])
     assert not any(tmp_path.iterdir())
+
+
+def test_without_syncfs_each_staged_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_libc(*args: object, **kwargs: object) -> None:
+        raise OSError("no libc here")
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(render_module.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    out = tmp_path / "out"
+    written = write_trees([(out, {"a.service": "a\n", "b.service": "b\n"})])
+    assert sorted(p.name for p in written) == ["a.service", "b.service"]
+    assert (out / "b.service").read_text() == "b\n"
+    # Two staged files, then the directory holding the renames.
+    assert len(synced) == 3

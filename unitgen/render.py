@@ -13,6 +13,7 @@ an installed wheel (package data). docs/rendering.md describes the layout.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import math
@@ -456,8 +457,9 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
     """Write every (directory, files) pair, or nothing.
 
     Each file is staged in a temporary directory inside its target directory (same
-    file system, so the final rename is atomic), written and fsynced. Only when all
-    of them, for all directories, are staged does anything get renamed into place.
+    file system, so the final rename is atomic), written, and flushed to disk. Only
+    when all of them, for all directories, are staged and flushed does anything get
+    renamed into place.
     """
     staged: list[tuple[Path, Path]] = []  # (temp file, final path)
     stages: list[Path] = []
@@ -476,14 +478,16 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
                 try:
                     with open(tmp, "w", encoding="utf-8") as fh:
                         fh.write(text)
-                        fh.flush()
-                        os.fsync(fh.fileno())
                     tmp.chmod(0o644)
                 except OSError as exc:
                     raise _write_error(
                         f"{directory / name}: cannot write, nothing was changed", exc
                     ) from exc
                 staged.append((tmp, directory / name))
+        try:
+            _sync_staged(stages, [tmp for tmp, _ in staged])
+        except OSError as exc:
+            raise _write_error("cannot flush the staged files, nothing was changed", exc) from exc
         written: list[Path] = []
         try:
             for tmp, final in staged:
@@ -514,6 +518,36 @@ def _write_error(message: str, exc: OSError) -> RenderError:
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
         err.exit_code = 2  # EACCES, EROFS, ENOTDIR...: a bad --out, not a failure of ours
     return err
+
+
+def _sync_staged(stages: Sequence[Path], files: Sequence[Path]) -> None:
+    """Flush every staged file before any rename.
+
+    One syncfs(2) per file system: fsync per file cost 2.6 s of the 1,000-service
+    render (bench/bench_render_cli.py), each call forcing its own journal commit.
+    Where syncfs is unavailable, fall back to fsync per file.
+    """
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return
+    seen: set[int] = set()
+    for stage in stages:
+        fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in seen and syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            seen.add(device)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
