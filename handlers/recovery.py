@@ -19,7 +19,6 @@ them (bounded) so a short-lived CLI process does not lose them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -937,11 +936,22 @@ class RecoveryEngine:
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
+            # Both sent at once: systemd handles one connection's calls in order, so
+            # the reset (start-limit counter, failed state) still comes first, and
+            # RestartUnit leaves a round trip earlier.
+            reset, restarted = await asyncio.gather(
+                self.bus.reset_failed(unit),
+                self.bus.restart(unit, "replace"),
+                return_exceptions=True,
+            )
+            if isinstance(restarted, BaseException):
+                raise restarted
             # Not loaded (garbage-collected while inactive): nothing to reset, and
-            # RestartUnit loads it again.
-            with contextlib.suppress(UnitNotFoundError):
-                await self.bus.reset_failed(unit)
-            await self.bus.restart(unit, "replace")
+            # RestartUnit loads it again. Any other refusal: the restart went ahead.
+            if isinstance(reset, SystemdError) and not isinstance(reset, UnitNotFoundError):
+                run.notes.append(f"reset-failed refused, restarted anyway: {reset}")
+            elif isinstance(reset, BaseException) and not isinstance(reset, SystemdError):
+                raise reset
         except SystemdError as exc:
             run.detail = f"restart refused: {exc}"
             self.store.amend_last_restart(
