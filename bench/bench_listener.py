@@ -487,18 +487,25 @@ def _ns_pid_map(sb: Sandbox) -> dict[int, int]:
     return out
 
 
-async def scale(units: int, fail: int, idle: float, lib: str) -> None:
+async def scale(units: int, fail: int, idle: float, lib: str, concurrency: int = 0) -> None:
     work = Path(tempfile.mkdtemp(prefix="unitgen-scale-"))
     try:
         stamp = build_stamp(work)
         with Sandbox.start(Scope.USER, share=[work]) as sb:
-            await _scale(sb, work, stamp, units, fail, idle, lib)
+            await _scale(sb, work, stamp, units, fail, idle, lib, concurrency)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 async def _scale(
-    sb: Sandbox, work: Path, stamp: Path, units: int, fail: int, idle: float, lib: str
+    sb: Sandbox,
+    work: Path,
+    stamp: Path,
+    units: int,
+    fail: int,
+    idle: float,
+    lib: str,
+    concurrency: int,
 ) -> None:
     import socket
 
@@ -523,6 +530,8 @@ async def _scale(
     ready_sock.settimeout(60)
     env = {**os.environ, **sb.env, "NOTIFY_SOCKET": str(notify_path), "UNITGEN_DBUS": lib}
     argv = [UNITGEN, "watch", "--user", "--no-export", "--no-health"]
+    if concurrency:
+        argv += ["--max-concurrency", str(concurrency)]
     if os.environ.get("BENCH_PROFILE"):
         # cProfile the daemon (SIGTERM ends it cleanly, so the profile is written).
         argv = [
@@ -583,7 +592,14 @@ async def _scale(
         daemon.terminate()
         daemon.wait(30)
         ready_sock.close()
-    print(f"\nscale: {units} watched instances of s@.service, {fail} killed at once, dbus-{lib}\n")
+    # The floor, same sandbox, same 1000 units loaded: systemd restarting as many
+    # itself (Restart=always, RestartSec=0), with no listener running.
+    base = await _systemd_burst(sb, work, stamp, fail)
+    workers = concurrency or "default"
+    print(
+        f"\nscale: {units} watched instances of s@.service, {fail} killed at once, dbus-{lib}, "
+        f"max-concurrency {workers}\n"
+    )
     print("| measure | value |")
     print("|---|---|")
     print(
@@ -602,8 +618,47 @@ async def _scale(
             "| kill -> median running again "
             f"| {(statistics.median(stamps) - t_kill) / 1e6:.0f} ms |"
         )
+    if base:
+        print(
+            f"| baseline, systemd Restart=always RestartSec=0, {fail} killed at once: "
+            f"last / median running again | {(max(base)) / 1e6:.0f} ms / "
+            f"{statistics.median(base) / 1e6:.0f} ms |"
+        )
     print(f"| listener CPU for the {fail} recoveries | {cpu:.2f} s |")
     print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
+
+
+async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> list[int]:
+    """Kill ``count`` Restart=always units at once; kill -> each new start (ns)."""
+    fifo = Fifo(work / "base.fifo")
+    sb.install_units(
+        {
+            "r@.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+            f"ExecStart={stamp} {work}/base.fifo\nRestart=always\nRestartSec=0\n"
+        }
+    )
+    names = [f"r@{i}.service" for i in range(count)]
+    for i in range(0, count, 200):
+        sb.systemctl("start", *names[i : i + 200], check=True, timeout=300)
+    await asyncio.sleep(1.0)
+    fifo.drain()
+    bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+    ns_pids = [
+        int(await bus.get_property(u, "MainPID", "org.freedesktop.systemd1.Service")) for u in names
+    ]
+    await bus.close()
+    pid_map = await asyncio.to_thread(_ns_pid_map, sb)
+    host_pids = [pid_map[p] for p in ns_pids]
+    t_kill = time.monotonic_ns()
+    for pid in host_pids:
+        os.kill(pid, 9)
+    out = []
+    for _ in range(count):
+        ts = await asyncio.to_thread(fifo.next_stamp, 30.0)
+        if ts is None:
+            break
+        out.append(ts - t_kill)
+    return out
 
 
 def cli() -> None:
@@ -619,13 +674,14 @@ def cli() -> None:
     p.add_argument("--fail", type=int, default=200)
     p.add_argument("--idle", type=float, default=60.0, help="idle seconds measured first")
     p.add_argument("--lib", choices=("fast", "next"), default="fast")
+    p.add_argument("--concurrency", type=int, default=0, help="unitgen watch --max-concurrency")
     args = parser.parse_args()
     if args.mode == "latency":
         asyncio.run(latency(args.trials))
     elif args.mode == "flood":
         asyncio.run(flood(args.count, args.rate))
     else:
-        asyncio.run(scale(args.units, args.fail, args.idle, args.lib))
+        asyncio.run(scale(args.units, args.fail, args.idle, args.lib, args.concurrency))
 
 
 if __name__ == "__main__":
