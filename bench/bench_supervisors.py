@@ -291,7 +291,7 @@ def _stamp_exe_pid(pid: int, stamp: Path) -> int:
     return pid
 
 
-def run(trials: int, jitter: float, logs: Path | None = None) -> None:
+def run(trials: int, jitter: float, logs: Path | None = None, raw: Path | None = None) -> None:
     for tool in (MONIT, SUPERVISORD, SUPERVISORCTL):
         if not Path(tool).exists():
             sys.exit(f"{tool} is missing: apt-get install -y monit supervisor")
@@ -356,6 +356,8 @@ def run(trials: int, jitter: float, logs: Path | None = None) -> None:
             harness_proc.stop()
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(results[SD0]) if results[SD0] else None
+    if raw is not None:
+        raw.write_text(json.dumps(results, indent=1) + "\n")
     print(
         f"\nkill -9 -> new process running (ms), {trials} trials, alternating, one run, "
         f"pause 0.3 s + uniform(0, {jitter}) s\n"
@@ -410,9 +412,10 @@ def cli() -> None:
     parser.add_argument(
         "--jitter", type=float, default=1.0, help="random extra pause, 0..JITTER s (default 1)"
     )
+    parser.add_argument("--raw", type=Path, help="write every sample (ms) here as JSON")
     parser.add_argument("--logs", type=Path, help="copy monit's and supervisord's logs here")
     args = parser.parse_args()
-    run(args.trials, args.jitter, args.logs)
+    run(args.trials, args.jitter, args.logs, args.raw)
 
 
 if __name__ == "__main__":
