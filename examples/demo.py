@@ -7,7 +7,11 @@
 3. enables and starts the units, checks that they serve (HTTP 200, Redis PONG);
 4. shows them running with their ``systemd-analyze security --offline`` exposure;
 5. kills the web server's main process and shows systemd bring it back;
-6. tears the container down (``--keep`` leaves it running until Ctrl-C).
+6. starts unitgen's own listener (``unitgen-watch.service``, rendered from
+   units/unitgen-watch.toml as install.sh does), kills the web server until systemd's
+   start limit gives up, and shows the ladder bring it back, as unitgen saw it
+   (``unitgen events --json``, ``status``, ``history``);
+7. tears the container down (``--keep`` leaves it running until Ctrl-C).
 
 Run by hand: ``/opt/unitgen/bin/python examples/demo.py [--user] [--keep]``.
 """
@@ -16,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +35,8 @@ from unitgen.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ["demo-web.service", "demo-cache.service"]
+WATCH = "unitgen-watch.service"
+SHOWN_STEPS = {("StepFinished", "restarting"), ("StepFinished", "verifying")}
 FETCH = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/', timeout=5).status)"
 
 
@@ -60,6 +69,274 @@ def serves(sb: Sandbox, timeout: float = 10.0) -> tuple[str, str]:
         if (web, cache) == ("200", "PONG") or time.monotonic() > deadline:
             return web, cache
         time.sleep(0.1)
+
+
+class EventTap:
+    """``unitgen events --json`` running inside the sandbox, its lines collected.
+
+    Started through ``sh -c 'echo $$; exec ...'`` so the first line is its PID as
+    the sandbox sees it: stopping it by that PID ends the process itself, not just
+    the nsenter in front of it.
+    """
+
+    def __init__(self, sb: Sandbox, argv: list[str]) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **sb.inside_env()}
+        self.sb = sb
+        self.proc = subprocess.Popen(
+            sb.command(["sh", "-c", 'echo "$$"; exec "$@"', "sh", *argv]),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.pid = ""
+        self.events: list[dict[str, object]] = []
+        self.stderr: list[str] = []
+        self.following = threading.Event()
+        self._lock = threading.Lock()
+        # Strong references: the readers live as long as the tap.
+        self._readers = [
+            threading.Thread(target=self._read_out, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if not self.pid:
+                self.pid = line.strip()
+                continue
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                with self._lock:
+                    self.events.append(event)
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+            if "following" in line:
+                self.following.set()
+
+    def seen(self) -> list[dict[str, object]]:
+        with self._lock:
+            return list(self.events)
+
+    def wait_for(self, name: str, unit: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.get("event") == name and e.get("unit") == unit for e in self.seen()):
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        if self.pid.isdigit() and self.proc.poll() is None:
+            self.sb.run(["kill", self.pid])
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+def event_line(event: dict[str, object], t0: float) -> str:
+    details = event.get("details")
+    keys = ("step", "level", "action", "result", "reason", "classification", "source")
+    extra = ""
+    if isinstance(details, dict):
+        extra = " ".join(f"{k}={details[k]}" for k in keys if details.get(k) not in (None, ""))
+    stamp = event.get("timestamp")
+    when = f"+{float(stamp) - t0:6.3f}s" if isinstance(stamp, int | float) else "?"
+    return f"{when} {event.get('event')!s:15} {event.get('unit')} {extra}".rstrip()
+
+
+def start_listener(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str) -> bool:
+    """Render units/unitgen-watch.toml the way install.sh does and start it."""
+    spec = (REPO / "units" / "unitgen-watch.toml").read_text(encoding="utf-8")
+    # install.sh points the companion spec at the installed unitgen (sed on the path).
+    spec = spec.replace('"/usr/local/bin/unitgen"', f'"{unitgen}"')
+    note = ""
+    python = Path(sys.executable).resolve()
+    if sb.scope is Scope.SYSTEM and any(python.is_relative_to(p) for p in ("/root", "/home")):
+        # Only for a venv whose interpreter lives under /root or /home (pyenv):
+        # ProtectHome=yes would hide it. A Debian install's python3 is in /usr.
+        spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",', 1)
+        note = f"   (ProtectHome disabled: this venv's Python is {python})"
+    copy = sb.root / "unitgen-watch.toml"
+    copy.write_text(spec, encoding="utf-8")
+    policy = "/etc/unitgen/policy.d" if sb.scope is Scope.SYSTEM else sb.env["UNITGEN_POLICY_DIR"]
+    step(f"unitgen render units/unitgen-watch.toml into {unit_dir} (as install.sh does)")
+    res = sb.run(
+        [
+            unitgen,
+            "render",
+            *user,
+            str(copy),
+            "--out",
+            unit_dir,
+            "--policy-dir",
+            policy,
+            "--unitgen-bin",
+            unitgen,
+        ]
+    )
+    show(res.stdout + res.stderr)
+    if note:
+        print(note)
+    if res.returncode != 0:
+        return False
+    if sb.scope is Scope.SYSTEM:
+        # The bus policy install.sh installs, so the daemon may own org.unitgen.Recovery1.
+        conf = (REPO / "units" / "org.unitgen.Recovery1.conf").read_text(encoding="utf-8")
+        sb.run(
+            [
+                "sh",
+                "-c",
+                "mkdir -p /etc/dbus-1/system.d && cat > "
+                "/etc/dbus-1/system.d/org.unitgen.Recovery1.conf",
+            ],
+            input=conf,
+            check=True,
+        )
+        sb.run(
+            [
+                "busctl",
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "ReloadConfig",
+            ],
+            check=True,
+        )
+    sb.daemon_reload()
+    started = time.monotonic()
+    # Type=notify: `systemctl start` returns only once the daemon sent READY=1.
+    res = sb.systemctl("start", WATCH)
+    took = time.monotonic() - started
+    props = sb.show(
+        WATCH, "Type", "ActiveState", "SubState", "MainPID", "StatusText", "WatchdogUSec"
+    )
+    show(
+        f"{WATCH}: Type={props['Type']} {props['ActiveState']}/{props['SubState']} "
+        f"PID {props['MainPID']}, ready {took:.2f} s after systemctl start\n"
+        f"StatusText: {props['StatusText']}"
+    )
+    if res.returncode != 0 or props["ActiveState"] != "active":
+        show(res.stderr + sb.journal(WATCH, lines=20))
+        return False
+    return True
+
+
+def ladder(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str) -> bool:
+    """Kill demo-web until systemd gives up; the listener's ladder brings it back."""
+    if not start_listener(sb, unitgen, user, unit_dir):
+        return False
+    unit = "demo-web.service"
+    tap = EventTap(sb, [unitgen, "events", *user, "--json", "--unit", unit])
+    try:
+        if not tap.following.wait(15):
+            show("unitgen events did not subscribe: " + " | ".join(tap.stderr[-3:]))
+            return False
+        step(f"kill -9 {unit} again and again, until systemd's start limit gives up")
+        props = sb.show(
+            unit,
+            "StartLimitBurst",
+            "StartLimitIntervalUSec",
+            "RestartUSec",
+            "NRestarts",
+            "ExecMainStartTimestampMonotonic",
+        )
+        show(
+            f"Restart=on-failure RestartSec={props['RestartUSec']} "
+            f"StartLimitBurst={props['StartLimitBurst']} per {props['StartLimitIntervalUSec']}"
+        )
+        before_start = props["ExecMainStartTimestampMonotonic"]
+        restarts = int(props["NRestarts"])
+        last_kill = 0.0
+        by_ladder: dict[str, str] = {}
+        t0 = 0.0
+        for n in range(1, 2 * int(props["StartLimitBurst"]) + 2):
+            last_kill, t0 = time.monotonic(), time.time()
+            pid = sb.kill_main(unit, signal.SIGKILL)
+
+            def replaced(p: dict[str, str], pid: int = pid) -> bool:
+                return p["ActiveState"] == "active" and p["MainPID"] not in ("0", str(pid))
+
+            after = sb.wait_for(unit, replaced, timeout=30)
+            now = int(after["NRestarts"])
+            if now == restarts + 1:
+                show(
+                    f"kill {n}: PID {pid} -> {after['MainPID']}  "
+                    f"systemd restarted it (NRestarts={now})"
+                )
+                restarts = now
+                continue
+            by_ladder = sb.show(
+                unit,
+                "MainPID",
+                "NRestarts",
+                "ActiveEnterTimestampMonotonic",
+                "ExecMainStartTimestampMonotonic",
+                "Result",
+            )
+            show(
+                f"kill {n}: PID {pid} -> {by_ladder['MainPID']}  not systemd: NRestarts={now} "
+                "(systemd gave up; restarted by the ladder, below)"
+            )
+            break
+        if not by_ladder:
+            show("systemd kept restarting it; its start limit was never hit")
+            return False
+        back = int(by_ladder["ActiveEnterTimestampMonotonic"]) / 1e6 - last_kill
+        web = serves(sb)[0]
+        recovered = tap.wait_for("Recovered", unit, timeout=15)
+        step("journal: systemd gives up, OnFailure= hands off to the listener (trimmed)")
+        for name, pattern in (
+            (unit, r"repeated too quickly|start-limit-hit|OnFailure"),
+            (f"unitgen-recover@{unit}.service", r"."),
+            (WATCH, re.escape(unit)),
+        ):
+            lines = [ln for ln in sb.journal(name, lines=60).splitlines() if re.search(pattern, ln)]
+            show("\n".join(ln[:150] for ln in lines[-3:]) or f"({name}: nothing logged)")
+        step("what unitgen saw: unitgen events --json, in the background (time since last kill)")
+        events = tap.seen()
+        for event in events:
+            details = event.get("details")
+            step_name = details.get("step") if isinstance(details, dict) else None
+            key = (event.get("event"), step_name)
+            if key[0] not in ("StepStarted", "StepFinished") or key in SHOWN_STEPS:
+                show(event_line(event, t0))
+        counts: dict[str, int] = {}
+        for event in events:
+            counts[str(event.get("event"))] = counts.get(str(event.get("event")), 0) + 1
+        show(f"{len(events)} events in all: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        step(f"unitgen status {unit}")
+        show(sb.run([unitgen, "status", *user, unit]).stdout)
+        step(f"unitgen history {unit} (newest incident)")
+        show(
+            "\n".join(
+                sb.run([unitgen, "history", *user, unit, "--limit", "1"]).stdout.splitlines()[:8]
+            )
+        )
+        print()
+        show(
+            f"last kill -> active again: {back:.2f} s (RestartSec, start limit, ladder); "
+            f"ExecMainStartTimestampMonotonic {before_start} -> "
+            f"{by_ladder['ExecMainStartTimestampMonotonic']}; serving: {web}"
+        )
+        names = [e.get("event") for e in events]
+        return recovered and "IncidentOpened" in names and web == "200"
+    finally:
+        tap.stop()
 
 
 def demo(sb: Sandbox, spec: Path) -> int:
@@ -115,6 +392,7 @@ def demo(sb: Sandbox, spec: Path) -> int:
     )
     step("journal of demo-web.service")
     show(sb.journal("demo-web.service", lines=8))
+    ok = ladder(sb, unitgen, user, inside_units) and ok
     print()
     print("demo: OK" if ok else "demo: FAILED (see above)")
     return 0 if ok else 1

@@ -49,3 +49,33 @@ def test_demo_serves_under_strict_profile_and_recovers(scope: Scope) -> None:
     assert re.search(r"NRestarts=1, serving: 200", out)
     root = re.search(r"\(root (\S+)\)", out)
     assert root and not Path(root.group(1)).exists()
+
+    # unitgen's own recovery: the listener daemon, Type=notify, ready.
+    assert re.search(r"unitgen-watch\.service: Type=notify active/running PID \d+", out), out
+    # systemd restarted it itself until its start limit, then it was not systemd.
+    kills = re.findall(r"kill (\d+): PID (\d+) -> (\d+)  (systemd restarted it|not systemd)", out)
+    assert kills and kills[-1][3] == "not systemd", out
+    assert all(k[3] == "systemd restarted it" for k in kills[:-1])
+    assert len(kills) >= 2
+    assert all(k[1] != k[2] for k in kills)
+    last = re.search(r"kill \d+: PID \d+ -> \d+  not systemd: NRestarts=(\d+)", out)
+    assert last and last.group(1) == "0"  # a manual (ladder) start, not an automatic one
+    assert "Start request repeated too quickly" in out
+    assert "handled by the running unitgen watch daemon" in out
+    # The events seen by `unitgen events --json`, in order, with real numbers.
+    seen = re.findall(r"^\s+\+\s*([0-9.]+)s (\w+)\s+demo-web\.service", out, re.M)
+    names = [name for _, name in seen]
+    assert "IncidentOpened" in names and "Recovered" in names, out
+    assert names.index("IncidentOpened") < names.index("Recovered")
+    assert "GaveUp" not in names
+    # unitgen's own view: status and history.
+    assert re.search(r"^\s+demo-web\.service\s+recovered\s+1/5\s", out, re.M), out
+    assert re.search(r"^\s+\S+Z\s+restart\s+ok\s", out, re.M), out
+    timing = re.search(
+        r"last kill -> active again: ([0-9.]+) s .*ExecMainStartTimestampMonotonic (\d+) -> (\d+)"
+        r"; serving: 200",
+        out,
+    )
+    assert timing, out
+    assert 0 < float(timing.group(1)) < 30
+    assert int(timing.group(3)) > int(timing.group(2))
