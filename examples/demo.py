@@ -36,7 +36,6 @@ from unitgen.sandbox import Sandbox
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ["demo-web.service", "demo-cache.service"]
 WATCH = "unitgen-watch.service"
-SHOWN_STEPS = {("StepFinished", "restarting"), ("StepFinished", "verifying")}
 FETCH = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/', timeout=5).status)"
 
 
@@ -236,107 +235,179 @@ def start_listener(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str) ->
     return True
 
 
-def ladder(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str) -> bool:
-    """Kill demo-web until systemd gives up; the listener's ladder brings it back."""
+def show_events(events: list[dict[str, object]], t0: float, steps: set[str]) -> None:
+    """The events but the routine steps (those not in ``steps``), and a count of all."""
+    for event in events:
+        details = event.get("details")
+        name = details.get("step") if isinstance(details, dict) else None
+        if event.get("event") not in ("StepStarted", "StepFinished") or (
+            event.get("event") == "StepFinished" and name in steps
+        ):
+            show(event_line(event, t0))
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[str(event.get("event"))] = counts.get(str(event.get("event")), 0) + 1
+    show(f"{len(events)} events in all: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def of(events: list[dict[str, object]], unit: str) -> list[dict[str, object]]:
+    return [e for e in events if e.get("unit") == unit]
+
+
+def recovery(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str, policy: str) -> bool:
+    """unitgen's own recovery, with ``unitgen events --json`` following it throughout."""
     if not start_listener(sb, unitgen, user, unit_dir):
         return False
-    unit = "demo-web.service"
-    tap = EventTap(sb, [unitgen, "events", *user, "--json", "--unit", unit])
+    tap = EventTap(sb, [unitgen, "events", *user, "--json", "--unit", "demo-*"])
     try:
         if not tap.following.wait(15):
             show("unitgen events did not subscribe: " + " | ".join(tap.stderr[-3:]))
             return False
-        step(f"kill -9 {unit} again and again, until systemd's start limit gives up")
-        props = sb.show(
-            unit,
-            "StartLimitBurst",
-            "StartLimitIntervalUSec",
-            "RestartUSec",
-            "NRestarts",
-            "ExecMainStartTimestampMonotonic",
-        )
-        show(
-            f"Restart=on-failure RestartSec={props['RestartUSec']} "
-            f"StartLimitBurst={props['StartLimitBurst']} per {props['StartLimitIntervalUSec']}"
-        )
-        before_start = props["ExecMainStartTimestampMonotonic"]
-        restarts = int(props["NRestarts"])
-        last_kill = 0.0
-        by_ladder: dict[str, str] = {}
-        t0 = 0.0
-        for n in range(1, 2 * int(props["StartLimitBurst"]) + 2):
-            last_kill, t0 = time.monotonic(), time.time()
-            pid = sb.kill_main(unit, signal.SIGKILL)
-
-            def replaced(p: dict[str, str], pid: int = pid) -> bool:
-                return p["ActiveState"] == "active" and p["MainPID"] not in ("0", str(pid))
-
-            after = sb.wait_for(unit, replaced, timeout=30)
-            now = int(after["NRestarts"])
-            if now == restarts + 1:
-                show(
-                    f"kill {n}: PID {pid} -> {after['MainPID']}  "
-                    f"systemd restarted it (NRestarts={now})"
-                )
-                restarts = now
-                continue
-            by_ladder = sb.show(
-                unit,
-                "MainPID",
-                "NRestarts",
-                "ActiveEnterTimestampMonotonic",
-                "ExecMainStartTimestampMonotonic",
-                "Result",
-            )
-            show(
-                f"kill {n}: PID {pid} -> {by_ladder['MainPID']}  not systemd: NRestarts={now} "
-                "(systemd gave up; restarted by the ladder, below)"
-            )
-            break
-        if not by_ladder:
-            show("systemd kept restarting it; its start limit was never hit")
-            return False
-        back = int(by_ladder["ActiveEnterTimestampMonotonic"]) / 1e6 - last_kill
-        web = serves(sb)[0]
-        recovered = tap.wait_for("Recovered", unit, timeout=15)
-        step("journal: systemd gives up, OnFailure= hands off to the listener (trimmed)")
-        for name, pattern in (
-            (unit, r"repeated too quickly|start-limit-hit|OnFailure"),
-            (f"unitgen-recover@{unit}.service", r"."),
-            (WATCH, re.escape(unit)),
-        ):
-            lines = [ln for ln in sb.journal(name, lines=60).splitlines() if re.search(pattern, ln)]
-            show("\n".join(ln[:150] for ln in lines[-3:]) or f"({name}: nothing logged)")
-        step("what unitgen saw: unitgen events --json, in the background (time since last kill)")
-        events = tap.seen()
-        for event in events:
-            details = event.get("details")
-            step_name = details.get("step") if isinstance(details, dict) else None
-            key = (event.get("event"), step_name)
-            if key[0] not in ("StepStarted", "StepFinished") or key in SHOWN_STEPS:
-                show(event_line(event, t0))
-        counts: dict[str, int] = {}
-        for event in events:
-            counts[str(event.get("event"))] = counts.get(str(event.get("event")), 0) + 1
-        show(f"{len(events)} events in all: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-        step(f"unitgen status {unit}")
-        show(sb.run([unitgen, "status", *user, unit]).stdout)
-        step(f"unitgen history {unit} (newest incident)")
-        show(
-            "\n".join(
-                sb.run([unitgen, "history", *user, unit, "--limit", "1"]).stdout.splitlines()[:8]
-            )
-        )
-        print()
-        show(
-            f"last kill -> active again: {back:.2f} s (RestartSec, start limit, ladder); "
-            f"ExecMainStartTimestampMonotonic {before_start} -> "
-            f"{by_ladder['ExecMainStartTimestampMonotonic']}; serving: {web}"
-        )
-        names = [e.get("event") for e in events]
-        return recovered and "IncidentOpened" in names and web == "200"
+        ok = ladder(sb, unitgen, user, tap)
+        return never_starts(sb, unitgen, user, unit_dir, policy, tap) and ok
     finally:
         tap.stop()
+
+
+def starts(sb: Sandbox, unit: str) -> int:
+    """How many times systemd began starting ``unit`` (its journal's "Starting" lines)."""
+    return sum(" Starting " in ln for ln in sb.journal(unit, lines=200).splitlines())
+
+
+def never_starts(
+    sb: Sandbox, unitgen: str, user: list[str], unit_dir: str, policy: str, tap: EventTap
+) -> bool:
+    """A unit whose config is missing: the ladder validates, refuses and stays quiet."""
+    spec = REPO / "examples" / "demo-broken.toml"
+    unit = "demo-broken.service"
+    step(f"unitgen render {spec.name}: a service that can never start (its config is missing)")
+    res = sb.run([unitgen, "render", *user, str(spec), "--out", unit_dir, "--policy-dir", policy])
+    show("\n".join(ln for ln in (res.stdout + res.stderr).splitlines() if unit in ln))
+    if res.returncode != 0:
+        return False
+    sb.daemon_reload()
+    t0 = time.time()
+    sb.systemctl("start", unit)
+    if not tap.wait_for("GaveUp", unit, timeout=30):
+        show(f"no GaveUp for {unit}: " + sb.journal(unit, lines=10))
+        return False
+    gave_up = sb.show(unit, "ActiveState", "SubState", "Result", "NRestarts")
+    events = of(tap.seen(), unit)
+    before = (starts(sb, unit), len(events))
+    # Nothing should happen now: watch for a while (a fixed observation window, not a
+    # wait for a state) and count every start and event that still comes.
+    window = 3.0
+    deadline = time.monotonic() + window
+    states: set[str] = set()
+    while time.monotonic() < deadline:
+        p = sb.show(unit, "ActiveState", "SubState")
+        states.add(f"{p['ActiveState']}/{p['SubState']}")
+        time.sleep(0.1)
+    after = (starts(sb, unit), len(of(tap.seen(), unit)))
+    limit = "repeated too quickly" in sb.journal(unit, lines=200)
+    show(
+        f"systemd: {before[0]} starts, "
+        + ("start request repeated too quickly, " if limit else "")
+        + f"{gave_up['ActiveState']} (Result={gave_up['Result']}); "
+        "the ladder, as unitgen events --json saw it:"
+    )
+    show_events(events, t0, {"validating-config"})
+    step(f"unitgen status {unit}")
+    show(sb.run([unitgen, "status", *user, unit]).stdout)
+    print()
+    show(
+        f"in the {window:.0f} s after GaveUp: {after[0] - before[0]} starts, "
+        f"{after[1] - before[1]} events, states seen: {', '.join(sorted(states))}"
+    )
+    names = [e.get("event") for e in events]
+    return (
+        "GaveUp" in names
+        and "Recovered" not in names
+        and after == before
+        and states == {"failed/failed"}
+    )
+
+
+def ladder(sb: Sandbox, unitgen: str, user: list[str], tap: EventTap) -> bool:
+    """Kill demo-web until systemd gives up; the listener's ladder brings it back."""
+    unit = "demo-web.service"
+    step(f"kill -9 {unit} again and again, until systemd's start limit gives up")
+    props = sb.show(
+        unit,
+        "StartLimitBurst",
+        "StartLimitIntervalUSec",
+        "RestartUSec",
+        "NRestarts",
+        "ExecMainStartTimestampMonotonic",
+    )
+    show(
+        f"Restart=on-failure RestartSec={props['RestartUSec']} "
+        f"StartLimitBurst={props['StartLimitBurst']} per {props['StartLimitIntervalUSec']}"
+    )
+    before_start = props["ExecMainStartTimestampMonotonic"]
+    restarts = int(props["NRestarts"])
+    last_kill = 0.0
+    by_ladder: dict[str, str] = {}
+    t0 = 0.0
+    for n in range(1, 2 * int(props["StartLimitBurst"]) + 2):
+        last_kill, t0 = time.monotonic(), time.time()
+        pid = sb.kill_main(unit, signal.SIGKILL)
+
+        def replaced(p: dict[str, str], pid: int = pid) -> bool:
+            return p["ActiveState"] == "active" and p["MainPID"] not in ("0", str(pid))
+
+        after = sb.wait_for(unit, replaced, timeout=30)
+        now = int(after["NRestarts"])
+        if now == restarts + 1:
+            show(
+                f"kill {n}: PID {pid} -> {after['MainPID']}  systemd restarted it (NRestarts={now})"
+            )
+            restarts = now
+            continue
+        by_ladder = sb.show(
+            unit,
+            "MainPID",
+            "NRestarts",
+            "ActiveEnterTimestampMonotonic",
+            "ExecMainStartTimestampMonotonic",
+            "Result",
+        )
+        show(
+            f"kill {n}: PID {pid} -> {by_ladder['MainPID']}  not systemd: NRestarts={now} "
+            "(systemd gave up; restarted by the ladder, below)"
+        )
+        break
+    if not by_ladder:
+        show("systemd kept restarting it; its start limit was never hit")
+        return False
+    back = int(by_ladder["ActiveEnterTimestampMonotonic"]) / 1e6 - last_kill
+    web = serves(sb)[0]
+    recovered = tap.wait_for("Recovered", unit, timeout=15)
+    step("journal: systemd gives up, OnFailure= hands off to the listener (trimmed)")
+    for name, pattern in (
+        (unit, r"repeated too quickly|start-limit-hit|OnFailure"),
+        (f"unitgen-recover@{unit}.service", r"."),
+        (WATCH, re.escape(unit)),
+    ):
+        lines = [ln for ln in sb.journal(name, lines=60).splitlines() if re.search(pattern, ln)]
+        show("\n".join(ln[:150] for ln in lines[-3:]) or f"({name}: nothing logged)")
+    step("what unitgen saw: unitgen events --json, in the background (time since last kill)")
+    events = of(tap.seen(), unit)
+    show_events(events, t0, {"restarting", "verifying"})
+    step(f"unitgen status {unit}")
+    show(sb.run([unitgen, "status", *user, unit]).stdout)
+    step(f"unitgen history {unit} (newest incident)")
+    show(
+        "\n".join(sb.run([unitgen, "history", *user, unit, "--limit", "1"]).stdout.splitlines()[:8])
+    )
+    print()
+    show(
+        f"last kill -> active again: {back:.2f} s (RestartSec, start limit, ladder); "
+        f"ExecMainStartTimestampMonotonic {before_start} -> "
+        f"{by_ladder['ExecMainStartTimestampMonotonic']}; serving: {web}"
+    )
+    names = [e.get("event") for e in events]
+    return recovered and "IncidentOpened" in names and web == "200"
 
 
 def demo(sb: Sandbox, spec: Path) -> int:
@@ -392,7 +463,7 @@ def demo(sb: Sandbox, spec: Path) -> int:
     )
     step("journal of demo-web.service")
     show(sb.journal("demo-web.service", lines=8))
-    ok = ladder(sb, unitgen, user, inside_units) and ok
+    ok = recovery(sb, unitgen, user, inside_units, policy) and ok
     print()
     print("demo: OK" if ok else "demo: FAILED (see above)")
     return 0 if ok else 1

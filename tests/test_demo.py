@@ -79,3 +79,17 @@ def test_demo_serves_under_strict_profile_and_recovers(scope: Scope) -> None:
     assert timing, out
     assert 0 < float(timing.group(1)) < 30
     assert int(timing.group(3)) > int(timing.group(2))
+
+    # A unit that can never start: systemd gives up, the ladder validates, refuses
+    # with reason config, and nothing restarts it afterwards.
+    broken = re.search(r"systemd: (\d+) starts, start request repeated too quickly, failed", out)
+    assert broken and int(broken.group(1)) >= 1, out
+    assert re.search(
+        r"^\s+\+\s*[0-9.]+s GaveUp\s+demo-broken\.service .*reason=config: ", out, re.M
+    ), out
+    assert not re.search(r"Recovered\s+demo-broken\.service", out)
+    assert re.search(r"^\s+demo-broken\.service\s+gave-up .*config: ", out, re.M), out
+    quiet = re.search(
+        r"in the \d+ s after GaveUp: (\d+) starts, (\d+) events, states seen: (.*)", out
+    )
+    assert quiet and quiet.groups() == ("0", "0", "failed/failed"), out
