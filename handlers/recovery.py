@@ -1272,6 +1272,11 @@ class RecoveryEngine:
     def _resolve_later(self, run: _Run, inc: IncidentRow) -> None:
         """Send "resolved" once the unit has stayed up for min_uptime (long-lived engines)."""
         unit, policy = run.unit, run.policy
+        alerter = self._alerter_for(policy)
+        if alerter is None or not alerter.targets:
+            # Nobody to tell: the wait (a LoadUnit and a GetAll, then min_uptime of
+            # signals) would end in _send() doing nothing.
+            return
 
         async def later() -> None:
             # The first predicate call sees the wait's own snapshot: that run's
