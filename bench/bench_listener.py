@@ -487,6 +487,21 @@ def _ns_pid_map(sb: Sandbox) -> dict[int, int]:
     return out
 
 
+def _others_cpu(sb: Sandbox) -> dict[str, float]:
+    """CPU seconds so far of the sandbox's systemd manager and dbus-daemon."""
+    out: dict[str, float] = {}
+    for host in sb.processes():
+        with contextlib.suppress(OSError, ValueError):
+            comm = Path(f"/proc/{host}/comm").read_text().strip()
+            if comm in ("systemd", "dbus-daemon"):
+                out[comm] = out.get(comm, 0.0) + _proc_cpu(host)
+    return out
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> str:
+    return ", ".join(f"{k} {after.get(k, 0.0) - v:.2f} s" for k, v in sorted(before.items()))
+
+
 async def scale(units: int, fail: int, idle: float, lib: str, concurrency: int = 0) -> None:
     work = Path(tempfile.mkdtemp(prefix="unitgen-scale-"))
     try:
@@ -575,6 +590,7 @@ async def _scale(
         pid_map = await asyncio.to_thread(_ns_pid_map, sb)
         host_pids = [pid_map[p] for p in ns_pids]
         cpu0 = _proc_cpu(daemon.pid)
+        others0 = _others_cpu(sb)
         t_kill = time.monotonic_ns()
         for pid in host_pids:
             os.kill(pid, 9)
@@ -586,6 +602,7 @@ async def _scale(
             stamps.append(ts)
         await asyncio.sleep(1.0)  # let the ladder finish verifying before reading CPU
         cpu = _proc_cpu(daemon.pid) - cpu0
+        others = _cpu_delta(others0, _others_cpu(sb))
         rss = _proc_status(daemon.pid, "VmRSS")
         hwm = _proc_status(daemon.pid, "VmHWM")
     finally:
@@ -594,7 +611,7 @@ async def _scale(
         ready_sock.close()
     # The floor, same sandbox, same 1000 units loaded: systemd restarting as many
     # itself (Restart=always, RestartSec=0), with no listener running.
-    base = await _systemd_burst(sb, work, stamp, fail)
+    base, base_others = await _systemd_burst(sb, work, stamp, fail)
     workers = concurrency or "default"
     print(
         f"\nscale: {units} watched instances of s@.service, {fail} killed at once, dbus-{lib}, "
@@ -625,10 +642,12 @@ async def _scale(
             f"{statistics.median(base) / 1e6:.0f} ms |"
         )
     print(f"| listener CPU for the {fail} recoveries | {cpu:.2f} s |")
+    print(f"| the same period: {others} |  |")
+    print(f"| baseline period: {base_others} |  |")
     print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
 
 
-async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> list[int]:
+async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> tuple[list[int], str]:
     """Kill ``count`` Restart=always units at once; kill -> each new start (ns)."""
     fifo = Fifo(work / "base.fifo")
     sb.install_units(
@@ -649,6 +668,7 @@ async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> li
     await bus.close()
     pid_map = await asyncio.to_thread(_ns_pid_map, sb)
     host_pids = [pid_map[p] for p in ns_pids]
+    others0 = _others_cpu(sb)
     t_kill = time.monotonic_ns()
     for pid in host_pids:
         os.kill(pid, 9)
@@ -658,7 +678,8 @@ async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> li
         if ts is None:
             break
         out.append(ts - t_kill)
-    return out
+    await asyncio.sleep(1.0)  # as for the listener: the same settling before reading CPU
+    return out, _cpu_delta(others0, _others_cpu(sb))
 
 
 def cli() -> None:
