@@ -11,7 +11,9 @@
    units/unitgen-watch.toml as install.sh does), kills the web server until systemd's
    start limit gives up, and shows the ladder bring it back, as unitgen saw it
    (``unitgen events --json``, ``status``, ``history``);
-7. tears the container down (``--keep`` leaves it running until Ctrl-C).
+7. renders ``examples/demo-broken.toml``, a service that can never start, and shows the
+   ladder give up with reason ``config`` and nothing restart it afterwards;
+8. tears the container down (``--keep`` leaves it running until Ctrl-C).
 
 Run by hand: ``/opt/unitgen/bin/python examples/demo.py [--user] [--keep]``.
 """
@@ -343,6 +345,7 @@ def ladder(sb: Sandbox, unitgen: str, user: list[str], tap: EventTap) -> bool:
     show(
         f"Restart=on-failure RestartSec={props['RestartUSec']} "
         f"StartLimitBurst={props['StartLimitBurst']} per {props['StartLimitIntervalUSec']}"
+        " (counted from the daemon-reload above, which resets it)"
     )
     before_start = props["ExecMainStartTimestampMonotonic"]
     restarts = int(props["NRestarts"])
@@ -386,7 +389,7 @@ def ladder(sb: Sandbox, unitgen: str, user: list[str], tap: EventTap) -> bool:
     step("journal: systemd gives up, OnFailure= hands off to the listener (trimmed)")
     for name, pattern in (
         (unit, r"repeated too quickly|start-limit-hit|OnFailure"),
-        (f"unitgen-recover@{unit}.service", r"."),
+        (f"unitgen-recover@{unit}.service", r"unitgen\[\d+\]: (\S+: recovered|  note:)"),
         (WATCH, re.escape(unit)),
     ):
         lines = [ln for ln in sb.journal(name, lines=60).splitlines() if re.search(pattern, ln)]
