@@ -3,7 +3,7 @@
 Run (root; a disposable user manager is started for the systemd rows, monit and
 supervisord run as plain processes under a child-subreaper harness):
 
-    /opt/unitgen/bin/python bench/bench_supervisors.py --trials 40
+    /opt/unitgen/bin/python bench/bench_supervisors.py --trials 60
 
 Method (/work/shared/bench-method.md), the same as bench_listener.py latency:
 the service is bench/stamp.c, a static C program that writes its CLOCK_MONOTONIC
@@ -19,8 +19,9 @@ All rows run in the same run, in alternation, each with its own FIFO:
 * ``systemd RestartSec=0``      Restart=always, RestartSec=0 (the baseline for ratios)
 * ``systemd RestartSec=100ms``  Restart=always and systemd's default RestartSec
 * ``monit (set daemon 1)``      ``check process ... with pidfile``; the start program
-                                is ``sh -c 'echo $$ > PIDFILE; exec stamp FIFO'`` (the
-                                stamp program writes no pidfile of its own)
+                                is ``sh -c 'stamp FIFO & echo $! > PIDFILE'``: the stamp
+                                program neither daemonizes nor writes a pidfile, and
+                                monit waits for a start program to exit
 * ``supervisord``               ``autorestart=true``, ``startsecs=0``; control socket on
                                 a unix socket only; the PID comes from ``supervisorctl pid``
 
