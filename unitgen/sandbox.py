@@ -331,6 +331,28 @@ def _ns_children(pid: int) -> list[int]:
     return [int(x) for x in text.split()]
 
 
+def _launch(
+    argv: list[str], root: Path, env: Mapping[str, str], *, die_with_parent: bool
+) -> subprocess.Popen[bytes]:
+    """Start the namespace init with its output in ``root/init.log``."""
+    if die_with_parent:
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+    child_env = {
+        **_base_env(),
+        **env,
+        "UNITGEN_SANDBOX_CGROUPS": " ".join(str(p) for p in _tracking_hierarchies()),
+    }
+    with open(root / "init.log", "wb") as log:
+        return subprocess.Popen(
+            argv,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's ^C goes to us, not the manager
+        )
+
+
 def _code_roots() -> list[str]:
     """Where the running unitgen lives: the interpreter's prefixes and, for an
     editable install, the work tree it imports from. Sandboxes must see them so
@@ -499,25 +521,7 @@ class Sandbox:
                 "1" if journal else "0",
                 *shared,
             ]
-            if die_with_parent:
-                argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
-            child_env = {
-                **_base_env(),
-                **inside_env,
-                "UNITGEN_SANDBOX_CGROUPS": " ".join(str(p) for p in _tracking_hierarchies()),
-            }
-            log = open(root / "init.log", "wb")  # noqa: SIM115 - handed to the child
-            try:
-                launcher = subprocess.Popen(
-                    argv,
-                    env=child_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a terminal's ^C goes to us, not the manager
-                )
-            finally:
-                log.close()
+            launcher = _launch(argv, root, inside_env, die_with_parent=die_with_parent)
         except OSError as exc:
             shutil.rmtree(root, ignore_errors=True)
             raise SandboxError(f"cannot start the user sandbox in {root}: {exc}") from exc
@@ -637,24 +641,7 @@ class Sandbox:
                 cgroup_id,
                 *nspawn,
             ]
-            if die_with_parent:
-                argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
-            child_env = {
-                **_base_env(),
-                "UNITGEN_SANDBOX_CGROUPS": " ".join(str(p) for p in _tracking_hierarchies()),
-            }
-            log = open(root / "init.log", "wb")  # noqa: SIM115 - handed to the child
-            try:
-                launcher = subprocess.Popen(
-                    argv,
-                    env=child_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            finally:
-                log.close()
+            launcher = _launch(argv, root, {}, die_with_parent=die_with_parent)
         except OSError as exc:
             shutil.rmtree(root, ignore_errors=True)
             raise SandboxError(f"cannot start the system sandbox in {root}: {exc}") from exc
