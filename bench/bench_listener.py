@@ -6,6 +6,7 @@ Run (root; a disposable user manager is started for each mode):
     /opt/unitgen/bin/python bench/bench_listener.py scale [--units 1000 --fail 200]
     /opt/unitgen/bin/python bench/bench_listener.py idle [--seconds 60]
     /opt/unitgen/bin/python bench/bench_listener.py flood [--seconds 5]
+    /opt/unitgen/bin/python bench/bench_listener.py bare [--units 1000 --fail 200 --what read]
 
 Method (/work/shared/bench-method.md): the service is bench/stamp.c, a static C
 program that writes its CLOCK_MONOTONIC start time to a FIFO first thing in
@@ -682,6 +683,79 @@ async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> tu
     return out, _cpu_delta(others0, _others_cpu(sb))
 
 
+async def bare(units: int, fail: int, mode: str) -> None:
+    """systemd's side of a burst without the ladder: what any D-Bus listener costs it."""
+    with Sandbox.start(Scope.USER) as sb:
+        for k, v in sb.env.items():
+            os.environ[k] = v
+        await _bare(sb, units, fail, mode)
+
+
+async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
+    from handlers.bus import SERVICE, unit_from_path, unit_properties_rule
+
+    sb.install_units(
+        {
+            "n@.service": "[Unit]\nStartLimitIntervalSec=0\n"
+            "[Service]\nExecStart=/bin/sleep infinity\n"
+        }
+    )
+    every = [f"n@{i}.service" for i in range(units)]
+    for i in range(0, units, 200):
+        sb.systemctl("start", *every[i : i + 200], check=True, timeout=300)
+    victims = set(every[:: max(1, units // fail)][:fail])
+    await asyncio.sleep(1.0)
+    bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+    await bus.add_match(unit_properties_rule())
+    await bus.subscribe()
+    tasks: set[asyncio.Task[None]] = set()
+    back: set[str] = set()
+    done = asyncio.Event()
+
+    async def act(unit: str) -> None:
+        if mode == "read":
+            # The ladder's pre-restart read (LoadUnit + GetAll Unit and Service).
+            await bus.unit_properties(unit)
+        await asyncio.gather(bus.reset_failed(unit), bus.restart(unit))
+
+    def on_signal(msg: Any) -> None:
+        if msg.member != "PropertiesChanged" or msg.body[0] != UNIT:
+            return
+        state = msg.body[1].get("ActiveState")
+        unit = unit_from_path(msg.path)
+        if state is None or unit not in victims:
+            return
+        if unwrap(state) == "failed":
+            task = asyncio.ensure_future(act(unit))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif unwrap(state) == "active":
+            back.add(unit)
+            if len(back) == len(victims):
+                done.set()
+
+    ns_pids = [int(await bus.get_property(u, "MainPID", SERVICE)) for u in victims]
+    pid_map = await asyncio.to_thread(_ns_pid_map, sb)
+    host_pids = [pid_map[p] for p in ns_pids]
+    bus.add_signal_callback(on_signal)
+    others0 = _others_cpu(sb)
+    me0 = os.times()
+    t_kill = time.monotonic()
+    for pid in host_pids:
+        os.kill(pid, 9)
+    await asyncio.wait_for(done.wait(), 120)
+    took = time.monotonic() - t_kill
+    await asyncio.sleep(1.0)
+    me1 = os.times()
+    others = _cpu_delta(others0, _others_cpu(sb))
+    await bus.close()
+    ours = me1.user + me1.system - me0.user - me0.system
+    print(
+        f"| bare listener ({mode}), {units} loaded, {len(victims)} killed | "
+        f"last active {took * 1000:.0f} ms | this process {ours:.2f} s, {others} |"
+    )
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -696,9 +770,15 @@ def cli() -> None:
     p.add_argument("--idle", type=float, default=60.0, help="idle seconds measured first")
     p.add_argument("--lib", choices=("fast", "next"), default="fast")
     p.add_argument("--concurrency", type=int, default=0, help="unitgen watch --max-concurrency")
+    p = sub.add_parser("bare")
+    p.add_argument("--units", type=int, default=1000)
+    p.add_argument("--fail", type=int, default=200)
+    p.add_argument("--what", choices=("restart", "read"), default="restart")
     args = parser.parse_args()
     if args.mode == "latency":
         asyncio.run(latency(args.trials))
+    elif args.mode == "bare":
+        asyncio.run(bare(args.units, args.fail, args.what))
     elif args.mode == "flood":
         asyncio.run(flood(args.count, args.rate))
     else:
