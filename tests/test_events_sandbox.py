@@ -30,17 +30,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _readline(stream: IO[str], deadline: float) -> str:
-    """One line, or AssertionError at the deadline (the stream is a pipe: select first)."""
-    import select
+class _Lines:
+    """Lines from a pipe, each by a deadline.
 
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.2)
-        if ready:
-            line = stream.readline()
-            assert line, "stream ended"
-            return line
-    raise AssertionError("no line before the deadline")
+    Reads the raw fd: select() on a buffered text stream followed by readline()
+    loses lines that arrived in the same chunk as the previous one (they sit in
+    Python's buffer while select() waits for the pipe), which made this test flaky.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._fd = stream.fileno()
+        self._buf = b""
+
+    def readline(self, deadline: float) -> str:
+        import select
+
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no line before the deadline")
+            ready, _, _ = select.select([self._fd], [], [], min(left, 0.2))
+            if ready:
+                chunk = os.read(self._fd, 65536)
+                assert chunk, "stream ended"
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode() + "\n"
 
 
 def _busctl(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -100,13 +115,14 @@ def test_a_killed_unit_is_seen_recovering_by_independent_consumers(
     try:
         assert consumer.stderr is not None and consumer.stdout is not None
         deadline = time.monotonic() + 60
-        assert "(running)" in _readline(consumer.stderr, deadline)
+        out, err = _Lines(consumer.stdout), _Lines(consumer.stderr)
+        assert "(running)" in err.readline(deadline)
         sb.systemctl("start", unit, check=True)
         sb.wait_for(unit, "active", timeout=15)
         sb.kill_main(unit, signal.SIGKILL)
         seen: list[dict[str, Any]] = []
         while not seen or seen[-1]["event"] not in ("Recovered", "GaveUp"):
-            seen.append(json.loads(_readline(consumer.stdout, deadline)))
+            seen.append(json.loads(out.readline(deadline)))
     finally:
         consumer.terminate()
         consumer.wait(timeout=20)
