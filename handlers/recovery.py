@@ -38,7 +38,6 @@ from handlers.diagnose import (
     read_journal,
     restart_pending,
     settle,
-    systemd_would_restart,
 )
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
@@ -568,9 +567,10 @@ class RecoveryEngine:
                 raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
             run.detail = "systemd no longer knows the unit"
             return Verdict.NOT_FOUND
-        if systemd_would_restart(props):
-            # settle() may wait for systemd: the events so far go out first.
-            self._release_events(run)
+        # Events stay held through settle() (0.5 s at most; they keep their own
+        # timestamps): a run that then only finds an earlier give-up must publish
+        # nothing, and the OnFailure= hand-off arriving after the listener gave up
+        # is exactly such a run.
         props = await settle(self.bus, unit, props)
         health = trigger.source == "health"
         diag = diagnosis_from(
@@ -1072,6 +1072,10 @@ class RecoveryEngine:
 
     async def _finish(self, run: _Run, state: State) -> Outcome:
         self._flush_rows(run)
+        if state is State.GAVE_UP and run.reason == GiveUp.GIVEN_UP.value and run.held:
+            # Nothing happened: the trigger is recorded (ignored-given-up), but consumers
+            # see no incident activity after the GaveUp that ended it.
+            run.held.clear()
         self._release_events(run)
         if run.restarts == 0 and run.incident is not None:
             self._start_journal(run)

@@ -896,3 +896,24 @@ def test_disk_cleanup_only_touches_directories_on_the_full_filesystem(tmp_path: 
     assert _on_same_filesystem(roots, [str(missing)]) == [str(here)]
     assert _on_same_filesystem(roots, ["/proc/self"]) == ["/proc/sys"]
     assert _on_same_filesystem(roots, []) == []
+
+
+@pytest.mark.asyncio
+async def test_a_trigger_after_the_give_up_publishes_nothing(tmp_path: Path) -> None:
+    """The OnFailure= hand-off often arrives after the listener's ladder gave up."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service", behaviour=lambda n: "failed", restart="on-failure")
+    bus = FakeBus(unit, clock=clock)
+    rec = dataclasses.replace(FAST, max_attempts=2)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=rec))
+    engine, sink, _a = _engine(tmp_path, bus, clock)
+    first = await engine.recover("api.service", Trigger("listener"))
+    assert first.state is State.GAVE_UP and sink.kinds()[-1] is EventKind.GAVE_UP
+    published = len(sink.events)
+    second = await engine.recover("api.service", Trigger("manual"))
+    await engine.aclose()
+    assert second.state is State.GAVE_UP and "given up earlier" in second.reason
+    assert len(sink.events) == published
+    assert bus.restarted() == ["api.service", "api.service"]  # none by the second trigger
+    dispositions = [t[3] for t in Store.open(_paths(tmp_path).database).triggers("api.service")]
+    assert dispositions[-1] == "ignored-given-up"
