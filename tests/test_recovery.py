@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from policyfiles import private_paths as _paths
+from policyfiles import write_policy as _write_policy
 
 from handlers.events import Event, EventKind
 from handlers.ladder import Level, State
@@ -27,8 +29,7 @@ from handlers.recovery import RecoveryEngine, Trigger
 from handlers.store import Store
 from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
 from unitgen.model import Backoff, Disk, Recovery, Threshold
-from unitgen.paths import Paths, Scope
-from unitgen.policy import Policy, to_json
+from unitgen.policy import Policy
 
 
 class FakeClock:
@@ -164,21 +165,6 @@ class FakeAlerter:
         from handlers.alerts import Delivery
 
         return [Delivery("t", True, None, 1, 0.0)]
-
-
-def _paths(tmp_path: Path) -> Paths:
-    return Paths(
-        scope=Scope.USER,
-        policy_dir=tmp_path / "policy",
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        unit_dir=tmp_path / "units",
-    )
-
-
-def _write_policy(paths: Paths, policy: Policy) -> None:
-    paths.policy_dir.mkdir(parents=True, exist_ok=True)
-    (paths.policy_dir / f"{policy.unit}.json").write_text(to_json(policy))
 
 
 FAST = Recovery(

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from policyfiles import private_paths as _paths
+from policyfiles import write_policy as _policy
 from receivers import Receiver
 
 from handlers.bus import SystemdBus
@@ -29,8 +31,8 @@ from handlers.ladder import Level, State
 from handlers.recovery import RecoveryEngine, Trigger
 from handlers.store import Store
 from unitgen.model import Backoff, Cleanup, Disk, Recovery, Threshold
-from unitgen.paths import Paths, Scope
-from unitgen.policy import Policy, to_json
+from unitgen.paths import Scope
+from unitgen.policy import Policy
 from unitgen.sandbox import Sandbox
 
 UNITGEN = str(Path(sys.executable).with_name("unitgen"))
@@ -47,21 +49,6 @@ QUICK = Recovery(
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.service"
-
-
-def _paths(tmp_path: Path) -> Paths:
-    return Paths(
-        scope=Scope.USER,
-        policy_dir=tmp_path / "policy",
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        unit_dir=tmp_path / "units",
-    )
-
-
-def _policy(paths: Paths, policy: Policy) -> None:
-    paths.policy_dir.mkdir(parents=True, exist_ok=True)
-    (paths.policy_dir / f"{policy.unit}.json").write_text(to_json(policy))
 
 
 def _sh(script: str) -> str:
