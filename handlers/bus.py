@@ -194,15 +194,15 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-def unit_properties_rule() -> str:
-    """PropertiesChanged of every unit's Unit interface (the listener's rule)."""
+def unit_properties_rule(interface: str = UNIT) -> str:
+    """PropertiesChanged of one interface (Unit by default) of every unit."""
     return match_rule(
         type="signal",
         sender=SYSTEMD,
         interface=PROPERTIES,
         member="PropertiesChanged",
         path_namespace=UNIT_PATH_PREFIX,
-        arg0=UNIT,
+        arg0=interface,
     )
 
 
@@ -528,6 +528,34 @@ class SystemdBus:
         (job,) = await self.call("RestartUnit", "ss", [name, mode], what=name)
         return str(job)
 
+    async def reset_and_restart(
+        self, name: str, mode: str = "replace"
+    ) -> tuple[str, SystemdError | None]:
+        """ResetFailedUnit then RestartUnit, sent at once, with the unit pinned between.
+
+        systemd handles one connection's calls in order, so the reset (failed
+        state, start-limit counter) still comes first and the restart leaves a
+        round trip earlier. Unpinned, the reset leaves an inactive unit nothing
+        references; systemd 252 garbage-collects it before it reads the restart
+        (UnitRemoved, then UnitNew), and RestartUnit loads it again from disk, a
+        unit-file parse per recovery. RefUnit and UnrefUnit around the two keep it
+        loaded; the queued job holds it after. Returns the restart's job and the
+        reset's refusal, if any; a refused pin changes nothing else.
+        """
+        ref, reset, job, unref = await asyncio.gather(
+            self.call("RefUnit", "s", [name], what=name),
+            self.reset_failed(name),
+            self.restart(name, mode),
+            self.call("UnrefUnit", "s", [name], what=name),
+            return_exceptions=True,
+        )
+        for outcome in (job, ref, reset, unref):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, SystemdError):
+                raise outcome
+        if isinstance(job, BaseException):
+            raise job
+        return str(job), reset if isinstance(reset, SystemdError) else None
+
     async def start(self, name: str, mode: str = "replace") -> str:
         (job,) = await self.call("StartUnit", "ss", [name, mode], what=name)
         return str(job)
@@ -580,10 +608,10 @@ class SystemdBus:
             interface=PROPERTIES,
             member="PropertiesChanged",
         )
-        # A listener on this connection already gets every unit's Unit-interface
-        # PropertiesChanged: a wait on that interface alone needs no rule of its own
+        # A listener on this connection already gets every unit's PropertiesChanged
+        # of the interfaces it follows: a wait on those needs no rule of its own
         # (two fewer calls per wait).
-        covered = ifaces == (UNIT,) and self._matches.get(unit_properties_rule(), 0) > 0
+        covered = all(self._matches.get(unit_properties_rule(i), 0) > 0 for i in ifaces)
         waiter = _Waiter(path)
         self._waiters.setdefault(path, []).append(waiter)
         loop = asyncio.get_running_loop()
@@ -610,10 +638,13 @@ class SystemdBus:
                 # An interface not asked for is not read, so its signals are not wanted.
                 if seq <= seen.get(iface, 0) or iface not in ifaces:
                     continue
-                if invalidated:
-                    props, seen = await self._snapshot(name, path, ifaces)
-                else:
-                    props.update(changed)
+                # systemd invalidates (names without values) only its large array
+                # properties (ExecStart=, Conditions, ...), on every signal; reading
+                # them again would double the calls of every wait, and no state
+                # predicate needs them, so they are dropped rather than re-read.
+                for key in invalidated:
+                    props.pop(key, None)
+                props.update(changed)
             return props
         finally:
             waiters = self._waiters.get(path, [])

@@ -79,6 +79,10 @@ class SystemdClient(Protocol):
 
     async def restart(self, name: str, mode: str = "replace") -> str: ...
 
+    async def reset_and_restart(
+        self, name: str, mode: str = "replace"
+    ) -> tuple[str, Exception | None]: ...
+
     async def wait_for(
         self,
         name: str,

@@ -15,6 +15,23 @@ of the unit) and looks at the answer:
   -> ``failed`` with no new invocation). The ladder takes over, once per
   InvocationID: a second ``failed`` of the same invocation is dropped.
 
+A unit with ``Restart=no`` and no ``RestartForceExitStatus=`` is never restarted
+by systemd, so there is nothing to race and no round trip is made: the ladder
+starts on the signal itself.
+
+The diagnosis travels with the signals
+--------------------------------------
+systemd sends a unit's change as two PropertiesChanged signals from one state,
+the type-specific interface (Service: Result, ExecMainCode/Status, NRestarts,
+MainPID) first and then the Unit interface ("clients may rely on this order",
+src/core/dbus-unit.c). The listener keeps the few properties the ladder's
+diagnosis needs from both, plus the ones that only change on a reload
+(Restart=, dependencies, directories), read once per unit with the first
+failure and forgotten on ``Reloading``, ``UnitNew``/``UnitRemoved`` and every
+reconnect. The trigger carries that snapshot, so the ladder's diagnose step
+makes no read of its own: the restart is issued without a round trip for a
+``Restart=no`` unit, and after one (the decision above) otherwise.
+
 Data flow
 ---------
 Signals are handled inside the bus library's reader callback, which only
@@ -91,6 +108,25 @@ class ListenerOptions:
     health_concurrency: int = 8
 
 
+# What the signals carry that the diagnosis needs (the Service interface's signal
+# comes first, then the Unit interface's, from the same state).
+_SERVICE_LIVE = frozenset({"Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID"})
+_UNIT_LIVE = frozenset({"ActiveState", "SubState", "InvocationID", "Job"})
+# What the diagnosis needs that changes only with a reload: read with the first failure.
+_STATIC = (
+    "LoadState",
+    "Restart",
+    "RestartForceExitStatus",
+    "PIDFile",
+    "Requires",
+    "BindsTo",
+    "Wants",
+    "After",
+    "StateDirectory",
+    "LogsDirectory",
+)
+
+
 @dataclass
 class UnitState:
     active: str = ""
@@ -98,6 +134,13 @@ class UnitState:
     invocation: str = ""  # hex; changes on every start
     handled: str = ""  # the invocation last handed to the ladder
     reasons: set[str] = field(default_factory=set)
+    live: dict[str, Any] = field(default_factory=dict)  # _SERVICE_LIVE | _UNIT_LIVE, latest
+    static: dict[str, Any] | None = None  # _STATIC, None until read (again)
+
+    def forget(self) -> None:
+        """Signals may have been missed or the unit reloaded: read it afresh next time."""
+        self.live.clear()
+        self.static = None
 
 
 @dataclass
@@ -105,6 +148,7 @@ class Stats:
     signals: int = 0
     failed_signals: int = 0
     systemd_restarting: int = 0  # failed, then systemd's own auto-restart: stood down
+    decided_without_read: int = 0  # Restart=no: the ladder started on the signal alone
     duplicates: int = 0  # a failure of an invocation already handed to the ladder
     recoveries: int = 0
     recovery_errors: int = 0
@@ -123,7 +167,7 @@ _MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
 
 def match_rules() -> list[str]:
     """The narrow AddMatch rules: nothing else systemd says reaches this process."""
-    rules = [busmod.unit_properties_rule()]
+    rules = [busmod.unit_properties_rule(), busmod.unit_properties_rule(busmod.SERVICE)]
     rules.extend(
         busmod.match_rule(
             type="signal",
@@ -157,6 +201,17 @@ def _hex(value: Any) -> str:
 
 def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
+
+
+def _never_restarted_by_systemd(static: dict[str, Any]) -> bool:
+    """``Restart=no`` and no ``RestartForceExitStatus=``: systemd will not restart it."""
+    force = static.get("RestartForceExitStatus")
+    forced = bool(force and any(force))  # (codes, signals); ([], []) is none
+    return static.get("Restart") == "no" and not forced
+
+
+def _complete(view: dict[str, Any]) -> bool:
+    return _SERVICE_LIVE.issubset(view) and _UNIT_LIVE.issubset(view) and "LoadState" in view
 
 
 class Listener:
@@ -303,6 +358,9 @@ class Listener:
         bus = await SystemdBus.connect(self.scope, self._address, library=self._library)
         try:
             bus.add_signal_callback(self._on_signal)
+            # Whatever happened while disconnected was not seen: read afresh.
+            for state in self.units.values():
+                state.forget()
             for rule in match_rules():
                 await bus.add_match(rule)
             await bus.subscribe()
@@ -426,14 +484,18 @@ class Listener:
             name, path = msg.body
             if name in self.watch:
                 self._names[path] = name
-                self.units.setdefault(name, UnitState())
+                self.units.setdefault(name, UnitState()).forget()
         elif member == "UnitRemoved":
             name, path = msg.body
             state = self.units.get(name)
             if state is not None:
                 # Unloaded units have no state to follow; keep "handled" for dedupe.
                 state.active = state.sub = ""
+                state.forget()
         elif member == "Reloading":
+            # Unit files may have changed (Restart=, dependencies): read them afresh.
+            for state in self.units.values():
+                state.static = None
             if msg.body and msg.body[0] is False:
                 self.request_reconcile()
         elif member == "NameOwnerChanged":
@@ -454,13 +516,22 @@ class Listener:
             self._names[path] = name
         if name not in self.watch:
             return
-        changed = msg.body[1]
-        active = changed.get("ActiveState")
-        if active is None:
-            return
+        interface, changed = msg.body[0], msg.body[1]
         state = self.units.get(name)
         if state is None:
             state = self.units[name] = UnitState()
+        if interface == busmod.SERVICE:
+            # Sent just before the Unit interface's signal of the same state.
+            live = state.live
+            for key in _SERVICE_LIVE.intersection(changed):
+                live[key] = _plain(changed[key])
+            return
+        active = changed.get("ActiveState")
+        if active is None:
+            return
+        live = state.live
+        for key in _UNIT_LIVE.intersection(changed):
+            live[key] = _plain(changed[key])
         state.active = _plain(active)
         sub = changed.get("SubState")
         if sub is not None:
@@ -561,9 +632,55 @@ class Listener:
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
             return
-        # The round trip that settles it: systemd sets auto-restart in the same
-        # call that sets failed, so this reply shows auto-restart if it will restart.
-        # Two small Gets, sent together, cost far less than a GetAll of ~300 properties.
+        view = await self._current(bus, unit, state)
+        if view is None:
+            return
+        active, sub = str(view.get("ActiveState", "")), str(view.get("SubState", ""))
+        inv = _hex(view.get("InvocationID", b""))
+        state.active, state.sub, state.invocation = active, sub, inv
+        if active != "failed":
+            if sub == "auto-restart" or active in ("activating", "active"):
+                self.stats.systemd_restarting += 1
+            return
+        if inv and inv == state.handled:
+            self.stats.duplicates += 1
+            return
+        state.handled = inv
+        # The trigger carries the diagnosis's properties when they are all known, and
+        # says systemd was seen not restarting the unit, so the ladder neither reads
+        # them again nor waits for an auto-restart that cannot come.
+        snapshot = view if _complete(view) else None
+        trigger = self._trigger(
+            source="listener", invocation_id=inv, snapshot=snapshot, settled=True
+        )
+        try:
+            await self._recover(engine, unit, trigger)
+        except BaseException:
+            # Not handled after all (bus lost mid-ladder): let reconciliation retry it.
+            state.handled = ""
+            raise
+
+    async def _current(self, bus: SystemdBus, unit: str, state: UnitState) -> dict[str, Any] | None:
+        """The unit's state now, as far as the decision needs it; None: no such unit.
+
+        The first failure since a (re)connect or reload reads everything once (the
+        read is the decision and the diagnosis both). Afterwards a ``Restart=no``
+        unit needs no read at all, and any other one the round trip that settles
+        whether systemd is restarting it: systemd sets auto-restart in the same call
+        that sets failed, so the reply shows auto-restart if it will restart. Three
+        small Gets, sent together, cost far less than a GetAll of ~300 properties.
+        """
+        if state.static is None:
+            try:
+                props = await bus.unit_properties(unit)
+            except UnitNotFoundError:
+                return None
+            state.static = {key: props[key] for key in _STATIC if key in props}
+            return props
+        view = {**state.static, **state.live}
+        if _never_restarted_by_systemd(state.static) and _complete(view):
+            self.stats.decided_without_read += 1
+            return view
         try:
             active, sub, raw_inv = await asyncio.gather(
                 bus.get_property(unit, "ActiveState"),
@@ -571,32 +688,13 @@ class Listener:
                 bus.get_property(unit, "InvocationID"),
             )
         except UnitNotFoundError:
-            return
+            return None
         except SystemdError:
             # Not loaded any more (UnknownObject): ask the slow way, which loads it.
-            props = await bus.unit_properties(unit, (busmod.UNIT,))
-            active, sub = props.get("ActiveState", ""), props.get("SubState", "")
-            raw_inv = props.get("InvocationID", b"")
-        state.active, state.sub = str(active), str(sub)
-        inv = _hex(raw_inv)
-        state.invocation = inv
-        if state.active != "failed":
-            if state.sub == "auto-restart" or state.active in ("activating", "active"):
-                self.stats.systemd_restarting += 1
-            return
-        if inv and inv == state.handled:
-            self.stats.duplicates += 1
-            return
-        state.handled = inv
-        # Result and the exit status are the ladder's to read (its diagnose step
-        # reads them anyway); the trigger names the invocation it is about.
-        trigger = self._trigger(source="listener", invocation_id=inv)
-        try:
-            await self._recover(engine, unit, trigger)
-        except BaseException:
-            # Not handled after all (bus lost mid-ladder): let reconciliation retry it.
-            state.handled = ""
-            raise
+            state.static = None
+            return await self._current(bus, unit, state)
+        view.update(ActiveState=active, SubState=sub, InvocationID=raw_inv)
+        return view
 
     async def _recover(self, engine: Recoverer, unit: str, trigger: Any) -> None:
         started = time.monotonic()

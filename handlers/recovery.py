@@ -108,6 +108,12 @@ class Trigger:
     exit_code: str = ""  # $MONITOR_EXIT_CODE: exited, killed, dumped
     exit_status: str = ""  # $MONITOR_EXIT_STATUS: a number or a signal name
     reason: str = ""  # free text, e.g. the failing health probe
+    # The listener's account of the unit at the failure (the properties the
+    # diagnosis reads, from systemd's signals), so diagnose makes no read of its own.
+    snapshot: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # The caller saw the unit still failed after systemd would have set auto-restart:
+    # settle() has nothing to wait for.
+    settled: bool = False
 
     @classmethod
     def from_environment(
@@ -195,6 +201,9 @@ class _Run:
     # order right after the call): the sinks' work must not delay the restart.
     # None once delivered: from then on events go straight out.
     held: list[Event] | None = field(default_factory=list)
+    # The trigger's snapshot, for the first diagnosis only; later ones read systemd.
+    snapshot: Mapping[str, Any] | None = None
+    from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
 
     @property
     def incident_id(self) -> str:
@@ -491,7 +500,15 @@ class RecoveryEngine:
         visited.add(unit)
         notes: list[str] = []
         policy = self._policy(unit, notes)
-        run = _Run(unit, policy, trigger, visited, self.clock.monotonic(), notes=notes)
+        run = _Run(
+            unit,
+            policy,
+            trigger,
+            visited,
+            self.clock.monotonic(),
+            notes=notes,
+            snapshot=trigger.snapshot,
+        )
         if policy.default:
             notes.append(f"{unit} has no recovery policy; using the defaults")
         if self.store.note:
@@ -561,7 +578,9 @@ class RecoveryEngine:
 
     async def _diagnose(self, run: _Run) -> Verdict:
         unit, policy, trigger = run.unit, run.policy, run.trigger
-        props = await self._properties(unit)
+        snapshot, run.snapshot = run.snapshot, None
+        run.from_snapshot = snapshot is not None
+        props = dict(snapshot) if snapshot is not None else await self._properties(unit)
         if props.get("LoadState") == "not-found":
             if run.incident is None and run.restarts == 0:
                 raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
@@ -571,7 +590,8 @@ class RecoveryEngine:
         # timestamps): a run that then only finds an earlier give-up must publish
         # nothing, and the OnFailure= hand-off arriving after the listener gave up
         # is exactly such a run.
-        props = await settle(self.bus, unit, props)
+        if not (trigger.settled and run.restarts == 0):
+            props = await settle(self.bus, unit, props)
         health = trigger.source == "health"
         diag = diagnosis_from(
             unit,
@@ -814,6 +834,9 @@ class RecoveryEngine:
         pidfile = cfg.pidfile or (diag.pidfile if diag else "")
         if pidfile:
             cgroup = diag.control_group if diag and diag.control_group else None
+            if run.from_snapshot:
+                # Signals do not carry ControlGroup; the stale-PID check wants it.
+                cgroup = await self._control_group(run.unit)
             report.merge(
                 await asyncio.to_thread(
                     cleanup.remove_stale_pidfile,
@@ -936,22 +959,12 @@ class RecoveryEngine:
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
-            # Both sent at once: systemd handles one connection's calls in order, so
-            # the reset (start-limit counter, failed state) still comes first, and
-            # RestartUnit leaves a round trip earlier.
-            reset, restarted = await asyncio.gather(
-                self.bus.reset_failed(unit),
-                self.bus.restart(unit, "replace"),
-                return_exceptions=True,
-            )
-            if isinstance(restarted, BaseException):
-                raise restarted
+            # Reset (start-limit counter, failed state) and restart in one go.
+            _job, reset = await self.bus.reset_and_restart(unit, "replace")
             # Not loaded (garbage-collected while inactive): nothing to reset, and
             # RestartUnit loads it again. Any other refusal: the restart went ahead.
-            if isinstance(reset, SystemdError) and not isinstance(reset, UnitNotFoundError):
+            if reset is not None and not isinstance(reset, UnitNotFoundError):
                 run.notes.append(f"reset-failed refused, restarted anyway: {reset}")
-            elif isinstance(reset, BaseException) and not isinstance(reset, SystemdError):
-                raise reset
         except SystemdError as exc:
             run.detail = f"restart refused: {exc}"
             self.store.amend_last_restart(
@@ -1347,6 +1360,16 @@ class RecoveryEngine:
 
     async def _properties(self, unit: str) -> dict[str, Any]:
         return await self.bus.unit_properties(unit)
+
+    async def _control_group(self, unit: str) -> str | None:
+        getter = getattr(self.bus, "get_property", None)
+        if getter is None:
+            return None
+        try:
+            value = await getter(unit, "ControlGroup", SERVICE_INTERFACE)
+        except SystemdError:
+            return None
+        return str(value) if value else None
 
     async def _wait_unit(
         self,

@@ -164,6 +164,69 @@ async def test_start_kill_restart_wait_for(user_sandbox: Sandbox, sbus: SystemdB
 
 
 @pytest.mark.asyncio
+async def test_reset_and_restart_keeps_the_unit_loaded(
+    user_sandbox: Sandbox, sbus: SystemdBus
+) -> None:
+    """Unpinned, ResetFailedUnit lets systemd unload the unit before RestartUnit.
+
+    Both ways restart it; only the pinned way does so without UnitRemoved and
+    UnitNew (an unload and a reload of its unit file) in between.
+    """
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    seen: list[str] = []
+
+    def on_signal(msg: Any) -> None:
+        if msg.member in ("UnitNew", "UnitRemoved") and msg.body and msg.body[0] == name:
+            seen.append(msg.member)
+
+    remove = sbus.add_signal_callback(on_signal)
+    rules = [
+        busmod.match_rule(
+            type="signal",
+            sender=busmod.SYSTEMD,
+            interface=busmod.MANAGER,
+            path=busmod.ROOT_PATH,
+            member=member,
+        )
+        for member in ("UnitNew", "UnitRemoved")
+    ]
+    for rule in rules:
+        await sbus.add_match(rule)
+    await sbus.subscribe()
+    await sbus.start(name)
+    unpinned: list[str] = []
+    for pinned in (False, True, False, True):
+        props = await sbus.wait_for(name, lambda p: p["SubState"] == "running", timeout=10)
+        await sbus.kill(name, "main", 9)
+        await sbus.wait_for(name, lambda p: p["ActiveState"] == "failed", timeout=10)
+        seen.clear()
+        if pinned:
+            job, refused = await sbus.reset_and_restart(name)
+            assert job.startswith("/org/freedesktop/systemd1/job/") and refused is None
+        else:
+            await asyncio.gather(sbus.reset_failed(name), sbus.restart(name))
+        after = await sbus.wait_for(
+            name,
+            lambda p, pid=props["MainPID"]: p["SubState"] == "running" and p["MainPID"] != pid,
+            timeout=10,
+        )
+        assert after["ActiveState"] == "active"
+        # Our own later calls come after the restart's reply: its signals are in.
+        await sbus.get_property(name, "ActiveState")
+        if pinned:
+            assert seen == [], seen
+        else:
+            unpinned.extend(seen)
+    # What the pin prevents does happen on 252 (at least once in two tries).
+    assert "UnitRemoved" in unpinned and "UnitNew" in unpinned
+    remove()
+    for rule in rules:
+        await sbus.remove_match(rule)
+    await sbus.stop(name)
+
+
+@pytest.mark.asyncio
 async def test_wait_for_times_out(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
     name = _name()
     user_sandbox.install_units({name: SLEEPER})

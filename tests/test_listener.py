@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.bus import UNIT, UNIT_PATH_PREFIX, unit_path
+from handlers.bus import SERVICE, UNIT, UNIT_PATH_PREFIX, unit_path
 from handlers.health import HealthScheduler
 from handlers.listener import Listener, ListenerOptions, match_rules
 from handlers.notify import Notifier
@@ -82,8 +82,9 @@ def test_watchset_any_name_is_answered(name: str) -> None:
 def test_match_rules_are_narrow() -> None:
     rules = match_rules()
     props = [r for r in rules if "PropertiesChanged" in r]
-    assert len(props) == 1
-    assert f"arg0='{UNIT}'" in props[0] and f"path_namespace='{UNIT_PATH_PREFIX}'" in props[0]
+    # Unit and Service only, each filtered on arg0 under the unit namespace.
+    assert sorted(r.split("arg0='")[1].rstrip("'") for r in props) == [SERVICE, UNIT]
+    assert all(f"path_namespace='{UNIT_PATH_PREFIX}'" in r for r in props)
     members = {r.split("member='")[1].split("'")[0] for r in rules}
     assert members == {
         "PropertiesChanged",
@@ -116,13 +117,19 @@ class Msg:
 class FakeBus:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     closed: bool = False
+    reads: list[str] = field(default_factory=list)  # "all" or the property's name
 
     async def unit_properties(self, name: str) -> dict[str, Any]:
+        self.reads.append("all")
+        return await self._read(name)
+
+    async def _read(self, name: str) -> dict[str, Any]:
         await asyncio.sleep(0)
         return dict(self.states.get(name, {"ActiveState": "inactive", "SubState": "dead"}))
 
     async def get_property(self, name: str, prop: str) -> Any:
-        return (await self.unit_properties(name)).get(prop, "")
+        self.reads.append(prop)
+        return (await self._read(name)).get(prop, "")
 
     async def close(self) -> None:
         self.closed = True
@@ -254,6 +261,120 @@ async def test_stands_down_when_systemd_restarts_it(tmp_path: Path) -> None:
     await _settle(listener)
     assert engine.calls == []
     assert listener.stats.systemd_restarting == 1
+    listener._stop.set()
+    await listener._teardown()
+
+
+def _full(inv: str, restart: str, force: tuple[list[int], list[int]] = ([], [])) -> dict[str, Any]:
+    """What LoadUnit + GetAll(Unit, Service) return for a killed unit (the keys used)."""
+    return {
+        "LoadState": "loaded",
+        "ActiveState": "failed",
+        "SubState": "failed",
+        "InvocationID": bytes.fromhex(inv),
+        "Job": (0, "/"),
+        "Result": "signal",
+        "ExecMainCode": 2,
+        "ExecMainStatus": 9,
+        "NRestarts": 0,
+        "MainPID": 0,
+        "Restart": restart,
+        "RestartForceExitStatus": force,
+        "PIDFile": "",
+        "Requires": [],
+        "BindsTo": [],
+        "Wants": [],
+        "After": [],
+        "StateDirectory": [],
+        "LogsDirectory": [],
+    }
+
+
+def _death(unit: str, inv: str, status: int = 9) -> list[Msg]:
+    """systemd's two signals for one state: the Service interface's first, then Unit's."""
+    v = FakeVariant
+    service = {
+        "Result": v("s", "signal"),
+        "ExecMainCode": v("i", 2),
+        "ExecMainStatus": v("i", status),
+        "NRestarts": v("u", 0),
+        "MainPID": v("u", 0),
+        "StatusText": v("s", "ignored"),
+    }
+    unit_props = {
+        "ActiveState": v("s", "failed"),
+        "SubState": v("s", "failed"),
+        "InvocationID": v("ay", bytes.fromhex(inv)),
+        "Job": v("(uo)", (0, "/")),
+    }
+    return [
+        Msg("PropertiesChanged", [SERVICE, service, ["ExecStart"]], unit_path(unit)),
+        Msg("PropertiesChanged", [UNIT, unit_props, ["Conditions"]], unit_path(unit)),
+    ]
+
+
+async def _fail_once(listener: Listener, bus: FakeBus, unit: str, inv: str) -> None:
+    bus.reads.clear()
+    for msg in _death(unit, inv):
+        listener._on_signal(msg)
+    await _settle(listener)
+
+
+@pytest.mark.asyncio
+async def test_restart_no_unit_is_handed_over_on_its_signals_alone(tmp_path: Path) -> None:
+    listener, bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    unit = "n.service"
+    bus.states[unit] = _full("01" * 16, "no")
+    # First failure: one full read, which is both the decision and the diagnosis.
+    await _fail_once(listener, bus, unit, "01" * 16)
+    assert bus.reads == ["all"]
+    assert engine.calls[-1][1]["snapshot"]["Restart"] == "no"
+    # Second failure: systemd cannot restart a Restart=no unit, so no read at all,
+    # and the snapshot is built from the two signals (exit status 9 from Service's).
+    bus.states[unit] = _full("02" * 16, "no")
+    await _fail_once(listener, bus, unit, "02" * 16)
+    assert bus.reads == []
+    assert listener.stats.decided_without_read == 1
+    _, trigger = engine.calls[-1]
+    assert trigger["invocation_id"] == "02" * 16
+    assert trigger["settled"] is True
+    snap = trigger["snapshot"]
+    assert (snap["Result"], snap["ExecMainCode"], snap["ExecMainStatus"]) == ("signal", 2, 9)
+    assert snap["LoadState"] == "loaded" and "StatusText" not in snap
+    assert len(engine.calls) == 2
+    # A reload may have changed Restart=: the next failure reads everything again.
+    listener._on_signal(Msg("Reloading", [True]))
+    bus.states[unit] = _full("03" * 16, "no")
+    await _fail_once(listener, bus, unit, "03" * 16)
+    assert bus.reads == ["all"]
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("restart", "force"),
+    [("on-failure", ([], [])), ("no", ([], [9])), ("no", ([3], []))],
+)
+async def test_units_systemd_may_restart_still_get_the_round_trip(
+    tmp_path: Path, restart: str, force: tuple[list[int], list[int]]
+) -> None:
+    listener, bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    unit = "r.service"
+    bus.states[unit] = _full("01" * 16, restart, force)
+    await _fail_once(listener, bus, unit, "01" * 16)
+    # Second failure, but systemd's reply shows its own restart under way.
+    bus.states[unit] = {**_full("02" * 16, restart, force), "SubState": "auto-restart"}
+    bus.states[unit]["ActiveState"] = "activating"
+    await _fail_once(listener, bus, unit, "02" * 16)
+    assert sorted(bus.reads) == ["ActiveState", "InvocationID", "SubState"]
+    assert listener.stats.decided_without_read == 0
+    assert listener.stats.systemd_restarting == 1
+    assert len(engine.calls) == 1
     listener._stop.set()
     await listener._teardown()
 

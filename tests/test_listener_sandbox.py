@@ -391,3 +391,114 @@ async def test_daemon_reexec_is_a_gap_and_failures_are_still_seen(
     sb.kill_main(unit)
     await asyncio.wait_for(running.engine.called.wait(), 15)
     assert [c[0] for c in running.engine.calls] == [unit]
+
+
+# The properties the ladder's diagnosis reads (handlers.diagnose.diagnosis_from),
+# except ControlGroup, which the cleanup step reads itself when it needs it.
+DIAGNOSIS_KEYS = (
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "NRestarts",
+    "MainPID",
+    "PIDFile",
+    "InvocationID",
+    "Restart",
+    "Job",
+    "Requires",
+    "BindsTo",
+    "Wants",
+    "After",
+    "StateDirectory",
+    "LogsDirectory",
+)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_restart_no_snapshot_from_signals_matches_systemd_and_needs_no_read(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn, lib: str
+) -> None:
+    """The diagnosis built from systemd's two signals is what systemd says when asked.
+
+    After the first failure (one full read), a Restart=no unit is handed to the
+    ladder without a single bus call between the failed signal and the hand-over.
+    """
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = f"snap-{uuid.uuid4().hex[:6]}.service"
+    _policy(paths, unit)
+    # Exits 3 on SIGTERM: a second kind of failure with a different status.
+    sb.install_units(
+        {
+            unit: "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+            "ExecStart=/bin/sh -c 'trap \"exit 3\" TERM; while :; do sleep 1 & wait; done'\n"
+            "Restart=no\nWants=basic.target\n"
+        }
+    )
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths, lib)
+    bus = running.listener.bus
+    assert bus is not None
+    calls: list[str] = []
+    original = bus.call
+
+    async def counting(member: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(member)
+        return await original(member, *args, **kwargs)
+
+    monkeypatch.setattr(bus, "call", counting)
+    engine = running.engine
+    for n, (sig, status) in enumerate(((9, 9), (15, 3), (9, 9))):
+        engine.restart = False
+        engine.called.clear()
+        await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+        before = len(calls)
+        sb.kill_main(unit, sig)
+        await asyncio.wait_for(engine.called.wait(), 10)
+        made = calls[before:]
+        _, trigger = engine.calls[-1]
+        # Still failed (the fake engine has not restarted it): systemd's own account.
+        actual = await bus.unit_properties(unit)
+        snap = trigger["snapshot"]
+        assert snap is not None
+        for key in DIAGNOSIS_KEYS:
+            assert snap[key] == actual[key], (n, key, snap[key], actual[key])
+        assert (snap["ExecMainStatus"], trigger["settled"]) == (status, True)
+        if n == 0:
+            assert "GetAll" in made  # the first failure reads everything once
+        else:
+            assert made == [], made
+        # The ladder's restart: pinned, so systemd does not unload and reload it.
+        await bus.reset_and_restart(unit)
+    assert running.listener.stats.decided_without_read == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_restart_no_with_restart_force_exit_status_is_left_to_systemd(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn, lib: str
+) -> None:
+    """Restart=no does not mean systemd never restarts it: RestartForceExitStatus= does."""
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = f"forced-{uuid.uuid4().hex[:6]}.service"
+    _policy(paths, unit)
+    sb.install_units({unit: _unit("no", burst=10, extra="RestartForceExitStatus=SIGKILL\n")})
+    sb.systemctl("start", unit, check=True)
+    running = await start_listener(sb, paths, lib)
+    listener = running.listener
+    for n in (1, 2, 3):
+        sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
+        sb.kill_main(unit)
+        sb.wait_for(
+            unit,
+            lambda p, n=n: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
+            10,
+        )
+        await _until(lambda n=n: listener.stats.systemd_restarting >= n)
+    assert running.engine.calls == []
+    assert listener.stats.decided_without_read == 0

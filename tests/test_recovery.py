@@ -126,6 +126,16 @@ class FakeBus:
             u.props.update(ActiveState="failed", SubState="failed", Result="exit-code")
         return f"/job/{len(self.calls)}"
 
+    async def reset_and_restart(
+        self, name: str, mode: str = "replace"
+    ) -> tuple[str, Exception | None]:
+        error: Exception | None = None
+        try:
+            await self.reset_failed(name)
+        except SystemdError as exc:
+            error = exc
+        return await self.restart(name, mode), error
+
     async def wait_for(
         self,
         name: str,

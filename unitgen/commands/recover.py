@@ -65,6 +65,11 @@ class NoBus:
     async def restart(self, name: str, mode: str = "replace") -> str:
         raise AssertionError("this command does not talk to systemd")
 
+    async def reset_and_restart(
+        self, name: str, mode: str = "replace"
+    ) -> tuple[str, Exception | None]:
+        raise AssertionError("this command does not talk to systemd")
+
     async def wait_for(self, name: str, predicate: Any, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
         raise AssertionError("this command does not talk to systemd")
 
