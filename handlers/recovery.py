@@ -42,7 +42,14 @@ from handlers.diagnose import (
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
 from handlers.locks import UnitLock, check_unit_name
-from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
+from handlers.store import (
+    AttemptRow,
+    IncidentRow,
+    Stamp,
+    Store,
+    UnitSummary,
+    boot_id,
+)
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
 from unitgen.model import Probe
 from unitgen.paths import Paths, Scope
@@ -270,6 +277,7 @@ class RecoveryEngine:
         self._queued: list[tuple[Alerter, Alert, str]] = []
         self._policies: dict[str, tuple[tuple[int, ...], Policy]] = {}
         self._alerters: dict[str, Alerter | None] = {}
+        self._checkpointing: asyncio.Future[None] | None = None
 
     @property
     def rng(self) -> random.Random:
@@ -295,6 +303,23 @@ class RecoveryEngine:
         finally:
             if self._running.get(unit) is task:
                 del self._running[unit]
+            self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint the history's log in a thread, after a run, never inside one."""
+        if self._checkpointing is not None or not self.store.checkpoint_due():
+            return
+        self.store.commits = 0
+        task = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint))
+        task.set_name("history checkpoint")
+        self._checkpointing = task
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._checkpointing = None
+            if not t.cancelled() and t.exception() is not None:
+                log.error("history checkpoint failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     async def reset(self, unit: str) -> Outcome:
         """Re-arm ``unit``: counts start afresh; "resolved" goes out if it is healthy now."""
@@ -392,6 +417,9 @@ class RecoveryEngine:
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait (bounded) for alerts still being sent, then close the store."""
+        if self._checkpointing is not None:
+            # A thread cannot be cancelled; a PASSIVE checkpoint is short.
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         for task in list(self._deferred):
             task.cancel()
         if self._deferred:
@@ -1348,6 +1376,14 @@ class RecoveryEngine:
         cached = self._policies.get(unit)
         if cached is not None and cached[0] == key:
             return cached[1]
+        # An instance without a file of its own shares its template's: a burst of
+        # a thousand failing instances parses the template once, not a thousand times.
+        shared = f"{_template_of(unit)}#template" if len(key) == 6 and key[:3] == (0, 0, 0) else ""
+        template = self._policies.get(shared) if shared else None
+        if template is not None and template[0] == key:
+            policy = dataclasses.replace(template[1], unit=unit)
+            self._policies[unit] = (key, policy)
+            return policy
         try:
             policy = load_policy(unit, self.paths.policy_dir)
         except PolicyError as exc:
@@ -1356,6 +1392,8 @@ class RecoveryEngine:
             log.warning("%s", exc)
             return default_policy(unit)
         self._policies[unit] = (key, policy)
+        if shared:
+            self._policies[shared] = (key, policy)
         return policy
 
     async def _properties(self, unit: str) -> dict[str, Any]:
@@ -1547,11 +1585,16 @@ def _failure_reason(summary: UnitSummary) -> str:
     return what if summary.incidents else ""
 
 
+def _template_of(unit: str) -> str:
+    """``worker@7.service`` -> ``worker@.service``; "" for a unit that is no instance."""
+    prefix, at, rest = unit.partition("@")
+    return f"{prefix}@.{rest.rsplit('.', 1)[1]}" if at and "." in rest else ""
+
+
 def _policy_stat(unit: str, policy_dir: Path) -> tuple[int, ...]:
     names = [f"{unit}.json"]
-    prefix, at, rest = unit.partition("@")
-    if at and "." in rest:
-        names.append(f"{prefix}@.{rest.rsplit('.', 1)[1]}.json")
+    if template := _template_of(unit):
+        names.append(f"{template}.json")
     out: list[int] = []
     for name in names:
         try:

@@ -127,15 +127,25 @@ class MemoryStatus:
     reason: str
 
 
+_MEMINFO_KEYS = frozenset({"MemTotal", "MemAvailable", "MemFree", "Buffers", "Cached"})
+
+
 def _parse_meminfo(text: str) -> dict[str, int]:
+    # Only the few keys used, and stop once they are in: the file has ~55 lines
+    # and this runs before every restart of a burst.
     values: dict[str, int] = {}
     for line in text.splitlines():
         key, sep, rest = line.partition(":")
+        key = key.strip()
+        if key not in _MEMINFO_KEYS:
+            continue
         fields = rest.split()
         if not sep or not fields or not fields[0].isdigit():
             continue
         scale = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
-        values[key.strip()] = int(fields[0]) * scale
+        values[key] = int(fields[0]) * scale
+        if len(values) == len(_MEMINFO_KEYS):
+            break
     return values
 
 

@@ -913,3 +913,80 @@ async def test_a_trigger_after_the_give_up_publishes_nothing(tmp_path: Path) -> 
     assert bus.restarted() == ["api.service", "api.service"]  # none by the second trigger
     dispositions = [t[3] for t in Store.open(_paths(tmp_path).database).triggers("api.service")]
     assert dispositions[-1] == "ignored-given-up"
+
+
+@pytest.mark.asyncio
+async def test_instances_share_the_template_policy_until_it_changes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    names = [f"w@{i}.service" for i in range(3)]
+    bus = FakeBus(*(FakeUnit(n) for n in names), clock=clock)
+    paths = _paths(tmp_path)
+    _write_policy(paths, Policy(unit="w@.service", recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    first = engine._policy(names[0], [])
+    second = engine._policy(names[1], [])
+    assert (first.unit, second.unit) == (names[0], names[1])  # each keeps its own name
+    assert first.recovery.max_attempts == second.recovery.max_attempts == 5
+    # The template is rewritten: the next instance (and the cached ones) see it.
+    slower = dataclasses.replace(FAST, max_attempts=2)
+    text = (paths.policy_dir / "w@.service.json").read_text()
+    _write_policy(paths, Policy(unit="w@.service", recovery=slower))
+    assert (paths.policy_dir / "w@.service.json").read_text() != text
+    assert engine._policy(names[2], []).recovery.max_attempts == 2
+    assert engine._policy(names[0], []).recovery.max_attempts == 2
+    # An instance with a file of its own uses that one, not the template's.
+    _write_policy(paths, Policy(unit=names[1], recovery=dataclasses.replace(FAST, max_attempts=9)))
+    assert engine._policy(names[1], []).recovery.max_attempts == 9
+    await engine.aclose()
+
+
+@pytest.mark.asyncio
+async def test_listener_snapshot_replaces_the_diagnosis_read(tmp_path: Path) -> None:
+    """A trigger with the listener's snapshot: no read, no settle wait, same outcome."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service", result="signal", restart="on-failure")
+    bus = FakeBus(unit, clock=clock)
+    original = bus.unit_properties
+
+    async def counted(name: str) -> dict[str, Any]:
+        bus.calls.append(("read", name))  # settle() and verify read through here too
+        return await original(name)
+
+    bus.unit_properties = counted  # type: ignore[method-assign]
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    snapshot = {k: v for k, v in unit.props.items() if k != "ControlGroup"}
+    trigger = Trigger("listener", invocation_id="01" * 16, snapshot=snapshot, settled=True)
+    out = await engine.recover("api.service", trigger)
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.restarts == 1
+    # Nothing read before the restart: neither a diagnosis read nor settle(), which
+    # Restart=on-failure + Result=signal would otherwise make wait for systemd.
+    assert bus.calls[:2] == [("reset_failed", "api.service"), ("restart", "api.service")]
+    assert ("read", "api.service") in bus.calls[2:]  # verify still reads
+    # Without the snapshot the same failure is read first.
+    bus.calls.clear()
+    unit.props.update(ActiveState="failed", SubState="failed", InvocationID=b"\x09" * 16)
+    engine2, _sink, _alerter = _engine(tmp_path, bus, clock)
+    await engine2.recover("api.service", Trigger("listener", invocation_id="09" * 16))
+    await engine2.aclose()
+    assert bus.calls[0] == ("read", "api.service")
+
+
+@pytest.mark.asyncio
+async def test_history_is_checkpointed_after_a_run_in_a_thread(tmp_path: Path) -> None:
+    from handlers.store import CHECKPOINT_COMMITS
+
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit("api.service"), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    database = _paths(tmp_path).database
+    size = database.stat().st_size
+    engine.store.commits = CHECKPOINT_COMMITS - 1  # the run's own writes tip it over
+    out = await engine.recover("api.service", ONFAIL)
+    assert out.state is State.RECOVERED
+    checkpoint = engine._checkpointing
+    assert checkpoint is not None and engine.store.commits == 0
+    await engine.aclose()
+    assert checkpoint.done() and database.stat().st_size > size

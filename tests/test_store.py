@@ -185,3 +185,29 @@ def test_snapshot_reads_but_never_writes(tmp_path: Path) -> None:
     assert again.last_incident("other.service") is None
     again.close()
     assert before  # the file existed and was read
+
+
+def test_commits_never_checkpoint_the_engine_does(tmp_path: Path) -> None:
+    """The automatic checkpoint (an fsync inside some commit) is only a far backstop."""
+    from handlers.store import AUTOCHECKPOINT_PAGES, CHECKPOINT_COMMITS
+
+    path = tmp_path / "h.sqlite3"
+    store = Store.open(path)
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
+    before = path.stat().st_size
+    for i in range(CHECKPOINT_COMMITS):
+        store.set_reset(f"u{i}.service", NOW)
+    assert store.checkpoint_due()
+    # Every page is still in the log: no commit copied any into the database file.
+    assert path.stat().st_size == before
+    store.checkpoint()
+    assert path.stat().st_size > before
+    probe = sqlite3.connect(path)
+    try:
+        assert probe.execute("SELECT count(*) FROM resets").fetchone() == (CHECKPOINT_COMMITS,)
+    finally:
+        probe.close()
+    store.close()
+    memory = Store.in_memory()
+    assert not memory.checkpoint_due()  # nothing to checkpoint without a file
+    memory.close()
