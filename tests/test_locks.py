@@ -138,3 +138,17 @@ def test_hostile_names_never_escape_the_lock_dir(name: str) -> None:
         assert "\n" not in str(exc)
         return
     assert "/" not in name and not name.startswith(".") and "\x00" not in name
+
+
+def test_lock_file_names_its_holder(tmp_path: Path) -> None:
+    lock_dir = tmp_path / "locks"
+    lock = UnitLock(lock_dir, "api.service")
+    assert lock.try_acquire()
+    path = lock_dir / "api.service.lock"
+    assert path.read_text() == f"{os.getpid()}\n"
+    lock.release()
+    # Left by another (dead) process, longer than ours: replaced, not overwritten in part.
+    path.write_text("4194304999\n")
+    assert lock.try_acquire()
+    assert path.read_text() == f"{os.getpid()}\n"
+    lock.release()
