@@ -16,6 +16,10 @@ PropertiesChanged with the variant's calls. Variants, ``CALLS[:MODE]``:
 * ``systemd``         the template gets ``Restart=always``, ``RestartSec=0`` (a
                       drop-in) and the listener does nothing; it stays subscribed,
                       so systemd still emits its signals
+* ``systemd-fresh``   as bench_listener.py's baseline: ``--fail`` instances of a
+                      second template r@ (Restart=always, RestartSec=0) are started
+                      just before, killed, and stopped afterwards; the listener
+                      stays subscribed and does nothing
 * ``systemd-nosub``   the same, with the listener unsubscribed (no signals at all)
 * ``reset+restart``   ResetFailedUnit and RestartUnit sent together (the ladder's)
 * ``reset;restart``   ResetFailedUnit, its reply awaited, then RestartUnit
@@ -23,6 +27,9 @@ PropertiesChanged with the variant's calls. Variants, ``CALLS[:MODE]``:
 * ``restart;reset``   RestartUnit, its reply awaited, then ResetFailedUnit
 * ``ref+reset+restart`` as reset+restart, with every victim held by Unit.Ref()
                       from a second connection for the burst (no garbage collection)
+* ``pin+reset+restart`` Unit.Ref, ResetFailedUnit and RestartUnit sent together on
+                      the listener's own connection, Unit.Unref once they are answered
+                      (the pending job keeps the unit loaded from then on)
 * ``restart``         RestartUnit only
 * ``start``           StartUnit only
 * ``reset+start``     ResetFailedUnit and StartUnit together
@@ -33,7 +40,8 @@ PropertiesChanged with the variant's calls. Variants, ``CALLS[:MODE]``:
 
 MODE is a job mode (``replace`` unless given: ``fail``, ``ignore-dependencies``
 ...). Every round runs every variant once, back to back, in the given order,
-after a daemon-reload (so each variant starts from the same manager state).
+after a daemon-reload (so each variant starts from the same manager state;
+``--reload needed``: only when the Restart= drop-in changes).
 
 "Active again" is the stamp program's CLOCK_MONOTONIC (bench/stamp.c), as in
 bench_listener.py. CPU: this process (os.times), and the sandbox's systemd
@@ -80,6 +88,7 @@ from unitgen.sandbox import Sandbox  # noqa: E402
 
 CALLS = (
     "systemd",
+    "systemd-fresh",
     "systemd-nosub",
     "noop",
     "reset+restart",
@@ -87,6 +96,7 @@ CALLS = (
     "restart+reset",
     "restart;reset",
     "ref+reset+restart",
+    "pin+reset+restart",
     "restart",
     "start",
     "reset+start",
@@ -94,6 +104,7 @@ CALLS = (
     "unit-restart",
 )
 DROPIN = "n@.service.d/restart.conf"
+PERF_FILES: list[Path] = []  # written by this run, in order
 
 
 def template(stamp: Path, fifo: Path, kind: str, slice_: str) -> str:
@@ -175,6 +186,14 @@ def make_action(bus: SystemdBus, calls: str, mode: str) -> Callable[[str], Await
         elif calls == "reset;restart":
             await bus.reset_failed(unit)
             await bus.restart(unit, mode)
+        elif calls == "pin+reset+restart":
+            path = unit_path(unit)
+            await asyncio.gather(
+                bus.call("Ref", interface=UNIT, path=path, what=unit),
+                bus.reset_failed(unit),
+                bus.restart(unit, mode),
+            )
+            await bus.call("Unref", interface=UNIT, path=path, what=unit)
         elif calls == "restart+reset":
             await asyncio.gather(bus.restart(unit, mode), bus.reset_failed(unit))
         elif calls == "restart;reset":
@@ -216,7 +235,9 @@ async def _run(
 ) -> None:
     fifo = work / "n.fifo"
     stamps = Stamps(fifo)
-    sb.install_units({"n@.service": template(stamp, fifo, args.template, args.slice)})
+    n_text = template(stamp, fifo, args.template, args.slice)
+    r_text = n_text.replace("[Service]\n", "[Service]\nRestart=always\nRestartSec=0\n")
+    sb.install_units({"n@.service": n_text, "r@.service": r_text})
     if args.slice == "grouped":
         width = max(1, round(args.units**0.5))
         every = [f"n@{i % width}-{i}.service" for i in range(args.units)]
@@ -230,6 +251,7 @@ async def _run(
     tasks: set[asyncio.Task[Any]] = set()
     errors: list[str] = []
     action: list[Callable[[str], Awaitable[Any]] | None] = [None]
+    handled: set[str] = set()
 
     def on_signal(msg: Any) -> None:
         if msg.member != "PropertiesChanged" or msg.body[0] != UNIT:
@@ -239,7 +261,10 @@ async def _run(
         act = action[0]
         if act is None or state is None or unit not in victim_set:
             return
-        if unwrap(state) == "failed":
+        if unwrap(state) == "failed" and unit not in handled:
+            # Once per unit and burst, as the real listener's InvocationID dedup does:
+            # a pending job's PropertiesChanged repeats ActiveState=failed.
+            handled.add(unit)
             task = asyncio.ensure_future(act(unit))
             tasks.add(task)
             task.add_done_callback(finished)
@@ -263,8 +288,21 @@ async def _run(
     for rnd in range(args.repeat):
         for calls, mode in variants:
             name = calls if calls.startswith("systemd") or calls == "noop" else f"{calls}:{mode}"
+            handled.clear()
             row = await burst(
-                sb, bus, stamps, every, victims, calls, mode, action, tasks, perf_dir, rnd, sd_pid
+                sb,
+                bus,
+                stamps,
+                every,
+                victims,
+                calls,
+                mode,
+                action,
+                tasks,
+                perf_dir,
+                rnd,
+                sd_pid,
+                args.reload,
             )
             if errors:
                 print(f"<!-- {name}: {len(errors)} call errors, first: {errors[0]} -->")
@@ -288,6 +326,56 @@ async def _run(
             f"| {cols[3]:.2f} s | {cols[4]:.2f} s |"
         )
     await bus.close()
+    if perf_dir is not None:
+        print()
+        print("Where systemd's CPU went (perf samples, first matching bucket):")
+        print()
+        for data in PERF_FILES:
+            print(f"* {data.stem}: {await asyncio.to_thread(perf_buckets, data)}")
+
+
+# Ordered: a sample counts in the first bucket whose function is on its stack. The
+# names are exported by libsystemd-core/-shared 252, so no debug symbols are needed.
+BUCKETS = (
+    ("GC unit_free", ("unit_free",)),
+    ("unit load", ("manager_load_unit", "unit_load", "manager_dispatch_load_queue")),
+    ("cgroup family walk", ("unit_add_family_to_cgroup_realize_queue",)),
+    ("fork+exec", ("exec_spawn",)),
+    ("rest of job run", ("job_run_and_invalidate",)),
+    ("PropertiesChanged", ("bus_unit_send_change_signal", "bus_job_send_change_signal")),
+    ("method calls", ("bus_process_object",)),
+    (
+        "SIGCHLD/cgroup empty",
+        ("unit_notify", "unit_prune_cgroup", "unit_add_to_cgroup_empty_queue", "unit_kill_context"),
+    ),
+)
+
+
+def perf_buckets(data: Path) -> str:
+    text = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "period,ip,sym"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    spent: dict[str, int] = {}
+    total = 0
+    for block in text.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines or not lines[0].strip().isdigit():
+            continue
+        period = int(lines[0])
+        stack = {row.split(None, 1)[-1] for row in lines[1:]}
+        name = next((n for n, keys in BUCKETS if stack.intersection(keys)), "other")
+        spent[name] = spent.get(name, 0) + period
+        total += period
+    if not total:
+        return "no samples"
+    parts = [
+        f"{n} {spent.get(n, 0) / 1e6:.0f} ms ({100 * spent.get(n, 0) / total:.0f}%)"
+        for n in [b[0] for b in BUCKETS] + ["other"]
+    ]
+    return f"{total / 1e6:.0f} ms sampled: " + ", ".join(parts)
 
 
 async def burst(
@@ -303,19 +391,26 @@ async def burst(
     perf_dir: Path | None,
     rnd: int,
     sd_pid: int,
+    reload: str,
 ) -> tuple[float, float, float, float, float]:
     action[0] = None
     dropin = sb.unit_dir / DROPIN
+    had = dropin.exists()
     if calls.startswith("systemd"):
         dropin.parent.mkdir(parents=True, exist_ok=True)
         dropin.write_text("[Service]\nRestart=always\nRestartSec=0\n")
     else:
         dropin.unlink(missing_ok=True)
     await asyncio.to_thread(sb.systemctl, "reset-failed", check=False)
-    await asyncio.to_thread(sb.daemon_reload)
+    if reload == "always" or had != dropin.exists():
+        await asyncio.to_thread(sb.daemon_reload)
     for i in range(0, len(every), 200):
         await asyncio.to_thread(sb.systemctl, "start", *every[i : i + 200], check=True, timeout=300)
     await asyncio.sleep(1.5)
+    if calls == "systemd-fresh":
+        victims = [f"r@{i}.service" for i in range(len(victims))]
+        await asyncio.to_thread(sb.systemctl, "start", *victims, check=True, timeout=300)
+        await asyncio.sleep(1.0)
     ns_pids = [int(await bus.get_property(u, "MainPID", SERVICE)) for u in victims]
     pid_map = await asyncio.to_thread(_ns_pid_map, sb)
     host_pids = [pid_map[p] for p in ns_pids]
@@ -331,6 +426,7 @@ async def burst(
     perf = None
     if perf_dir is not None:
         out = perf_dir / f"{calls.replace(';', '-')}-{mode}-{rnd + 1}.data"
+        PERF_FILES.append(out)
         argv = ["perf", "record", "-q", "-e", "cpu-clock", "--call-graph", "dwarf"]
         perf = await asyncio.create_subprocess_exec(
             *argv,
@@ -365,6 +461,8 @@ async def burst(
     action[0] = None
     if holder is not None:
         await holder.close()
+    if calls == "systemd-fresh":
+        await asyncio.to_thread(sb.systemctl, "stop", *victims, check=True, timeout=300)
     if calls == "systemd-nosub":
         await bus.subscribe(force=True)
     with_stamps = sorted(t - t_kill for t in stamps.got) or [t_last - t_kill]
@@ -389,6 +487,12 @@ def cli() -> None:
         "--variants",
         default="systemd,reset+restart,restart,start,reset+start",
         help="comma-separated CALLS[:MODE]; see the module docstring",
+    )
+    parser.add_argument(
+        "--reload",
+        choices=("always", "needed"),
+        default="always",
+        help="daemon-reload before every variant, or only when Restart= changes",
     )
     parser.add_argument("--perf", help="directory for perf record data of systemd's bursts")
     args = parser.parse_args()
