@@ -48,6 +48,10 @@ bench_listener.py. CPU: this process (os.times), and the sandbox's systemd
 manager and dbus-daemon (/proc/PID/stat), from just before the kill to 1 s
 after the last stamp.
 
+``--start-limit TRIALS``: instead of timing, bring six units to their start
+limit (StartLimitBurst=2) and show which call paths still start them (active)
+and which leave them failed/inactive.
+
 ``--perf DIR``: also record ``perf record -e cpu-clock --call-graph dwarf`` of
 the sandbox's systemd manager during each burst (DIR/VARIANT-ROUND.data); the
 CPU figures of such a run include perf's overhead.
@@ -476,6 +480,59 @@ async def burst(
     )
 
 
+ORDERS = (
+    "reset+restart",
+    "pin+reset+restart",
+    "restart+reset",
+    "restart;reset",
+    "restart",
+    "start",
+)
+
+
+async def start_limit(trials: int) -> None:
+    """Which call paths still recover a unit that is at its start limit?"""
+    work = Path(tempfile.mkdtemp(prefix="unitgen-sl-"))
+    flag = work / "ok"
+    unit = (
+        "[Unit]\nStartLimitIntervalSec=600\nStartLimitBurst=2\n[Service]\n"
+        f"ExecStart=/bin/sh -c 'test -e {flag} && exec sleep infinity; exit 1'\n"
+    )
+    names = {order: f"sl{i}.service" for i, order in enumerate(ORDERS)}
+    try:
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            sb.install_units({name: unit for name in names.values()})
+            bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+            print("| trial | " + " | ".join(ORDERS) + " |")
+            print("|---" * (len(ORDERS) + 1) + "|")
+            for trial in range(trials):
+                await asyncio.to_thread(flag.unlink, missing_ok=True)
+                for name in names.values():
+                    await asyncio.to_thread(sb.systemctl, "reset-failed", name)
+                    for _ in range(4):
+                        await asyncio.to_thread(sb.systemctl, "start", name)
+                await asyncio.to_thread(flag.touch)
+                for name in names.values():
+                    # The program would now run: a refusal is the start limit.
+                    refused = await asyncio.to_thread(sb.systemctl, "start", name)
+                    if refused.returncode == 0:
+                        raise SystemExit(f"{name} is not at its start limit")
+                for order, name in names.items():
+                    act = make_action(bus, order, "replace")
+                    assert act is not None
+                    await act(name)
+                await asyncio.sleep(1.0)
+                states = []
+                for name in names.values():
+                    shown = await asyncio.to_thread(sb.show, name, "ActiveState")
+                    states.append(shown["ActiveState"])
+                    await asyncio.to_thread(sb.systemctl, "stop", name)
+                print(f"| {trial + 1} | " + " | ".join(states) + " |", flush=True)
+            await bus.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--units", type=int, default=1000)
@@ -494,8 +551,18 @@ def cli() -> None:
         default="always",
         help="daemon-reload before every variant, or only when Restart= changes",
     )
+    parser.add_argument(
+        "--start-limit",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="instead: check which call paths recover a unit at its start limit",
+    )
     parser.add_argument("--perf", help="directory for perf record data of systemd's bursts")
     args = parser.parse_args()
+    if args.start_limit:
+        asyncio.run(start_limit(args.start_limit))
+        return
     if args.perf:
         args.perf = Path(args.perf).resolve()
         args.perf.mkdir(parents=True, exist_ok=True)
