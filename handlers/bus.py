@@ -237,6 +237,13 @@ class _Waiter:
         self.queue: asyncio.Queue[tuple[int, str, dict[str, Any], list[str]]] = asyncio.Queue()
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """A unit's changes collected from a known point on (see SystemdBus.expect_changes)."""
+
+    waiter: _Waiter
+
+
 class SystemdBus:
     """A connection to one systemd manager (the system one, or a user manager)."""
 
@@ -585,19 +592,91 @@ class SystemdBus:
             for r in rows
         ]
 
+    def expect_changes(self, name: str) -> Expectation | None:
+        """Start collecting ``name``'s Unit-interface changes now, before an action.
+
+        For a wait after a call whose effect is known in advance (the ladder's
+        restart): ``wait_for(..., since=expectation, initial=state_before)`` then
+        starts from ``initial`` and applies every change made after this point,
+        with no LoadUnit and no GetAll (two calls systemd would otherwise answer
+        while it starts the unit). Only on a connection that already follows every
+        unit's Unit interface (the listener's); None elsewhere. A returned
+        expectation not handed to wait_for must be given to :meth:`forget`.
+        """
+        if self._matches.get(unit_properties_rule(), 0) <= 0 or not self._subscribed:
+            return None
+        waiter = _Waiter(unit_path(name))
+        self._waiters.setdefault(waiter.path, []).append(waiter)
+        return Expectation(waiter)
+
+    def forget(self, expectation: Expectation) -> None:
+        self._drop_waiter(expectation.waiter)
+
+    def _drop_waiter(self, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(waiter.path, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(waiter.path, None)
+
+    async def _wait_expected(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109 - as wait_for
+        since: Expectation,
+        initial: dict[str, Any],
+    ) -> dict[str, Any]:
+        waiter = since.waiter
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        props = dict(initial)
+        try:
+            while not predicate(props):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise SystemdError(
+                        f"unit {name}: expected state not reached within {timeout:g}s "
+                        f"(ActiveState={props.get('ActiveState')}, "
+                        f"SubState={props.get('SubState')})"
+                    )
+                try:
+                    _seq, iface, changed, invalidated = await asyncio.wait_for(
+                        waiter.queue.get(), remaining
+                    )
+                except TimeoutError:
+                    continue
+                if iface != UNIT:
+                    continue
+                for key in invalidated:
+                    props.pop(key, None)
+                props.update(changed)
+            return props
+        finally:
+            self._drop_waiter(waiter)
+
     async def wait_for(
         self,
         name: str,
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float,  # noqa: ASYNC109 - the ladder's API names a plain timeout
         interfaces: Iterable[str] = (UNIT, SERVICE),
+        *,
+        since: Expectation | None = None,
+        initial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Wait until ``predicate(properties)`` holds, driven by PropertiesChanged.
 
         The match rule and the waiter exist before the first GetAll, so a change
         between the read and the wait cannot be missed; signals that arrived
-        before the GetAll reply are older than it and are dropped.
+        before the GetAll reply are older than it and are dropped. With ``since``
+        (from :meth:`expect_changes`) and ``initial``, nothing is read: the Unit
+        interface's changes since the expectation are applied to ``initial``.
         """
+        if since is not None and initial is not None:
+            return await self._wait_expected(name, predicate, timeout, since, initial)
+        if since is not None:
+            self.forget(since)
         ifaces = tuple(interfaces)
         path = await self.load_unit(name)
         await self.subscribe()
@@ -647,11 +726,7 @@ class SystemdBus:
                 props.update(changed)
             return props
         finally:
-            waiters = self._waiters.get(path, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(path, None)
+            self._drop_waiter(waiter)
             if not self._closed and not covered:
                 with contextlib.suppress(SystemdError):
                     await self.remove_match(rule)

@@ -211,6 +211,8 @@ class _Run:
     # The trigger's snapshot, for the first diagnosis only; later ones read systemd.
     snapshot: Mapping[str, Any] | None = None
     from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
+    before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
+    expected: Any = None  # the bus's Expectation of the restart's changes, if any
 
     @property
     def incident_id(self) -> str:
@@ -582,6 +584,7 @@ class RecoveryEngine:
         except BaseException:
             if run.journal_task is not None:
                 run.journal_task.cancel()
+            self._forget_expectation(run)
             self._flush_rows(run)
             self._release_events(run)
             raise
@@ -628,6 +631,7 @@ class RecoveryEngine:
             health_failed=health,
         )
         run.diagnosis = diag
+        run.before = {k: props[k] for k in _UNIT_STATE if k in props}
         if restart_pending(props):
             run.detail = f"systemd is restarting it ({diag.sub_state})"
             self._note_systemd(run)
@@ -987,6 +991,7 @@ class RecoveryEngine:
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
+            self._expect_restart(run)
             # Reset (start-limit counter, failed state) and restart in one go.
             _job, reset = await self.bus.reset_and_restart(unit, "replace")
             # Not loaded (garbage-collected while inactive): nothing to reset, and
@@ -994,6 +999,7 @@ class RecoveryEngine:
             if reset is not None and not isinstance(reset, UnitNotFoundError):
                 run.notes.append(f"reset-failed refused, restarted anyway: {reset}")
         except SystemdError as exc:
+            self._forget_expectation(run)
             run.detail = f"restart refused: {exc}"
             self.store.amend_last_restart(
                 run.incident_id,
@@ -1012,6 +1018,18 @@ class RecoveryEngine:
             duration=self.clock.monotonic() - started,
         )
         return Verdict.OK
+
+    def _expect_restart(self, run: _Run) -> None:
+        """Collect the unit's changes from before the restart call, so verify reads nothing."""
+        self._forget_expectation(run)
+        expect = getattr(self.bus, "expect_changes", None)
+        if expect is not None and run.before:
+            run.expected = expect(run.unit)
+
+    def _forget_expectation(self, run: _Run) -> None:
+        expected, run.expected = run.expected, None
+        if expected is not None:
+            self.bus.forget(expected)  # type: ignore[attr-defined]
 
     def _after_restart_call(self, run: _Run) -> None:
         self._release_events(run)
@@ -1054,8 +1072,17 @@ class RecoveryEngine:
             return p.get("ActiveState") in ("active", "failed", "inactive")
 
         timeout = run.policy.recovery.start_timeout
+        expected, run.expected = run.expected, None
         try:
-            props = await self._wait_unit(unit, settled, timeout)
+            if expected is not None:
+                # The changes since just before RestartUnit, applied to the state the
+                # diagnosis saw: no LoadUnit or GetAll while systemd starts the unit.
+                bus: Any = self.bus
+                props = await bus.wait_for(
+                    unit, settled, timeout, since=expected, initial=dict(run.before)
+                )
+            else:
+                props = await self._wait_unit(unit, settled, timeout)
         except SystemdError as exc:
             run.detail = f"not active within {timeout:g}s: {exc}"
             return Verdict.FAILED
@@ -1112,6 +1139,7 @@ class RecoveryEngine:
     # --- the end of a run -----------------------------------------------------------------
 
     async def _finish(self, run: _Run, state: State) -> Outcome:
+        self._forget_expectation(run)
         self._flush_rows(run)
         if state is State.GAVE_UP and run.reason == GiveUp.GIVEN_UP.value and run.held:
             # Nothing happened: the trigger is recorded (ignored-given-up), but consumers
@@ -1522,6 +1550,9 @@ class RecoveryEngine:
         for event in held or ():
             self._deliver_event(event)
 
+
+# The Unit-interface state verify starts from when it applies the restart's changes.
+_UNIT_STATE = ("ActiveState", "SubState", "InvocationID", "Job")
 
 _ACTION: dict[State, str] = {
     State.DIAGNOSING: "diagnose",

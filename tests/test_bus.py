@@ -227,6 +227,52 @@ async def test_reset_and_restart_keeps_the_unit_loaded(
 
 
 @pytest.mark.asyncio
+async def test_expected_changes_are_waited_for_without_a_read(
+    user_sandbox: Sandbox, sbus: SystemdBus
+) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    assert sbus.expect_changes(name) is None  # this connection does not follow units yet
+    await sbus.add_match(busmod.unit_properties_rule())
+    await sbus.subscribe()
+    await sbus.start(name)
+    before = await sbus.wait_for(name, lambda p: p["SubState"] == "running", timeout=10)
+    await sbus.kill(name, "main", 9)
+    failed = await sbus.wait_for(name, lambda p: p["ActiveState"] == "failed", timeout=10)
+    initial = {k: failed[k] for k in ("ActiveState", "SubState", "InvocationID", "Job")}
+    calls: list[str] = []
+    original = sbus.call
+
+    async def counting(member: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(member)
+        return await original(member, *args, **kwargs)
+
+    sbus.call = counting  # type: ignore[method-assign]
+    expected = sbus.expect_changes(name)
+    assert expected is not None
+    await sbus.reset_and_restart(name)
+    after = await sbus.wait_for(
+        name,
+        lambda p: p.get("ActiveState") == "active" and p["InvocationID"] != failed["InvocationID"],
+        timeout=10,
+        since=expected,
+        initial=initial,
+    )
+    assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit", "UnrefUnit"]
+    assert after["SubState"] == "running" and after["InvocationID"] != before["InvocationID"]
+    assert not sbus._waiters  # the expectation's waiter is gone
+    # Nothing happens: the wait times out from the initial state, and cleans up too.
+    quiet = sbus.expect_changes(name)
+    assert quiet is not None
+    with pytest.raises(SystemdError, match=r"within 0\.2s"):
+        await sbus.wait_for(
+            name, lambda p: p["ActiveState"] == "failed", 0.2, since=quiet, initial=after
+        )
+    assert not sbus._waiters
+    await sbus.stop(name)
+
+
+@pytest.mark.asyncio
 async def test_wait_for_times_out(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
     name = _name()
     user_sandbox.install_units({name: SLEEPER})

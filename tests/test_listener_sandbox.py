@@ -502,3 +502,61 @@ async def test_restart_no_with_restart_force_exit_status_is_left_to_systemd(
         await _until(lambda n=n: listener.stats.systemd_restarting >= n)
     assert running.engine.calls == []
     assert listener.stats.decided_without_read == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lib", LIBS)
+async def test_a_known_restart_no_unit_is_recovered_with_four_calls_and_no_read(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, lib: str
+) -> None:
+    """The whole listener path with the real ladder, from the failed signal to active.
+
+    After a unit's first failure (which reads it once), a later one costs exactly
+    RefUnit, ResetFailedUnit, RestartUnit and UnrefUnit: the diagnosis comes from
+    the signals and verify applies the signals that follow the restart.
+    """
+    from handlers.recovery import RecoveryEngine
+
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    unit = f"known-{uuid.uuid4().hex[:6]}.service"
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    # No back-off between the two attempts, so the second restart is immediate.
+    (paths.policy_dir / f"{unit}.json").write_text(
+        json.dumps({"unit": unit, "version": 1, "recovery": {"backoff": {"base": 0.0}}})
+    )
+    sb.install_units({unit: "[Unit]\nStartLimitIntervalSec=0\n" + _unit("no").split("\n", 3)[3]})
+    sb.systemctl("start", unit, check=True)
+    calls: list[str] = []
+    engines: list[RecoveryEngine] = []
+
+    def factory(bus: SystemdBus) -> RecoveryEngine:
+        original = bus.call
+
+        async def counting(member: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append(member)
+            return await original(member, *args, **kwargs)
+
+        bus.call = counting  # type: ignore[method-assign]
+        engines.append(RecoveryEngine(bus, paths, read_journal_lines=False))
+        return engines[-1]
+
+    listener = Listener(paths, factory, address=sb.bus_address, library=lib, health=False)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.ready.wait(), 15)
+        for n in (1, 2):
+            await asyncio.to_thread(sb.wait_for, unit, "active", 10)
+            first = sb.main_pid(unit)
+            calls.clear()
+            sb.kill_main(unit)
+            await _until(lambda n=n: listener.stats.recoveries >= n, 15)
+            assert sb.main_pid(unit) not in (0, first)
+            if n == 1:
+                assert "GetAll" in calls  # the first failure reads the unit once
+        assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit", "UnrefUnit"], calls
+        outcome = engines[0].history(unit)[0]
+        assert outcome["state"] == "recovered", outcome
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 15)
