@@ -83,6 +83,8 @@ class SystemdClient(Protocol):
         self, name: str, mode: str = "replace"
     ) -> tuple[str, Exception | None]: ...
 
+    async def unpin(self, name: str) -> None: ...
+
     async def wait_for(
         self,
         name: str,

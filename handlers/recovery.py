@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -213,6 +213,7 @@ class _Run:
     from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
     before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
     expected: Any = None  # the bus's Expectation of the restart's changes, if any
+    pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
 
     @property
     def incident_id(self) -> str:
@@ -585,6 +586,10 @@ class RecoveryEngine:
             if run.journal_task is not None:
                 run.journal_task.cancel()
             self._forget_expectation(run)
+            if run.pinned:
+                # Cannot await here (we may be cancelled); systemd also drops the pin
+                # when this connection closes.
+                self._spawn_deferred(self.bus.unpin(unit), f"unpin {unit}")
             self._flush_rows(run)
             self._release_events(run)
             raise
@@ -993,6 +998,7 @@ class RecoveryEngine:
                 await self._restart_dependencies(run)
             self._expect_restart(run)
             # Reset (start-limit counter, failed state) and restart in one go.
+            run.pinned = True
             _job, reset = await self.bus.reset_and_restart(unit, "replace")
             # Not loaded (garbage-collected while inactive): nothing to reset, and
             # RestartUnit loads it again. Any other refusal: the restart went ahead.
@@ -1000,6 +1006,7 @@ class RecoveryEngine:
                 run.notes.append(f"reset-failed refused, restarted anyway: {reset}")
         except SystemdError as exc:
             self._forget_expectation(run)
+            await self._unpin(run)
             run.detail = f"restart refused: {exc}"
             self.store.amend_last_restart(
                 run.incident_id,
@@ -1025,6 +1032,11 @@ class RecoveryEngine:
         expect = getattr(self.bus, "expect_changes", None)
         if expect is not None and run.before:
             run.expected = expect(run.unit)
+
+    async def _unpin(self, run: _Run) -> None:
+        if run.pinned:
+            run.pinned = False
+            await self.bus.unpin(run.unit)
 
     def _forget_expectation(self, run: _Run) -> None:
         expected, run.expected = run.expected, None
@@ -1086,6 +1098,10 @@ class RecoveryEngine:
         except SystemdError as exc:
             run.detail = f"not active within {timeout:g}s: {exc}"
             return Verdict.FAILED
+        finally:
+            # The restart has run (or will not): the unit can no longer be unloaded
+            # between our calls, so the pin goes, now that it costs the start nothing.
+            await self._unpin(run)
         if props.get("SubState") in RESTARTING_SUBSTATES:
             run.detail = "crashed again; systemd's Restart= took over"
             return Verdict.SYSTEMD_RESTARTING
@@ -1140,6 +1156,7 @@ class RecoveryEngine:
 
     async def _finish(self, run: _Run, state: State) -> Outcome:
         self._forget_expectation(run)
+        await self._unpin(run)
         self._flush_rows(run)
         if state is State.GAVE_UP and run.reason == GiveUp.GIVEN_UP.value and run.held:
             # Nothing happened: the trigger is recorded (ignored-given-up), but consumers
@@ -1370,14 +1387,17 @@ class RecoveryEngine:
                 if current is not None and current.state == "recovered":
                     await self._resolve(unit, policy, current)
 
-        task = asyncio.create_task(later(), name=f"resolve {unit}")
+        self._spawn_deferred(later(), f"resolve {unit}")
+
+    def _spawn_deferred(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._deferred.add(task)
         task.add_done_callback(self._deferred_done)
 
     def _deferred_done(self, task: asyncio.Task[None]) -> None:
         self._deferred.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("deferred resolve %s failed: %r", task.get_name(), task.exception())
+            log.error("deferred %s failed: %r", task.get_name(), task.exception())
 
     async def _resolve_reset(self, unit: str, policy: Policy) -> None:
         """Incidents given up, then reset, resolve once the unit is seen healthy."""

@@ -204,6 +204,10 @@ async def test_reset_and_restart_keeps_the_unit_loaded(
         if pinned:
             job, refused = await sbus.reset_and_restart(name)
             assert job.startswith("/org/freedesktop/systemd1/job/") and refused is None
+            await sbus.unpin(name)
+            # The pin is gone: a second UnrefUnit is refused by systemd.
+            with pytest.raises(SystemdError, match="NotReferenced"):
+                await sbus.call("UnrefUnit", "s", [name], what=name)
         else:
             await asyncio.gather(sbus.reset_failed(name), sbus.restart(name))
         after = await sbus.wait_for(
@@ -258,7 +262,8 @@ async def test_expected_changes_are_waited_for_without_a_read(
         since=expected,
         initial=initial,
     )
-    assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit", "UnrefUnit"]
+    assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit"]
+    await sbus.unpin(name)
     assert after["SubState"] == "running" and after["InvocationID"] != before["InvocationID"]
     assert not sbus._waiters  # the expectation's waiter is gone
     # Nothing happens: the wait times out from the initial state, and cleans up too.

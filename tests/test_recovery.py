@@ -129,12 +129,16 @@ class FakeBus:
     async def reset_and_restart(
         self, name: str, mode: str = "replace"
     ) -> tuple[str, Exception | None]:
+        self.calls.append(("pin", name))
         error: Exception | None = None
         try:
             await self.reset_failed(name)
         except SystemdError as exc:
             error = exc
         return await self.restart(name, mode), error
+
+    async def unpin(self, name: str) -> None:
+        self.calls.append(("unpin", name))
 
     async def wait_for(
         self,
@@ -225,7 +229,13 @@ async def test_crash_recovered_with_one_restart(tmp_path: Path) -> None:
     await engine.aclose()
     assert out.state is State.RECOVERED
     assert out.restarts == 1 and out.attempts == 1
-    assert bus.calls == [("reset_failed", "api.service"), ("restart", "api.service")]
+    # Pinned across the reset (no unload between the calls), unpinned once verified.
+    assert bus.calls == [
+        ("pin", "api.service"),
+        ("reset_failed", "api.service"),
+        ("restart", "api.service"),
+        ("unpin", "api.service"),
+    ]
     assert clock.sleeps == []  # the first attempt does not wait
     assert sink.kinds()[0] is EventKind.STEP_STARTED
     assert EventKind.INCIDENT_OPENED in sink.kinds() and sink.kinds()[-1] is EventKind.RECOVERED
@@ -962,7 +972,11 @@ async def test_listener_snapshot_replaces_the_diagnosis_read(tmp_path: Path) -> 
     assert out.state is State.RECOVERED and out.restarts == 1
     # Nothing read before the restart: neither a diagnosis read nor settle(), which
     # Restart=on-failure + Result=signal would otherwise make wait for systemd.
-    assert bus.calls[:2] == [("reset_failed", "api.service"), ("restart", "api.service")]
+    assert bus.calls[:3] == [
+        ("pin", "api.service"),
+        ("reset_failed", "api.service"),
+        ("restart", "api.service"),
+    ]
     assert ("read", "api.service") in bus.calls[2:]  # verify still reads
     # Without the snapshot the same failure is read first.
     bus.calls.clear()

@@ -70,6 +70,9 @@ class NoBus:
     ) -> tuple[str, Exception | None]:
         raise AssertionError("this command does not talk to systemd")
 
+    async def unpin(self, name: str) -> None:
+        raise AssertionError("this command does not talk to systemd")
+
     async def wait_for(self, name: str, predicate: Any, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
         raise AssertionError("this command does not talk to systemd")
 
