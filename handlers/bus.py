@@ -384,8 +384,10 @@ class SystemdBus:
         if serial_hook is not None:
             serial_hook(msg.serial)
         try:
-            async with self._calls:
-                reply = await asyncio.wait_for(self._bus.call(msg), timeout)
+            # asyncio.timeout, not wait_for: wait_for wraps the call in a task, one
+            # more trip through the event loop before the message is written.
+            async with self._calls, asyncio.timeout(timeout):
+                reply = await self._bus.call(msg)
         except TimeoutError as exc:
             raise SystemdError(f"{member}{_for(what)}: no reply in {timeout:g}s") from exc
         except Exception as exc:
