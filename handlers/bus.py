@@ -636,33 +636,56 @@ class SystemdBus:
         since: Expectation,
         initial: dict[str, Any],
     ) -> dict[str, Any]:
-        waiter = since.waiter
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        props = dict(initial)
         try:
-            while not predicate(props):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise SystemdError(
-                        f"unit {name}: expected state not reached within {timeout:g}s "
-                        f"(ActiveState={props.get('ActiveState')}, "
-                        f"SubState={props.get('SubState')})"
-                    )
-                try:
-                    _seq, iface, changed, invalidated = await asyncio.wait_for(
-                        waiter.queue.get(), remaining
-                    )
-                except TimeoutError:
-                    continue
-                if iface != UNIT:
-                    continue
-                for key in invalidated:
-                    props.pop(key, None)
-                props.update(changed)
-            return props
+            return await self._apply_until(
+                name, since.waiter, predicate, timeout, loop.time() + timeout, dict(initial)
+            )
         finally:
-            self._drop_waiter(waiter)
+            self._drop_waiter(since.waiter)
+
+    async def _apply_until(
+        self,
+        name: str,
+        waiter: _Waiter,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109 - only for the message
+        deadline: float,
+        props: dict[str, Any],
+        seen: dict[str, int] | None = None,
+        interfaces: tuple[str, ...] = (UNIT,),
+    ) -> dict[str, Any]:
+        """Apply the waiter's queued changes to ``props`` until ``predicate`` holds.
+
+        ``seen``: per interface, the arrival number of the GetAll reply ``props``
+        came from; a change that arrived before it is already in ``props``.
+        """
+        loop = asyncio.get_running_loop()
+        while not predicate(props):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise SystemdError(
+                    f"unit {name}: expected state not reached within {timeout:g}s "
+                    f"(ActiveState={props.get('ActiveState')}, "
+                    f"SubState={props.get('SubState')})"
+                )
+            try:
+                seq, iface, changed, invalidated = await asyncio.wait_for(
+                    waiter.queue.get(), remaining
+                )
+            except TimeoutError:
+                continue
+            # An interface not asked for is not read, so its signals are not wanted.
+            if iface not in interfaces or (seen is not None and seq <= seen.get(iface, 0)):
+                continue
+            # systemd invalidates (names without values) only its large array
+            # properties (ExecStart=, Conditions, ...), on every signal; reading
+            # them again would double the calls of every wait, and no state
+            # predicate needs them, so they are dropped rather than re-read.
+            for key in invalidated:
+                props.pop(key, None)
+            props.update(changed)
+        return props
 
     async def wait_for(
         self,
@@ -708,32 +731,9 @@ class SystemdBus:
             if not covered:
                 await self.add_match(rule)
             props, seen = await self._snapshot(name, path, ifaces)
-            while not predicate(props):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise SystemdError(
-                        f"unit {name}: expected state not reached within {timeout:g}s "
-                        f"(ActiveState={props.get('ActiveState')}, "
-                        f"SubState={props.get('SubState')})"
-                    )
-                try:
-                    seq, iface, changed, invalidated = await asyncio.wait_for(
-                        waiter.queue.get(), remaining
-                    )
-                except TimeoutError:
-                    continue
-                # Older than the GetAll of its own interface: already in props.
-                # An interface not asked for is not read, so its signals are not wanted.
-                if seq <= seen.get(iface, 0) or iface not in ifaces:
-                    continue
-                # systemd invalidates (names without values) only its large array
-                # properties (ExecStart=, Conditions, ...), on every signal; reading
-                # them again would double the calls of every wait, and no state
-                # predicate needs them, so they are dropped rather than re-read.
-                for key in invalidated:
-                    props.pop(key, None)
-                props.update(changed)
-            return props
+            return await self._apply_until(
+                name, waiter, predicate, timeout, deadline, props, seen, ifaces
+            )
         finally:
             self._drop_waiter(waiter)
             if not self._closed and not covered:

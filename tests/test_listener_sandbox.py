@@ -20,9 +20,9 @@ from unitgen.sandbox import Sandbox
 LIBS = ["next", "fast"]
 
 
-def _unit(restart: str = "no", burst: int = 3, extra: str = "") -> str:
+def _unit(restart: str = "no", burst: int = 3, extra: str = "", interval: int = 60) -> str:
     return (
-        f"[Unit]\nStartLimitBurst={burst}\nStartLimitIntervalSec=60\n"
+        f"[Unit]\nStartLimitBurst={burst}\nStartLimitIntervalSec={interval}\n"
         f"[Service]\nExecStart=/bin/sleep infinity\nRestart={restart}\nRestartSec=50ms\n{extra}"
     )
 
@@ -65,6 +65,18 @@ def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
 def _policy(paths: Paths, unit: str) -> None:
     paths.policy_dir.mkdir(parents=True, exist_ok=True)
     (paths.policy_dir / f"{unit}.json").write_text(json.dumps({"unit": unit, "version": 1}))
+
+
+def _watched_unit(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch, prefix: str, text: str
+) -> tuple[Paths, str]:
+    """A uniquely named unit with a policy, installed and started in the sandbox."""
+    paths = _paths(sb, monkeypatch)
+    unit = f"{prefix}-{uuid.uuid4().hex[:6]}.service"
+    _policy(paths, unit)
+    sb.install_units({unit: text})
+    sb.systemctl("start", unit, check=True)
+    return paths, unit
 
 
 StartFn = Callable[..., Awaitable[Running]]
@@ -120,11 +132,7 @@ async def test_restart_no_unit_is_recovered_once(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn, lib: str
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = f"plain-{uuid.uuid4().hex[:6]}.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "plain", _unit("no"))
     running = await start_listener(sb, paths, lib)
     first = sb.main_pid(unit)
     sb.kill_main(unit)
@@ -150,11 +158,7 @@ async def test_never_races_systemds_own_restart(
     when systemd hits its start limit and gives up.
     """
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = f"auto-{uuid.uuid4().hex[:6]}.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("on-failure", burst=3)})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "auto", _unit("on-failure", burst=3))
     running = await start_listener(sb, paths, lib)
     listener = running.listener
     for n in (1, 2):
@@ -428,18 +432,15 @@ async def test_restart_no_snapshot_from_signals_matches_systemd_and_needs_no_rea
     ladder without a single bus call between the failed signal and the hand-over.
     """
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = f"snap-{uuid.uuid4().hex[:6]}.service"
-    _policy(paths, unit)
     # Exits 3 on SIGTERM: a second kind of failure with a different status.
-    sb.install_units(
-        {
-            unit: "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
-            "ExecStart=/bin/sh -c 'trap \"exit 3\" TERM; while :; do sleep 1 & wait; done'\n"
-            "Restart=no\nWants=basic.target\n"
-        }
+    paths, unit = _watched_unit(
+        sb,
+        monkeypatch,
+        "snap",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+        "ExecStart=/bin/sh -c 'trap \"exit 3\" TERM; while :; do sleep 1 & wait; done'\n"
+        "Restart=no\nWants=basic.target\n",
     )
-    sb.systemctl("start", unit, check=True)
     running = await start_listener(sb, paths, lib)
     bus = running.listener.bus
     assert bus is not None
@@ -484,11 +485,9 @@ async def test_restart_no_with_restart_force_exit_status_is_left_to_systemd(
 ) -> None:
     """Restart=no does not mean systemd never restarts it: RestartForceExitStatus= does."""
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = f"forced-{uuid.uuid4().hex[:6]}.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no", burst=10, extra="RestartForceExitStatus=SIGKILL\n")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(
+        sb, monkeypatch, "forced", _unit("no", burst=10, extra="RestartForceExitStatus=SIGKILL\n")
+    )
     running = await start_listener(sb, paths, lib)
     listener = running.listener
     for n in (1, 2, 3):
@@ -525,7 +524,7 @@ async def test_a_known_restart_no_unit_is_recovered_with_four_calls_and_no_read(
     (paths.policy_dir / f"{unit}.json").write_text(
         json.dumps({"unit": unit, "version": 1, "recovery": {"backoff": {"base": 0.0}}})
     )
-    sb.install_units({unit: "[Unit]\nStartLimitIntervalSec=0\n" + _unit("no").split("\n", 3)[3]})
+    sb.install_units({unit: _unit("no", interval=0)})
     sb.systemctl("start", unit, check=True)
     calls: list[str] = []
     engines: list[RecoveryEngine] = []
