@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -283,3 +285,44 @@ def test_code_inside_imports_the_same_unitgen_as_the_host(user_sandbox: Sandbox)
         check=True,
     )
     assert res.stdout.split() == [unitgen.__file__, handlers.__file__]
+
+
+def test_reap_stale_waits_for_a_dead_sandboxs_cgroup_and_keeps_what_it_cannot_remove(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGKILLed owner's sandbox: the cgroup may still be emptying when we look."""
+    import tempfile
+    import uuid
+
+    from unitgen import sandbox as sbmod
+
+    reason = sbmod.probe(Scope.USER)
+    if reason:
+        sandboxlib.unavailable(reason)
+    mounts = [m for m, _ in sbmod._cgroup_mounts() if sbmod._is_cgroup2(m)]
+    if not mounts:
+        sandboxlib.unavailable("no cgroup2 hierarchy mounted")
+    name = f"{CGROUP_PREFIX}reaptest-{uuid.uuid4().hex[:8]}"
+    root = Path(tempfile.gettempdir()) / name
+    root.mkdir()
+    (root / "owner").write_text("999999999 0\n")  # an owner that does not exist
+    cgroup = mounts[0] / name
+    cgroup.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (cgroup / "cgroup.procs").write_text(str(sleeper.pid))
+        monkeypatch.setattr(sbmod, "STALE_EXIT_WAIT", 0.2)
+        # A process that does not exit: nothing removed, the root kept for next time.
+        assert root not in sbmod.reap_stale()
+        assert root.exists() and cgroup.exists()
+        sleeper.kill()
+        sleeper.wait(10)
+        # It exited: both go.
+        assert root in sbmod.reap_stale()
+        assert not root.exists() and not cgroup.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+        shutil.rmtree(root, ignore_errors=True)

@@ -219,6 +219,10 @@ def _remove_cgroup_tree(top: Path, deadline: float) -> None:
         return
 
 
+# How long reap_stale waits for a dead sandbox's last processes to leave its cgroup.
+STALE_EXIT_WAIT = 2.0
+
+
 def reap_stale() -> list[Path]:
     """Remove what sandboxes left when their owner was SIGKILLed mid-way.
 
@@ -238,10 +242,23 @@ def reap_stale() -> list[Path]:
             alive = now - _mtime(root) < 60
         if alive:
             continue
+        left = False
         for mount, _ in _cgroup_mounts():
-            with contextlib.suppress(SandboxError):
-                if not _cgroup_has_processes(mount / root.name):
-                    _remove_cgroup_tree(mount / root.name, time.monotonic() + 0.5)
+            top = mount / root.name
+            # The owner is gone, so its PID namespace is dead and the kernel has
+            # SIGKILLed what is left in the cgroup; give those exits a moment.
+            deadline = time.monotonic() + STALE_EXIT_WAIT
+            while _cgroup_has_processes(top) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _cgroup_has_processes(top):
+                left = True
+                continue
+            try:
+                _remove_cgroup_tree(top, time.monotonic() + 0.5)
+            except SandboxError:
+                left = True
+        if left:
+            continue  # keep the root dir: the next reap finds this sandbox again
         shutil.rmtree(root, ignore_errors=True)
         removed.append(root)
     tmp = Path(tempfile.gettempdir())
