@@ -126,14 +126,6 @@ _STATIC = (
     "LogsDirectory",
 )
 _COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
-# The reload-only properties of the Service interface (the rest are the Unit's).
-_STATIC_SERVICE = (
-    "Restart",
-    "RestartForceExitStatus",
-    "PIDFile",
-    "StateDirectory",
-    "LogsDirectory",
-)
 
 
 @dataclass
@@ -679,10 +671,6 @@ class Listener:
         small Gets, sent together, cost far less than a GetAll of ~300 properties.
         """
         if state.static is None:
-            if all(key in state.live for key in _SERVICE_LIVE):
-                view = await self._read_static(bus, unit, state)
-                if view is not None:
-                    return view
             try:
                 props = await bus.unit_properties(unit)
             except UnitNotFoundError:
@@ -707,32 +695,6 @@ class Listener:
             return await self._current(bus, unit, state)
         view.update(ActiveState=active, SubState=sub, InvocationID=raw_inv)
         return view
-
-    async def _read_static(
-        self, bus: SystemdBus, unit: str, state: UnitState
-    ) -> dict[str, Any] | None:
-        """The first read of a unit whose failure the signals described: a lighter one.
-
-        The Service interface's live values came with its signal, so only its five
-        reload-only properties are asked for, not its GetAll (~200 properties, the
-        largest reply systemd sends, with every Exec*= array); the Unit interface's
-        GetAll has the rest and the state now. None: read everything instead (not
-        loaded, not a service, or any refusal).
-        """
-        path = busmod.unit_path(unit)
-        try:
-            unit_props, *service = await asyncio.gather(
-                bus.unit_properties(unit, (busmod.UNIT,), path=path),
-                *(bus.get_property(unit, key, busmod.SERVICE) for key in _STATIC_SERVICE),
-            )
-        except SystemdError:
-            return None
-        if "LoadState" not in unit_props:
-            return None
-        static = {key: unit_props[key] for key in _STATIC if key in unit_props}
-        static.update(zip(_STATIC_SERVICE, service, strict=True))
-        state.static = static
-        return {**static, **state.live, **unit_props}
 
     async def _recover(self, engine: Recoverer, unit: str, trigger: Any) -> None:
         started = time.monotonic()
