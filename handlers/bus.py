@@ -229,10 +229,11 @@ class UnitInfo:
 
 
 class _Waiter:
-    __slots__ = ("path", "queue")
+    __slots__ = ("interfaces", "path", "queue")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, interfaces: tuple[str, ...]) -> None:
         self.path = path
+        self.interfaces = interfaces  # only these interfaces' changes are queued
         # (arrival sequence, interface, changed, invalidated)
         self.queue: asyncio.Queue[tuple[int, str, dict[str, Any], list[str]]] = asyncio.Queue()
 
@@ -614,7 +615,7 @@ class SystemdBus:
         """
         if self._matches.get(unit_properties_rule(), 0) <= 0 or not self._subscribed:
             return None
-        waiter = _Waiter(unit_path(name))
+        waiter = _Waiter(unit_path(name), (UNIT,))
         self._waiters.setdefault(waiter.path, []).append(waiter)
         return Expectation(waiter)
 
@@ -723,7 +724,7 @@ class SystemdBus:
         # of the interfaces it follows: a wait on those needs no rule of its own
         # (two fewer calls per wait).
         covered = all(self._matches.get(unit_properties_rule(i), 0) > 0 for i in ifaces)
-        waiter = _Waiter(path)
+        waiter = _Waiter(path, ifaces)
         self._waiters.setdefault(path, []).append(waiter)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -804,12 +805,20 @@ class SystemdBus:
             if waiters:
                 try:
                     iface, changed, invalidated = msg.body
-                    item = (self._seq, str(iface), unwrap(changed), list(invalidated))
+                    # Unwrapped only for a waiter that wants this interface: a wait on
+                    # the Unit interface skips the Service one's signal, sent with it.
+                    wanting = [w for w in waiters if iface in w.interfaces]
+                    item = (
+                        (self._seq, str(iface), unwrap(changed), list(invalidated))
+                        if wanting
+                        else None
+                    )
                 except (ValueError, TypeError):
                     log.warning("malformed PropertiesChanged on %s", msg.path)
                 else:
-                    for waiter in waiters:
-                        waiter.queue.put_nowait(item)
+                    if item is not None:
+                        for waiter in wanting:
+                            waiter.queue.put_nowait(item)
         for callback in list(self._callbacks):
             try:
                 callback(msg)
