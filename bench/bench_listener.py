@@ -590,7 +590,11 @@ async def _scale(
     ready_sock.bind(str(notify_path))
     ready_sock.settimeout(60)
     env = {**os.environ, **sb.env, "NOTIFY_SOCKET": str(notify_path), "UNITGEN_DBUS": lib}
-    argv = [UNITGEN, "watch", "--user", "--no-export", "--no-health"]
+    argv = [UNITGEN, "watch", "--user", "--no-health"]
+    if not os.environ.get("BENCH_EXPORT"):
+        # The default run leaves out the D-Bus event stream (its signals to any
+        # consumer); BENCH_EXPORT=1 measures the daemon with it.
+        argv.append("--no-export")
     if concurrency:
         argv += ["--max-concurrency", str(concurrency)]
     if os.environ.get("BENCH_PROFILE"):
