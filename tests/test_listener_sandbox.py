@@ -208,11 +208,7 @@ async def test_startup_reconciliation_handles_already_failed_units(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = "dead-before.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "dead-before", _unit("no"))
     sb.kill_main(unit)
     sb.wait_for(unit, "failed", 10)
     running = await start_listener(sb, paths)
@@ -226,11 +222,7 @@ async def test_same_invocation_is_handed_over_once(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = "stays-failed.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "stays-failed", _unit("no"))
     running = await start_listener(sb, paths)
     running.engine.restart = False
     sb.kill_main(unit)
@@ -247,11 +239,7 @@ async def test_reconnects_after_dbus_daemon_dies(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = "after-bus.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "after-bus", _unit("no"))
     running = await start_listener(sb, paths)
     listener = running.listener
     sb.systemctl("kill", "--signal=KILL", "dbus.service", check=True)
@@ -382,11 +370,7 @@ async def test_daemon_reexec_is_a_gap_and_failures_are_still_seen(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, start_listener: StartFn
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    unit = "after-reexec.service"
-    _policy(paths, unit)
-    sb.install_units({unit: _unit("no")})
-    sb.systemctl("start", unit, check=True)
+    paths, unit = _watched_unit(sb, monkeypatch, "after-reexec", _unit("no"))
     running = await start_listener(sb, paths)
     before = running.listener.stats.reconciles
     sb.systemctl("daemon-reexec", check=True)
