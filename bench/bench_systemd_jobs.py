@@ -76,7 +76,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_listener import _ns_pid_map, _others_cpu, build_stamp  # noqa: E402
+from bench_listener import _ns_pid_map, _others_cpu, build_stamp, start_many  # noqa: E402
 
 from handlers.bus import (  # noqa: E402
     SERVICE,
@@ -408,8 +408,7 @@ async def burst(
     await asyncio.to_thread(sb.systemctl, "reset-failed", check=False)
     if reload == "always" or had != dropin.exists():
         await asyncio.to_thread(sb.daemon_reload)
-    for i in range(0, len(every), 200):
-        await asyncio.to_thread(sb.systemctl, "start", *every[i : i + 200], check=True, timeout=300)
+    await asyncio.to_thread(start_many, sb, every)
     await asyncio.sleep(1.5)
     if calls == "systemd-fresh":
         victims = [f"r@{i}.service" for i in range(len(victims))]
