@@ -197,27 +197,7 @@ def start_listener(sb: Sandbox, unitgen: str, user: list[str], unit_dir: str) ->
     if sb.scope is Scope.SYSTEM:
         # The bus policy install.sh installs, so the daemon may own org.unitgen.Recovery1.
         conf = (REPO / "units" / "org.unitgen.Recovery1.conf").read_text(encoding="utf-8")
-        sb.run(
-            [
-                "sh",
-                "-c",
-                "mkdir -p /etc/dbus-1/system.d && cat > "
-                "/etc/dbus-1/system.d/org.unitgen.Recovery1.conf",
-            ],
-            input=conf,
-            check=True,
-        )
-        sb.run(
-            [
-                "busctl",
-                "call",
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "ReloadConfig",
-            ],
-            check=True,
-        )
+        sb.install_bus_policy("org.unitgen.Recovery1.conf", conf)
     sb.daemon_reload()
     started = time.monotonic()
     # Type=notify: `systemctl start` returns only once the daemon sent READY=1.

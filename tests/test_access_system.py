@@ -31,25 +31,7 @@ INSTALLED = "/etc/dbus-1/system.d/org.unitgen.Recovery1.conf"
 
 def _install_policy(sb: Sandbox, text: str | None) -> None:
     """Put (or, with None, remove) the policy file in the container and reload the bus."""
-    if text is None:
-        sb.run(["rm", "-f", INSTALLED], check=True)
-    else:
-        sb.run(
-            ["sh", "-c", f"mkdir -p /etc/dbus-1/system.d && cat > {INSTALLED}"],
-            input=text,
-            check=True,
-        )
-    sb.run(
-        [
-            "busctl",
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "ReloadConfig",
-        ],
-        check=True,
-    )
+    sb.install_bus_policy(INSTALLED.rsplit("/", 1)[1], text)
 
 
 @pytest.fixture

@@ -326,3 +326,8 @@ def test_reap_stale_waits_for_a_dead_sandboxs_cgroup_and_keeps_what_it_cannot_re
         with contextlib.suppress(OSError):
             cgroup.rmdir()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_bus_policy_only_by_file_name_and_only_in_a_system_sandbox(user_sandbox: Sandbox) -> None:
+    with pytest.raises(SandboxError, match="system sandbox"):
+        user_sandbox.install_bus_policy("org.example.conf", "<busconfig/>")

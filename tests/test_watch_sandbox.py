@@ -225,26 +225,8 @@ def _system_daemon(sb: Sandbox, tmp_path: Path) -> None:
     files[unit] = "[Service]\nExecStart=/bin/sleep infinity\n"
     sb.install_units(files)
     # The bus policy install.sh installs, so the daemon may own org.unitgen.Recovery1.
-    sb.run(
-        [
-            "sh",
-            "-c",
-            "mkdir -p /etc/dbus-1/system.d && cat > "
-            "/etc/dbus-1/system.d/org.unitgen.Recovery1.conf",
-        ],
-        input=(REPO / "units" / "org.unitgen.Recovery1.conf").read_text(),
-        check=True,
-    )
-    sb.run(
-        [
-            "busctl",
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "ReloadConfig",
-        ],
-        check=True,
+    sb.install_bus_policy(
+        "org.unitgen.Recovery1.conf", (REPO / "units" / "org.unitgen.Recovery1.conf").read_text()
     )
     try:
         sb.systemctl("start", unit, check=True)

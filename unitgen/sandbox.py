@@ -889,6 +889,34 @@ class Sandbox:
             self.daemon_reload()
         return written
 
+    def install_bus_policy(self, name: str, text: str | None) -> None:
+        """Put (or, with None, remove) ``/etc/dbus-1/system.d/NAME`` in the container.
+
+        The system bus reads its policy files only on ReloadConfig, which follows.
+        """
+        if self.scope is not Scope.SYSTEM or "/" in name or name.startswith("."):
+            raise SandboxError(f"bus policy {name!r}: only a file name, in a system sandbox")
+        path = f"/etc/dbus-1/system.d/{name}"
+        if text is None:
+            self.run(["rm", "-f", path], check=True)
+        else:
+            self.run(
+                ["sh", "-c", f"mkdir -p /etc/dbus-1/system.d && cat > {path}"],
+                input=text,
+                check=True,
+            )
+        self.run(
+            [
+                "busctl",
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "ReloadConfig",
+            ],
+            check=True,
+        )
+
     def show(self, unit: str, *props: str) -> dict[str, str]:
         """``systemctl show`` as a dict (all properties when none are named)."""
         args = ["show", unit]
