@@ -204,15 +204,28 @@ def _fake_path(tmp_path: Path, hide: set[str]) -> str:
     return str(bindir)
 
 
-def test_check_names_exactly_what_is_missing(tmp_path: Path) -> None:
-    path = _fake_path(tmp_path, {"systemd-nspawn", "redis-server", "dbus-daemon"})
-    res = subprocess.run(
-        ["bash", INSTALL, "--dev", "--check", "--prefix", str(tmp_path / "venv")],
+def _run_install(
+    *args: str, script: str = INSTALL, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """install.sh with ``args``, quick (no pip), the environment plus ``env``."""
+    return subprocess.run(
+        ["bash", script, *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PATH": path, "PYTHON": "/usr/bin/python3"},
+        env={**os.environ, **(env or {})},
         timeout=60,
         check=False,
+    )
+
+
+def test_check_names_exactly_what_is_missing(tmp_path: Path) -> None:
+    path = _fake_path(tmp_path, {"systemd-nspawn", "redis-server", "dbus-daemon"})
+    res = _run_install(
+        "--dev",
+        "--check",
+        "--prefix",
+        str(tmp_path / "venv"),
+        env={"PATH": path, "PYTHON": "/usr/bin/python3"},
     )
     assert res.returncode == 1
     assert "missing OS packages: dbus redis-server systemd-container" in res.stdout
@@ -227,13 +240,13 @@ def test_check_names_a_missing_session_bus_package(tmp_path: Path) -> None:
         .replace("[/usr/lib/systemd/user/dbus.socket]", f"[{tmp_path}/no-dbus.socket]")
     )
     script.write_text(text.replace('REPO="$(cd', f'REPO="{REPO}" #', 1))
-    res = subprocess.run(
-        ["bash", str(script), "--dev", "--check", "--prefix", str(tmp_path / "venv")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHON": "/usr/bin/python3"},
-        timeout=60,
-        check=False,
+    res = _run_install(
+        "--dev",
+        "--check",
+        "--prefix",
+        str(tmp_path / "venv"),
+        script=str(script),
+        env={"PYTHON": "/usr/bin/python3"},
     )
     assert res.returncode == 1
     assert "missing OS packages: dbus-user-session" in res.stdout
@@ -241,13 +254,12 @@ def test_check_names_a_missing_session_bus_package(tmp_path: Path) -> None:
 
 def test_no_apt_refuses_and_says_the_apt_command(tmp_path: Path) -> None:
     path = _fake_path(tmp_path, {"redis-server"})
-    res = subprocess.run(
-        ["bash", INSTALL, "--dev", "--no-apt", "--prefix", str(tmp_path / "venv")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": path, "PYTHON": "/usr/bin/python3"},
-        timeout=60,
-        check=False,
+    res = _run_install(
+        "--dev",
+        "--no-apt",
+        "--prefix",
+        str(tmp_path / "venv"),
+        env={"PATH": path, "PYTHON": "/usr/bin/python3"},
     )
     assert res.returncode == 1
     assert "apt-get install redis-server" in res.stderr
@@ -264,8 +276,6 @@ def test_no_apt_refuses_and_says_the_apt_command(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments_exit_2(args: list[str]) -> None:
-    res = subprocess.run(
-        ["bash", INSTALL, *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    res = _run_install(*args)
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("install.sh: ")
