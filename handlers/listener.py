@@ -131,8 +131,6 @@ _COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
 @dataclass
 class UnitState:
     active: str = ""
-    sub: str = ""
-    invocation: str = ""  # hex; changes on every start
     handled: str = ""  # the invocation last handed to the ladder
     reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # _SERVICE_LIVE | _UNIT_LIVE, latest
@@ -198,10 +196,6 @@ def _hex(value: Any) -> str:
     if isinstance(value, list):
         return bytes(value).hex()
     return str(value or "")
-
-
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)
 
 
 def _never_restarted_by_systemd(static: dict[str, Any]) -> bool:
@@ -428,7 +422,7 @@ class Listener:
                 continue
             self._names[row.path] = row.name
             state = self.units.setdefault(row.name, UnitState())
-            state.active, state.sub = row.active_state, row.sub_state
+            state.active = row.active_state
             health = self._health_of(row.name, parsed)
             if health is not None:
                 healths[row.name] = health
@@ -491,7 +485,7 @@ class Listener:
             state = self.units.get(name)
             if state is not None:
                 # Unloaded units have no state to follow; keep "handled" for dedupe.
-                state.active = state.sub = ""
+                state.active = ""
                 state.forget()
         elif member == "Reloading":
             # Unit files may have changed (Restart=, dependencies): read them afresh.
@@ -538,7 +532,6 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
-        state.sub = live.get("SubState", state.sub)
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -637,7 +630,7 @@ class Listener:
             return
         active, sub = str(view.get("ActiveState", "")), str(view.get("SubState", ""))
         inv = _hex(view.get("InvocationID", b""))
-        state.active, state.sub, state.invocation = active, sub, inv
+        state.active = active
         if active != "failed":
             if sub == "auto-restart" or active in ("activating", "active"):
                 self.stats.systemd_restarting += 1
