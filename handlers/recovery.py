@@ -42,14 +42,7 @@ from handlers.diagnose import (
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
 from handlers.locks import UnitLock, check_unit_name
-from handlers.store import (
-    AttemptRow,
-    IncidentRow,
-    Stamp,
-    Store,
-    UnitSummary,
-    boot_id,
-)
+from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
 from unitgen.model import Probe
 from unitgen.paths import Paths, Scope
@@ -1086,15 +1079,12 @@ class RecoveryEngine:
         timeout = run.policy.recovery.start_timeout
         expected, run.expected = run.expected, None
         try:
-            if expected is not None:
-                # The changes since just before RestartUnit, applied to the state the
-                # diagnosis saw: no LoadUnit or GetAll while systemd starts the unit.
-                bus: Any = self.bus
-                props = await bus.wait_for(
-                    unit, settled, timeout, since=expected, initial=dict(run.before)
-                )
-            else:
-                props = await self._wait_unit(unit, settled, timeout)
+            # With an expectation: the changes since just before RestartUnit, applied
+            # to the state the diagnosis saw; no LoadUnit or GetAll while systemd
+            # starts the unit.
+            props = await self._wait_unit(
+                unit, settled, timeout, since=expected, initial=dict(run.before)
+            )
         except SystemdError as exc:
             run.detail = f"not active within {timeout:g}s: {exc}"
             return Verdict.FAILED
@@ -1426,7 +1416,9 @@ class RecoveryEngine:
             return cached[1]
         # An instance without a file of its own shares its template's: a burst of
         # a thousand failing instances parses the template once, not a thousand times.
-        shared = f"{_template_of(unit)}#template" if len(key) == 6 and key[:3] == (0, 0, 0) else ""
+        template_name = _template_of(unit)
+        own_file_missing = key[:3] == (0, 0, 0)  # _policy_stat's first triple: the unit's own
+        shared = f"{template_name}#template" if template_name and own_file_missing else ""
         template = self._policies.get(shared) if shared else None
         if template is not None and template[0] == key:
             policy = dataclasses.replace(template[1], unit=unit)
@@ -1462,13 +1454,22 @@ class RecoveryEngine:
         unit: str,
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float,  # noqa: ASYNC109 -- mirrors SystemdClient.wait_for
+        *,
+        since: Any = None,
+        initial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """wait_for on the Unit interface alone: every predicate here reads only it.
 
         The Service interface's GetAll is the largest reply systemd sends (~200
-        properties); skipping it halves the reads of each wait.
+        properties); skipping it halves the reads of each wait. ``since`` (the
+        bus's expectation, see _expect_restart) and ``initial``: no read at all.
         """
         bus: Any = self.bus
+        if since is not None:
+            result: dict[str, Any] = await bus.wait_for(
+                unit, predicate, timeout, since=since, initial=initial
+            )
+            return result
         if getattr(bus, "selects_interfaces", False):
             props: dict[str, Any] = await bus.wait_for(
                 unit, predicate, timeout, interfaces=(UNIT_INTERFACE,)
