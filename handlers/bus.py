@@ -629,22 +629,6 @@ class SystemdBus:
         if not waiters:
             self._waiters.pop(waiter.path, None)
 
-    async def _wait_expected(
-        self,
-        name: str,
-        predicate: Callable[[dict[str, Any]], bool],
-        timeout: float,  # noqa: ASYNC109 - as wait_for
-        since: Expectation,
-        initial: dict[str, Any],
-    ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        try:
-            return await self._apply_until(
-                name, since.waiter, predicate, timeout, loop.time() + timeout, dict(initial)
-            )
-        finally:
-            self._drop_waiter(since.waiter)
-
     async def _apply_until(
         self,
         name: str,
@@ -654,12 +638,12 @@ class SystemdBus:
         deadline: float,
         props: dict[str, Any],
         seen: dict[str, int] | None = None,
-        interfaces: tuple[str, ...] = (UNIT,),
     ) -> dict[str, Any]:
         """Apply the waiter's queued changes to ``props`` until ``predicate`` holds.
 
-        ``seen``: per interface, the arrival number of the GetAll reply ``props``
-        came from; a change that arrived before it is already in ``props``.
+        The waiter is handed only the interfaces it waits on. ``seen``: per
+        interface, the arrival number of the GetAll reply ``props`` came from; a
+        change that arrived before it is already in ``props``.
         """
         loop = asyncio.get_running_loop()
         while not predicate(props):
@@ -676,8 +660,7 @@ class SystemdBus:
                 )
             except TimeoutError:
                 continue
-            # An interface not asked for is not read, so its signals are not wanted.
-            if iface not in interfaces or (seen is not None and seq <= seen.get(iface, 0)):
+            if seen is not None and seq <= seen.get(iface, 0):
                 continue
             # systemd invalidates (names without values) only its large array
             # properties (ExecStart=, Conditions, ...), on every signal; reading
@@ -707,7 +690,13 @@ class SystemdBus:
         interface's changes since the expectation are applied to ``initial``.
         """
         if since is not None and initial is not None:
-            return await self._wait_expected(name, predicate, timeout, since, initial)
+            deadline = asyncio.get_running_loop().time() + timeout
+            try:
+                return await self._apply_until(
+                    name, since.waiter, predicate, timeout, deadline, dict(initial)
+                )
+            finally:
+                self._drop_waiter(since.waiter)
         if since is not None:
             self.forget(since)
         ifaces = tuple(interfaces)
@@ -732,9 +721,7 @@ class SystemdBus:
             if not covered:
                 await self.add_match(rule)
             props, seen = await self._snapshot(name, path, ifaces)
-            return await self._apply_until(
-                name, waiter, predicate, timeout, deadline, props, seen, ifaces
-            )
+            return await self._apply_until(name, waiter, predicate, timeout, deadline, props, seen)
         finally:
             self._drop_waiter(waiter)
             if not self._closed and not covered:
