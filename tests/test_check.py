@@ -80,9 +80,23 @@ def test_render_bad_out_dir_is_one_line_exit_2(
     assert not (tmp_path / "pol").exists() or not any((tmp_path / "pol").iterdir())
 
 
-def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> None:
+def _in_private_mounts(script: str) -> subprocess.CompletedProcess[str]:
+    """``sh -c script`` in a private mount namespace (for its tmpfs mounts)."""
     if shutil.which("unshare") is None:
         unavailable("unshare not installed")
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "mount:" in res.stderr and "rc=" not in res.stdout:
+        unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    return res
+
+
+def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "web.service").write_text("old\n")
@@ -93,15 +107,7 @@ def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> Non
         f"{sys.executable} -m unitgen render {spec} --out {out} --policy-dir {out}/pol "
         f"--systemd-version 252; echo rc=$?; ls -A {out}; cat {out}/web.service"
     )
-    res = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if "mount:" in res.stderr and "rc=" not in res.stdout:
-        unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    res = _in_private_mounts(script)
     assert "rc=1" in res.stdout, res.stdout + res.stderr
     err = [line for line in res.stderr.splitlines() if line.startswith("unitgen:")]
     assert len(err) == 1 and "No space left" in err[0], res.stderr
@@ -112,8 +118,6 @@ def test_render_on_a_full_disk_writes_nothing(spec: Path, tmp_path: Path) -> Non
 
 
 def test_render_into_a_read_only_dir_is_bad_input(spec: Path, tmp_path: Path) -> None:
-    if shutil.which("unshare") is None:
-        unavailable("unshare not installed")
     out = tmp_path / "ro"
     out.mkdir()
     script = (
@@ -122,15 +126,7 @@ def test_render_into_a_read_only_dir_is_bad_input(spec: Path, tmp_path: Path) ->
         f"{sys.executable} -m unitgen render {spec} --out {out} --policy-dir {tmp_path}/pol "
         f"--systemd-version 252; echo rc=$?; cat {out}/web.service; ls -A {tmp_path}/pol"
     )
-    res = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if "mount:" in res.stderr and "rc=" not in res.stdout:
-        unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    res = _in_private_mounts(script)
     assert "rc=2" in res.stdout, res.stdout + res.stderr
     err = [line for line in res.stderr.splitlines() if line.startswith("unitgen:")]
     assert len(err) == 1 and "Read-only file system" in err[0], res.stderr
