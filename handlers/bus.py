@@ -58,6 +58,7 @@ class BusLibrary:
     MessageBus: Any
     Message: Any
     MessageType: Any
+    MessageFlag: Any
     Variant: Any
     BusType: Any
 
@@ -86,6 +87,7 @@ def load_library(name: str) -> BusLibrary:
         MessageBus=aio.MessageBus,
         Message=top.Message,
         MessageType=top.MessageType,
+        MessageFlag=top.MessageFlag,
         Variant=top.Variant,
         BusType=top.BusType,
     )
@@ -105,6 +107,13 @@ def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
         return load_library("fast")
     except SystemdError:
         return load_library("next")
+
+
+def _consume_send(fut: asyncio.Future[Any]) -> None:
+    """Done callback of a no-reply send: a failed write is the connection's loss,
+    which the disconnect path handles; retrieving it keeps asyncio from logging it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 # -- object paths -------------------------------------------------------------------
@@ -369,8 +378,16 @@ class SystemdBus:
         what: str = "",
         serial_hook: Callable[[int], None] | None = None,
         timeout: float = CALL_TIMEOUT,  # noqa: ASYNC109 - a per-call reply timeout
+        reply: bool = True,
     ) -> list[Any]:
-        """One method call; the reply's body, or a translated error."""
+        """One method call; the reply's body, or a translated error.
+
+        ``reply=False`` sends the call with NO_REPLY_EXPECTED and returns [] at
+        once: systemd then sends no reply at all (sd-bus honours the flag), which
+        saves the reply's marshalling in systemd, its routing in dbus-daemon and
+        its dispatch here. Only for calls whose refusal changes nothing for us.
+        Calls on one connection are still handled in the order they were sent.
+        """
         if self._closed:
             raise SystemdError(f"{member}: the bus connection is closed")
         msg = self.lib.Message(
@@ -380,28 +397,38 @@ class SystemdBus:
             member=member,
             signature=signature,
             body=list(body),
+            flags=self.lib.MessageFlag.NONE if reply else self.lib.MessageFlag.NO_REPLY_EXPECTED,
         )
         msg.serial = self._bus.next_serial()
         if serial_hook is not None:
             serial_hook(msg.serial)
+        if not reply:
+            try:
+                sent = self._bus.send(msg)
+            except Exception as exc:
+                raise SystemdError(
+                    f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
+                ) from exc
+            sent.add_done_callback(_consume_send)
+            return []
         try:
             # asyncio.timeout, not wait_for: wait_for wraps the call in a task, one
             # more trip through the event loop before the message is written.
             async with self._calls, asyncio.timeout(timeout):
-                reply = await self._bus.call(msg)
+                answer = await self._bus.call(msg)
         except TimeoutError as exc:
             raise SystemdError(f"{member}{_for(what)}: no reply in {timeout:g}s") from exc
         except Exception as exc:
             raise SystemdError(
                 f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
             ) from exc
-        if reply is None:
+        if answer is None:
             raise SystemdError(f"{member}{_for(what)}: no reply")
-        if reply.message_type == self.lib.MessageType.ERROR:
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            error = _translate(reply.error_name or "", text, member, what)
+        if answer.message_type == self.lib.MessageType.ERROR:
+            text = answer.body[0] if answer.body and isinstance(answer.body[0], str) else ""
+            error = _translate(answer.error_name or "", text, member, what)
             raise error
-        return list(reply.body)
+        return list(answer.body)
 
     async def add_match(self, rule: str) -> None:
         """AddMatch, reference-counted so shared rules are added once."""
@@ -555,13 +582,14 @@ class SystemdBus:
         as much as the unload it prevents. Returns the restart's job and the
         reset's refusal, if any; a refused pin changes nothing else.
         """
-        ref, reset, job = await asyncio.gather(
-            self.call("RefUnit", "s", [name], what=name),
+        # The pin asks for no reply: a refused pin (the unit is gone) changes nothing.
+        await self.call("RefUnit", "s", [name], what=name, reply=False)
+        reset, job = await asyncio.gather(
             self.reset_failed(name),
             self.restart(name, mode),
             return_exceptions=True,
         )
-        for outcome in (job, ref, reset):
+        for outcome in (job, reset):
             if isinstance(outcome, BaseException) and not isinstance(outcome, SystemdError):
                 raise outcome
         if isinstance(job, BaseException):
@@ -571,7 +599,7 @@ class SystemdBus:
     async def unpin(self, name: str) -> None:
         """Drop the pin of :meth:`reset_and_restart` (systemd drops it if we disconnect)."""
         with contextlib.suppress(SystemdError):
-            await self.call("UnrefUnit", "s", [name], what=name)
+            await self.call("UnrefUnit", "s", [name], what=name, reply=False)
 
     async def start(self, name: str, mode: str = "replace") -> str:
         (job,) = await self.call("StartUnit", "ss", [name, mode], what=name)
