@@ -44,11 +44,17 @@ def check_unit_name(unit: str) -> str:
 
 def ensure_lock_dir(path: Path) -> int:
     """Create (0700) or check the lock directory; return an O_DIRECTORY fd to it."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # The directory exists on every call but the first: open it straight away
+            # (the checks below still run on what was opened).
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+            fd = os.open(path, flags)
     except OSError as exc:
         raise StateError(f"{path}: cannot use as lock directory ({exc.strerror})") from exc
     st = os.fstat(fd)
