@@ -33,8 +33,10 @@ import logging
 import os
 import select
 import socket
+import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -75,6 +77,9 @@ _PRIORITY = {
     EventKind.GAVE_UP: 2,  # crit: a service stays down until someone acts
     EventKind.HEALTH_CHANGED: 5,
 }
+
+# How long a missing journal socket is believed missing before the next try.
+ABSENT_RETRY = 5.0
 
 # A line on stderr is written only if it fits a pipe's atomic write.
 _PIPE_BUF = 4096
@@ -166,13 +171,21 @@ def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     return b"".join(parts)
 
 
+_stderr_is_file: bool | None = None
+
+
 def _stderr_line(line: str) -> bool:
     """Write one line to fd 2 if that cannot block; False when it was not written."""
+    global _stderr_is_file
     data = (line.rstrip("\n")[: _PIPE_BUF - 1] + "\n").encode("utf-8", "replace")[:_PIPE_BUF]
     try:
-        _, writable, _ = select.select([], [2], [], 0)
-        if not writable:
-            return False
+        if _stderr_is_file is None:
+            _stderr_is_file = stat.S_ISREG(os.fstat(2).st_mode)
+        # A write to a regular file does not wait for a reader; a pipe or socket may.
+        if not _stderr_is_file:
+            _, writable, _ = select.select([], [2], [], 0)
+            if not writable:
+                return False
         os.write(2, data)
     except (OSError, ValueError):
         return False
@@ -196,6 +209,9 @@ class JournalSink:
         # Only root's OBJECT_SYSTEMD_UNIT is honoured by `journalctl -u`.
         self._object_unit = os.geteuid() == 0 if object_unit is None else object_unit
         self._sock: socket.socket | None = None
+        # No journal socket (a container, a sandbox): not asked again for a while, so
+        # each event does not pay a failed sendto and its exception.
+        self._absent_until = 0.0
         self._lock = threading.Lock()  # emit may come from the loop and from worker threads
         self.sent = 0
         self.fallbacks = 0
@@ -237,6 +253,8 @@ class JournalSink:
 
     def _send(self, data: bytes) -> Literal["sent", "busy", "absent"]:
         """Hand one datagram to journald without waiting."""
+        if self._absent_until and time.monotonic() < self._absent_until:
+            return "absent"
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setblocking(False)
@@ -247,6 +265,7 @@ class JournalSink:
             return "busy"
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EACCES):
+                self._absent_until = time.monotonic() + ABSENT_RETRY
                 return "absent"
             raise
         return "sent"

@@ -160,6 +160,33 @@ def test_without_a_journal_it_falls_back_to_one_line(tmp_path: Path) -> None:
     assert sink.fallbacks == 1 and sink.sent == 0
 
 
+def test_a_missing_journal_is_asked_again_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import handlers.journal as journal
+
+    now = [1000.0]
+    monkeypatch.setattr(journal.time, "monotonic", lambda: now[0])
+    path = str(tmp_path / "journal.sock")
+    lines: list[str] = []
+    sink = JournalSink(path, fallback=lambda line: lines.append(line) is None)
+    event = Event(EventKind.RECOVERED, "web.service", "i9", {})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sink.emit(event)
+        sock.bind(path)  # journald starts
+        sink.emit(event)  # still believed missing: no sendto per event
+        assert (sink.fallbacks, sink.sent) == (2, 0)
+        now[0] += journal.ABSENT_RETRY
+        sink.emit(event)
+        assert (sink.fallbacks, sink.sent) == (2, 1)
+        sock.settimeout(5)
+        assert dict(parse_entry(sock.recv(65536)))["UNITGEN_EVENT"] == b"Recovered"
+    finally:
+        sink.close()
+        sock.close()
+
+
 def test_a_full_journal_drops_instead_of_blocking(receiver: tuple[socket.socket, str]) -> None:
     _, path = receiver  # bound, never read: its queue fills up
     drops: list[str] = []
