@@ -110,6 +110,9 @@ class ListenerOptions:
 
 # What the signals carry that the diagnosis needs (the Service interface's signal
 # comes first, then the Unit interface's, from the same state).
+# STATUS= after recoveries is sent at most this often (seconds).
+STATUS_INTERVAL = 0.5
+
 _SERVICE_LIVE = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID")
 _UNIT_LIVE = ("ActiveState", "SubState", "InvocationID", "Job")
 # What the diagnosis needs that changes only with a reload: read with the first failure.
@@ -264,6 +267,7 @@ class Listener:
             else None
         )
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
+        self._status_handle: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -306,6 +310,9 @@ class Listener:
             await self._teardown()
 
     async def _teardown(self) -> None:
+        if self._status_handle is not None:
+            self._status_handle.cancel()
+            self._status_handle = None
         self._notifier.stopping("stopping")
         self.connected.clear()
         if self._health is not None:
@@ -699,6 +706,20 @@ class Listener:
             getattr(getattr(outcome, "state", None), "value", outcome),
             time.monotonic() - started,
         )
+        self._status_soon()
+
+    def _status_soon(self) -> None:
+        """Send STATUS= after a recovery, at most once per STATUS_INTERVAL.
+
+        The line counts every watched unit; a burst of 200 recoveries among 1,000
+        units must not count them 200 times for a line `systemctl status` shows.
+        """
+        if self._status_handle is None and self._notifier.enabled:
+            loop = asyncio.get_running_loop()
+            self._status_handle = loop.call_later(STATUS_INTERVAL, self._status_now)
+
+    def _status_now(self) -> None:
+        self._status_handle = None
         self._notifier.status(self._status_line())
 
     def _unhealthy(self, unit: str, detail: str) -> None:

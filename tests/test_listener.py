@@ -252,6 +252,36 @@ async def test_one_unit_at_a_time_and_once_per_invocation(tmp_path: Path) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_burst_of_recoveries_sends_one_status_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import handlers.listener as listener_mod
+
+    monkeypatch.setattr(listener_mod, "STATUS_INTERVAL", 0.05)
+    listener, bus, engine = _listener(tmp_path, max_concurrency=4)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(tmp_path / "notify"))
+        server.setblocking(False)
+        listener._notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        engine.gate.set()
+        for i in range(4):
+            listener._spawn(listener._worker(), f"w{i}")
+        for i in range(20):
+            bus.states[f"u{i}.service"] = _failed(f"u{i}.service", f"{i:032x}")
+            listener._on_signal(_changed(f"u{i}.service", "failed", "failed"))
+        await _settle(listener)
+        assert len(engine.calls) == 20
+        await asyncio.wait_for(asyncio.get_running_loop().sock_recv(server, 4096), 5)
+        # All 20 were recovered before the line went out, and nothing is scheduled:
+        # that one datagram is all there is.
+        assert listener._status_handle is None
+        with pytest.raises(BlockingIOError):
+            server.recv(4096)
+        listener._stop.set()
+        await listener._teardown()
+
+
+@pytest.mark.asyncio
 async def test_stands_down_when_systemd_restarts_it(tmp_path: Path) -> None:
     listener, bus, engine = _listener(tmp_path)
     listener._spawn(listener._worker(), "w")
