@@ -644,6 +644,28 @@ async def _scale(
         await bus.close()
         pid_map = await asyncio.to_thread(_ns_pid_map, sb)
         host_pids = [pid_map[p] for p in ns_pids]
+        spy = None
+        if os.environ.get("BENCH_PYSPY"):
+            # A sampling profile of the burst only (py-spy, a dev tool, not a dependency):
+            # cProfile's own overhead distorts a loop this busy.
+            spy = subprocess.Popen(  # noqa: ASYNC220 - harness set-up, before timing
+                [
+                    "py-spy",
+                    "record",
+                    "--rate",
+                    "2000",
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--output",
+                    os.environ["BENCH_PYSPY"],
+                    "--pid",
+                    str(daemon.pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1.0)
         cpu0 = _proc_cpu(daemon.pid)
         others0 = _others_cpu(sb)
         t_kill = time.monotonic_ns()
@@ -660,6 +682,9 @@ async def _scale(
         others = _cpu_delta(others0, _others_cpu(sb))
         rss = _proc_status(daemon.pid, "VmRSS")
         hwm = _proc_status(daemon.pid, "VmHWM")
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
     finally:
         daemon.terminate()
         daemon.wait(30)
