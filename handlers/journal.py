@@ -37,7 +37,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from handlers.events import Event, EventKind
@@ -100,7 +100,7 @@ def field_name(key: str) -> str:
     return name
 
 
-def _message(event: Event, details: dict[str, object]) -> str:
+def _message(event: Event, details: Mapping[str, object]) -> str:
     unit, kind = event.unit, event.kind
     incident = f"incident {event.incident_id}" if event.incident_id else "incident"
     why = details.get("reason", details.get("classification"))
@@ -131,36 +131,41 @@ def _message(event: Event, details: dict[str, object]) -> str:
 def entry_fields(event: Event, *, object_unit: bool = False) -> list[tuple[str, str]]:
     """The journal fields of one event, in a stable order."""
     details = public_details(event)
-    priority = _PRIORITY[event.kind]
-    if event.kind is EventKind.HEALTH_CHANGED and details.get("healthy") is False:
+    kind = event.kind
+    priority = _PRIORITY[kind]
+    if kind is EventKind.HEALTH_CHANGED and details.get("healthy") is False:
         priority = 4
-    if event.kind is EventKind.STEP_FINISHED and details.get("result") not in (None, "ok"):
+    if kind is EventKind.STEP_FINISHED and details.get("result") not in (None, "ok"):
         priority = 5
     fields = [
-        ("MESSAGE", _message(event, dict(details))),
-        ("PRIORITY", str(priority)),
+        ("MESSAGE", _message(event, details)),
+        ("PRIORITY", _DIGITS[priority]),
         ("SYSLOG_IDENTIFIER", IDENTIFIER),
-        ("MESSAGE_ID", MESSAGE_IDS[event.kind]),
-        ("UNITGEN_EVENT", event.kind.value),
+        ("MESSAGE_ID", MESSAGE_IDS[kind]),
+        ("UNITGEN_EVENT", kind.value),
         ("UNITGEN_UNIT", event.unit),
     ]
     if event.incident_id:
         fields.append(("UNITGEN_INCIDENT", event.incident_id))
     for key, value in details.items():
-        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if value is True or value is False:
+            text = "true" if value else "false"
+        else:
+            text = value if type(value) is str else str(value)
         fields.append((field_name(key), text))
     if object_unit:
         fields.append(("OBJECT_SYSTEMD_UNIT", event.unit))
     return fields
 
 
+_DIGITS = [str(n) for n in range(8)]
+
+
 def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     """journald's native datagram format, binary-safe for values with newlines."""
     fields = list(fields)
-    plain = [(k, v) for k, v in fields if isinstance(v, str) and "\n" not in v]
-    if len(plain) == len(fields):
-        # The usual entry: plain KEY=value lines, encoded in one go.
-        return "".join(f"{key}={value}\n" for key, value in plain).encode("utf-8", "replace")
+    if all(type(value) is str for _, value in fields):
+        return _encode_text(fields)  # type: ignore[arg-type]
     parts: list[bytes] = []
     for key, value in fields:
         data = value.encode("utf-8", "replace") if isinstance(value, str) else value
@@ -169,6 +174,15 @@ def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
         else:
             parts.append(b"%s=%s\n" % (key.encode("ascii"), data))
     return b"".join(parts)
+
+
+def _encode_text(fields: list[tuple[str, str]]) -> bytes:
+    """encode_entry for str values, the usual entry: plain KEY=value lines in one go."""
+    text = "".join([f"{key}={value}\n" for key, value in fields])
+    # One newline per field: no value has one of its own, so plain lines will do.
+    if text.count("\n") == len(fields):
+        return text.encode("utf-8", "replace")
+    return encode_entry([(key, value.encode("utf-8", "replace")) for key, value in fields])
 
 
 _stderr_is_file: bool | None = None
@@ -190,6 +204,25 @@ def _stderr_line(line: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _fallback_line(fields: list[tuple[str, str]]) -> str:
+    """The entry as one stderr line: the message, then key=value for UNITGEN_EVENT on."""
+    words = [f"unitgen: {fields[0][1]}"]
+    for key, value in fields[4:]:
+        if key != "UNITGEN_UNIT" and key != "OBJECT_SYSTEMD_UNIT":
+            words.append(f"{_LOWER.get(key) or _lower(key)}={value}")
+    return " ".join(words)
+
+
+_LOWER: dict[str, str] = {}
+
+
+def _lower(key: str) -> str:
+    name = key.removeprefix("UNITGEN_").lower()
+    if len(_LOWER) < 256:
+        _LOWER[key] = name
+    return name
 
 
 class JournalSink:
@@ -226,7 +259,7 @@ class JournalSink:
             return
         try:
             with self._lock:
-                outcome = self._send(encode_entry(fields))
+                outcome = self._send(_encode_text(fields))
         except Exception:
             log.exception("journal: send failed")
             self._drop()
@@ -238,15 +271,7 @@ class JournalSink:
             # journald is behind; an entry lost is better than a ladder that waits.
             self._drop()
             return
-        line = " ".join(
-            [f"unitgen: {fields[0][1]}"]
-            + [
-                f"{k.removeprefix('UNITGEN_').lower()}={v}"
-                for k, v in fields[4:]
-                if k not in ("UNITGEN_UNIT", "OBJECT_SYSTEMD_UNIT")
-            ]
-        )
-        if self._fallback(line):
+        if self._fallback(_fallback_line(fields)):
             self.fallbacks += 1
         else:
             self._drop()

@@ -91,12 +91,27 @@ _SECRETISH = re.compile(
 )
 
 
+# The same few values (levels, steps, results, "attempt 1 of 3") come back in every
+# event; screening one costs a regex search over it. Bounded: cleared when full.
+_SCREENED: dict[str, str] = {}
+_SCREENED_MAX = 4096
+
+
 def public_text(value: str) -> str:
     """``value`` as it may be shown: one line, bounded, nothing that looks like a secret."""
+    shown = _SCREENED.get(value)
+    if shown is not None:
+        return shown
     if looks_secret(value):
-        return REDACTED
-    line = " ".join(value.split())
-    return line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 1] + "…"
+        shown = REDACTED
+    else:
+        line = " ".join(value.split())
+        shown = line if len(line) <= MAX_TEXT else line[: MAX_TEXT - 1] + "…"
+    if len(value) <= 2 * MAX_TEXT:
+        if len(_SCREENED) >= _SCREENED_MAX:
+            _SCREENED.clear()
+        _SCREENED[value] = shown
+    return shown
 
 
 def _coerce(kind: type, value: FieldValue) -> FieldValue | None:

@@ -264,3 +264,20 @@ def test_published_details_are_allow_listed_typed_and_clean(fields: dict[str, An
         assert type(value) is DETAIL_TYPES[key], (key, value)
         if isinstance(value, str):
             assert "://" not in value and "\n" not in value and len(value) <= 200
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=450), min_size=1, max_size=20))
+def test_screened_text_is_remembered_without_changing_the_answer(values: list[str]) -> None:
+    import handlers.public_fields as pf
+
+    def screened(value: str) -> str:  # the rule, without the memo
+        if pf.looks_secret(value):
+            return REDACTED
+        line = " ".join(value.split())
+        return line if len(line) <= pf.MAX_TEXT else line[: pf.MAX_TEXT - 1] + "…"
+
+    for value in values + values + ["token=abc", "https://hooks.example/x"]:
+        assert pf.public_text(value) == screened(value)
+    assert pf.public_text("password: hunter2") == REDACTED
+    assert len(pf._SCREENED) <= pf._SCREENED_MAX
