@@ -207,6 +207,8 @@ class _Run:
     before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
     expected: Any = None  # the bus's Expectation of the restart's changes, if any
     pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
+    # How long the last restart's calls took; written with the attempt's result.
+    restart_took: float | None = None
 
     @property
     def incident_id(self) -> str:
@@ -364,7 +366,7 @@ class RecoveryEngine:
             policy = self._policy(name, notes)
             summary = self.store.summary(name)
             used, _last = self._budget(name, policy, now)
-            given_up = self._given_up(name, now) is not None
+            given_up = self._given_up(name, now, self.store.last_incident(name)) is not None
             out.append(
                 {
                     "unit": name,
@@ -570,7 +572,10 @@ class RecoveryEngine:
                 if t.attempt_failed:
                     self._flush_rows(run)
                     self.store.amend_last_restart(
-                        run.incident_id, result="failed", reason=run.detail
+                        run.incident_id,
+                        result="failed",
+                        reason=run.detail,
+                        duration=run.restart_took,
                     )
                 if t.give_up is not None:
                     run.reason = t.give_up.value
@@ -651,8 +656,10 @@ class RecoveryEngine:
             self._note_systemd(run)
             return Verdict.SYSTEMD_RESTARTING
         now = self._stamp()
+        # Read once for both questions below; the unit lock keeps other writers away.
+        previous = self.store.last_incident(unit) if run.incident is None else None
         if run.incident is None:
-            gave_up = self._given_up(unit, now)
+            gave_up = self._given_up(unit, now, previous)
             if gave_up is not None:
                 run.incident = gave_up
                 run.detail = "an earlier incident gave up; run `unitgen reset` to re-arm"
@@ -663,7 +670,7 @@ class RecoveryEngine:
         run.last_attempt_at = last
         level = ladder.level_for(run.used, policy.recovery.max_attempts)
         if run.incident is None:
-            self._open_or_continue(run, diag, now, level)
+            self._open_or_continue(run, diag, now, level, previous)
         elif level != run.level:
             self._escalate(run, level)
         run.level = level
@@ -676,9 +683,10 @@ class RecoveryEngine:
             return Verdict.BUDGET_SPENT
         return Verdict.OK
 
-    def _open_or_continue(self, run: _Run, diag: Diagnosis, now: Stamp, level: Level) -> None:
+    def _open_or_continue(
+        self, run: _Run, diag: Diagnosis, now: Stamp, level: Level, last: IncidentRow | None
+    ) -> None:
         unit, trigger = run.unit, run.trigger
-        last = self.store.last_incident(unit)
         incident = None
         if last is not None and last.state == "open":
             # A previous process (a kill -9'd listener) left it open: carry on with it.
@@ -708,8 +716,9 @@ class RecoveryEngine:
             classification=diag.classification,
             level=int(level),
             at=now,
+            handled_at=self.clock.time(),
         )
-        run.incident = self.store.incident(incident_id) or IncidentRow(
+        run.incident = IncidentRow(
             incident_id,
             unit,
             trigger.source,
@@ -722,7 +731,6 @@ class RecoveryEngine:
             None,
         )
         run.level = level
-        self._record_trigger(incident_id, unit, trigger, "handled")
         self._emit(
             run,
             EventKind.INCIDENT_OPENED,
@@ -983,6 +991,7 @@ class RecoveryEngine:
         run.restarts += 1
         run.last_attempt_at = started
         run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
+        run.restart_took = None
         # Counted before it is made: a process killed right after RestartUnit must not
         # leave an attempt the next run does not see (the budget is never exceeded).
         self._record_step(run, "restart", "started", run.detail, 0.0)
@@ -1011,12 +1020,9 @@ class RecoveryEngine:
         finally:
             # Whatever came before the restart (journal, alerts) waits until it is issued.
             self._after_restart_call(run)
-        self.store.amend_last_restart(
-            run.incident_id,
-            result="started",
-            reason=run.detail,
-            duration=self.clock.monotonic() - started,
-        )
+        # The row stays "started" until verify's result is written, with this duration:
+        # one write per attempt fewer than amending it here as well.
+        run.restart_took = self.clock.monotonic() - started
         return Verdict.OK
 
     def _expect_restart(self, run: _Run) -> None:
@@ -1147,7 +1153,9 @@ class RecoveryEngine:
     async def _finish(self, run: _Run, state: State) -> Outcome:
         self._forget_expectation(run)
         await self._unpin(run)
-        self._flush_rows(run)
+        recovered = run.incident is not None and state in (State.RECOVERED, State.NOT_NEEDED)
+        if not recovered:
+            self._flush_rows(run)
         if state is State.GAVE_UP and run.reason == GiveUp.GIVEN_UP.value and run.held:
             # Nothing happened: the trigger is recorded (ignored-given-up), but consumers
             # see no incident activity after the GaveUp that ended it.
@@ -1168,9 +1176,15 @@ class RecoveryEngine:
             state = State.RECOVERED
         if state is State.RECOVERED and inc is not None:
             run.reason = f"active again after {run.restarts} restart(s)"
-            self.store.amend_last_restart(inc.id, result="ok", reason=run.detail)
+            rows, run.rows = run.rows, []
+            # The last steps, the restart's result and the close: one transaction.
             self.store.close_incident(
-                inc.id, state="recovered", reason=run.reason, at=run.active_at or now
+                inc.id,
+                state="recovered",
+                reason=run.reason,
+                at=run.active_at or now,
+                rows=rows,
+                last_restart=("ok", run.detail, run.restart_took),
             )
             self._emit(
                 run,
@@ -1502,8 +1516,8 @@ class RecoveryEngine:
         )
         return ladder.attempts_in_window(times, since), last
 
-    def _given_up(self, unit: str, now: Stamp) -> IncidentRow | None:
-        last = self.store.last_incident(unit)
+    def _given_up(self, unit: str, now: Stamp, last: IncidentRow | None) -> IncidentRow | None:
+        """``last`` (the unit's last incident) if it gave up and no reset re-armed it."""
         if last is None or last.state != "gave-up" or last.closed is None:
             return None
         reset_at = self.store.reset_at(unit, now)

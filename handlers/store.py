@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,35 @@ def _on_timeline(wall: float, mono: float, boot: str, now: Stamp) -> float:
     return now.mono - max(0.0, now.wall - wall)
 
 
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts(incident_id, unit, wall, mono, boot, level, action, result,"
+    " reason, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_TRIGGER = (
+    "INSERT INTO triggers(incident_id, unit, wall, source, invocation_id, disposition)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_AMEND_RESTART = (
+    "UPDATE attempts SET result = ?, reason = ?, duration = coalesce(?, duration)"
+    " WHERE id = (SELECT max(id) FROM attempts WHERE incident_id = ? AND action = 'restart')"
+)
+
+
+def _attempt_params(r: AttemptRow) -> tuple[object, ...]:
+    return (
+        r.incident_id,
+        r.unit,
+        r.at.wall,
+        r.at.mono,
+        r.at.boot,
+        r.level,
+        r.action,
+        r.result,
+        r.reason,
+        r.duration,
+    )
+
+
 class Store:
     """The history database, or its in-memory stand-in when the disk cannot take it."""
 
@@ -318,25 +347,40 @@ class Store:
         classification: str,
         level: int,
         at: Stamp,
+        handled_at: float | None = None,
     ) -> str:
+        """A new open incident; with ``handled_at``, its 'handled' trigger row too, in
+        the same transaction."""
         # 64 random bits: unique enough per unit history, and uuid's import is not free.
         incident_id = os.urandom(8).hex()
-        self._exec(
-            "INSERT INTO incidents(id, unit, source, invocation_id, classification, state,"
-            " reason, level, opened_wall, opened_mono, opened_boot)"
-            " VALUES (?, ?, ?, ?, ?, 'open', '', ?, ?, ?, ?)",
+        statements: list[tuple[str, Sequence[tuple[object, ...]]]] = [
             (
-                incident_id,
-                unit,
-                source,
-                invocation_id,
-                classification,
-                level,
-                at.wall,
-                at.mono,
-                at.boot,
-            ),
-        )
+                "INSERT INTO incidents(id, unit, source, invocation_id, classification, state,"
+                " reason, level, opened_wall, opened_mono, opened_boot)"
+                " VALUES (?, ?, ?, ?, ?, 'open', '', ?, ?, ?, ?)",
+                [
+                    (
+                        incident_id,
+                        unit,
+                        source,
+                        invocation_id,
+                        classification,
+                        level,
+                        at.wall,
+                        at.mono,
+                        at.boot,
+                    )
+                ],
+            )
+        ]
+        if handled_at is not None:
+            statements.append(
+                (
+                    _INSERT_TRIGGER,
+                    [(incident_id, unit, handled_at, source, invocation_id, "handled")],
+                )
+            )
+        self._transaction(statements, "the incident")
         return incident_id
 
     def update_incident(
@@ -350,12 +394,31 @@ class Store:
                 (classification, incident_id),
             )
 
-    def close_incident(self, incident_id: str, *, state: str, reason: str, at: Stamp) -> None:
-        self._exec(
-            "UPDATE incidents SET state = ?, reason = ?, closed_wall = ?, closed_mono = ?,"
-            " closed_boot = ? WHERE id = ?",
-            (state, reason, at.wall, at.mono, at.boot, incident_id),
+    def close_incident(
+        self,
+        incident_id: str,
+        *,
+        state: str,
+        reason: str,
+        at: Stamp,
+        rows: Sequence[AttemptRow] = (),
+        last_restart: tuple[str, str, float | None] | None = None,
+    ) -> None:
+        """Close it; the run's remaining step ``rows`` and the result of its last
+        restart (result, reason, duration) go in the same transaction."""
+        statements: list[tuple[str, Sequence[tuple[object, ...]]]] = []
+        if rows:
+            statements.append((_INSERT_ATTEMPT, [_attempt_params(r) for r in rows]))
+        if last_restart is not None:
+            statements.append((_AMEND_RESTART, [(*last_restart, incident_id)]))
+        statements.append(
+            (
+                "UPDATE incidents SET state = ?, reason = ?, closed_wall = ?, closed_mono = ?,"
+                " closed_boot = ? WHERE id = ?",
+                [(state, reason, at.wall, at.mono, at.boot, incident_id)],
+            )
         )
+        self._transaction(statements, "the incident's end")
 
     def reopen_incident(self, incident_id: str) -> None:
         self._exec(
@@ -397,38 +460,29 @@ class Store:
         duration: float = 0.0,
     ) -> None:
         self._exec(
-            "INSERT INTO attempts(incident_id, unit, wall, mono, boot, level, action, result,"
-            " reason, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_ATTEMPT,
             (incident_id, unit, at.wall, at.mono, at.boot, level, action, result, reason, duration),
         )
 
-    def record_attempts(self, rows: list[AttemptRow]) -> None:
+    def record_attempts(self, rows: Sequence[AttemptRow]) -> None:
         """Several steps in one transaction (one WAL commit instead of one each)."""
-        params = [
-            (
-                r.incident_id,
-                r.unit,
-                r.at.wall,
-                r.at.mono,
-                r.at.boot,
-                r.level,
-                r.action,
-                r.result,
-                r.reason,
-                r.duration,
-            )
-            for r in rows
-        ]
-        sql = (
-            "INSERT INTO attempts(incident_id, unit, wall, mono, boot, level, action, result,"
-            " reason, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        self._transaction([(_INSERT_ATTEMPT, [_attempt_params(r) for r in rows])], "attempts")
+
+    def _transaction(
+        self, statements: Sequence[tuple[str, Sequence[tuple[object, ...]]]], what: str
+    ) -> None:
+        """Each statement with each of its parameter rows, all in one transaction.
+
+        One WAL commit instead of one per statement; on a database error the whole
+        transaction is replayed on the in-memory stand-in, like a single _exec.
+        """
         for _ in range(2):
             try:
                 with self._writing() as conn:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
-                        conn.executemany(sql, params)
+                        for sql, params in statements:
+                            conn.executemany(sql, params)
                     except BaseException:
                         conn.execute("ROLLBACK")
                         raise
@@ -437,18 +491,13 @@ class Store:
                     return
             except _Retry:
                 continue
-        raise StateError("history: could not record attempts")
+        raise StateError(f"history: could not record {what}")
 
     def amend_last_restart(
         self, incident_id: str, *, result: str, reason: str, duration: float | None = None
     ) -> None:
         """Set the result of the incident's last restart after the fact (min_uptime)."""
-        self._exec(
-            "UPDATE attempts SET result = ?, reason = ?, duration = coalesce(?, duration)"
-            " WHERE id = (SELECT max(id) FROM attempts WHERE incident_id = ?"
-            " AND action = 'restart')",
-            (result, reason, duration, incident_id),
-        )
+        self._exec(_AMEND_RESTART, (result, reason, duration, incident_id))
 
     def attempts(self, incident_id: str) -> list[AttemptRow]:
         rows = self._query(
@@ -480,11 +529,7 @@ class Store:
         invocation_id: str,
         disposition: str,
     ) -> None:
-        self._exec(
-            "INSERT INTO triggers(incident_id, unit, wall, source, invocation_id, disposition)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (incident_id, unit, wall, source, invocation_id, disposition),
-        )
+        self._exec(_INSERT_TRIGGER, (incident_id, unit, wall, source, invocation_id, disposition))
 
     def handled_invocation(self, unit: str, invocation_id: str) -> str | None:
         """The incident that already handled this InvocationID, if any."""

@@ -211,3 +211,88 @@ def test_commits_never_checkpoint_the_engine_does(tmp_path: Path) -> None:
     memory = Store.in_memory()
     assert not memory.checkpoint_due()  # nothing to checkpoint without a file
     memory.close()
+
+
+def test_close_writes_the_last_steps_and_the_restart_result_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    from handlers.store import AttemptRow
+
+    db = tmp_path / "history.sqlite3"
+    store = Store.open(db)
+    inc = store.open_incident(
+        "api.service",
+        source="listener",
+        invocation_id="inv9",
+        classification="signal",
+        level=1,
+        at=NOW,
+        handled_at=NOW.wall,
+    )
+    assert store.handled_invocation("api.service", "inv9") == inc  # the trigger came along
+    row = AttemptRow(inc, "api.service", NOW, 1, "restart", "started", "attempt 1", 0.0)
+    store.record_attempts([row])
+    commits = store.commits
+    verify = AttemptRow(inc, "api.service", NOW, 1, "verify", "ok", "active", 0.25)
+    store.close_incident(
+        inc,
+        state="recovered",
+        reason="active again",
+        at=NOW,
+        rows=[verify],
+        last_restart=("ok", "active (attempt 1)", 0.004),
+    )
+    assert store.commits == commits + 1
+    store.close()
+    again = Store.open(db)
+    closed = again.incident(inc)
+    assert closed is not None and closed.state == "recovered"
+    attempts = again.attempts(inc)
+    assert [(a.action, a.result, a.duration) for a in attempts] == [
+        ("restart", "ok", 0.004),
+        ("verify", "ok", 0.25),
+    ]
+    again.close()
+
+
+def test_a_failing_transaction_is_replayed_whole_on_the_stand_in(tmp_path: Path) -> None:
+    db = tmp_path / "history.sqlite3"
+    store = Store.open(db)
+    real = store._conn
+    seen: list[str] = []
+
+    class FailsOnTrigger:
+        def execute(self, sql: str, *a: object) -> object:
+            return real.execute(sql, *a)
+
+        def executemany(self, sql: str, params: object) -> object:
+            seen.append(sql.split()[2].split("(")[0])
+            if "triggers" in sql:
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.executemany(sql, params)  # type: ignore[arg-type]
+
+        def close(self) -> None:
+            real.close()
+
+    store._conn = FailsOnTrigger()  # type: ignore[assignment]
+    inc = store.open_incident(
+        "api.service",
+        source="listener",
+        invocation_id="inv3",
+        classification="signal",
+        level=1,
+        at=NOW,
+        handled_at=NOW.wall,
+    )
+    assert seen == ["incidents", "triggers"]  # the incident row went in, then rolled back
+    assert not store.persistent and store.note is not None
+    # Both rows, on the stand-in: nothing half-written.
+    assert store.incident(inc) is not None
+    assert store.handled_invocation("api.service", "inv3") == inc
+    store.close()
+    # ... and the file kept neither (the rollback), not an incident without its trigger.
+    check = sqlite3.connect(db)
+    try:
+        assert check.execute("SELECT count(*) FROM incidents").fetchone()[0] == 0
+    finally:
+        check.close()
