@@ -516,9 +516,14 @@ async def flood(count: int, rate: float) -> None:
 
 
 def _proc_cpu(pid: int) -> float:
+    return sum(_proc_cpu_split(pid))
+
+
+def _proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _proc_status(pid: int, key: str) -> int:
@@ -667,6 +672,7 @@ async def _scale(
             )
             await asyncio.sleep(1.0)
         cpu0 = _proc_cpu(daemon.pid)
+        split0 = _proc_cpu_split(daemon.pid)
         others0 = _others_cpu(sb)
         t_kill = time.monotonic_ns()
         for pid in host_pids:
@@ -679,6 +685,7 @@ async def _scale(
             stamps.append(ts)
         await asyncio.sleep(1.0)  # let the ladder finish verifying before reading CPU
         cpu = _proc_cpu(daemon.pid) - cpu0
+        user, system = (b - a for a, b in zip(split0, _proc_cpu_split(daemon.pid), strict=True))
         others = _cpu_delta(others0, _others_cpu(sb))
         rss = _proc_status(daemon.pid, "VmRSS")
         hwm = _proc_status(daemon.pid, "VmHWM")
@@ -721,7 +728,10 @@ async def _scale(
             f"last / median running again | {(max(base)) / 1e6:.0f} ms / "
             f"{statistics.median(base) / 1e6:.0f} ms |"
         )
-    print(f"| listener CPU for the {fail} recoveries | {cpu:.2f} s |")
+    print(
+        f"| listener CPU for the {fail} recoveries | {cpu:.2f} s "
+        f"(user {user:.2f} s, system {system:.2f} s) |"
+    )
     print(f"| the same period: {others} |  |")
     print(f"| baseline period: {base_others} |  |")
     print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
