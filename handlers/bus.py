@@ -18,7 +18,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -490,24 +490,34 @@ class SystemdBus:
         interfaces: Iterable[str] = (UNIT, SERVICE),
         *,
         path: str | None = None,
+        service_keys: Sequence[str] = (),
     ) -> dict[str, Any]:
         """GetAll on each interface, merged, Variants unwrapped.
 
         A unit systemd cannot find still has properties (``LoadState=not-found``);
         use :meth:`require_unit` where that must be an error. An interface the
         unit does not have (Service on a timer) is skipped.
+
+        With ``service_keys``, the Service interface is read as one Get per key
+        instead of a GetAll of its ~200 properties (ExecStart= and friends, which
+        systemd marshals and we unmarshal for nothing): 736-768 against 973-1067 us
+        of our CPU per read, and about half the wall time (bench: a unit read 8 at
+        a time in the sandbox).
         """
         ifaces = tuple(interfaces)
+        keys = tuple(service_keys) if SERVICE in ifaces else ()
+        if keys:
+            ifaces = tuple(i for i in ifaces if i != SERVICE)
         if path is None:
-            # LoadUnit and the GetAlls are sent together, the GetAlls to the path
+            # LoadUnit and the reads are sent together, the reads to the path
             # LoadUnit will name: systemd answers in order (the unit is loaded
-            # first; a GetAll on a unit path loads it anyway), so this costs one
+            # first; a read on a unit path loads it anyway), so this costs one
             # round trip instead of three. An alias resolves to another path:
             # then read again there.
             guessed = unit_path(name)
             loaded, *replies = await asyncio.gather(
                 self.load_unit(name),
-                *(self._get_all(name, guessed, iface) for iface in ifaces),
+                *self._reads(name, guessed, ifaces, keys),
                 return_exceptions=True,
             )
             if isinstance(loaded, BaseException):
@@ -515,8 +525,28 @@ class SystemdBus:
             if loaded == guessed:
                 return self._merge(replies)
             path = loaded
-        replies = [await self._get_all(name, path, iface, return_errors=True) for iface in ifaces]
+        replies = [await read for read in self._reads(name, path, ifaces, keys)]
         return self._merge(replies)
+
+    def _reads(
+        self, name: str, path: str, ifaces: tuple[str, ...], keys: tuple[str, ...]
+    ) -> list[Awaitable[Any]]:
+        """A GetAll per interface, then a Service Get per key; errors are returned."""
+        reads: list[Awaitable[Any]] = [
+            self._get_all(name, path, iface, return_errors=True) for iface in ifaces
+        ]
+        for key in keys:
+            reads.append(self._get_one(name, path, SERVICE, key))
+        return reads
+
+    async def _get_one(self, name: str, path: str, iface: str, key: str) -> Any:
+        try:
+            (value,) = await self.call(
+                "Get", "ss", [iface, key], interface=PROPERTIES, path=path, what=name
+            )
+        except SystemdError as exc:
+            return exc
+        return {key: value}
 
     async def _get_all(
         self, name: str, path: str, iface: str, *, return_errors: bool = False
@@ -533,12 +563,12 @@ class SystemdBus:
 
     @staticmethod
     def _merge(replies: list[Any]) -> dict[str, Any]:
-        """GetAll replies merged; an interface the unit lacks (UnknownInterface) is skipped."""
+        """Replies merged; an interface or property the unit lacks is skipped."""
         props: dict[str, Any] = {}
         for values in replies:
             if isinstance(values, BaseException):
                 text = str(values)
-                if "UnknownInterface" in text or "InvalidArgs" in text:
+                if "UnknownInterface" in text or "InvalidArgs" in text or "UnknownProperty" in text:
                     continue
                 raise values
             props.update(unwrap(values))

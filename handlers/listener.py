@@ -112,26 +112,24 @@ class ListenerOptions:
     health_concurrency: int = 8
 
 
-# What the signals carry that the diagnosis needs (the Service interface's signal
-# comes first, then the Unit interface's, from the same state).
 # STATUS= after recoveries is sent at most this often (seconds).
 STATUS_INTERVAL = 0.5
 
+# What the signals carry that the diagnosis needs (the Service interface's signal
+# comes first, then the Unit interface's, from the same state).
 _SERVICE_LIVE = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID")
 _UNIT_LIVE = ("ActiveState", "SubState", "InvocationID", "Job")
-# What the diagnosis needs that changes only with a reload: read with the first failure.
-_STATIC = (
-    "LoadState",
+# What the diagnosis needs that changes only with a reload: read with the first failure,
+# the Unit interface's with GetAll, the Service interface's with one Get each.
+_UNIT_STATIC = ("LoadState", "Requires", "BindsTo", "Wants", "After")
+_SERVICE_STATIC = (
     "Restart",
     "RestartForceExitStatus",
     "PIDFile",
-    "Requires",
-    "BindsTo",
-    "Wants",
-    "After",
     "StateDirectory",
     "LogsDirectory",
 )
+_STATIC = (*_UNIT_STATIC, *_SERVICE_STATIC)
 _COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
 
 
@@ -675,12 +673,16 @@ class Listener:
         small Gets, sent together, cost far less than a GetAll of ~300 properties.
         """
         if state.static is None:
+            # The Unit interface whole (LoadState, dependencies, the state now) and of
+            # the Service interface only what is used: its live keys the signals have
+            # not brought yet (a unit failed before we started) and the static ones.
+            keys = [k for k in _SERVICE_LIVE if k not in state.live] + list(_SERVICE_STATIC)
             try:
-                props = await bus.unit_properties(unit)
+                read = await bus.unit_properties(unit, service_keys=keys)
             except UnitNotFoundError:
                 return None
-            state.static = {key: props[key] for key in _STATIC if key in props}
-            return props
+            state.static = {key: read[key] for key in _STATIC if key in read}
+            return {**state.live, **read}
         view = {**state.static, **state.live}
         if _never_restarted_by_systemd(state.static) and _complete(view):
             self.stats.decided_without_read += 1

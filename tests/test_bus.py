@@ -123,6 +123,27 @@ async def test_properties_of_a_running_unit(user_sandbox: Sandbox, sbus: Systemd
 
 
 @pytest.mark.asyncio
+async def test_a_few_service_keys_instead_of_the_whole_interface(
+    user_sandbox: Sandbox, sbus: SystemdBus
+) -> None:
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    user_sandbox.systemctl("start", name, check=True)
+    try:
+        full = await sbus.unit_properties(name)
+        some = await sbus.unit_properties(name, service_keys=("MainPID", "Restart", "NoSuchKey"))
+        assert "ExecStart" in full and "ExecStart" not in some  # no Service GetAll
+        assert some["MainPID"] == full["MainPID"] > 0 and some["Restart"] == full["Restart"]
+        assert "NoSuchKey" not in some  # a property systemd lacks is skipped
+        assert some["Id"] == name and some["ActiveState"] == "active"  # Unit: all of it
+        # A unit without a Service interface: the Gets are refused and skipped.
+        target = await sbus.unit_properties("default.target", service_keys=("MainPID",))
+        assert target["Id"] == "default.target" and "MainPID" not in target
+    finally:
+        user_sandbox.systemctl("stop", name)
+
+
+@pytest.mark.asyncio
 async def test_unknown_unit(sbus: SystemdBus) -> None:
     name = _name("nope")
     props = await sbus.unit_properties(name)
