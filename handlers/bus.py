@@ -109,7 +109,7 @@ def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
         return load_library("next")
 
 
-def _consume_send(fut: asyncio.Future[Any]) -> None:
+def consume_send(fut: asyncio.Future[Any]) -> None:
     """Done callback of a no-reply send: a failed write is the connection's loss,
     which the disconnect path handles; retrieving it keeps asyncio from logging it."""
     if not fut.cancelled():
@@ -409,7 +409,7 @@ class SystemdBus:
                 raise SystemdError(
                     f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
                 ) from exc
-            sent.add_done_callback(_consume_send)
+            sent.add_done_callback(consume_send)
             return []
         try:
             # asyncio.timeout, not wait_for: wait_for wraps the call in a task, one
