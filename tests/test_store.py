@@ -15,9 +15,17 @@ from handlers.store import Stamp, Store
 NOW = Stamp(1000.0, 1_700_000_000.0, "boot-a")
 
 
-def _incident(store: Store, unit: str = "api.service") -> str:
+def _incident(
+    store: Store, unit: str = "api.service", *, invocation_id: str = "inv1", handled: bool = False
+) -> str:
     return store.open_incident(
-        unit, source="onfailure", invocation_id="inv1", classification="exit-code", level=1, at=NOW
+        unit,
+        source="onfailure",
+        invocation_id=invocation_id,
+        classification="exit-code",
+        level=1,
+        at=NOW,
+        handled_at=NOW.wall if handled else None,
     )
 
 
@@ -220,15 +228,7 @@ def test_close_writes_the_last_steps_and_the_restart_result_in_one_transaction(
 
     db = tmp_path / "history.sqlite3"
     store = Store.open(db)
-    inc = store.open_incident(
-        "api.service",
-        source="listener",
-        invocation_id="inv9",
-        classification="signal",
-        level=1,
-        at=NOW,
-        handled_at=NOW.wall,
-    )
+    inc = _incident(store, invocation_id="inv9", handled=True)
     assert store.handled_invocation("api.service", "inv9") == inc  # the trigger came along
     row = AttemptRow(inc, "api.service", NOW, 1, "restart", "started", "attempt 1", 0.0)
     store.record_attempts([row])
@@ -275,15 +275,7 @@ def test_a_failing_transaction_is_replayed_whole_on_the_stand_in(tmp_path: Path)
             real.close()
 
     store._conn = FailsOnTrigger()  # type: ignore[assignment]
-    inc = store.open_incident(
-        "api.service",
-        source="listener",
-        invocation_id="inv3",
-        classification="signal",
-        level=1,
-        at=NOW,
-        handled_at=NOW.wall,
-    )
+    inc = _incident(store, invocation_id="inv3", handled=True)
     assert seen == ["incidents", "triggers"]  # the incident row went in, then rolled back
     assert not store.persistent and store.note is not None
     # Both rows, on the stand-in: nothing half-written.
