@@ -666,12 +666,15 @@ AUTOCHECKPOINT_PAGES = 16384
 CHECKPOINT_COMMITS = 400
 
 
+# How long a first open waits for another process's switch of the file to WAL.
+WAL_SWITCH_WAIT = 5.0
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
     try:
-        # WAL: the listener reads status while an OnFailure= process writes attempts.
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
@@ -685,6 +688,28 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (the listener reads status while an OnFailure= process writes).
+
+    Two processes creating the database at once (the daemon and an OnFailure=
+    oneshot after a first failure) race for the switch, and SQLite answers the
+    loser "database is locked" at once, without its busy handler: 35 of 60
+    simultaneous first opens here. The switch is persistent, so the loser only
+    has to try again for a moment; until this retry it fell back to in-memory
+    history and the incident it then recorded was lost to the other process.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+        else:
+            return
 
 
 def _move_aside(path: Path) -> Path:

@@ -634,7 +634,7 @@ def test_two_recover_processes_restart_once(user_sandbox: Sandbox, tmp_path: Pat
             outs.append(json.loads(stdout))
         assert sorted(o["joined"] for o in outs) == [False, True], outs
         assert sum(o["restarts"] for o in outs) == 1
-        assert {o["incident_id"] for o in outs} == {outs[0]["incident_id"]}
+        assert {o["incident_id"] for o in outs} == {outs[0]["incident_id"]}, json.dumps(outs)
         sb.wait_for(unit, "active", timeout=10)
         assert _count(count) == 2
         store = Store.open(tmp_path / "state" / "history.sqlite3")

@@ -288,3 +288,37 @@ def test_a_failing_transaction_is_replayed_whole_on_the_stand_in(tmp_path: Path)
         assert check.execute("SELECT count(*) FROM incidents").fetchone()[0] == 0
     finally:
         check.close()
+
+
+def test_two_processes_creating_the_database_at_once_both_keep_history(tmp_path: Path) -> None:
+    """The daemon and an OnFailure= oneshot may open a database that does not exist yet
+    at the same moment; the loser of the WAL switch used to fall back to memory (15 of
+    100 rounds here), and its incident was then invisible to the other process."""
+    import threading
+
+    for round_ in range(100):
+        db = tmp_path / str(round_) / "history.sqlite3"
+        start = threading.Barrier(2)
+        stores: list[Store] = []
+
+        def open_it(
+            db: Path = db, start: threading.Barrier = start, stores: list[Store] = stores
+        ) -> None:
+            start.wait()
+            stores.append(Store.open(db))
+
+        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert [s.persistent for s in stores] == [True, True], [s.note for s in stores]
+        finally:
+            for s in stores:
+                s.close()
+        check = sqlite3.connect(db)
+        try:
+            assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            check.close()
