@@ -351,3 +351,25 @@ def test_without_syncfs_each_staged_file_is_fsynced(
     assert (out / "b.service").read_text() == "b\n"
     # Two staged files, then the directory holding the renames.
     assert len(synced) == 3
+
+
+def test_capabilities_replace_or_add_the_bounding_set() -> None:
+    strict = Service(
+        name="a",
+        unit="a.service",
+        description="A",
+        exec=("/bin/true",),
+        hardening=Hardening(capabilities=("CAP_DAC_OVERRIDE", "CAP_FOWNER")),
+    )
+    lines = render(spec_of(strict), OPTIONS)["a.service"].splitlines()
+    bounding = [line for line in lines if line.startswith("CapabilityBoundingSet=")]
+    assert bounding == ["CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_FOWNER"]  # replaced
+    assert "AmbientCapabilities=" in lines  # the rest of the profile stays
+    # A profile that keeps every capability gets the line added; [] keeps none.
+    standard = dataclasses.replace(strict, hardening=Hardening("standard", capabilities=()))
+    lines = render(spec_of(standard), OPTIONS)["a.service"].splitlines()
+    assert [line for line in lines if line.startswith("CapabilityBoundingSet")] == [
+        "CapabilityBoundingSet="
+    ]
+    plain = dataclasses.replace(strict, hardening=Hardening("standard"))
+    assert "CapabilityBoundingSet" not in render(spec_of(plain), OPTIONS)["a.service"]

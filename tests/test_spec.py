@@ -86,7 +86,9 @@ def test_example_loads_into_the_model() -> None:
     assert api.disk.min_free_inodes == Threshold(percent=5.0, bytes=10000)
     assert api.memory.min_available == Threshold(percent=5.0, bytes=256 * 1024**2)
     assert api.recovery.backoff == Backoff(base=5.0, factor=2.0, max=300.0, jitter=0.1)
-    assert api.hardening == Hardening("strict", ("MemoryDenyWriteExecute",), ("/srv/data",))
+    assert api.hardening == Hardening(
+        "strict", ("MemoryDenyWriteExecute",), ("/srv/data",), ("CAP_NET_BIND_SERVICE",)
+    )
     assert api.state_directory == ("api",)
     assert api.environment[1] == ("GREETING", '100% fine; "quoted"')
     assert api.alerts == ("ops", "mail")

@@ -400,3 +400,32 @@ def test_mutated_example(edits: list[tuple[int, int, str]]) -> None:
     for at, cut, insert in edits:
         text = text[:at] + insert + text[at + cut :]
     _loads_or_spec_error(text)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE)
+def test_capability_names_are_only_ever_known_ones(value: str) -> None:
+    """Anything but a known capability name is refused at its key, with one line."""
+    from unitgen.speckeys import CAPABILITIES
+
+    spec = base()
+    _svc(spec)["hardening"] = {"capabilities": ["CAP_KILL", value]}
+    try:
+        loaded = parse_spec(dumps(spec), SRC)
+    except SpecError as exc:
+        assert "service.api.hardening.capabilities" in str(exc)
+        assert "\n" not in str(exc)
+        return
+    assert value in CAPABILITIES and value != "CAP_KILL"
+    assert loaded.services["api"].hardening.capabilities == ("CAP_KILL", value)
+
+
+def test_capabilities_and_disabling_the_bounding_set_contradict() -> None:
+    spec = base()
+    _svc(spec)["hardening"] = {
+        "disable": ["CapabilityBoundingSet"],
+        "capabilities": ["CAP_KILL"],
+    }
+    with pytest.raises(SpecError, match="capabilities: contradicts disable") as info:
+        parse_spec(dumps(spec), SRC)
+    assert info.value.exit_code == 2

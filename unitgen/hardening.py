@@ -13,6 +13,8 @@ Escape hatches, per service in the spec:
   (every line of that name, so ``SystemCallFilter`` drops both of its lines);
 * ``hardening.read_write_paths = ["/srv/data"]`` adds ``ReadWritePaths=`` for a
   program that must write outside its State/Logs/Cache/RuntimeDirectory;
+* ``hardening.capabilities = ["CAP_NET_BIND_SERVICE"]`` keeps only those
+  capabilities (``CapabilityBoundingSet=``, set by the renderer over the profile's);
 * ``hardening = "standard"`` (or ``minimal``/``off``) picks a milder profile.
 
 Measured with ``systemd-analyze security --offline=yes`` (systemd 252) on a

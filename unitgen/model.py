@@ -190,6 +190,8 @@ class Hardening:
     profile: HardeningProfile = "strict"
     disable: tuple[str, ...] = ()  # directive names the service opts out of
     read_write_paths: tuple[str, ...] = ()
+    # CapabilityBoundingSet= in place of the profile's; None: the profile decides.
+    capabilities: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ def _hardening_view(
     profile: hardening.HardeningProfile,
     disable: Sequence[str],
     options: RenderOptions,
+    capabilities: Sequence[str] | None = None,
 ) -> tuple[tuple[str, str], ...]:
     unknown = sorted(set(disable) - hardening.known_directive_names())
     if unknown:
@@ -235,14 +236,20 @@ def _hardening_view(
         )
         err.exit_code = 2
         raise err
-    return tuple(
-        hardening.directives_for(
-            profile,
-            disable=disable,
-            scope=options.scope,
-            systemd_version=options.systemd_version,
-        )
+    lines = hardening.directives_for(
+        profile,
+        disable=disable,
+        scope=options.scope,
+        systemd_version=options.systemd_version,
     )
+    if capabilities is None:
+        return tuple(lines)
+    # The spec's list replaces the profile's bounding set (strict's empty one), or is
+    # added where the profile keeps every capability.
+    kept = ("CapabilityBoundingSet", " ".join(capabilities))
+    if any(name == "CapabilityBoundingSet" for name, _ in lines):
+        return tuple(kept if name == "CapabilityBoundingSet" else (name, v) for name, v in lines)
+    return (*lines, kept)
 
 
 def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
@@ -302,7 +309,9 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         "directories": [(k, v) for k, v in directories if v],
         "limits": _limits_view(svc.limits),
         "profile": profile,
-        "hardening": _hardening_view(svc.unit, profile, svc.hardening.disable, options),
+        "hardening": _hardening_view(
+            svc.unit, profile, svc.hardening.disable, options, svc.hardening.capabilities
+        ),
         "read_write_paths": list(svc.hardening.read_write_paths),
         "wanted_by": list(svc.wanted_by) or [default_target],
     }
@@ -326,7 +335,9 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
         "profile": hard.profile if hard else "off",
         # The vendor's unit decides its user: never DynamicUser= in a drop-in.
         "hardening": (
-            _hardening_view(ovr.unit, hard.profile, hard.disable, options) if hard else ()
+            _hardening_view(ovr.unit, hard.profile, hard.disable, options, hard.capabilities)
+            if hard
+            else ()
         ),
         "read_write_paths": list(hard.read_write_paths) if hard else [],
     }

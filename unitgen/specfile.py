@@ -406,6 +406,7 @@ def _hardening(value: Mapping[str, Any], defaults: Defaults) -> Hardening:
         profile=value.get("profile", defaults.hardening),
         disable=value.get("disable", ()),
         read_write_paths=value.get("read_write_paths", ()),
+        capabilities=tuple(value["capabilities"]) if "capabilities" in value else None,
     )
 
 

@@ -182,6 +182,62 @@ def directive_name(value: str) -> str | None:
     return f"a directive that a hardening profile sets, {example}, got {_show(value)}{hint}"
 
 
+# Linux capability names as systemd 252 knows them (src/basic/cap-list, linux 5.9+).
+CAPABILITIES = frozenset(
+    {
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    }
+)
+
+
+def capability_name(value: str) -> str | None:
+    if value in CAPABILITIES:
+        return None
+    close = difflib.get_close_matches(value.upper(), sorted(CAPABILITIES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"a Linux capability like 'CAP_DAC_OVERRIDE', got {_show(value)}{hint}"
+
+
 def http_url(value: str) -> str | None:
     # A URL's path, query or userinfo may carry a token: messages name the scheme
     # and host at most, never the whole URL.
@@ -474,6 +530,19 @@ RECOVERY = Table(
     doc="The recovery ladder's budget.",
 )
 
+
+def _capabilities_rule(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    """A capability list and dropping CapabilityBoundingSet= say opposite things."""
+    if "capabilities" in d and "CapabilityBoundingSet" in d.get("disable", ()):
+        out.add(
+            f"{key}.capabilities",
+            'contradicts disable = ["CapabilityBoundingSet"]: keep the list (only those '
+            "capabilities) or the disable (all of them), not both",
+        )
+        return False
+    return True
+
+
 HARDENING_TABLE = Table(
     {
         "profile": Field(
@@ -489,7 +558,15 @@ HARDENING_TABLE = Table(
         "read_write_paths": Field(
             PATHS, "paths the service may write despite the profile", [], "ReadWritePaths="
         ),
+        "capabilities": Field(
+            ListOf(Text(capability_name, type_doc="capability name"), unique=True),
+            "the only capabilities the service keeps, in place of the profile's choice "
+            "(strict keeps none, the others all); [] keeps none",
+            None,
+            "CapabilityBoundingSet=",
+        ),
     },
+    checks=[_capabilities_rule],
     doc="A profile with per-service escape hatches.",
 )
 
