@@ -696,6 +696,9 @@ async def _scale(
         daemon.terminate()
         daemon.wait(30)
         ready_sock.close()
+        if os.environ.get("BENCH_KEEP_LOG"):
+            # The daemon's stderr (its log, and the events' fallback lines without a journal).
+            shutil.copy(work / "watch.log", os.environ["BENCH_KEEP_LOG"])
     # The floor, same sandbox, same 1000 units loaded: systemd restarting as many
     # itself (Restart=always, RestartSec=0), with no listener running.
     base, base_others = await _systemd_burst(sb, work, stamp, fail)
