@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="D-Bus library (default: $UNITGEN_DBUS, else dbus-fast if installed)",
     )
     parser.add_argument(
-        "--max-concurrency", type=int, default=32, metavar="N", help="units recovered at once"
+        "--max-concurrency",
+        type=int,
+        default=32,
+        metavar="N",
+        help="units recovered at once (default: 32)",
     )
     parser.add_argument("--no-health", action="store_true", help="do not run health probes")
     parser.add_argument(
