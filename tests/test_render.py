@@ -363,7 +363,11 @@ def test_capabilities_replace_or_add_the_bounding_set() -> None:
     )
     lines = render(spec_of(strict), OPTIONS)["a.service"].splitlines()
     bounding = [line for line in lines if line.startswith("CapabilityBoundingSet=")]
-    assert bounding == ["CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_FOWNER"]  # replaced
+    # Replaced; the empty line first resets whatever an earlier file set (a drop-in's case).
+    assert bounding == [
+        "CapabilityBoundingSet=",
+        "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_FOWNER",
+    ]
     assert "AmbientCapabilities=" in lines  # the rest of the profile stays
     # A profile that keeps every capability gets the line added; [] keeps none.
     standard = dataclasses.replace(strict, hardening=Hardening("standard", capabilities=()))

@@ -337,3 +337,31 @@ def test_system_recovery_unit_runs_under_its_hardening(
         f"recover ugq-sysfail.service|ugq-sysfail.service|{tmp_path / 'policy'}"
     ]
     assert sb.run(["test", "-e", str(stale)]).returncode == 1
+
+
+def test_a_dropin_capability_list_is_the_whole_bounding_set(
+    user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """systemd ORs CapabilityBoundingSet= lines; the drop-in resets first, so only ours stay."""
+    sb = user_sandbox
+    vendor = f"capvendor-{time.monotonic_ns() % 100000}"
+    body = "[Service]\nExecStart=/bin/sleep infinity\nCapabilityBoundingSet=CAP_KILL CAP_CHOWN\n"
+    ovr = Override(
+        unit=f"{vendor}.service",
+        hardening=Hardening(profile="off", capabilities=("CAP_DAC_OVERRIDE",)),
+    )
+    files = render(Spec(path="t", overrides={ovr.unit: ovr}), _options(tmp_path))
+    # What the reset is for: a drop-in with the list alone adds to the vendor's set.
+    naive = f"{vendor}-naive.service"
+    sb.install_units(
+        {
+            **files,
+            f"{vendor}.service": body,
+            naive: body,
+            f"{naive}.d/50-naive.conf": "[Service]\nCapabilityBoundingSet=CAP_DAC_OVERRIDE\n",
+        }
+    )
+    ours = sb.show(ovr.unit, "CapabilityBoundingSet")["CapabilityBoundingSet"]
+    theirs = sb.show(naive, "CapabilityBoundingSet")["CapabilityBoundingSet"]
+    assert ours == "cap_dac_override", files
+    assert set(theirs.split()) == {"cap_chown", "cap_kill", "cap_dac_override"}, theirs

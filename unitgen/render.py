@@ -245,11 +245,19 @@ def _hardening_view(
     if capabilities is None:
         return tuple(lines)
     # The spec's list replaces the profile's bounding set (strict's empty one), or is
-    # added where the profile keeps every capability.
-    kept = ("CapabilityBoundingSet", " ".join(capabilities))
-    if any(name == "CapabilityBoundingSet" for name, _ in lines):
-        return tuple(kept if name == "CapabilityBoundingSet" else (name, v) for name, v in lines)
-    return (*lines, kept)
+    # added where the profile keeps every capability. systemd ORs non-empty
+    # CapabilityBoundingSet= assignments together and an empty one resets the set, so
+    # the list comes after an empty line: in a drop-in, the vendor unit's own
+    # capabilities would otherwise be kept as well.
+    kept = [("CapabilityBoundingSet", "")]
+    if capabilities:
+        kept.append(("CapabilityBoundingSet", " ".join(capabilities)))
+    if not any(name == "CapabilityBoundingSet" for name, _ in lines):
+        return (*lines, *kept)
+    out: list[tuple[str, str]] = []
+    for name, value in lines:
+        out.extend(kept if name == "CapabilityBoundingSet" else [(name, value)])
+    return tuple(out)
 
 
 def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
