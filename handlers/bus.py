@@ -715,11 +715,16 @@ class SystemdBus:
                     f"SubState={props.get('SubState')})"
                 )
             try:
-                seq, iface, changed, invalidated = await asyncio.wait_for(
-                    waiter.queue.get(), remaining
-                )
-            except TimeoutError:
-                continue
+                # Queued already (a burst): no wait at all. Otherwise asyncio.timeout,
+                # not wait_for, which wraps each get in a task of its own.
+                item = waiter.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(remaining):
+                        item = await waiter.queue.get()
+                except TimeoutError:
+                    continue
+            seq, iface, changed, invalidated = item
             if seen is not None and seq <= seen.get(iface, 0):
                 continue
             # systemd invalidates (names without values) only its large array
