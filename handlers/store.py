@@ -34,10 +34,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from unitgen.errors import StateError
 
@@ -325,16 +325,23 @@ class Store:
         self.note = f"history not kept: {why}"
         self.path = None
 
-    def _exec(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+    def _write(self, work: Callable[[sqlite3.Connection], _T], failure: str) -> _T:
+        """Run one write; on a database error, once more on the in-memory stand-in."""
         for _ in range(2):
             try:
                 with self._writing() as conn:
-                    cursor = conn.execute(sql, params)
+                    result = work(conn)
                     self.commits += 1
-                    return cursor
+                    return result
             except _Retry:
                 continue
-        raise StateError(f"history statement failed twice: {sql.split()[0]}")
+        raise StateError(failure)
+
+    def _exec(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self._write(
+            lambda conn: conn.execute(sql, params),
+            f"history statement failed twice: {sql.split()[0]}",
+        )
 
     # --- incidents --------------------------------------------------------------------
 
@@ -476,22 +483,18 @@ class Store:
         One WAL commit instead of one per statement; on a database error the whole
         transaction is replayed on the in-memory stand-in, like a single _exec.
         """
-        for _ in range(2):
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                with self._writing() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        for sql, params in statements:
-                            conn.executemany(sql, params)
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
-                    conn.execute("COMMIT")
-                    self.commits += 1
-                    return
-            except _Retry:
-                continue
-        raise StateError(f"history: could not record {what}")
+                for sql, params in statements:
+                    conn.executemany(sql, params)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        self._write(work, f"history: could not record {what}")
 
     def amend_last_restart(
         self, incident_id: str, *, result: str, reason: str, duration: float | None = None
@@ -630,6 +633,9 @@ class Store:
     def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
         rows = self._query(sql, params)
         return rows[0] if rows else None
+
+
+_T = TypeVar("_T")
 
 
 class _Retry(Exception):  # internal control flow: the store degraded, run again
