@@ -211,18 +211,8 @@ def _fallback_line(fields: list[tuple[str, str]]) -> str:
     words = [f"unitgen: {fields[0][1]}"]
     for key, value in fields[4:]:
         if key != "UNITGEN_UNIT" and key != "OBJECT_SYSTEMD_UNIT":
-            words.append(f"{_LOWER.get(key) or _lower(key)}={value}")
+            words.append(f"{key.removeprefix('UNITGEN_').lower()}={value}")
     return " ".join(words)
-
-
-_LOWER: dict[str, str] = {}
-
-
-def _lower(key: str) -> str:
-    name = key.removeprefix("UNITGEN_").lower()
-    if len(_LOWER) < 256:
-        _LOWER[key] = name
-    return name
 
 
 class JournalSink:
