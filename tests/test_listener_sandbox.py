@@ -117,6 +117,21 @@ async def start_listener() -> AsyncIterator[StartFn]:
             await asyncio.wait_for(running.task, 15)
 
 
+async def _killed_and_restarted_by_systemd(
+    sb: Sandbox, unit: str, listener: Listener, n: int
+) -> None:
+    """Kill the running unit for the ``n``-th time; systemd's own restart brings it back
+    (NRestarts reaches n) and the listener sees it and stands down."""
+    sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
+    sb.kill_main(unit)
+    sb.wait_for(
+        unit,
+        lambda p: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
+        10,
+    )
+    await _until(lambda: listener.stats.systemd_restarting >= n)
+
+
 async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -162,15 +177,7 @@ async def test_never_races_systemds_own_restart(
     running = await start_listener(sb, paths, lib)
     listener = running.listener
     for n in (1, 2):
-        sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
-        sb.kill_main(unit)
-        # systemd's own restart: NRestarts grows, the listener stands down.
-        sb.wait_for(
-            unit,
-            lambda p, n=n: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
-            10,
-        )
-        await _until(lambda n=n: listener.stats.systemd_restarting >= n)
+        await _killed_and_restarted_by_systemd(sb, unit, listener, n)
         assert running.engine.calls == []
     assert listener.stats.failed_signals >= 2
     # The third death exhausts StartLimitBurst=3: systemd gives up, the ladder takes over.
@@ -475,14 +482,7 @@ async def test_restart_no_with_restart_force_exit_status_is_left_to_systemd(
     running = await start_listener(sb, paths, lib)
     listener = running.listener
     for n in (1, 2, 3):
-        sb.wait_for(unit, lambda p: p.get("SubState") == "running", 10)
-        sb.kill_main(unit)
-        sb.wait_for(
-            unit,
-            lambda p, n=n: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
-            10,
-        )
-        await _until(lambda n=n: listener.stats.systemd_restarting >= n)
+        await _killed_and_restarted_by_systemd(sb, unit, listener, n)
     assert running.engine.calls == []
     assert listener.stats.decided_without_read == 0
 
