@@ -665,7 +665,8 @@ class Listener:
     async def _current(self, bus: SystemdBus, unit: str, state: UnitState) -> dict[str, Any] | None:
         """The unit's state now, as far as the decision needs it; None: no such unit.
 
-        The first failure since a (re)connect or reload reads everything once (the
+        The first failure since a (re)connect or reload reads the unit once (the
+        Unit interface, and of the Service interface what the diagnosis uses; the
         read is the decision and the diagnosis both). Afterwards a ``Restart=no``
         unit needs no read at all, and any other one the round trip that settles
         whether systemd is restarting it: systemd sets auto-restart in the same call
