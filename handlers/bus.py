@@ -527,8 +527,9 @@ class SystemdBus:
             if loaded == guessed:
                 return self._merge(replies)
             path = loaded
-        replies = [await read for read in self._reads(name, path, ifaces, keys)]
-        return self._merge(replies)
+        # Sent together, answered in order: one round trip for all of them.
+        replies = await asyncio.gather(*self._reads(name, path, ifaces, keys))
+        return self._merge(list(replies))
 
     def _reads(
         self, name: str, path: str, ifaces: tuple[str, ...], keys: tuple[str, ...]

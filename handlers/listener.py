@@ -131,6 +131,8 @@ _SERVICE_STATIC = (
 )
 _STATIC = (*_UNIT_STATIC, *_SERVICE_STATIC)
 _COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
+# Outcomes (ladder.State values) whose Recovered or GaveUp event reaches the journal.
+_WITH_EVENT = frozenset({"recovered", "gave-up"})
 
 
 @dataclass
@@ -679,9 +681,14 @@ class Listener:
             # live ones (a failure seen as it happened): five Gets cost less than its
             # GetAll. A unit that failed before we started gets the GetAll: ten Gets
             # would cost more.
-            keys = () if any(k not in state.live for k in _SERVICE_LIVE) else _SERVICE_STATIC
+            seen = all(k in state.live for k in _SERVICE_LIVE)
+            keys = _SERVICE_STATIC if seen else ()
+            # Seen in signals, the unit is loaded under its own name, so its path is
+            # known and LoadUnit (a round trip systemd resolves aliases with) is not
+            # needed: a read on a unit path loads the unit if it was unloaded since.
+            path = busmod.unit_path(unit) if seen else None
             try:
-                read = await bus.unit_properties(unit, service_keys=keys)
+                read = await bus.unit_properties(unit, service_keys=keys, path=path)
             except UnitNotFoundError:
                 return None
             state.static = {key: read[key] for key in _STATIC if key in read}
@@ -709,10 +716,16 @@ class Listener:
         started = time.monotonic()
         outcome = await engine.recover(unit, trigger)
         self.stats.recoveries += 1
-        log.info(
+        result = getattr(getattr(outcome, "state", None), "value", outcome)
+        # Recovered and gave-up at debug: their journal entries already say so, with
+        # the incident and the duration, and under systemd stderr is the journal too
+        # (a burst of 200 logged every recovery twice). Outcomes without an event
+        # (systemd restarting it, nothing to do, a recovery already running) stay.
+        log.log(
+            logging.DEBUG if result in _WITH_EVENT else logging.INFO,
             "%s: %s in %.3fs",
             unit,
-            getattr(getattr(outcome, "state", None), "value", outcome),
+            result,
             time.monotonic() - started,
         )
         self._status_soon()

@@ -144,6 +144,21 @@ async def test_a_few_service_keys_instead_of_the_whole_interface(
 
 
 @pytest.mark.asyncio
+async def test_a_read_on_the_unit_path_loads_an_unloaded_unit(
+    user_sandbox: Sandbox, sbus: SystemdBus
+) -> None:
+    """The listener skips LoadUnit for a unit seen in signals: reads on its path load it."""
+    name = _name()
+    user_sandbox.install_units({name: SLEEPER})
+    assert name not in [u.name for u in await sbus.list_units(patterns=[name])]  # not loaded
+    props = await sbus.unit_properties(
+        name, path=busmod.unit_path(name), service_keys=("Restart", "MainPID")
+    )
+    assert props["Id"] == name and props["LoadState"] == "loaded", props
+    assert props["Restart"] == "no" and props["MainPID"] == 0
+
+
+@pytest.mark.asyncio
 async def test_unknown_unit(sbus: SystemdBus) -> None:
     name = _name("nope")
     props = await sbus.unit_properties(name)

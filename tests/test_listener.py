@@ -119,7 +119,9 @@ class FakeBus:
     closed: bool = False
     reads: list[str] = field(default_factory=list)  # "all" or the property's name
 
-    async def unit_properties(self, name: str, service_keys: Any = ()) -> dict[str, Any]:
+    async def unit_properties(
+        self, name: str, service_keys: Any = (), path: str | None = None
+    ) -> dict[str, Any]:
         self.reads.append("all")
         return await self._read(name)
 

@@ -537,8 +537,10 @@ async def test_a_known_restart_no_unit_is_recovered_with_four_calls_and_no_read(
             assert sb.main_pid(unit) not in (0, first)
             if n == 1:
                 # The first failure reads the unit once: the Unit interface whole, and
-                # the Service interface's five static keys (the signals brought the rest).
+                # the Service interface's five static keys (the signals brought the rest),
+                # at the path the signals came from, without a LoadUnit.
                 assert calls.count("GetAll") == 1 and calls.count("Get") == 5, calls
+                assert "LoadUnit" not in calls, calls
         assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit", "UnrefUnit"], calls
         outcome = engines[0].history(unit)[0]
         assert outcome["state"] == "recovered", outcome
