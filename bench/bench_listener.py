@@ -7,6 +7,7 @@ Run (root; a disposable user manager is started for each mode):
     /opt/unitgen/bin/python bench/bench_listener.py idle [--seconds 60]
     /opt/unitgen/bin/python bench/bench_listener.py flood [--seconds 5]
     /opt/unitgen/bin/python bench/bench_listener.py bare [--units 1000 --fail 200 --what read]
+    /opt/unitgen/bin/python bench/bench_listener.py floor [--rounds 3]
 
 Method (/work/shared/bench-method.md): the service is bench/stamp.c, a static C
 program that writes its CLOCK_MONOTONIC start time to a FIFO first thing in
@@ -784,6 +785,7 @@ async def bare(units: int, fail: int, mode: str) -> None:
 
 async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
     from handlers.bus import SERVICE, unit_from_path, unit_properties_rule
+    from handlers.listener import _SERVICE_STATIC
 
     sb.install_units(
         {
@@ -804,8 +806,9 @@ async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
 
     async def act(unit: str) -> None:
         if mode == "read":
-            # The ladder's pre-restart read (LoadUnit + GetAll Unit and Service).
-            await bus.unit_properties(unit)
+            # The listener's first read of a unit it saw fail: GetAll of the Unit
+            # interface and the Service interface's static keys, at the known path.
+            await bus.unit_properties(unit, service_keys=_SERVICE_STATIC, path=unit_path(unit))
         await asyncio.gather(bus.reset_failed(unit), bus.restart(unit))
 
     def on_signal(msg: Any) -> None:
@@ -867,11 +870,25 @@ def cli() -> None:
     p.add_argument("--units", type=int, default=1000)
     p.add_argument("--fail", type=int, default=200)
     p.add_argument("--what", choices=("restart", "read"), default="restart")
+    p = sub.add_parser(
+        "floor", help="bare restart, bare read+restart and unitgen watch, alternating"
+    )
+    p.add_argument("--units", type=int, default=1000)
+    p.add_argument("--fail", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.mode == "latency":
         asyncio.run(latency(args.trials, tuple(args.libs.split(","))))
     elif args.mode == "bare":
         asyncio.run(bare(args.units, args.fail, args.what))
+    elif args.mode == "floor":
+        # What the burst costs a listener that does nothing but restart, one that
+        # also makes unitgen's first read, and unitgen's whole ladder: in turn, so
+        # the machine's drift hits all three alike.
+        for _ in range(args.rounds):
+            asyncio.run(bare(args.units, args.fail, "restart"))
+            asyncio.run(bare(args.units, args.fail, "read"))
+            asyncio.run(scale(args.units, args.fail, 1.0, "fast"))
     elif args.mode == "flood":
         asyncio.run(flood(args.count, args.rate))
     else:
