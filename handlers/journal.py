@@ -249,7 +249,7 @@ class JournalSink:
             return
         try:
             with self._lock:
-                outcome = self._send(_encode_text(fields))
+                outcome = self._send_fields(fields)
         except Exception:
             log.exception("journal: send failed")
             self._drop()
@@ -266,10 +266,14 @@ class JournalSink:
         else:
             self._drop()
 
-    def _send(self, data: bytes) -> Literal["sent", "busy", "absent"]:
-        """Hand one datagram to journald without waiting."""
+    def _send_fields(self, fields: list[tuple[str, str]]) -> Literal["sent", "busy", "absent"]:
+        """Hand one entry to journald as a datagram, without waiting.
+
+        Known to be absent (a container, a sandbox), the entry is not even encoded.
+        """
         if self._absent_until and time.monotonic() < self._absent_until:
             return "absent"
+        data = _encode_text(fields)
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setblocking(False)
