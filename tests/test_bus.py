@@ -159,6 +159,37 @@ async def test_a_read_on_the_unit_path_loads_an_unloaded_unit(
 
 
 @pytest.mark.asyncio
+async def test_a_call_nobody_answers_times_out(user_sandbox: Sandbox, sbus: SystemdBus) -> None:
+    """A peer that takes the call and never replies: SystemdError at the deadline."""
+    peer = await SystemdBus.connect(Scope.USER, address=user_sandbox.bus_address, library="fast")
+    try:
+        swallowed: list[str] = []
+
+        def swallow(msg: Any) -> bool | None:
+            if msg.interface == "org.unitgen.Test":
+                swallowed.append(msg.member)
+                return True  # handled, and no reply is ever sent
+            return None
+
+        peer.raw.add_message_handler(swallow)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(SystemdError, match=r"Hang: no reply in 0\.3s"):
+            await sbus.call(
+                "Hang",
+                interface="org.unitgen.Test",
+                path="/",
+                destination=peer.unique_name,
+                timeout=0.3,
+            )
+        took = asyncio.get_running_loop().time() - started
+        assert swallowed == ["Hang"] and 0.3 <= took < 2.0, (swallowed, took)
+        # The connection still works after the timed-out call.
+        assert await sbus.get_property("default.target", "Id") == "default.target"
+    finally:
+        await peer.close()
+
+
+@pytest.mark.asyncio
 async def test_unknown_unit(sbus: SystemdBus) -> None:
     name = _name("nope")
     props = await sbus.unit_properties(name)
