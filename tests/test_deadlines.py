@@ -4,24 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from handlers.deadlines import Deadlines
 
 
-async def _wait_forever(deadlines: Deadlines, limit: float) -> str:
-    """What SystemdBus.call does around its await: 'timed out' or the cancel raised."""
+async def _guarded(
+    deadlines: Deadlines,
+    limit: float,
+    work: Callable[[], Awaitable[object]],
+    *,
+    block_for: float = 0.0,
+) -> str:
+    """What SystemdBus.call does around its await: 'ok', 'timed out' or the cancel raised.
+
+    ``block_for`` blocks the loop first, past a short deadline and anything else
+    due, so that all of it fires in one loop iteration before the await resumes.
+    """
     key = deadlines.add(limit)
+    if block_for:
+        time.sleep(block_for)  # noqa: ASYNC251 - deliberately blocking, see above
+        await asyncio.sleep(0)
     try:
-        await asyncio.get_running_loop().create_future()
+        await work()
     except asyncio.CancelledError:
         if deadlines.timed_out(key):
             return "timed out"
         raise
     finally:
         deadlines.discard(key)
-    return "finished"
+    return "ok"
+
+
+def _forever() -> Awaitable[object]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def _wait_forever(deadlines: Deadlines, limit: float) -> str:
+    return await _guarded(deadlines, limit, _forever)
 
 
 @pytest.mark.asyncio
@@ -57,24 +79,7 @@ async def test_an_outside_cancel_still_cancels() -> None:
 @pytest.mark.asyncio
 async def test_an_outside_cancel_at_the_deadline_is_not_swallowed() -> None:
     deadlines = Deadlines()
-
-    async def late() -> str:
-        key = deadlines.add(0.05)
-        # Block the loop past both the deadline and the outside cancel below, so
-        # that both fire in the same loop iteration, before this task resumes.
-        time.sleep(0.1)  # noqa: ASYNC251 - deliberately blocking, see above
-        await asyncio.sleep(0)
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            if deadlines.timed_out(key):
-                return "timed out"
-            raise
-        finally:
-            deadlines.discard(key)
-        return "finished"
-
-    task = asyncio.create_task(late())
+    task = asyncio.create_task(_guarded(deadlines, 0.05, _forever, block_for=0.1))
     asyncio.get_running_loop().call_later(0.06, task.cancel)
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -99,16 +104,12 @@ async def test_a_shorter_deadline_is_not_held_back_by_a_longer_one() -> None:
 async def test_awaits_that_finish_in_time_are_never_cancelled() -> None:
     deadlines = Deadlines()
 
-    async def quick(n: int) -> int:
-        key = deadlines.add(0.2)
-        try:
-            await asyncio.sleep(0.001 * (n % 5))
-            return n
-        finally:
-            deadlines.discard(key)
+    def work(n: int) -> Callable[[], Awaitable[object]]:
+        return lambda: asyncio.sleep(0.001 * (n % 5))
 
     # Many in flight at once, then past all their deadlines: none was cancelled.
-    assert await asyncio.gather(*(quick(n) for n in range(200))) == list(range(200))
+    results = await asyncio.gather(*(_guarded(deadlines, 0.2, work(n)) for n in range(200)))
+    assert results == ["ok"] * 200
     await asyncio.sleep(0.3)
     assert len(deadlines) == 0 and not deadlines.armed
 
@@ -117,17 +118,8 @@ async def test_awaits_that_finish_in_time_are_never_cancelled() -> None:
 async def test_of_many_in_flight_only_the_late_ones_time_out() -> None:
     deadlines = Deadlines()
 
-    async def one(limit: float, work: float) -> str:
-        key = deadlines.add(limit)
-        try:
-            await asyncio.sleep(work)
-        except asyncio.CancelledError:
-            if deadlines.timed_out(key):
-                return "timed out"
-            raise
-        finally:
-            deadlines.discard(key)
-        return "ok"
+    def one(limit: float, work: float) -> Awaitable[str]:
+        return _guarded(deadlines, limit, lambda: asyncio.sleep(work))
 
     results = await asyncio.gather(
         *(one(0.1, 0.0), one(0.1, 1.0), one(0.3, 0.2), one(0.05, 1.0), one(5.0, 0.15))
