@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,12 @@ def test_journal_has_unit_output(user_sandbox: Sandbox) -> None:
     )
     user_sandbox.systemctl("start", "ug-t-log.service")
     user_sandbox.wait_for("ug-t-log.service", "failed")
-    text = user_sandbox.journal("ug-t-log.service")
-    assert "ug-hello-42" in text
+    # The service's stdout reaches journald over a stream socket, read on its own
+    # schedule: the manager's "Failed" line (native protocol) can be stored first.
+    deadline = time.monotonic() + 10
+    while "ug-hello-42" not in (text := user_sandbox.journal("ug-t-log.service")):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
     assert "status=3" in text
 
 
