@@ -466,10 +466,8 @@ class Store:
         reason: str = "",
         duration: float = 0.0,
     ) -> None:
-        self._exec(
-            _INSERT_ATTEMPT,
-            (incident_id, unit, at.wall, at.mono, at.boot, level, action, result, reason, duration),
-        )
+        row = AttemptRow(incident_id, unit, at, level, action, result, reason, duration)
+        self._exec(_INSERT_ATTEMPT, _attempt_params(row))
 
     def record_attempts(self, rows: Sequence[AttemptRow]) -> None:
         """Several steps in one transaction (one WAL commit instead of one each)."""
