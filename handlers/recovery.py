@@ -1153,8 +1153,13 @@ class RecoveryEngine:
     async def _finish(self, run: _Run, state: State) -> Outcome:
         self._forget_expectation(run)
         await self._unpin(run)
-        recovered = run.incident is not None and state in (State.RECOVERED, State.NOT_NEEDED)
-        if not recovered:
+        inc = run.incident
+        if state is State.NOT_NEEDED and inc is not None:
+            # Active again on a re-diagnosis (a slow start outran start_timeout): recovered.
+            state = State.RECOVERED
+        closing_recovered = state is State.RECOVERED and inc is not None
+        if not closing_recovered:
+            # A recovered incident's last rows go with its close, in one transaction.
             self._flush_rows(run)
         if state is State.GAVE_UP and run.reason == GiveUp.GIVEN_UP.value and run.held:
             # Nothing happened: the trigger is recorded (ignored-given-up), but consumers
@@ -1164,17 +1169,13 @@ class RecoveryEngine:
         if run.restarts == 0 and run.incident is not None:
             self._start_journal(run)
         now = self._stamp()
-        inc = run.incident
         journal: tuple[str, ...] = ()
         if run.journal_task is not None:
             try:
                 journal = await asyncio.wait_for(run.journal_task, 5.0)
             except Exception as exc:
                 journal = (f"(journal unavailable: {type(exc).__name__})",)
-        if state is State.NOT_NEEDED and inc is not None:
-            # Active again on a re-diagnosis (a slow start outran start_timeout): recovered.
-            state = State.RECOVERED
-        if state is State.RECOVERED and inc is not None:
+        if closing_recovered and inc is not None:
             run.reason = f"active again after {run.restarts} restart(s)"
             rows, run.rows = run.rows, []
             # The last steps, the restart's result and the close: one transaction.
