@@ -11,7 +11,6 @@ Leaf tables build their model objects directly; ``[service.NAME]`` and
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -50,6 +49,7 @@ from unitgen.specnodes import (
     Tagged,
     Text,
     ThresholdNode,
+    did_you_mean,
 )
 from unitgen.unitnames import UnitNameKind, unit_name_problem
 
@@ -176,8 +176,7 @@ def directive_name(value: str) -> str | None:
     known = known_directive_names()
     if value in known:
         return None
-    close = difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(value, sorted(known))
     example = "like 'MemoryDenyWriteExecute'"
     return f"a directive that a hardening profile sets, {example}, got {_show(value)}{hint}"
 
@@ -233,8 +232,7 @@ CAPABILITIES = frozenset(
 def capability_name(value: str) -> str | None:
     if value in CAPABILITIES:
         return None
-    close = difflib.get_close_matches(value.upper(), sorted(CAPABILITIES), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(value.upper(), sorted(CAPABILITIES))
     return f"a Linux capability like 'CAP_DAC_OVERRIDE', got {_show(value)}{hint}"
 
 

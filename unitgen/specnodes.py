@@ -57,6 +57,7 @@ __all__ = [
     "Text",
     "ThresholdNode",
     "describe",
+    "did_you_mean",
     "forbidden_char_problem",
     "join_key",
 ]
@@ -110,6 +111,12 @@ def join_key(parent: str, child: str) -> str:
             lambda m: f"\\u{ord(m.group(0)):04x}", json.dumps(child, ensure_ascii=False)
         )
     return f"{parent}.{part}" if parent else part
+
+
+def did_you_mean(value: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``candidates``, or nothing."""
+    close = difflib.get_close_matches(value, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def describe(value: object) -> str:
@@ -223,10 +230,7 @@ class Choice(Node):
             return value
         if isinstance(value, str) and FORBIDDEN_CHARS.search(value):
             return INVALID
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, self.values, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(value, self.values) if isinstance(value, str) else ""
         out.add(key, f"expected one of {', '.join(self.values)}, got {describe(value)}{hint}")
         return INVALID
 
