@@ -680,7 +680,6 @@ async def _scale(
                 stderr=subprocess.DEVNULL,
             )
             await asyncio.sleep(1.0)
-        cpu0 = _proc_cpu(daemon.pid)
         split0 = _proc_cpu_split(daemon.pid)
         others0 = _others_cpu(sb)
         t_kill = time.monotonic_ns()
@@ -693,8 +692,8 @@ async def _scale(
                 break
             stamps.append(ts)
         await asyncio.sleep(1.0)  # let the ladder finish verifying before reading CPU
-        cpu = _proc_cpu(daemon.pid) - cpu0
         user, system = (b - a for a, b in zip(split0, _proc_cpu_split(daemon.pid), strict=True))
+        cpu = user + system
         others = _cpu_delta(others0, _others_cpu(sb))
         rss = _proc_status(daemon.pid, "VmRSS")
         hwm = _proc_status(daemon.pid, "VmHWM")
