@@ -15,8 +15,11 @@ The rules (docs/cleanup.md explains each one):
   ``unlinkat``/``rmdir(dir_fd=)``.  Symlinks, sockets, FIFOs and devices are
   left in place and reported as refused: only regular files and directories
   that became empty are removed.
-* Never cross a mount point: anything whose ``st_dev`` differs from the
-  root's is refused with its whole subtree.
+* Never cross a mount point: anything on another mount than the root
+  (``st_dev`` differs, or, for a bind mount of the same filesystem, the mount
+  id from ``handlers.mounts`` differs) is refused with its whole subtree.
+  Every directory fd is checked to be on the root's mount before it is used,
+  so a mount that appears mid-walk is not entered either.
 * Never chmod or chown anything.
 * Fail closed when a directory is swapped under us: every directory fd is
   fstat-ed after opening and compared with the lstat the decision was based
@@ -39,6 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from handlers.mounts import mount_id
 
 __all__ = [
     "CleanupReport",
@@ -299,6 +304,26 @@ def remove_stale_pidfile(
     return report
 
 
+def _pidfile_mount_ok(
+    dfd: int, fd: int, name: str | None, path: str, report: CleanupReport
+) -> bool:
+    """False (and refused) when the PID file is a mount point, or when we cannot tell.
+
+    The PID file is ``name`` in ``fd``, or ``fd`` itself; its mount must be
+    its directory ``dfd``'s.  A vanished name raises FileNotFoundError.
+    """
+    try:
+        if mount_id(fd, name) == mount_id(dfd):
+            return True
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        report.refuse(path, f"cannot tell whether the PID file is a mount point: {exc.strerror}")
+        return False
+    report.refuse(path, "PID file is a mount point, left alone")
+    return False
+
+
 def _pidfile_in(
     dfd: int, name: str, path: str, unit_cgroup: str | None, want_uid: int, report: CleanupReport
 ) -> None:
@@ -314,6 +339,9 @@ def _pidfile_in(
             report.refuse(path, f"cannot open PID file: {exc.strerror}")
         return
     try:
+        # The fd, not the name: a bind mount over the name is what open() just entered.
+        if not _pidfile_mount_ok(dfd, ffd, None, path, report):
+            return
         st = os.fstat(ffd)
         if not stat.S_ISREG(st.st_mode):
             report.refuse(path, "PID file is not a regular file")
@@ -359,6 +387,8 @@ def _pidfile_in(
         now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         if not _same_file(now, st):
             report.refuse(path, "PID file was replaced while being checked")
+            return
+        if not _pidfile_mount_ok(dfd, dfd, name, path, report):
             return
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
@@ -438,6 +468,30 @@ class _Root:
     path: str
     fd: int
     st: os.stat_result
+    mnt: int  # the mount id every entry and directory fd must share
+
+
+_NOT_CROSSED = "mount point, not crossed"
+_MOUNTED_FILE = "mount point (a mounted file), left alone"
+_MOUNTED_MIDWAY = "a mount point appeared while cleaning, subtree refused"
+
+
+def _mount_problem(
+    root: _Root, fd: int, name: str | None, reason: str = _NOT_CROSSED
+) -> str | None:
+    """Why ``name`` in ``fd`` (or ``fd`` itself) must not be touched as part of ``root``, or None.
+
+    ``reason`` when it is on another mount than the root.  Raises
+    FileNotFoundError when the entry vanished.
+    """
+    try:
+        if mount_id(fd, name) == root.mnt:
+            return None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        return f"cannot tell whether it is a mount point: {exc.strerror}"
+    return reason
 
 
 def _open_root(root: str, report: CleanupReport) -> _Root | None:
@@ -454,7 +508,13 @@ def _open_root(root: str, report: CleanupReport) -> _Root | None:
     except OSError as exc:
         report.refuse(root, f"cannot open: {exc.strerror}")
         return None
-    return _Root("/" + "/".join(_components(root)), fd, os.fstat(fd))
+    try:
+        mnt = mount_id(fd)
+    except OSError as exc:
+        os.close(fd)
+        report.refuse(root, f"cannot tell mount points apart: {exc.strerror}")
+        return None
+    return _Root("/" + "/".join(_components(root)), fd, os.fstat(fd), mnt)
 
 
 @dataclass
@@ -515,7 +575,18 @@ class _Scan:
             return
         if st.st_dev != self.root.st.st_dev:
             report.refuse(f"{dir_path}/{name}", "on another filesystem (mount point), not crossed")
-        elif stat.S_ISREG(st.st_mode):
+            return
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            # A bind mount of the same filesystem keeps st_dev: only the mount id tells.
+            mounted = _NOT_CROSSED if stat.S_ISDIR(st.st_mode) else _MOUNTED_FILE
+            try:
+                problem = _mount_problem(self.root, fd, name, mounted)
+            except FileNotFoundError:
+                return
+            if problem is not None:
+                report.refuse(f"{dir_path}/{name}", problem)
+                return
+        if stat.S_ISREG(st.st_mode):
             entry = _Entry.of(self.root_index, chain, dir_path, name, st)
             if self.want(entry):
                 self.files.append(entry)
@@ -548,6 +619,11 @@ class _Scan:
                 self.report.refuse(
                     entry.path, "directory was swapped while walking, subtree refused"
                 )
+                return
+            # Mounted over between the check on the name and the open: the fd tells.
+            problem = _mount_problem(self.root, sub, None, _MOUNTED_MIDWAY)
+            if problem is not None:
+                self.report.refuse(entry.path, problem)
                 return
             self._walk(sub, entry.own_chain, entry.path)
         finally:
@@ -588,6 +664,10 @@ class _DirCache:
                 if (st.st_dev, st.st_ino) != (dev, ino):
                     self.close()
                     raise _Unsafe("directory was swapped while cleaning, subtree refused")
+                problem = _mount_problem(self.roots[entry.root_index], fd, None, _MOUNTED_MIDWAY)
+                if problem is not None:
+                    self.close()
+                    raise _Unsafe(problem)
         self._verify()
         return self.fds[-1]
 
@@ -615,6 +695,10 @@ def _remove_file(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRe
         if not entry.same_file(now) or not stat.S_ISREG(now.st_mode):
             report.refuse(entry.path, "file was replaced while cleaning, left alone")
             return False
+        problem = _mount_problem(cache.roots[entry.root_index], dfd, entry.name, _MOUNTED_FILE)
+        if problem is not None:
+            report.refuse(entry.path, problem)
+            return False
         os.unlink(entry.name, dir_fd=dfd)
     except _Unsafe as exc:
         report.refuse(entry.path, exc.reason)
@@ -638,6 +722,10 @@ def _remove_dir(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRep
         now = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
         if not entry.same_dir(now):
             report.refuse(entry.path, "directory was replaced while cleaning, left alone")
+            return False
+        problem = _mount_problem(cache.roots[entry.root_index], dfd, entry.name)
+        if problem is not None:
+            report.refuse(entry.path, problem)
             return False
         os.rmdir(entry.name, dir_fd=dfd)
     except _Unsafe as exc:
