@@ -81,6 +81,18 @@ SCENARIO = textwrap.dedent(
         bind(os.path.join(base, "anc"), os.path.join(root, "loop"))
         old_file(os.path.join(root, "old.log"))
         result(remove_old_files(root, older_than=60), free_space([root], enough=lambda: False))
+    elif scenario == "under":
+        # Roots that are, or lie below, a bind mount: normal (BindPaths=, a separate /var).
+        for name in ("view", "top"):
+            os.mkdir(os.path.join(base, name))
+        bind(os.path.join(base, "src"), os.path.join(base, "view"))
+        bind(os.path.join(base, "src", "tmp"), os.path.join(base, "top"))
+        below, itself = os.path.join(base, "view", "tmp"), os.path.join(base, "top")
+        old_file(os.path.join(below, "a.log"))
+        r1 = remove_old_files(below, older_than=60, dry_run=True)
+        r2 = remove_old_files(itself, older_than=60, dry_run=True)
+        r3 = remove_old_files(below, older_than=60)
+        result(r1, r2, r3)
     elif scenario == "pidfile":
         dead = subprocess.run(["true"], check=True)
         pidfile = os.path.join(root, "svc.pid")
@@ -224,6 +236,26 @@ def test_bind_mount_of_an_ancestor_inside_the_root_is_not_crossed(tmp_path: Path
     root = tmp_path / "anc" / "tmp"
     assert result["removed"] == [f"{root}/old.log"]
     assert result["refused"] == [[f"{root}/loop", "mount point, not crossed"]] * 2
+    intact(canaries)
+
+
+def test_a_root_on_or_below_a_bind_mount_is_still_cleaned(tmp_path: Path) -> None:
+    # Not a regression test: it guards against the fix refusing ordinary set-ups.
+    canaries = outside(tmp_path)
+    keep = make(tmp_path / "src" / "keep.log", b"sibling of the root")
+    make(tmp_path / "src" / "tmp" / "sub" / "b.log")
+    os.utime(tmp_path / "src" / "tmp" / "sub", (OLD, OLD))
+    result = scenario("under", tmp_path)
+    view, top = tmp_path / "view" / "tmp", tmp_path / "top"
+    assert result["refused"] == []
+    assert result["removed"] == [
+        *(f"{view}/{p}" for p in ("a.log", "sub/b.log", "sub")),
+        *(f"{top}/{p}" for p in ("a.log", "sub/b.log", "sub")),
+        *(f"{view}/{p}" for p in ("a.log", "sub/b.log", "sub")),
+    ]
+    assert not (tmp_path / "src" / "tmp" / "a.log").exists()
+    assert not (tmp_path / "src" / "tmp" / "sub").exists()
+    assert keep.read_bytes() == b"sibling of the root"
     intact(canaries)
 
 
