@@ -7,6 +7,12 @@ remove_old_files (dry run and real), free_space until half the files are gone,
 shutil.rmtree as the no-checks baseline (unlink cost of this filesystem),
 check_disk, memory_status, and run_command(["true"]). Peak Python memory comes
 from tracemalloc (so it excludes the interpreter itself).
+
+Then the cost of the mount-point check (one mount-id lookup per file and
+directory walked, per directory fd opened, and per removal): the same dry
+runs and real runs with the lookup stubbed out ("no check", what the walk
+cost before it had one) and with each way handlers.mounts can ask, alternated
+over --rounds rounds; medians and ratios to "no check".
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+from handlers import cleanup, mounts
 from handlers.cleanup import free_space, remove_old_files
 from handlers.procs import run_command
 from handlers.resources import Threshold, check_disk, memory_status
@@ -63,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=20_000)
     parser.add_argument("--dirs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     n: int = args.files
     with tempfile.TemporaryDirectory(prefix="bench-cleanup-") as tmp:
@@ -127,6 +135,54 @@ def main() -> None:
 
         spawn_samples = asyncio.run(spawn())
         report("run_command([true]), median of 50", statistics.median(spawn_samples) * 1000, "ms")
+
+        mount_check_cost(base, n, args.dirs, args.rounds)
+
+
+def _no_check(_fd: int, _name: str | None = None) -> int:
+    return 0  # every entry "on the root's mount", without asking the kernel
+
+
+MOUNT_ID_VARIANTS: dict[str, Callable[[int, str | None], int]] = {
+    "no check": _no_check,
+    "statx": mounts.statx_mount_id,
+    "name_to_handle_at": mounts.handle_mount_id,
+    "fdinfo": mounts.fdinfo_mount_id,
+}
+
+
+def mount_check_cost(base: Path, n: int, dirs: int, rounds: int) -> None:
+    """Dry and real runs per mount-id variant, alternated round by round in this process."""
+    print(
+        f"\nmount-point check: {rounds} rounds, variants alternated; default is {mounts.method()}"
+    )
+    build(base / "m", n, dirs)
+    original = cleanup.mount_id
+    dry: dict[str, list[float]] = {v: [] for v in MOUNT_ID_VARIANTS}
+    real: dict[str, list[float]] = {v: [] for v in ("no check", "statx")}
+    try:
+        for r in range(rounds):
+            order = list(MOUNT_ID_VARIANTS) if r % 2 == 0 else list(reversed(MOUNT_ID_VARIANTS))
+            for variant in order:
+                cleanup.mount_id = MOUNT_ID_VARIANTS[variant]
+                started = time.perf_counter()
+                remove_old_files(str(base / "m"), older_than=60, dry_run=True)
+                dry[variant].append(time.perf_counter() - started)
+            for variant in real if r % 2 == 0 else reversed(list(real)):
+                tree = base / f"r{r}-{variant.replace(' ', '-')}"
+                build(tree, n, dirs)
+                cleanup.mount_id = MOUNT_ID_VARIANTS[variant]
+                started = time.perf_counter()
+                remove_old_files(str(tree), older_than=60)
+                real[variant].append(time.perf_counter() - started)
+    finally:
+        cleanup.mount_id = original
+    for label, table in ((f"dry run, {n} files", dry), (f"real run, {n} files + dirs", real)):
+        base_ms = statistics.median(table["no check"]) * 1000
+        for variant, samples in table.items():
+            ms = statistics.median(samples) * 1000
+            what = f"remove_old_files {label}, {variant}"
+            print(f"  {what:<62} {ms:9.1f} ms  x{ms / base_ms:.2f}")
 
 
 if __name__ == "__main__":
