@@ -93,14 +93,16 @@ class _FileHandle(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.name_to_handle_at.argtypes = (
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
-    ctypes.c_int,
-)
-_libc.name_to_handle_at.restype = ctypes.c_int
+_name_to_handle_at = getattr(_libc, "name_to_handle_at", None)
+if _name_to_handle_at is not None:
+    _name_to_handle_at.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    )
+    _name_to_handle_at.restype = ctypes.c_int
 
 
 def _raise_errno(what: str) -> None:
@@ -175,11 +177,13 @@ def statx_mount_id(dir_fd: int, name: str | None = None) -> int:
 
 def handle_mount_id(dir_fd: int, name: str | None = None) -> int:
     """The mount id from ``name_to_handle_at``; ``EOPNOTSUPP`` on filesystems without handles."""
+    if _name_to_handle_at is None:
+        raise OSError(errno.ENOSYS, "libc has no name_to_handle_at")
     fd, path, flags = _target(dir_fd, name)
     handle = _FileHandle(handle_bytes=_MAX_HANDLE_SZ)
     mnt = ctypes.c_int(-1)
     # Without AT_SYMLINK_FOLLOW a final symlink is not followed.
-    rc = _libc.name_to_handle_at(fd, path, ctypes.byref(handle), ctypes.byref(mnt), flags)
+    rc = _name_to_handle_at(fd, path, ctypes.byref(handle), ctypes.byref(mnt), flags)
     # EOVERFLOW only means the handle did not fit; the kernel fills in the mount id anyway.
     if rc != 0 and (ctypes.get_errno() != errno.EOVERFLOW or mnt.value < 0):
         _raise_errno("name_to_handle_at")

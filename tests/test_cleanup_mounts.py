@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_cleanup import OLD, make, run_in_mount_namespace
 
 from handlers import cleanup, mounts
@@ -327,6 +329,35 @@ def test_another_mount_has_another_id(tree: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         os.close(fd)
         os.close(slash)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.binary(min_size=1, max_size=60).filter(
+        lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+    ),
+    kind=st.sampled_from(["file", "dir", "link"]),
+)
+def test_hostile_names_get_the_directorys_mount_id(tmp_path: Path, name: bytes, kind: str) -> None:
+    top = os.fsencode(tmp_path) + b"/h-" + os.urandom(6).hex().encode()
+    os.mkdir(top)
+    path = top + b"/" + name
+    if kind == "file":
+        with open(path, "wb"):
+            pass
+    elif kind == "dir":
+        os.mkdir(path)
+    else:
+        os.symlink(b"/proc", path)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        want = mounts.mount_id(fd)
+        for fn in METHODS.values():
+            assert fn(fd, os.fsdecode(name)) == want
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("fn", METHODS.values(), ids=list(METHODS))
