@@ -272,7 +272,8 @@ def remove_stale_pidfile(
     Refused (recorded, never raised): a path with a symlink in any component;
     anything but a regular file; a file not owned by ``owner_uid`` (default:
     our effective uid, so root in system scope, the caller in user scope);
-    a group- or other-writable file; content that is not a positive decimal PID.
+    a group- or other-writable file; content that is not a positive decimal PID;
+    a PID file that is a mount point (a bind-mounted file).
     A missing PID file is nothing to do: an empty report.
     """
     report = CleanupReport(dry_run=dry_run)
@@ -315,9 +316,9 @@ def _pidfile_mount_ok(
     try:
         if mount_id(fd, name) == mount_id(dfd):
             return True
-    except FileNotFoundError:
-        raise
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and name is not None:
+            raise
         report.refuse(path, f"cannot tell whether the PID file is a mount point: {exc.strerror}")
         return False
     report.refuse(path, "PID file is a mount point, left alone")
