@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from unitgen.sysroots import is_system_root
+
 __all__ = [
     "CleanupReport",
     "Removal",
@@ -442,8 +444,8 @@ class _Root:
 
 def _open_root(root: str, report: CleanupReport) -> _Root | None:
     try:
-        if not _components(root):
-            report.refuse(root, "refusing to clean /")
+        if not _components(root) or is_system_root(root):
+            report.refuse(root, "refusing to clean a system directory")
             return None
         fd = _open_dir_nofollow(root)
     except FileNotFoundError:

@@ -51,6 +51,7 @@ from unitgen.specnodes import (
     ThresholdNode,
     did_you_mean,
 )
+from unitgen.sysroots import is_system_root, normalized
 from unitgen.unitnames import UnitNameKind, unit_name_problem
 
 __all__ = ["ALERT_TYPES", "HARDENING_PROFILES", "SPEC"]
@@ -84,6 +85,18 @@ def absolute_path(value: str) -> str | None:
     if any(len(p.encode()) > NAME_MAX for p in parts):
         return f"a path whose components are at most {NAME_MAX} bytes each"
     return None
+
+
+def cleanup_root(value: str) -> str | None:
+    problem = absolute_path(value)
+    if problem is None and is_system_root(value):
+        # The ladder deletes old files there as root; handlers/cleanup.py refuses the
+        # same list at run time (unitgen/sysroots.py).
+        return (
+            f"a service's own directory, not the system directory {normalized(value)!r} "
+            "(cleanup deletes old files there)"
+        )
+    return problem
 
 
 def optional_absolute_path(value: str) -> str | None:
@@ -311,6 +324,7 @@ NAME_DEFAULT = Computed('"NAME (unitgen)"')
 
 PATH = Text(absolute_path, type_doc="absolute path", pattern="^/")
 PATHS = ListOf(PATH)
+CLEANUP_PATHS = ListOf(Text(cleanup_root, type_doc="absolute path", pattern="^/"))
 UNITS = ListOf(Text(dependency_unit, type_doc="unit name"), unique=True)
 DIRS = ListOf(Text(relative_directory, type_doc="relative directory"), one_or_many=True)
 ARGV = Argv(absolute_path)
@@ -455,7 +469,7 @@ LIMITS = Table(
 CLEANUP = Table(
     {
         "pidfile": Field(PATH, "stale PID file the ladder removes when its process is gone"),
-        "temp": Field(PATHS, "directories whose old files the ladder may delete", []),
+        "temp": Field(CLEANUP_PATHS, "directories whose old files the ladder may delete", []),
         "older_than": Field(Duration(), "only files older than this are deleted", "1h"),
     },
     build=lambda d: Cleanup(**d),
@@ -476,7 +490,7 @@ DISK = Table(
             "5%",
         ),
         "cleanup": Field(
-            PATHS, "directories whose old files may be deleted when space runs low", []
+            CLEANUP_PATHS, "directories whose old files may be deleted when space runs low", []
         ),
     },
     build=lambda d: Disk(**d),
