@@ -35,7 +35,13 @@ from unitgen.paths import Scope, paths_for
 from unitgen.policy import policy_from_service, to_json
 from unitgen.quantities import format_duration, format_size
 from unitgen.quoting import quote
+from unitgen.specnodes import join_key
 from unitgen.systemd_version import RESTART_MODE_SINCE
+from unitgen.unitnames import (
+    RECOVER_PREFIX,
+    RECOVER_TEMPLATE,
+    managed_unit_problem,
+)
 
 __all__ = [
     "DROPIN_NAME",
@@ -48,7 +54,7 @@ __all__ = [
     "write_trees",
 ]
 
-RECOVER_UNIT = "unitgen-recover@.service"
+RECOVER_UNIT = RECOVER_TEMPLATE
 # Drop-ins of all directories are applied in lexical order of their file names, and
 # for single-valued settings the last one wins: 50 lands after vendor drop-ins
 # numbered below it and before an operator's own 90-local.conf.
@@ -404,11 +410,7 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
 def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
     """Every unit file of ``spec``: relative path -> text (the recovery template included)."""
     out: dict[str, str] = {}
-    for unit in [*spec.services, *(s.unit for s in spec.services.values()), *spec.overrides]:
-        if unit.startswith(RECOVER_UNIT.split("@", 1)[0] + "@"):
-            err = RenderError(f"{spec.path}: {unit}: the name is reserved for unitgen's recovery")
-            err.exit_code = 2
-            raise err
+    _check_unit_names(spec)
     env = _templates()
     for svc in spec.services.values():
         out[svc.unit] = _render_template(
@@ -431,6 +433,26 @@ def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
         RECOVER_UNIT,
     )
     return out
+
+
+def _check_unit_names(spec: Spec) -> None:
+    """The spec's own name rules, again, for a Spec built without the spec loader.
+
+    Messages name the spec key, as the loader does: a name that renders is one
+    unitgen recover, the locks and the D-Bus API accept (unitgen/unitnames.py).
+    """
+    named = [(join_key("service", key), svc.unit) for key, svc in spec.services.items()]
+    named += [(join_key("override", ovr.unit), ovr.unit) for ovr in spec.overrides.values()]
+    for key, unit in named:
+        problem: str | None
+        if unit.startswith(RECOVER_PREFIX):
+            problem = f"another name: {RECOVER_PREFIX}* is reserved for unitgen's recovery"
+        else:
+            problem = managed_unit_problem(unit)
+        if problem is not None:
+            err = RenderError(f"{spec.path}: {key}: expected {problem}")
+            err.exit_code = 2
+            raise err
 
 
 def _unit_directories(svc: Service | Override, base: BaseDirs) -> tuple[str, ...]:

@@ -52,7 +52,12 @@ from unitgen.specnodes import (
     did_you_mean,
 )
 from unitgen.sysroots import is_system_root, normalized
-from unitgen.unitnames import UnitNameKind, unit_name_problem
+from unitgen.unitnames import (
+    RECOVER_PREFIX,
+    UnitNameKind,
+    managed_unit_problem,
+    unit_name_problem,
+)
 
 __all__ = ["ALERT_TYPES", "HARDENING_PROFILES", "SPEC"]
 
@@ -158,11 +163,13 @@ def alert_name(value: str) -> str | None:
 
 # unitgen renders its recovery template as unitgen-recover@.service (unitgen.render
 # also refuses it); a spec unit of that name would replace or shadow it.
-RESERVED_UNIT_PREFIX = "unitgen-recover@"
+RESERVED_UNIT_PREFIX = RECOVER_PREFIX
 
 
 def service_name(value: str) -> str | None:
-    problem = unit_name_problem(f"{value}.service")
+    # managed_unit_problem is the rule unitgen recover, the locks and the D-Bus API
+    # apply too: a service that renders is one the ladder can recover.
+    problem = managed_unit_problem(f"{value}.service")
     if problem is not None:
         return (
             f"a service name that makes a valid unit name {_show(value + '.service')} ({problem})"
@@ -173,7 +180,7 @@ def service_name(value: str) -> str | None:
 
 
 def override_unit(value: str) -> str | None:
-    problem = unit_name_problem(value, types=frozenset({"service"}))
+    problem = managed_unit_problem(value, types=frozenset({"service"}))
     if problem is None and value.startswith(RESERVED_UNIT_PREFIX):
         return f"a unit not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
     return problem
@@ -827,8 +834,8 @@ ALERT = Tagged(
     refused=_REFUSED_SECRETS,
 )
 
-# For editors only (the JSON Schema); unit_name_problem() is the authority.
-_UNIT_STEM = r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.@\\-]*)?"
+# For editors only (the JSON Schema); managed_unit_problem() is the authority.
+_UNIT_STEM = r"[A-Za-z0-9:_\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.@\\-]*)?"
 
 SPEC = Table(
     {
