@@ -72,7 +72,7 @@ def test_the_limit_is_systemds_minus_the_recovery_instance() -> None:
 @pytest.mark.parametrize(
     ("unit", "fragment"),
     [
-        ("a" * (MANAGED_NAME_MAX + 1 - 8) + ".service", "recovery unit"),  # 232: the case
+        ("a" * (MANAGED_NAME_MAX + 1 - 8) + ".service", "recovery unit"),  # 232: unrecoverable
         ("a" * (UNIT_NAME_MAX - 8) + ".service", "recovery unit"),  # 255: systemd's own limit
         ("a" * (UNIT_NAME_MAX + 1 - 8) + ".service", "at most 255"),
         ("a" * (MANAGED_NAME_MAX - 9) + "@.service", "template whose instances"),  # 231

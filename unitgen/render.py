@@ -564,9 +564,9 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
     directory holds other files (/etc/systemd/system), so it is never swapped
     as a whole.
     """
-    plan = _plan(trees)
     journal = _Journal()
     try:
+        plan = _plan(trees)
         _stage(plan, journal)
         _switch(plan, journal)
     except RenderError as exc:
@@ -587,7 +587,7 @@ def write_trees(trees: Sequence[tuple[Path, Mapping[str, str]]]) -> list[Path]:
 
 
 def _bad_target(message: str) -> RenderError:
-    err = RenderError(f"{message}; nothing was changed")
+    err = RenderError(message)
     err.exit_code = 2
     return err
 

@@ -476,7 +476,12 @@ LIMITS = Table(
 CLEANUP = Table(
     {
         "pidfile": Field(PATH, "stale PID file the ladder removes when its process is gone"),
-        "temp": Field(CLEANUP_PATHS, "directories whose old files the ladder may delete", []),
+        "temp": Field(
+            CLEANUP_PATHS,
+            "directories whose old files the ladder may delete; never a system directory "
+            "such as /var/tmp itself (unitgen/sysroots.py)",
+            [],
+        ),
         "older_than": Field(Duration(), "only files older than this are deleted", "1h"),
     },
     build=lambda d: Cleanup(**d),
@@ -497,7 +502,10 @@ DISK = Table(
             "5%",
         ),
         "cleanup": Field(
-            CLEANUP_PATHS, "directories whose old files may be deleted when space runs low", []
+            CLEANUP_PATHS,
+            "directories whose old files may be deleted when space runs low; never a system "
+            "directory, as for cleanup.temp",
+            [],
         ),
     },
     build=lambda d: Disk(**d),
