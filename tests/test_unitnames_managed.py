@@ -205,3 +205,13 @@ def test_every_service_the_spec_accepts_can_be_recovered(key: str) -> None:
     instance = recovery_instance(unit)
     assert unit_name_problem(instance, UnitNameKind.INSTANCE) is None
     assert len(instance) <= UNIT_NAME_MAX
+
+
+def test_verify_lines_name_the_file_not_checks_temporary_directory(tmp_path: Path) -> None:
+    from unitgen.verify import verify
+
+    (tmp_path / "bad.service").write_text("[Service]\nExecStart=/bin/true\nNoSuchKey=1\n")
+    report = verify(tmp_path, ["bad.service"], Scope.USER)
+    [line] = report.errors["bad.service"]
+    assert line.startswith("bad.service:3:") and "NoSuchKey" in line
+    assert str(tmp_path) not in line
