@@ -8,15 +8,21 @@ journal), and the files it replaces: same bytes, same mode, same inode.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from sandboxlib import unavailable
 
 import unitgen.render as render_module
@@ -365,3 +371,113 @@ def test_out_of_inodes_leaves_the_tree_as_it_was(tmp_path: Path) -> None:
         [line] = r["err"].splitlines()
         assert "No space left on device" in line and "nothing was changed" in line, r
         assert str(tmp_path / "mnt") in line, r
+
+
+# -- any starting tree, any single failure: all or nothing ----------------------------
+
+_UNITS = ["a.service", "b.service", "x.service.d/50-unitgen.conf", "y.service.d/50-unitgen.conf"]
+_POLICIES = ["a.service.json", "x.service.json"]
+# What may already sit where a file goes: nothing, an old file (content, mode), a
+# symlink, a directory (holding a foreign file).
+_EXISTING = st.one_of(
+    st.none(),
+    st.tuples(st.just("file"), st.binary(max_size=8), st.sampled_from([0o600, 0o644, 0o755])),
+    st.just(("link",)),
+    st.just(("dir",)),
+)
+# The drop-in directory of x/y: absent, a directory, or a file in its place.
+_DROPIN = st.sampled_from(["absent", "dir", "file"])
+_FAULTS = st.one_of(
+    st.none(),
+    st.tuples(st.sampled_from(["mkdir", "link", "replace", "fsync", "open"]), st.integers(0, 12)),
+)
+
+
+def _build(root: Path, name: str, existing: tuple[object, ...] | None) -> None:
+    path = root / name
+    if existing is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if existing[0] == "file":
+        path.write_bytes(existing[1])  # type: ignore[arg-type]
+        path.chmod(existing[2])  # type: ignore[arg-type]
+    elif existing[0] == "link":
+        path.symlink_to("/dev/null")
+    else:
+        (path / "foreign").mkdir(parents=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    units=st.tuples(*[_EXISTING] * len(_UNITS)),
+    dropins=st.tuples(_DROPIN, _DROPIN),
+    policies=st.tuples(*[_EXISTING] * len(_POLICIES)),
+    policy_dir=st.booleans(),
+    fault=_FAULTS,
+)
+def test_any_tree_any_single_failure_is_all_or_nothing(
+    units: tuple[tuple[object, ...] | None, ...],
+    dropins: tuple[str, str],
+    policies: tuple[tuple[object, ...] | None, ...],
+    policy_dir: bool,
+    fault: tuple[str, int] | None,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        root = Path(tmp)
+        out, pol = root / "system", root / "policy.d"
+        out.mkdir()
+        (out / "foreign.service").write_text("theirs\n")
+        for name, existing in zip(_UNITS, units, strict=True):
+            dropin = {"x": dropins[0], "y": dropins[1]}.get(name[0])
+            if dropin == "file":
+                (out / name).parent.write_text("not a directory\n")
+            elif dropin is not None:
+                (out / name).parent.mkdir(exist_ok=True)
+                _build(out, name, existing)
+            else:
+                _build(out, name, existing)
+        if policy_dir:
+            pol.mkdir()
+            for name, existing in zip(_POLICIES, policies, strict=True):
+                _build(pol, name, existing)
+        before = snapshot(out, pol)
+        if fault is not None:
+            _inject(mp, *fault)
+        trees = [(out, {n: f"new {n}\n" for n in _UNITS}), (pol, {n: "{}\n" for n in _POLICIES})]
+        try:
+            written = write_trees(trees)
+        except RenderError as exc:
+            event(f"refused at exit {exc.exit_code}" if fault is None else f"{fault[0]} failed")
+            assert "\n" not in str(exc)
+            assert str(exc).endswith("nothing was changed"), exc
+            assert snapshot(out, pol) == before
+            return
+        event("written")
+        assert len(written) == len(_UNITS) + len(_POLICIES)
+        for directory, files in trees:
+            for name, text in files.items():
+                assert (directory / name).read_text() == text
+                assert stat.S_IMODE((directory / name).lstat().st_mode) == 0o644
+        assert (out / "foreign.service").read_text() == "theirs\n"
+        assert not [p for p in out.iterdir() if p.name.startswith(".unitgen-stage-")]
+
+
+def _inject(mp: pytest.MonkeyPatch, call: str, at: int) -> None:
+    """Make the ``at``-th call of one file-system operation fail once (EIO)."""
+    count = [0]
+
+    def failing(real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            if count[0] == at + 1:
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    if call == "fsync":
+        mp.setattr(render_module, "_fsync_dir", failing(render_module._fsync_dir))
+    elif call == "open":
+        mp.setattr("builtins.open", failing(open))
+    else:
+        mp.setattr(os, call, failing(getattr(os, call)))
