@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from handlers.mounts import mount_id
+from unitgen.sysroots import is_system_root
 
 __all__ = [
     "CleanupReport",
@@ -497,8 +498,8 @@ def _mount_problem(
 
 def _open_root(root: str, report: CleanupReport) -> _Root | None:
     try:
-        if not _components(root):
-            report.refuse(root, "refusing to clean /")
+        if not _components(root) or is_system_root(root):
+            report.refuse(root, "refusing to clean a system directory")
             return None
         fd = _open_dir_nofollow(root)
     except FileNotFoundError:

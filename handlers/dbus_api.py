@@ -58,7 +58,7 @@ from unitgen.errors import (
     UnitgenError,
     UnitNotFoundError,
 )
-from unitgen.unitnames import unit_name_problem
+from unitgen.unitnames import managed_unit_problem
 
 log = logging.getLogger(__name__)
 
@@ -602,7 +602,7 @@ class RecoveryService:
 
     @staticmethod
     def _check_unit_name(lib: _Lib, member: str, unit: str) -> None:
-        problem = unit_name_problem(unit)
+        problem = managed_unit_problem(unit)
         if problem:
             raise lib.DBusError(ERROR_INVALID_UNIT, _first_line(f"{member}: expected {problem}"))
 
@@ -642,7 +642,7 @@ class RecoveryService:
     async def _guarded(self, bus: Any, lib: _Lib, msg: Any) -> None:
         member: str = msg.member
         unit = msg.body[0]
-        shown = unit if not unit_name_problem(unit) else "(invalid unit name)"
+        shown = unit if not managed_unit_problem(unit) else "(invalid unit name)"
         decision = await self._access.check(
             bus, lib.Message, lib.MessageType.ERROR, msg.sender, f"{member} {shown}"
         )
@@ -657,7 +657,7 @@ class RecoveryService:
         self._reply(bus, lib, msg, reply)
 
     async def _mutate(self, lib: _Lib, msg: Any, member: str, unit: str) -> Any:
-        problem = unit_name_problem(unit)
+        problem = managed_unit_problem(unit)
         if problem:
             return lib.Message.new_error(
                 msg, ERROR_INVALID_UNIT, _first_line(f"{member}: expected {problem}")

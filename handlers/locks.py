@@ -19,26 +19,28 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import stat
 import time
 from pathlib import Path
 from types import TracebackType
 
 from unitgen.errors import LockBusyError, StateError, UsageError
+from unitgen.unitnames import managed_unit_problem
 
 __all__ = ["UnitLock", "check_unit_name", "ensure_lock_dir"]
 
-# systemd's unit-name alphabet (unit_name_is_valid), plus the type suffix.
-_UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\@-]{1,250}\.[a-z]{3,9}")
 _POLL = 0.02
 
 
 def check_unit_name(unit: str) -> str:
-    """Return ``unit`` if it is a valid systemd unit name, else raise UsageError (exit 2)."""
-    if not _UNIT_RE.fullmatch(unit) or unit.startswith(".") or "/" in unit:
-        shown = unit.encode("unicode_escape", "replace").decode("ascii")[:80]
-        raise UsageError(f"{shown!r} is not a valid unit name (e.g. api.service)")
+    """Return ``unit`` if unitgen can manage it, else raise UsageError (exit 2).
+
+    The rule is unitgen.unitnames.managed_unit_problem, the one the spec applies:
+    a unit that renders can be recovered, locked and looked up.
+    """
+    problem = managed_unit_problem(unit)
+    if problem is not None:
+        raise UsageError(f"not a unit unitgen can manage: expected {problem}")
     return unit
 
 

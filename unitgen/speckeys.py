@@ -51,7 +51,13 @@ from unitgen.specnodes import (
     ThresholdNode,
     did_you_mean,
 )
-from unitgen.unitnames import UnitNameKind, unit_name_problem
+from unitgen.sysroots import is_system_root, normalized
+from unitgen.unitnames import (
+    RECOVER_PREFIX,
+    UnitNameKind,
+    managed_unit_problem,
+    unit_name_problem,
+)
 
 __all__ = ["ALERT_TYPES", "HARDENING_PROFILES", "SPEC"]
 
@@ -84,6 +90,18 @@ def absolute_path(value: str) -> str | None:
     if any(len(p.encode()) > NAME_MAX for p in parts):
         return f"a path whose components are at most {NAME_MAX} bytes each"
     return None
+
+
+def cleanup_root(value: str) -> str | None:
+    problem = absolute_path(value)
+    if problem is None and is_system_root(value):
+        # The ladder deletes old files there as root; handlers/cleanup.py refuses the
+        # same list at run time (unitgen/sysroots.py).
+        return (
+            f"a service's own directory, not the system directory {normalized(value)!r} "
+            "(cleanup deletes old files there)"
+        )
+    return problem
 
 
 def optional_absolute_path(value: str) -> str | None:
@@ -145,11 +163,13 @@ def alert_name(value: str) -> str | None:
 
 # unitgen renders its recovery template as unitgen-recover@.service (unitgen.render
 # also refuses it); a spec unit of that name would replace or shadow it.
-RESERVED_UNIT_PREFIX = "unitgen-recover@"
+RESERVED_UNIT_PREFIX = RECOVER_PREFIX
 
 
 def service_name(value: str) -> str | None:
-    problem = unit_name_problem(f"{value}.service")
+    # managed_unit_problem is the rule unitgen recover, the locks and the D-Bus API
+    # apply too: a service that renders is one the ladder can recover.
+    problem = managed_unit_problem(f"{value}.service")
     if problem is not None:
         return (
             f"a service name that makes a valid unit name {_show(value + '.service')} ({problem})"
@@ -160,7 +180,7 @@ def service_name(value: str) -> str | None:
 
 
 def override_unit(value: str) -> str | None:
-    problem = unit_name_problem(value, types=frozenset({"service"}))
+    problem = managed_unit_problem(value, types=frozenset({"service"}))
     if problem is None and value.startswith(RESERVED_UNIT_PREFIX):
         return f"a unit not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
     return problem
@@ -311,6 +331,7 @@ NAME_DEFAULT = Computed('"NAME (unitgen)"')
 
 PATH = Text(absolute_path, type_doc="absolute path", pattern="^/")
 PATHS = ListOf(PATH)
+CLEANUP_PATHS = ListOf(Text(cleanup_root, type_doc="absolute path", pattern="^/"))
 UNITS = ListOf(Text(dependency_unit, type_doc="unit name"), unique=True)
 DIRS = ListOf(Text(relative_directory, type_doc="relative directory"), one_or_many=True)
 ARGV = Argv(absolute_path)
@@ -455,7 +476,12 @@ LIMITS = Table(
 CLEANUP = Table(
     {
         "pidfile": Field(PATH, "stale PID file the ladder removes when its process is gone"),
-        "temp": Field(PATHS, "directories whose old files the ladder may delete", []),
+        "temp": Field(
+            CLEANUP_PATHS,
+            "directories whose old files the ladder may delete; never a system directory "
+            "such as /var/tmp itself (unitgen/sysroots.py)",
+            [],
+        ),
         "older_than": Field(Duration(), "only files older than this are deleted", "1h"),
     },
     build=lambda d: Cleanup(**d),
@@ -476,7 +502,10 @@ DISK = Table(
             "5%",
         ),
         "cleanup": Field(
-            PATHS, "directories whose old files may be deleted when space runs low", []
+            CLEANUP_PATHS,
+            "directories whose old files may be deleted when space runs low; never a system "
+            "directory, as for cleanup.temp",
+            [],
         ),
     },
     build=lambda d: Disk(**d),
@@ -813,8 +842,8 @@ ALERT = Tagged(
     refused=_REFUSED_SECRETS,
 )
 
-# For editors only (the JSON Schema); unit_name_problem() is the authority.
-_UNIT_STEM = r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.@\\-]*)?"
+# For editors only (the JSON Schema); managed_unit_problem() is the authority.
+_UNIT_STEM = r"[A-Za-z0-9:_\\][A-Za-z0-9:_.\\-]*(@[A-Za-z0-9:_.@\\-]*)?"
 
 SPEC = Table(
     {

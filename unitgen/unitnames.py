@@ -5,6 +5,12 @@ prefix and instance drawn from ASCII letters, digits and ``:-_.\\``, the
 first ``@`` separating prefix from instance (an instance may contain more
 ``@``), and a known type suffix. ``foo@.service`` is a template,
 ``foo@bar.service`` an instance, ``foo.service`` a plain name.
+
+:func:`unit_name_problem` is systemd's rule, for names unitgen only refers to
+(``requires``, ``after``...). :func:`managed_unit_problem` is the one rule for
+every unit unitgen renders, recovers, locks or keeps history of: the spec, the
+command line, the recovery engine, the listener's policy scan and the D-Bus
+API all call it, so a name one of them accepts is accepted by all.
 """
 
 from __future__ import annotations
@@ -14,14 +20,27 @@ import functools
 import string
 
 __all__ = [
+    "MANAGED_NAME_MAX",
+    "RECOVER_PREFIX",
+    "RECOVER_TEMPLATE",
     "UNIT_NAME_MAX",
     "UNIT_TYPES",
     "UnitNameKind",
+    "managed_unit_problem",
+    "recovery_instance",
     "unit_name_problem",
 ]
 
 # systemd's UNIT_NAME_MAX is 256 including the terminating NUL.
 UNIT_NAME_MAX = 255
+
+# Every unit unitgen manages gets OnFailure=unitgen-recover@%n.service. systemd
+# expands %n to the unit's full name as it is (the name's characters need no
+# escaping in an instance) and drops the dependency, with "File name too long",
+# when the result exceeds UNIT_NAME_MAX: the unit would never be recovered.
+RECOVER_PREFIX = "unitgen-recover@"
+RECOVER_TEMPLATE = f"{RECOVER_PREFIX}.service"
+MANAGED_NAME_MAX = UNIT_NAME_MAX - len(RECOVER_TEMPLATE)
 
 UNIT_TYPES = frozenset(
     {
@@ -105,4 +124,42 @@ def unit_name_problem(
         return f"a {wanted} unit name, got the {kind.name.lower()} {_show(name)}"
     if suffix not in types:
         return f"a unit of type {', '.join('.' + t for t in sorted(types))}, got {_show(name)}"
+    return None
+
+
+def recovery_instance(unit: str) -> str:
+    """The recovery unit systemd starts when ``unit`` fails (OnFailure= expands ``%n``)."""
+    return f"{RECOVER_PREFIX}{unit}.service"
+
+
+@functools.lru_cache(maxsize=8192)
+def managed_unit_problem(
+    name: str,
+    allowed: UnitNameKind = UnitNameKind.ANY,
+    types: frozenset[str] = UNIT_TYPES,
+) -> str | None:
+    """:func:`unit_name_problem`, plus what unitgen needs of a unit it manages.
+
+    - It does not start with '.' or '-'. systemd accepts ``..service`` and
+      ``-x.service``, but the first is a hidden file in the unit and lock
+      directories, and the second reads as an option to ``unitgen recover``
+      and ``systemctl``, which the recovery unit passes the name to.
+    - Its recovery instance, ``unitgen-recover@NAME.service``, fits in
+      UNIT_NAME_MAX; for a template, the instance of its shortest instance.
+    """
+    problem = unit_name_problem(name, allowed, types)
+    if problem is not None:
+        return problem
+    if name[0] in ".-":
+        return (
+            f"a unit name not starting with {name[0]!r} (unitgen recover and its lock and "
+            f"policy files could not use it), got {_show(name)}"
+        )
+    shortest = len(name) + (1 if _kind(name) is UnitNameKind.TEMPLATE else 0)
+    if shortest > MANAGED_NAME_MAX:
+        what = "a template whose instances have" if shortest > len(name) else "a unit name of"
+        return (
+            f"{what} at most {MANAGED_NAME_MAX} characters, so that its recovery unit "
+            f"{RECOVER_PREFIX}NAME.service fits systemd's {UNIT_NAME_MAX}, got {len(name)}"
+        )
     return None

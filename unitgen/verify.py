@@ -96,6 +96,8 @@ def verify(directory: Path, names: Sequence[str], scope: Scope) -> VerifyReport:
         if not line.strip():
             continue
         owner = _owner(line, directory, names)
+        # The directory is check's temporary one: the file name is what the operator knows.
+        line = line.replace(f"{directory}/", "")
         if owner is None:
             report.notes.append(line)
         else:
