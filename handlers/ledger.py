@@ -194,6 +194,8 @@ class Ledger:
         data = json.dumps({"v": VERSION, "since": gap.since, "reason": gap.reason})
         try:
             with self._dir(create=True) as dfd, _dir_lock(dfd):
+                if _read_at(dfd, _GAP_FILE) is not None:
+                    return None  # another process recorded it first
                 _write_at(dfd, _GAP_FILE, data.encode())
         except LedgerError as exc:
             self.problem = str(exc)
