@@ -47,7 +47,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.locks import check_unit_name
 from handlers.store import Stamp
+from unitgen.errors import UsageError
 
 __all__ = ["Entry", "Gap", "GiveUpMark", "Ledger", "LedgerError"]
 
@@ -136,12 +138,14 @@ class Ledger:
         return on_disk.merged(remembered)
 
     def units(self) -> list[str]:
+        """Every unit with a ledger file (or in memory); names that are not unit names
+        (a stray file someone put there) are skipped."""
         names = set(self._memory)
         with contextlib.suppress(OSError):
             for p in self.directory.iterdir():
                 if p.name.endswith(_SUFFIX) and not p.name.startswith("."):
                     names.add(p.name[: -len(_SUFFIX)])
-        return sorted(names)
+        return sorted(n for n in names if _is_unit_name(n))
 
     def gap(self) -> Gap | None:
         try:
@@ -268,6 +272,14 @@ class Ledger:
             yield fd
         finally:
             os.close(fd)
+
+
+def _is_unit_name(name: str) -> bool:
+    try:
+        check_unit_name(name)
+    except UsageError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -1609,6 +1609,8 @@ class RecoveryEngine:
         """Say once (journal, and one alert per unit) that history is not being kept."""
         if self.dry_run:
             return
+        if self.ledger.problem:
+            run.notes.append(f"restart ledger not written: {self.ledger.problem}")
         if self.store.persistent:
             self.ledger.clear_gap()
             return
@@ -1620,8 +1622,6 @@ class RecoveryEngine:
                 why,
                 self.ledger.directory,
             )
-        if self.ledger.problem:
-            run.notes.append(f"restart ledger not written: {self.ledger.problem}")
         gap = began or self.ledger.gap()
         if gap is None or run.incident is None or run.reason == GiveUp.GIVEN_UP.value:
             return  # a run that only found an earlier give-up alerts nothing

@@ -53,6 +53,14 @@ def test_round_trip_and_union_with_memory(tmp_path: Path) -> None:
     assert len(merged.attempts) == 2
 
 
+def test_stray_files_are_not_units(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.record_attempt(UNIT, _stamp(1.0), horizon=600)
+    for name in ("not a unit.json", "x.json", ".hidden.service.json", "notes.txt"):
+        (tmp_path / "ledger" / name).write_text("{}")
+    assert Ledger(tmp_path / "ledger").units() == [UNIT]
+
+
 def test_written_atomically_private_and_without_leftovers(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger")
     for i in range(20):
