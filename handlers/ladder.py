@@ -94,6 +94,7 @@ class GiveUp(enum.Enum):
     DEPENDENCY = "dependency"  # a dependency stayed down for the whole bounded wait
     GIVEN_UP = "given-up"  # an earlier incident gave up and nobody ran `unitgen reset`
     NOT_FOUND = "not-found"  # systemd no longer knows the unit
+    UNCOUNTED = "uncounted"  # neither the history nor the run-dir ledger can keep the count
 
 
 class Verdict(enum.Enum):
@@ -112,6 +113,7 @@ class Verdict(enum.Enum):
     DISK_LOW = "disk-low"
     CONFIG_INVALID = "config-invalid"
     FAILED = "failed"  # the restart job or the verification failed: one attempt used
+    UNCOUNTED = "uncounted"  # no restart can be counted anywhere that outlives this process
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ TRANSITIONS: dict[tuple[State, Verdict], Transition] = {
     (State.DIAGNOSING, Verdict.GIVEN_UP): Transition(State.GAVE_UP, GiveUp.GIVEN_UP),
     # max_attempts restarts already happened within the window: stop, alert once.
     (State.DIAGNOSING, Verdict.BUDGET_SPENT): Transition(State.GAVE_UP, GiveUp.BUDGET),
+    # Neither the history database nor the run-dir ledger can be written: a restart
+    # would not be counted, and an uncounted budget is a restart storm. Fail safe.
+    (State.DIAGNOSING, Verdict.UNCOUNTED): Transition(State.GAVE_UP, GiveUp.UNCOUNTED),
     # The unit vanished (unit file removed): nothing to restart.
     (State.DIAGNOSING, Verdict.NOT_FOUND): Transition(State.GAVE_UP, GiveUp.NOT_FOUND),
     # A real failure with budget left: dependencies come before any restart.
@@ -166,6 +171,8 @@ TRANSITIONS: dict[tuple[State, Verdict], Transition] = {
     (State.VALIDATING_CONFIG, Verdict.CONFIG_INVALID): Transition(State.GAVE_UP, GiveUp.CONFIG),
     # The pause since the previous attempt is over.
     (State.BACKING_OFF, Verdict.OK): Transition(State.RESTARTING),
+    # Both stores failed between diagnosis and the restart: the same fail-safe stop.
+    (State.RESTARTING, Verdict.UNCOUNTED): Transition(State.GAVE_UP, GiveUp.UNCOUNTED),
     # ResetFailedUnit + RestartUnit were accepted: see whether it comes up.
     (State.RESTARTING, Verdict.OK): Transition(State.VERIFYING),
     # systemd refused the restart job: that was an attempt; re-plan from a fresh diagnosis.

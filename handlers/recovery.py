@@ -43,6 +43,7 @@ from handlers.diagnose import (
 )
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
 from handlers.ladder import GiveUp, Level, State, Verdict
+from handlers.ledger import Entry, Ledger
 from handlers.locks import UnitLock, check_unit_name
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
 from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
@@ -272,6 +273,8 @@ class RecoveryEngine:
             self.store = _readonly_copy(paths)
         else:
             self.store = Store.open(paths.database)
+        # The budget's second memory, outside the state filesystem (handlers/ledger.py).
+        self.ledger = Ledger(paths.run_dir / "ledger", readonly=dry_run)
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[Alerter, Alert, str]] = []
@@ -329,6 +332,7 @@ class RecoveryEngine:
         if props.get("LoadState") == "not-found":
             raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
         self.store.set_reset(unit, now)
+        ledger_ok = self.ledger.reset(unit, now)
         if props.get("ActiveState") == "failed" and not self.dry_run:
             # Clears systemd's start-limit counter too, re-arming its own restarts.
             await self.bus.reset_failed(unit)
@@ -351,6 +355,8 @@ class RecoveryEngine:
                 await self._resolve_reset(unit, self._policy(unit, notes))
         if self.store.note:
             notes.append(self.store.note)
+        if not ledger_ok and not self.dry_run:
+            notes.append(f"restart ledger not cleared: {self.ledger.problem}")
         state = State.NOT_NEEDED if healthy else State.DIAGNOSING
         reason = (
             "re-armed; unit is active"
@@ -360,8 +366,13 @@ class RecoveryEngine:
         return Outcome(unit, state, reason, 0, last.id if last else "", notes=tuple(notes))
 
     def status(self, unit: str | None = None) -> list[dict[str, object]]:
-        units = [check_unit_name(unit)] if unit is not None else self.store.units()
+        if unit is not None:
+            units = [check_unit_name(unit)]
+        else:
+            # With the history degraded, the ledger may be all that knows a unit.
+            units = sorted({*self.store.units(), *self.ledger.units()})
         now = self._stamp()
+        gap = history_gap(self.store, self.ledger, self.clock.time())
         out: list[dict[str, object]] = []
         for name in units:
             notes: list[str] = []
@@ -381,6 +392,8 @@ class RecoveryEngine:
                     "mttr": summary.mttr,
                     "success_rate": summary.success_rate,
                     "default_policy": policy.default,
+                    "history_degraded_since": gap[0] if gap else None,
+                    "history_degraded_reason": gap[1] if gap else "",
                     "notes": notes + ([self.store.note] if self.store.note else []),
                 }
             )
@@ -671,12 +684,18 @@ class RecoveryEngine:
         run.used = max(used, run.restarts)
         run.last_attempt_at = last
         level = ladder.level_for(run.used, policy.recovery.max_attempts)
+        uncounted = self._uncounted(unit)
+        if uncounted is not None:
+            level = Level.ALERT_AND_STOP
         if run.incident is None:
             self._open_or_continue(run, diag, now, level, previous)
         elif level != run.level:
             self._escalate(run, level)
         run.level = level
         run.detail = diag.summary()
+        if uncounted is not None:
+            run.detail = uncounted
+            return Verdict.UNCOUNTED
         if level is Level.ALERT_AND_STOP:
             run.detail = (
                 f"{run.used} restart attempts within {policy.recovery.window:g}s "
@@ -740,7 +759,9 @@ class RecoveryEngine:
             classification=diag.classification,
             level=level.label,
         )
-        self._alert(run, "firing", level, f"{unit} failed ({diag.classification}); recovering")
+        if level is not Level.ALERT_AND_STOP:
+            # Opened with nothing left to try: the give-up alert is the one to send.
+            self._alert(run, "firing", level, f"{unit} failed ({diag.classification}); recovering")
 
     def _escalate(self, run: _Run, level: Level) -> None:
         previous = run.level
@@ -986,6 +1007,11 @@ class RecoveryEngine:
 
     async def _restart(self, run: _Run) -> Verdict:
         unit = run.unit
+        at = self._stamp()
+        uncounted = self._count_attempt(run, at)
+        if uncounted is not None:
+            run.detail = uncounted
+            return Verdict.UNCOUNTED
         started = self.clock.monotonic()
         run.used += 1
         run.restarts += 1
@@ -994,7 +1020,7 @@ class RecoveryEngine:
         run.restart_took = None
         # Counted before it is made: a process killed right after RestartUnit must not
         # leave an attempt the next run does not see (the budget is never exceeded).
-        self._record_step(run, "restart", "started", run.detail, 0.0)
+        self._record_step(run, "restart", "started", run.detail, 0.0, at=at)
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
@@ -1201,8 +1227,12 @@ class RecoveryEngine:
         elif state is State.GAVE_UP and inc is not None and run.reason != GiveUp.GIVEN_UP.value:
             if run.reason == GiveUp.DEPENDENCY.value and run.waiting_on:
                 run.reason = f"dependency: {', '.join(run.waiting_on)} down"
-            elif run.reason in (GiveUp.DISK.value, GiveUp.CONFIG.value) and run.detail:
+            elif (
+                run.reason in (GiveUp.DISK.value, GiveUp.CONFIG.value, GiveUp.UNCOUNTED.value)
+                and run.detail
+            ):
                 run.reason = f"{run.reason}: {run.detail}"
+            self.ledger.give_up(run.unit, inc.id, run.reason, now)
             self.store.update_incident(inc.id, level=int(Level.ALERT_AND_STOP))
             self.store.close_incident(inc.id, state="gave-up", reason=run.reason, at=now)
             self._emit(run, EventKind.GAVE_UP, reason=run.reason, attempts=run.used)
@@ -1241,6 +1271,7 @@ class RecoveryEngine:
                 pass
         elif run.reason == "" and self.dry_run:
             run.reason = "dry run"
+        self._history_gap(run)
         self._flush_alerts()
         return self._outcome(run, state, run.reason or run.detail, journal)
 
@@ -1506,28 +1537,116 @@ class RecoveryEngine:
 
     def _budget(self, unit: str, policy: Policy, now: Stamp) -> tuple[int, float | None]:
         r = policy.recovery
-        times = self.store.restart_times(unit, now, max(r.window, r.stable_after))
+        entry = self.ledger.entry(unit)
+        # The union of both records; an attempt in both carries the same stamp.
+        times = sorted(
+            {
+                *self.store.restart_times(unit, now, max(r.window, r.stable_after)),
+                *(_timeline(a, now) for a in entry.attempts),
+            }
+        )
         last = max(times) if times else None
         since = ladder.count_start(
             now.mono,
             window=r.window,
             stable_after=r.stable_after,
             last_attempt_at=last,
-            reset_at=self.store.reset_at(unit, now),
+            reset_at=self._reset_at(unit, now, entry),
         )
         return ladder.attempts_in_window(times, since), last
 
+    def _reset_at(self, unit: str, now: Stamp, entry: Entry) -> float | None:
+        times = [t for t in (self.store.reset_at(unit, now),) if t is not None]
+        if entry.reset is not None:
+            times.append(_timeline(entry.reset, now))
+        return max(times, default=None)
+
     def _given_up(self, unit: str, now: Stamp, last: IncidentRow | None) -> IncidentRow | None:
-        """``last`` (the unit's last incident) if it gave up and no reset re-armed it."""
-        if last is None or last.state != "gave-up" or last.closed is None:
+        """The give-up no reset re-armed: ``last`` (the unit's last incident), or the
+        ledger's record of one when the history lost it."""
+        entry = self.ledger.entry(unit)
+        reset_at = self._reset_at(unit, now, entry)
+        if (
+            last is not None
+            and last.state == "gave-up"
+            and last.closed is not None
+            and (reset_at is None or reset_at < _timeline(last.closed, now))
+        ):
+            return last
+        mark = entry.gave_up
+        if mark is None or (reset_at is not None and reset_at >= _timeline(mark.at, now)):
             return None
-        reset_at = self.store.reset_at(unit, now)
-        if reset_at is not None and reset_at >= _timeline(last.closed, now):
+        return IncidentRow(
+            mark.incident_id,
+            unit,
+            "ledger",
+            "",
+            "",
+            "gave-up",
+            mark.reason,
+            int(Level.ALERT_AND_STOP),
+            mark.at,
+            mark.at,
+        )
+
+    def _uncounted(self, unit: str) -> str | None:
+        """Why no restart of ``unit`` could be counted beyond this process, or None."""
+        if self.store.persistent or self.dry_run or self.ledger.writable(unit):
             return None
-        return last
+        return f"no restart count can be kept: {self.store.note}; ledger: {self.ledger.problem}"
+
+    def _count_attempt(self, run: _Run, at: Stamp) -> str | None:
+        """Count the coming restart in the ledger; why it cannot be counted anywhere, or None."""
+        if self.dry_run:
+            return None
+        r = run.policy.recovery
+        horizon = max(r.window, r.stable_after) + 60.0
+        if self.ledger.record_attempt(run.unit, at, horizon=horizon) or self.store.persistent:
+            return None
+        return self._uncounted(run.unit)
+
+    def _history_gap(self, run: _Run) -> None:
+        """Say once (journal, and one alert per unit) that history is not being kept."""
+        if self.dry_run:
+            return
+        if self.ledger.problem:
+            run.notes.append(f"restart ledger not written: {self.ledger.problem}")
+        if self.store.persistent:
+            self.ledger.clear_gap()
+            return
+        why = self.store.note or "history not kept"
+        began = self.ledger.mark_gap(why, self.clock.time())
+        if began is not None:
+            log.warning(
+                "recovery history degraded: %s; restart budgets are kept in %s until it recovers",
+                why,
+                self.ledger.directory,
+            )
+        gap = began or self.ledger.gap()
+        if gap is None or run.incident is None or run.reason == GiveUp.GIVEN_UP.value:
+            return  # a run that only found an earlier give-up alerts nothing
+        if self.ledger.entry(run.unit).gap_alerted == gap.since:
+            return
+        if self.ledger.gap_alerted(run.unit, gap.since):
+            self._alert(
+                run,
+                "firing",
+                run.level,
+                f"{run.unit}: recovery history not kept since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(gap.since))} ({why}); "
+                f"the restart budget is counted in {self.ledger.directory}",
+                "history",
+            )
 
     def _record_step(
-        self, run: _Run, action: str, result: str, reason: str, duration: float
+        self,
+        run: _Run,
+        action: str,
+        result: str,
+        reason: str,
+        duration: float,
+        *,
+        at: Stamp | None = None,
     ) -> None:
         if run.incident is None:
             return
@@ -1535,7 +1654,7 @@ class RecoveryEngine:
             AttemptRow(
                 run.incident.id,
                 run.unit,
-                self._stamp(),
+                at if at is not None else self._stamp(),
                 int(run.level),
                 action,
                 result,
@@ -1616,6 +1735,16 @@ def _timeline(at: Stamp, now: Stamp) -> float:
     if at.boot == now.boot:
         return at.mono
     return now.mono - max(0.0, now.wall - at.wall)
+
+
+def history_gap(store: Store, ledger: Ledger, now: float) -> tuple[float, str] | None:
+    """(since, why) when the history database is not being written, else None."""
+    gap = ledger.gap()
+    if gap is not None:
+        return gap.since, gap.reason
+    if not store.persistent:
+        return now, store.note or "history not kept"
+    return None
 
 
 def _state_of(inc: IncidentRow | None) -> tuple[State, str]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from unitgen.commands.render import add_common_arguments, prepare
 
 if TYPE_CHECKING:
+    from handlers.budget import Budget
     from unitgen.model import Override, Service
     from unitgen.paths import Scope
 
@@ -67,14 +68,17 @@ class Row:
     ok: bool = True
 
 
-def _worst_case(spec_unit: Service | Override) -> str:
-    # From the ladder's budget (handlers/budget.py): the most restarts the
-    # combined policy allows per ladder window, systemd's burst and the ladder's
-    # attempts together.
+def worst_case_of(spec_unit: Service | Override) -> Budget:
+    """The ladder's budget (handlers/budget.py): the most restarts the combined
+    policy allows per ladder window, systemd's burst and the ladder's attempts together."""
     from handlers.budget import worst_case
     from unitgen.policy import policy_from_service
 
-    budget = worst_case(policy_from_service(spec_unit, ()))
+    return worst_case(policy_from_service(spec_unit, ()))
+
+
+def _worst_case(spec_unit: Service | Override) -> str:
+    budget = worst_case_of(spec_unit)
     return f"{budget.total}/{budget.window:g}s ({budget.systemd_restarts}+{budget.ladder_restarts})"
 
 

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no incidents recorded")
         return 0
+    degraded = _degraded(rows[0])
     print(f"{'UNIT':32} {'STATE':28} {'ATTEMPTS':>9} {'MTTR':>8} {'SUCCESS':>8}  LAST REASON")
     notes: list[str] = []
     for r in rows:
@@ -54,6 +55,23 @@ def run(args: argparse.Namespace) -> int:
         extra = r["notes"]
         if isinstance(extra, list):
             notes.extend(str(n) for n in extra)
+    if degraded:
+        # Before the notes: it says how far the numbers above can be trusted.
+        print(degraded)
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
     return 0
+
+
+def _degraded(row: dict[str, object]) -> str:
+    """The history-gap line: since when the database is not written, and why."""
+    import time
+
+    since = row.get("history_degraded_since")
+    if not isinstance(since, float | int):
+        return ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+    return (
+        f"history degraded since {when}: {row.get('history_degraded_reason') or 'unknown'}; "
+        "attempts and give-ups are counted in the run directory's ledger"
+    )
