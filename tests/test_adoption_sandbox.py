@@ -56,8 +56,7 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
     _render_daemon(sb, paths, tmp_path)
     marker = tmp_path / "paused"
     dropin = (
-        "[Service]\n"
-        f"Environment=UNITGEN_TEST_PAUSE_AT={step}:1 UNITGEN_TEST_PAUSE_FILE={marker}\n"
+        f"[Service]\nEnvironment=UNITGEN_TEST_PAUSE_AT={step}:1 UNITGEN_TEST_PAUSE_FILE={marker}\n"
     )
     if owner == "onfailure":
         dropin += "Restart=no\n"
