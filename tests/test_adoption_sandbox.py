@@ -135,3 +135,58 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
     time.sleep(1.5)
     assert _lines(starts) == ["start", "start"]
     assert sb.show(UNIT, "ActiveState")["ActiveState"] == "active"
+
+
+def test_kill_9_in_a_later_back_off_keeps_its_deadline_and_the_count(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Killed in the back-off before attempt 2: the restarted daemon waits out the rest
+    of that back-off (measured from attempt 1, in the history) and counts 2, not 3."""
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _render_daemon(sb, paths, tmp_path)
+    marker = tmp_path / "paused"
+    starts = tmp_path / "starts"
+    delay = 3.0
+    _policy(
+        paths,
+        UNIT,
+        max_attempts=3,
+        window=600.0,
+        min_uptime=1.0,
+        backoff={"base": delay, "factor": 1.0, "max": delay, "jitter": 0.0},
+    )
+    sb.install_units(
+        {
+            f"{DAEMON}.d/pause.conf": "[Service]\nEnvironment=UNITGEN_TEST_PAUSE_AT=backing-off:2"
+            f" UNITGEN_TEST_PAUSE_FILE={marker}\n",
+            # The second start (the ladder's first restart) fails; the others stay up.
+            UNIT: "[Service]\nExecStart=/bin/sh -c 'date +%%s.%%N >> "
+            f"{starts}; [ $(wc -l < {starts}) -eq 2 ] && exit 3; exec sleep infinity'\n",
+        }
+    )
+    sb.systemctl("start", UNIT, check=True)
+    sb.systemctl("start", DAEMON, check=True)
+    sb.kill_main(UNIT)
+    _until(marker.exists, 30, "the daemon paused in the back-off before attempt 2")
+    pid = marker.read_text().split()[0]
+    sb.systemctl("kill", "--signal=KILL", DAEMON, check=True)
+    sb.wait_for(
+        DAEMON,
+        lambda p: p.get("ActiveState") == "active" and p.get("MainPID") not in ("0", pid),
+        30,
+    )
+    sb.wait_for(UNIT, "active", 60)
+    _until(lambda: _incident_closed(paths), 60, "the incident closed")
+    times = [float(t) for t in _lines(starts)]
+    assert len(times) == 3, sb.journal(DAEMON, 80)
+    assert times[2] - times[1] >= delay, times
+    store = Store.open(paths.database)
+    try:
+        incidents = store.incidents(UNIT)
+        assert [i.state for i in incidents] == ["recovered"]
+        rows = store.attempts(incidents[0].id)
+    finally:
+        store.close()
+    assert [r.result for r in rows if r.action == "restart"] == ["failed", "ok"]
+    assert [r.action for r in rows].count("resume") == 1
