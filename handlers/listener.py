@@ -456,7 +456,12 @@ class Listener:
         find = getattr(self._engine, "interrupted_units", None)
         if find is None:
             return
-        for unit in find():
+        try:
+            units = find()
+        except UnitgenError as exc:  # the lock directory refused: reconciliation goes on
+            log.warning("looking for interrupted incidents failed: %s", exc)
+            return
+        for unit in units:
             if unit in self.watch:
                 self._enqueue(unit, "resume")
 

@@ -662,6 +662,14 @@ class RecoveryEngine:
         props = await self._properties(run.unit)
         run.used, run.last_attempt_at = self._budget(run.unit, run.policy, self._stamp())
         verdict, run.detail = adoption.resume_verdict(interrupted, props, self._boot)
+        if verdict is Verdict.RESTART_NOT_MADE and run.used == 0:
+            # The counted attempt has left the window (the owner died long ago): it no
+            # longer counts, so making it now would be an attempt nobody counted.
+            self.store.amend_last_restart(
+                interrupted.incident.id, result="not-made", reason="its owner died first"
+            )
+            verdict = Verdict.OK
+            run.detail += "; that attempt is outside the window now, so it is planned afresh"
         run.diagnosis = diagnosis_from(run.unit, props)
         run.before = {k: props[k] for k in _UNIT_STATE if k in props}
         if verdict is Verdict.OK:

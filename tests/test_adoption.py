@@ -136,6 +136,37 @@ async def test_restart_counted_but_never_made_is_made_once_and_counted_once(
 
 
 @pytest.mark.asyncio
+async def test_a_counted_restart_that_left_the_window_is_not_made_uncounted(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit(UNIT), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit=UNIT, recovery=THREE))
+    engine, _s, _a = _engine(tmp_path, bus, clock)
+    counted = asyncio.Event()
+
+    async def die_before_the_call(name: str, mode: str = "replace") -> Any:
+        counted.set()
+        await asyncio.Event().wait()
+
+    real = bus.reset_and_restart
+    bus.reset_and_restart = die_before_the_call  # type: ignore[method-assign]
+    task = asyncio.create_task(engine.recover(UNIT, ONFAIL))
+    await asyncio.wait_for(counted.wait(), 5)
+    await _die(task)
+    engine.store.close()
+    bus.reset_and_restart = real  # type: ignore[method-assign]
+    clock.advance(THREE.window + 1.0)  # the daemon stayed dead longer than the window
+
+    engine2, _s2, _a2 = _engine(tmp_path, bus, clock)
+    out = await engine2.recover(UNIT, ONFAIL)
+    await engine2.aclose()
+    assert out.state is State.RECOVERED and out.restarts == 1 and out.attempts == 1
+    assert len(bus.restarted()) == 1
+    assert [r.result for r in _restart_rows(tmp_path)] == ["not-made", "ok"]
+
+
+@pytest.mark.asyncio
 async def test_restart_made_and_failed_while_unowned_counts_as_that_attempt(
     tmp_path: Path,
 ) -> None:
