@@ -9,7 +9,9 @@ Then the next owner must resume the incident:
   reconciliation adopts the incident;
 * ``onfailure``: the daemon stays dead (Restart=no in the drop-in); the
   watched unit's ``OnFailure=unitgen-recover@%n.service`` was handing its
-  failure to the daemon, loses it, and runs the ladder itself, which adopts it.
+  failure to the daemon, loses it, and runs the ladder itself, which adopts it;
+* ``both``: with OnFailure=, and systemd restarts the daemon: the two race for
+  the unit's lock; one adopts, the other joins.
 
 Either way: the unit is active again, its one incident is closed (recovered)
 once, with one ``resume`` step saying "resumed after owner died", and exactly
@@ -42,7 +44,7 @@ def _incident_closed(paths: Paths) -> bool:
         store.close()
 
 
-@pytest.mark.parametrize("owner", ["daemon", "onfailure"])
+@pytest.mark.parametrize("owner", ["daemon", "onfailure", "both"])
 @pytest.mark.parametrize("step", ["backing-off", "restarting", "verifying"])
 def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
     fresh_user_sandbox: Sandbox,
@@ -61,7 +63,7 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
     if owner == "onfailure":
         dropin += "Restart=no\n"
     starts = tmp_path / "starts"
-    on_failure = "OnFailure=unitgen-recover@%n.service\n" if owner == "onfailure" else ""
+    on_failure = "OnFailure=unitgen-recover@%n.service\n" if owner != "daemon" else ""
     _policy(
         paths,
         UNIT,
@@ -89,11 +91,11 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
         sb.wait_for(UNIT, "active", 30)
     else:
         assert sb.show(UNIT, "ActiveState")["ActiveState"] == "failed"
-    if owner == "onfailure":
+    if owner != "daemon":
         # The OnFailure= unit is waiting in its hand-off to the daemon we kill.
         sb.wait_for(RECOVER, "activating", 30)
     sb.systemctl("kill", "--signal=KILL", DAEMON, check=True)
-    if owner == "daemon":
+    if owner != "onfailure":
         sb.wait_for(
             DAEMON,
             lambda p: p.get("ActiveState") == "active" and p.get("MainPID") not in ("0", pid),
@@ -104,7 +106,7 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
 
     sb.wait_for(UNIT, "active", 60)
     _until(lambda: _incident_closed(paths), 60, "the incident closed")
-    if owner == "onfailure":
+    if owner != "daemon":
         sb.wait_for(RECOVER, ("inactive", "failed"), 60)
         assert sb.show(RECOVER, "Result")["Result"] == "success", sb.journal(RECOVER, 60)
     store = Store.open(paths.database)
