@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "ENTRY_STATES",
     "TRANSITIONS",
     "GiveUp",
     "Level",
@@ -63,11 +64,18 @@ class State(enum.Enum):
     VERIFYING = "verifying"
     RECOVERED = "recovered"  # terminal
     GAVE_UP = "gave-up"  # terminal: the unit is left as it is until `unitgen reset`
+    # First state of a run that adopted an incident its owner left open (the owner
+    # died: its flock is free). Decides where the incident goes on (handlers/adoption.py).
+    RESUMING = "resuming"
 
     @property
     def terminal(self) -> bool:
         return self in _TERMINAL
 
+
+# Where a run begins: a new trigger at DIAGNOSING; a run that adopted an incident
+# whose owner died at RESUMING.
+ENTRY_STATES = frozenset({State.DIAGNOSING, State.RESUMING})
 
 _TERMINAL = frozenset({State.WAITING_FOR_SYSTEMD, State.NOT_NEEDED, State.RECOVERED, State.GAVE_UP})
 
@@ -114,6 +122,10 @@ class Verdict(enum.Enum):
     CONFIG_INVALID = "config-invalid"
     FAILED = "failed"  # the restart job or the verification failed: one attempt used
     UNCOUNTED = "uncounted"  # no restart can be counted anywhere that outlives this process
+    # RESUMING: the restart the dead owner recorded reached systemd; see whether it worked.
+    RESTART_UNVERIFIED = "restart-unverified"
+    # RESUMING: the restart was recorded (counted) but never reached systemd: make it now.
+    RESTART_NOT_MADE = "restart-not-made"
 
 
 @dataclass(frozen=True)
@@ -185,6 +197,25 @@ TRANSITIONS: dict[tuple[State, Verdict], Transition] = {
     (State.VERIFYING, Verdict.SYSTEMD_RESTARTING): Transition(
         State.WAITING_FOR_SYSTEMD, attempt_failed=True
     ),
+    # An adopted incident whose owner died before its restart (diagnosis, checks,
+    # back-off): run them again on the unit as it is now; the budget and the back-off
+    # deadline come from the history, so nothing is counted or waited twice.
+    (State.RESUMING, Verdict.OK): Transition(State.DIAGNOSING),
+    # The dead owner's restart reached systemd (the unit started after it was
+    # recorded, or is starting): verify it, never issue it a second time.
+    (State.RESUMING, Verdict.RESTART_UNVERIFIED): Transition(State.VERIFYING),
+    # Recorded and counted, then the owner died before RestartUnit: make that same
+    # attempt now (it is not counted again).
+    (State.RESUMING, Verdict.RESTART_NOT_MADE): Transition(State.RESTARTING),
+    # The dead owner's restart was made and the unit failed again meanwhile: that
+    # attempt is used; re-plan from a fresh diagnosis.
+    (State.RESUMING, Verdict.FAILED): Transition(State.DIAGNOSING, attempt_failed=True),
+    # It crashed after the dead owner's restart and systemd's Restart= has it.
+    (State.RESUMING, Verdict.SYSTEMD_RESTARTING): Transition(
+        State.WAITING_FOR_SYSTEMD, attempt_failed=True
+    ),
+    # The unit vanished while nobody owned its incident.
+    (State.RESUMING, Verdict.NOT_FOUND): Transition(State.GAVE_UP, GiveUp.NOT_FOUND),
 }
 
 

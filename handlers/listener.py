@@ -439,11 +439,31 @@ class Listener:
                 healths[row.name] = health
             if row.active_state == "failed":
                 self._enqueue(row.name, "failed")
+        self._adopt_interrupted()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
                 self._health.set_active(unit, self.units[unit].active == "active")
         self._notifier.status(self._status_line())
+
+    def _adopt_interrupted(self) -> None:
+        """Queue the watched units whose incident's owner died (a kill -9'd daemon).
+
+        A failed one is queued above anyway; one the dead owner's restart already
+        brought up is not failed, and its incident would stay open without this.
+        The engine adopts the incident when it takes the unit's lock.
+        """
+        find = getattr(self._engine, "interrupted_units", None)
+        if find is None:
+            return
+        try:
+            units = find()
+        except UnitgenError as exc:  # the lock directory refused: reconciliation goes on
+            log.warning("looking for interrupted incidents failed: %s", exc)
+            return
+        for unit in units:
+            if unit in self.watch:
+                self._enqueue(unit, "resume")
 
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
         # Parsing a policy costs ~2 ms; a thousand instances share one template file.
@@ -635,6 +655,10 @@ class Listener:
             self.stats.health_escalations += 1
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
+            return
+        if reasons == {"resume"}:
+            # An incident its owner left: the engine adopts it whatever the unit's state.
+            await self._recover(engine, unit, self._trigger(source="reconcile", reason="resume"))
             return
         view = await self._current(bus, unit, state)
         if view is None:

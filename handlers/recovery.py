@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 # resources at import time, not on the first failure: every incident uses it, and
 # importing it cost the first recovery ~5 ms of CPU before its restart.
-from handlers import backoff, ladder, resources
+from handlers import adoption, backoff, ladder, resources
 from handlers.diagnose import (
     RESTARTING_SUBSTATES,
     Diagnosis,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import random
 
     from handlers.alerts import Alert, Alerter, Delivery
+    from handlers.testhook import PausePoint
 
 __all__ = [
     "LISTENER_SOURCES",
@@ -212,6 +213,13 @@ class _Run:
     pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
     # How long the last restart's calls took; written with the attempt's result.
     restart_took: float | None = None
+    # Set when this run adopted an incident whose owner died (handlers/adoption.py).
+    resumed: adoption.Interrupted | None = None
+    # RESTARTING makes the dead owner's counted attempt instead of counting a new one.
+    reissue: bool = False
+    # The invocation verify waits to see replaced; None: the diagnosed one. "" when
+    # the unit is already past the failed run (an adopted restart being verified).
+    replaced_invocation: str | None = None
 
     @property
     def incident_id(self) -> str:
@@ -281,6 +289,7 @@ class RecoveryEngine:
         self._policies: dict[str, tuple[tuple[int, ...], Policy]] = {}
         self._alerters: dict[str, Alerter | None] = {}
         self._checkpointing: asyncio.Future[None] | None = None
+        self._pause = _test_pause()
 
     @property
     def rng(self) -> random.Random:
@@ -428,6 +437,23 @@ class RecoveryEngine:
             )
         return out
 
+    def interrupted_units(self) -> list[str]:
+        """Units with an incident whose owner died: open, not ours, and its lock free.
+
+        The listener asks at every reconciliation (its own start after a ``kill -9``
+        included) and recovers each, which adopts the incident: a unit whose dead
+        owner's restart already brought it up is not failed, so nothing else would.
+        """
+        found: list[str] = []
+        for unit in adoption.interrupted_units(self.store):
+            if unit in self._running:
+                continue
+            lock = UnitLock(self.paths.lock_dir, unit)
+            if lock.try_acquire():
+                lock.release()
+                found.append(unit)
+        return found
+
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait (bounded) for alerts still being sent, then close the store."""
         if self._checkpointing is not None:
@@ -554,13 +580,20 @@ class RecoveryEngine:
             notes.append(f"{unit} has no recovery policy; using the defaults")
         if self.store.note:
             notes.append(self.store.note)
-        duplicate = self.store.handled_invocation(unit, trigger.invocation_id)
-        if duplicate is not None:
-            inc = self.store.incident(duplicate)
-            self._record_trigger(duplicate, unit, trigger, "duplicate")
-            state, reason = _state_of(inc)
-            return self._outcome(run, state, f"invocation already handled: {reason}")
-        state = State.DIAGNOSING
+        # We hold the unit's lock: an open incident is one whose owner died. It is
+        # adopted before the dedupe, which would call its own InvocationID a duplicate.
+        interrupted = adoption.find_interrupted(self.store, unit)
+        if interrupted is not None:
+            self._adopt(run, interrupted)
+            state = State.RESUMING
+        else:
+            duplicate = self.store.handled_invocation(unit, trigger.invocation_id)
+            if duplicate is not None:
+                inc = self.store.incident(duplicate)
+                self._record_trigger(duplicate, unit, trigger, "duplicate")
+                state, reason = _state_of(inc)
+                return self._outcome(run, state, f"invocation already handled: {reason}")
+            state = State.DIAGNOSING
         try:
             while not state.terminal:
                 if self.dry_run and state is State.RESTARTING:
@@ -610,6 +643,7 @@ class RecoveryEngine:
 
     async def _act(self, state: State, run: _Run) -> Verdict:
         action = {
+            State.RESUMING: self._resume,
             State.DIAGNOSING: self._diagnose,
             State.CHECKING_DEPENDENCIES: self._check_dependencies,
             State.WAITING_FOR_DEPENDENCY: self._wait_for_dependency,
@@ -622,6 +656,42 @@ class RecoveryEngine:
         }[state]
         run.detail = ""
         return await action(run)
+
+    # --- RESUMING (an incident whose owner died) ------------------------------------------
+
+    def _adopt(self, run: _Run, interrupted: adoption.Interrupted) -> None:
+        inc = interrupted.incident
+        run.incident = inc
+        run.level = Level(min(max(inc.level, 1), 4))
+        run.resumed = interrupted
+        run.notes.append(adoption.RESUMED)
+        self._record_trigger(inc.id, run.unit, run.trigger, "resumed")
+        log.warning("%s: incident %s %s", run.unit, inc.id, adoption.RESUMED)
+
+    async def _resume(self, run: _Run) -> Verdict:
+        interrupted = run.resumed
+        if interrupted is None:  # only an adopting run starts here
+            raise AssertionError("RESUMING without an adopted incident")
+        props = await self._properties(run.unit)
+        run.used, run.last_attempt_at = self._budget(run.unit, run.policy, self._stamp())
+        verdict, run.detail = adoption.resume_verdict(interrupted, props, self._boot)
+        if verdict is Verdict.RESTART_NOT_MADE and run.used == 0:
+            # The counted attempt has left the window (the owner died long ago): it no
+            # longer counts, so making it now would be an attempt nobody counted.
+            self.store.amend_last_restart(
+                interrupted.incident.id, result="not-made", reason="its owner died first"
+            )
+            verdict = Verdict.OK
+            run.detail += "; that attempt is outside the window now, so it is planned afresh"
+        run.diagnosis = diagnosis_from(run.unit, props)
+        run.before = {k: props[k] for k in _UNIT_STATE if k in props}
+        if verdict is Verdict.OK:
+            run.snapshot = props  # what diagnose would read again
+        elif verdict is Verdict.RESTART_UNVERIFIED:
+            run.replaced_invocation = ""
+        elif verdict is Verdict.RESTART_NOT_MADE:
+            run.reissue = True
+        return verdict
 
     # --- DIAGNOSING -----------------------------------------------------------------------
 
@@ -1000,6 +1070,9 @@ class RecoveryEngine:
         delay = backoff.delay_for(run.used + 1, run.policy.recovery.backoff, self.rng)
         wait = backoff.remaining(delay, run.last_attempt_at, self.clock.monotonic())
         run.detail = f"attempt {run.used + 1}: waiting {wait:.3f}s (delay {delay:.3f}s)"
+        if self._pause is not None:
+            self._release_events(run)
+            await self._pause.reached("backing-off", run.unit, run.used + 1)
         if wait > 0 and not self.dry_run:
             self._release_events(run)
             await self.clock.sleep(wait)
@@ -1008,19 +1081,31 @@ class RecoveryEngine:
     async def _restart(self, run: _Run) -> Verdict:
         unit = run.unit
         at = self._stamp()
-        uncounted = self._count_attempt(run, at)
+        # A re-issued attempt was counted, in the history and the ledger, by its dead owner.
+        uncounted = None if run.reissue else self._count_attempt(run, at)
         if uncounted is not None:
             run.detail = uncounted
             return Verdict.UNCOUNTED
         started = self.clock.monotonic()
-        run.used += 1
         run.restarts += 1
         run.last_attempt_at = started
-        run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
         run.restart_took = None
-        # Counted before it is made: a process killed right after RestartUnit must not
-        # leave an attempt the next run does not see (the budget is never exceeded).
-        self._record_step(run, "restart", "started", run.detail, 0.0, at=at)
+        if run.reissue:
+            # Counted by the owner that died before making it: made now, counted once.
+            run.reissue = False
+            run.detail = (
+                f"attempt {run.used} of {run.policy.recovery.max_attempts}"
+                " (counted before its owner died)"
+            )
+            self._flush_rows(run)
+        else:
+            run.used += 1
+            run.detail = f"attempt {run.used} of {run.policy.recovery.max_attempts}"
+            # Counted before it is made: a process killed right after RestartUnit must
+            # not leave an attempt the next run does not see (the budget is never exceeded).
+            self._record_step(run, "restart", "started", run.detail, 0.0, at=at)
+        if self._pause is not None:
+            await self._pause.reached("restarting", unit, run.used)
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
@@ -1097,7 +1182,11 @@ class RecoveryEngine:
 
     async def _verify(self, run: _Run) -> Verdict:
         unit = run.unit
-        old = run.diagnosis.invocation_id if run.diagnosis is not None else ""
+        if self._pause is not None:
+            await self._pause.reached("verifying", unit, run.used)
+        old = run.replaced_invocation
+        if old is None:
+            old = run.diagnosis.invocation_id if run.diagnosis is not None else ""
 
         def settled(p: dict[str, Any]) -> bool:
             if p.get("SubState") in RESTARTING_SUBSTATES:
@@ -1203,6 +1292,8 @@ class RecoveryEngine:
                 journal = (f"(journal unavailable: {type(exc).__name__})",)
         if closing_recovered and inc is not None:
             run.reason = f"active again after {run.restarts} restart(s)"
+            if run.resumed is not None and run.restarts == 0:
+                run.reason = "active again: the restart made before its owner died is verified"
             rows, run.rows = run.rows, []
             # The last steps, the restart's result and the close: one transaction.
             self.store.close_incident(
@@ -1710,6 +1801,7 @@ class RecoveryEngine:
 _UNIT_STATE = ("ActiveState", "SubState", "InvocationID", "Job")
 
 _ACTION: dict[State, str] = {
+    State.RESUMING: "resume",
     State.DIAGNOSING: "diagnose",
     State.CHECKING_DEPENDENCIES: "dependencies",
     State.WAITING_FOR_DEPENDENCY: "wait-dependency",
@@ -1729,6 +1821,15 @@ SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
 # States that wait (on systemd, a dependency, the disk) as a matter of course: events
 # held for the restart's sake are delivered before them, not held through them.
 _WAITING_STATES = frozenset({State.WAITING_FOR_DEPENDENCY, State.CLEANING_UP, State.VERIFYING})
+
+
+def _test_pause() -> PausePoint | None:
+    """The test-only pause point (handlers/testhook.py); None unless its variables are set."""
+    if "UNITGEN_TEST_PAUSE_AT" not in os.environ:
+        return None
+    from handlers.testhook import from_environment
+
+    return from_environment(os.environ)
 
 
 def _timeline(at: Stamp, now: Stamp) -> float:

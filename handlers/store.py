@@ -441,6 +441,11 @@ class Store:
         )
         return _incident(row) if row is not None else None
 
+    def open_incidents(self) -> list[IncidentRow]:
+        """Every incident still open, of any unit (candidates for adoption)."""
+        rows = self._query("SELECT * FROM incidents WHERE state = 'open' ORDER BY opened_wall")
+        return [_incident(r) for r in rows]
+
     def incident(self, incident_id: str) -> IncidentRow | None:
         row = self._query_one("SELECT * FROM incidents WHERE id = ?", (incident_id,))
         return _incident(row) if row is not None else None
@@ -538,7 +543,7 @@ class Store:
             return None
         row = self._query_one(
             "SELECT incident_id FROM triggers WHERE unit = ? AND invocation_id = ?"
-            " AND disposition = 'handled' ORDER BY id DESC LIMIT 1",
+            " AND disposition IN ('handled', 'resumed') ORDER BY id DESC LIMIT 1",
             (unit, invocation_id),
         )
         return str(row[0]) if row is not None else None

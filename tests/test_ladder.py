@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handlers.ladder import (
+    ENTRY_STATES,
     TRANSITIONS,
     GiveUp,
     InvalidTransitionError,
@@ -22,8 +23,8 @@ from handlers.ladder import (
 
 
 def _reachable() -> set[State]:
-    seen = {State.DIAGNOSING}
-    frontier = [State.DIAGNOSING]
+    seen = set(ENTRY_STATES)
+    frontier = list(ENTRY_STATES)
     while frontier:
         s = frontier.pop()
         for (src, _v), t in TRANSITIONS.items():
@@ -33,8 +34,13 @@ def _reachable() -> set[State]:
     return seen
 
 
-def test_every_state_is_reachable_from_diagnosing() -> None:
+def test_every_state_is_reachable_from_an_entry_state() -> None:
     assert _reachable() == set(State)
+
+
+def test_nothing_leads_back_into_resuming() -> None:
+    # Adoption happens once, when a run starts; no verdict of a run sends it there.
+    assert all(t.target is not State.RESUMING for t in TRANSITIONS.values())
 
 
 def test_terminal_states_have_no_way_out_and_others_do() -> None:
@@ -53,8 +59,10 @@ def test_every_give_up_carries_a_reason_and_ends_in_gave_up() -> None:
 def test_restart_only_after_config_validation_and_backoff() -> None:
     # The only way into RESTARTING is BACKING_OFF, and into that only VALIDATING_CONFIG:
     # no path restarts a unit whose config failed or without the pause.
+    # RESUMING re-issues only a restart the dead owner had recorded, which it could
+    # record only in RESTARTING, so after the same validation and back-off.
     into = {src for (src, _v), t in TRANSITIONS.items() if t.target is State.RESTARTING}
-    assert into == {State.BACKING_OFF}
+    assert into == {State.BACKING_OFF, State.RESUMING}
     into_backoff = {src for (src, _v), t in TRANSITIONS.items() if t.target is State.BACKING_OFF}
     assert into_backoff == {State.VALIDATING_CONFIG}
 

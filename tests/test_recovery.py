@@ -788,7 +788,9 @@ async def test_open_incident_of_a_killed_process_closes_when_seen_active(tmp_pat
     engine2, sink, _a2 = _engine(tmp_path, bus, clock)
     out = await engine2.recover("api.service", Trigger("reconcile"))
     await engine2.aclose()
-    assert out.state is State.NOT_NEEDED
+    # Adopted: the dead process's restart is verified, not made again.
+    assert out.state is State.RECOVERED and out.restarts == 0 and out.attempts == 1
+    assert len(bus.restarted()) == 1
     last = Store.open(_paths(tmp_path).database).last_incident("api.service")
     assert last is not None and last.state == "recovered"
     assert EventKind.RECOVERED in sink.kinds()
