@@ -181,8 +181,11 @@ def test_kill_9_in_a_later_back_off_keeps_its_deadline_and_the_count(
     sb.wait_for(UNIT, "active", 60)
     _until(lambda: _incident_closed(paths), 60, "the incident closed")
     times = [float(t) for t in _lines(starts)]
-    assert len(times) == 3, sb.journal(DAEMON, 80)
-    assert times[2] - times[1] >= delay, times
+    assert len(times) == 3, (times, sb.journal(DAEMON, 80), sb.journal(UNIT, 40))
+    # The deadline runs from the recorded attempt, taken just before the first restart
+    # was issued, and so a few ms before that restart's process wrote its line: allow
+    # that latency, far below what a resumed run that ignored the deadline would show.
+    assert times[2] - times[1] >= delay - 0.25, times
     store = Store.open(paths.database)
     try:
         incidents = store.incidents(UNIT)
