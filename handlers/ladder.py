@@ -35,6 +35,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "DEPENDENCY_WAIT",
+    "JOIN_CAP",
+    "MAX_DEPENDENCY_ROUNDS",
     "TRANSITIONS",
     "GiveUp",
     "Level",
@@ -47,6 +50,13 @@ __all__ = [
     "level_for",
     "transition",
 ]
+
+# The engine's waits, here so that the generator (unitgen.render sizes the recovery
+# unit's timeout with them) can read them without loading the engine.
+# How often CHECKING_DEPENDENCIES may send us back to WAITING_FOR_DEPENDENCY in one run.
+MAX_DEPENDENCY_ROUNDS = 2
+DEPENDENCY_WAIT = 30.0  # seconds a dependent waits for a dependency, per round
+JOIN_CAP = 900.0  # longest a joining trigger waits for the running recovery
 
 
 class State(enum.Enum):
