@@ -13,11 +13,9 @@ For the ladder (how to call this):
   await the pending ones before the ``unitgen recover`` process exits, or the
   alert is lost with the process.
 * Dedupe is the caller's job, not ``send``'s: one firing alert per
-  ``(incident_id, level)``, then one ``resolved`` per incident.
-  :class:`AlertLedger` does that in memory for one process. Across processes
-  (OnFailure= unit and listener) the SQLite store is the authority: record
-  ``(incident_id, level, status)`` there and ask it before sending; the ledger
-  is then only a fast in-process guard.
+  ``(incident_id, level)``, then one ``resolved`` per incident. Across
+  processes (OnFailure= unit and listener) the SQLite store is the authority:
+  record ``(incident_id, level, status)`` there and ask it before sending.
 * Keep ``reason`` the incident's opening reason in every alert of that
   incident, including the ``resolved`` one, and put what changed into
   ``summary`` and ``level``. Alertmanager identifies an alert by its labels,
@@ -34,24 +32,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import re
 import socket
 import time
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.outbound import HttpOutcome, http_once, load_requests, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import describe_exception, endpoint, read_secret
-from unitgen.errors import AlertError, PolicyError
+from unitgen.alertconfig import alert_config
+from unitgen.errors import AlertError
 
 if TYPE_CHECKING:
     # Imported where used instead: the ladder imports this module on its event loop,
@@ -64,7 +60,6 @@ __all__ = [
     "ALERTMANAGER_FIRING_TTL",
     "PAYLOAD_VERSION",
     "Alert",
-    "AlertLedger",
     "AlertTarget",
     "Alerter",
     "Delivery",
@@ -94,33 +89,6 @@ COMMAND_KILL_GRACE = 1.0
 DEFAULT_MAX_SEND_SECONDS = 30.0
 
 _HTTP_TYPES = ("webhook", "slack", "alertmanager")
-_TYPES = (*_HTTP_TYPES, "email", "command")
-_COMMON_KEYS = frozenset({"name", "type", "timeout", "retries", "send_resolved"})
-_TYPE_KEYS: dict[str, frozenset[str]] = {
-    "webhook": frozenset({"url_file", "url_env"}),
-    "slack": frozenset({"url_file", "url_env"}),
-    "alertmanager": frozenset({"url_file", "url_env", "labels"}),
-    "email": frozenset(
-        {
-            "smtp_host",
-            "smtp_port",
-            "starttls",
-            "from",
-            "to",
-            "username",
-            "password_file",
-            "password_env",
-        }
-    ),
-    "command": frozenset({"command"}),
-}
-# Labels unitgen sets itself; a target may not redefine them or resolving breaks.
-RESERVED_LABELS = frozenset({"alertname", "unit", "instance", "incident", "reason"})
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ADDRESS = re.compile(r"[^\s<>@,;:\"]+@[^\s<>@,;:\"]+")
 
 
 # -- configuration -------------------------------------------------------------------
@@ -128,13 +96,18 @@ _ADDRESS = re.compile(r"[^\s<>@,;:\"]+@[^\s<>@,;:\"]+")
 
 @dataclass(frozen=True)
 class AlertTarget:
-    """One alert destination, as validated from the policy mapping (see docs/alerts.md)."""
+    """One alert destination, as validated from the policy mapping (see docs/alerts.md).
+
+    Built by :meth:`from_mapping`, which fills in the defaults from the spec's
+    key table; ``smtp_port`` and ``starttls`` keep theirs here only for the
+    types that have no such key.
+    """
 
     name: str
     type: AlertType
-    timeout: float = 5.0  # connect timeout and read timeout, each
-    retries: int = 3  # retries after the first attempt
-    send_resolved: bool = True
+    timeout: float  # connect timeout and read timeout, each
+    retries: int  # retries after the first attempt
+    send_resolved: bool
     url_file: str | None = None
     url_env: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -149,13 +122,19 @@ class AlertTarget:
     command: tuple[str, ...] = ()
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, object], *, name: str | None = None) -> AlertTarget:
-        """Validate one target mapping; raise :class:`PolicyError` naming the bad key.
+    def from_mapping(
+        cls, d: Mapping[str, object], *, name: str | None = None, source: str = ""
+    ) -> AlertTarget:
+        """Validate one target mapping with the spec's key table (unitgen.alertconfig).
 
-        ``name`` is used when the mapping has no ``name`` key (the spec keys
-        targets by table name, ``[alert.ops]``).
+        Raises :class:`PolicyError` naming ``source`` and the bad key. ``name``
+        is used when the mapping has no ``name`` key (the spec keys targets by
+        table name, ``[alert.ops]``).
         """
-        return _parse_target(d, name)
+        fields = alert_config(d, name=name, source=source)
+        if "from" in fields:
+            fields["from_addr"] = fields.pop("from")
+        return cls(**fields)
 
     @property
     def where(self) -> str:
@@ -174,153 +153,6 @@ class AlertTarget:
         """Upper bound on one send to this target: every attempt plus every backoff, capped."""
         backoffs = sum(_backoff_ceiling(n) for n in range(self.retries))
         return min(cap, (self.retries + 1) * self.attempt_bound() + backoffs)
-
-
-def _fail(where: str, message: str) -> PolicyError:
-    return PolicyError(f"{where}: {message}")
-
-
-def _parse_target(d: Mapping[str, object], name_arg: str | None) -> AlertTarget:
-    if not isinstance(d, Mapping):
-        raise PolicyError(f"alert: expected a table, got {type(d).__name__}")
-    raw_name = d.get("name", name_arg)
-    if not isinstance(raw_name, str) or not raw_name or _CONTROL.search(raw_name):
-        raise _fail("alert.name", "expected a non-empty string without control characters")
-    name = raw_name
-    base = f"alert.{name}"
-    kind = d.get("type")
-    if kind not in _TYPES:
-        raise _fail(f"{base}.type", f"expected one of {', '.join(_TYPES)}, got {kind!r}")
-    allowed = _COMMON_KEYS | _TYPE_KEYS[str(kind)]
-    for key in d:
-        if key not in allowed:
-            raise _fail(f"{base}.{key}", f"unknown key for type {kind}")
-
-    def get(key: str, default: object = None) -> object:
-        return d.get(key, default)
-
-    timeout = get("timeout", 5.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise _fail(f"{base}.timeout", "expected a number of seconds")
-    if not (0 < float(timeout) <= 60 and math.isfinite(timeout)):
-        raise _fail(f"{base}.timeout", "expected seconds in (0, 60]")
-    retries = get("retries", 3)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise _fail(f"{base}.retries", "expected an integer from 0 to 10")
-    send_resolved = get("send_resolved", True)
-    if not isinstance(send_resolved, bool):
-        raise _fail(f"{base}.send_resolved", "expected true or false")
-    fields: dict[str, Any] = {
-        "name": name,
-        "type": kind,
-        "timeout": float(timeout),
-        "retries": retries,
-        "send_resolved": send_resolved,
-    }
-    if kind in _HTTP_TYPES:
-        fields.update(_parse_url_source(d, base))
-        if kind == "alertmanager":
-            fields["labels"] = _parse_labels(get("labels", {}), f"{base}.labels")
-    elif kind == "email":
-        fields.update(_parse_email(d, base))
-    else:
-        fields["command"] = _parse_argv(get("command"), f"{base}.command")
-    return AlertTarget(**fields)
-
-
-def _secret_source(
-    d: Mapping[str, object], base: str, key_file: str, key_env: str, required: bool
-) -> dict[str, str]:
-    has_file, has_env = key_file in d, key_env in d
-    if has_file and has_env:
-        raise _fail(f"{base}.{key_file}", f"give {key_file} or {key_env}, not both")
-    if not has_file and not has_env:
-        if required:
-            raise _fail(f"{base}.{key_file}", f"missing: set {key_file} or {key_env}")
-        return {}
-    if has_file:
-        path = d[key_file]
-        if not isinstance(path, str) or not PurePath(path).is_absolute() or _CONTROL.search(path):
-            raise _fail(f"{base}.{key_file}", "expected an absolute path")
-        return {key_file: path}
-    var = d[key_env]
-    if not isinstance(var, str) or not _ENV_NAME.fullmatch(var):
-        raise _fail(f"{base}.{key_env}", "expected an environment variable name")
-    return {key_env: var}
-
-
-def _parse_url_source(d: Mapping[str, object], base: str) -> dict[str, str]:
-    return _secret_source(d, base, "url_file", "url_env", required=True)
-
-
-def _parse_labels(value: object, where: str) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise _fail(where, "expected a table of string labels")
-    labels: dict[str, str] = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not _LABEL_NAME.fullmatch(k) or k.startswith("__"):
-            raise _fail(f"{where}.{k}", "expected a Prometheus label name ([A-Za-z_][A-Za-z0-9_]*)")
-        if k in RESERVED_LABELS:
-            raise _fail(f"{where}.{k}", "reserved: unitgen sets this label itself")
-        if not isinstance(v, str):
-            raise _fail(f"{where}.{k}", "expected a string value")
-        labels[k] = v
-    return labels
-
-
-def _parse_address(value: object, where: str) -> str:
-    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
-        raise _fail(where, "expected one plain e-mail address (user@host)")
-    return value
-
-
-def _parse_email(d: Mapping[str, object], base: str) -> dict[str, Any]:
-    host = d.get("smtp_host")
-    if not isinstance(host, str) or not host or re.search(r"[\s\x00-\x1f\x7f/]", host):
-        raise _fail(f"{base}.smtp_host", "expected a host name or address")
-    port = d.get("smtp_port", 25)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise _fail(f"{base}.smtp_port", "expected a port number from 1 to 65535")
-    starttls = d.get("starttls", False)
-    if not isinstance(starttls, bool):
-        raise _fail(f"{base}.starttls", "expected true or false")
-    if "from" not in d:
-        raise _fail(f"{base}.from", "missing: the sender address")
-    from_addr = _parse_address(d["from"], f"{base}.from")
-    to = d.get("to")
-    if not isinstance(to, list | tuple) or not to:
-        raise _fail(f"{base}.to", "expected a non-empty list of addresses")
-    recipients = tuple(_parse_address(a, f"{base}.to[{i}]") for i, a in enumerate(to))
-    fields: dict[str, Any] = {
-        "smtp_host": host,
-        "smtp_port": port,
-        "starttls": starttls,
-        "from_addr": from_addr,
-        "to": recipients,
-    }
-    username = d.get("username")
-    if username is None:
-        if "password_file" in d or "password_env" in d:
-            raise _fail(f"{base}.username", "missing: a password was given without a username")
-        return fields
-    if not isinstance(username, str) or not username or _CONTROL.search(username):
-        raise _fail(f"{base}.username", "expected a non-empty string")
-    if not starttls:
-        raise _fail(f"{base}.starttls", "must be true when username is set (no clear-text login)")
-    fields["username"] = username
-    fields.update(_secret_source(d, base, "password_file", "password_env", required=True))
-    return fields
-
-
-def _parse_argv(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise _fail(where, "expected a non-empty argv list")
-    if not all(isinstance(a, str) and "\x00" not in a for a in value):
-        raise _fail(where, "expected strings without NUL")
-    argv = tuple(cast("list[str]", list(value)))
-    if not PurePath(argv[0]).is_absolute():
-        raise _fail(f"{where}[0]", "expected an absolute path")
-    return argv
 
 
 # -- the alert and its payloads ------------------------------------------------------
@@ -542,41 +374,6 @@ def command_env(alert: Alert, target_name: str) -> dict[str, str]:
         "UNITGEN_ALERT_ATTEMPTS": str(alert.attempts),
         "UNITGEN_ALERT_HOST": _env_value(alert.host),
     }
-
-
-# -- dedupe --------------------------------------------------------------------------
-
-
-class AlertLedger:
-    """In-process dedupe: one firing alert per (incident, level), then one resolved.
-
-    ``claim(alert)`` returns True exactly once for each alert that should go
-    out. A ``resolved`` alert is claimed only for an incident that had a
-    firing alert claimed here, and after it no firing alert of that incident
-    is claimed. Memory is bounded: the oldest incidents are forgotten first.
-    """
-
-    def __init__(self, max_incidents: int = 10_000) -> None:
-        self._max = max_incidents
-        self._incidents: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
-
-    def claim(self, alert: Alert) -> bool:
-        sent = self._incidents.get(alert.incident_id)
-        if alert.status == "firing":
-            if sent is None:
-                sent = self._incidents[alert.incident_id] = set()
-                while len(self._incidents) > self._max:
-                    self._incidents.popitem(last=False)
-            key = (alert.level, "firing")
-            if key in sent or ("", "resolved") in sent:
-                return False
-        else:
-            key = ("", "resolved")
-            if not sent or key in sent:
-                return False
-        sent.add(key)
-        self._incidents.move_to_end(alert.incident_id)
-        return True
 
 
 # -- delivery ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Written once against the API that dbus-next and dbus-fast share (``MessageBus``,
 the ladder, the OnFailure= path and the listener never import either library.
 ``UNITGEN_DBUS=next|fast`` forces one; otherwise dbus-fast is used when it is
 installed, because it parses systemd's signals an order of magnitude faster
-(measured in ``bench/bench_listener_flood.py``, recorded in docs/listener.md).
+(measured by the listener benchmark's ``flood`` mode, recorded in docs/listener.md).
 
 Every library error is translated here: callers see :class:`SystemdError`, or
 :class:`UnitNotFoundError` for a unit systemd does not know.

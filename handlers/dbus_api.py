@@ -49,6 +49,7 @@ from typing import Any, Protocol, TypeVar
 
 from handlers.access import AccessPolicy
 from handlers.bus import consume_send
+from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
 from handlers.events import Event, EventKind
 from handlers.public_fields import REDACTED, looks_secret, public_details
 from unitgen.errors import (
@@ -72,9 +73,6 @@ __all__ = [
     "RecoveryService",
 ]
 
-BUS_NAME = "org.unitgen.Recovery1"
-OBJECT_PATH = "/org/unitgen/Recovery1"
-INTERFACE = "org.unitgen.Recovery1"
 INTROSPECTION_XML = Path(__file__).with_name("org.unitgen.Recovery1.xml")
 SIGNAL_SIGNATURE = "ssta{sv}"
 

@@ -16,13 +16,11 @@ import logging
 from typing import Any
 
 from handlers.bus import DBUS_NAME, DBUS_PATH, SystemdBus, unwrap
+from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
 from unitgen.errors import AccessDeniedError, SystemdError
 
 log = logging.getLogger(__name__)
 
-BUS_NAME = "org.unitgen.Recovery1"
-OBJECT_PATH = "/org/unitgen/Recovery1"
-INTERFACE = "org.unitgen.Recovery1"
 
 # The daemon's ladder may wait out backoff and dependency rounds; the recovery
 # unit's own TimeoutStartSec bounds the whole run anyway.
@@ -108,6 +106,8 @@ def outcome_from_record(record: dict[str, Any], unit: str) -> Any:
     except ValueError:
         level = Level.RESTART
     notes = record.get("notes", ())
+    if not isinstance(notes, list | tuple):  # a daemon that breaks the "as" contract
+        notes = ()
     duration = record.get("duration", 0.0)
     return Outcome(
         unit=text("unit") or unit,

@@ -35,7 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "DEPENDENCY_WAIT",
     "ENTRY_STATES",
+    "JOIN_CAP",
+    "MAX_DEPENDENCY_ROUNDS",
     "TRANSITIONS",
     "GiveUp",
     "Level",
@@ -48,6 +51,13 @@ __all__ = [
     "level_for",
     "transition",
 ]
+
+# The engine's waits, here so that the generator (unitgen.render sizes the recovery
+# unit's timeout with them) can read them without loading the engine.
+# How often CHECKING_DEPENDENCIES may send us back to WAITING_FOR_DEPENDENCY in one run.
+MAX_DEPENDENCY_ROUNDS = 2
+DEPENDENCY_WAIT = 30.0  # seconds a dependent waits for a dependency, per round
+JOIN_CAP = 900.0  # longest a joining trigger waits for the running recovery
 
 
 class State(enum.Enum):

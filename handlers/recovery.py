@@ -42,7 +42,15 @@ from handlers.diagnose import (
     settle,
 )
 from handlers.events import Event, EventKind, EventSink, FieldValue, NullSink
-from handlers.ladder import GiveUp, Level, State, Verdict
+from handlers.ladder import (
+    DEPENDENCY_WAIT,
+    JOIN_CAP,
+    MAX_DEPENDENCY_ROUNDS,
+    GiveUp,
+    Level,
+    State,
+    Verdict,
+)
 from handlers.ledger import Entry, Ledger
 from handlers.locks import UnitLock, check_unit_name
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store, UnitSummary, boot_id
@@ -74,11 +82,6 @@ TriggerSource = Literal["onfailure", "listener", "health", "manual", "reconcile"
 # The triggers a listener makes itself: their Outcome is logged as one line, never shown.
 LISTENER_SOURCES: frozenset[str] = frozenset({"listener", "health", "reconcile", "dependency"})
 LockMode = Literal["join", "drop"]
-
-# How often CHECKING_DEPENDENCIES may send us back to WAITING_FOR_DEPENDENCY in one run.
-MAX_DEPENDENCY_ROUNDS = 2
-DEPENDENCY_WAIT = 30.0  # seconds a dependent waits for a dependency, per round
-JOIN_CAP = 900.0  # longest a joining trigger waits for the running recovery
 
 
 class Clock(Protocol):

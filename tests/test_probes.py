@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from clocks import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from receivers import HangingServer, Receiver, closed_port
@@ -215,19 +216,6 @@ async def test_command_ok_fail_timeout(tmp_path: Path) -> None:
 
 
 # -- backoff -------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def scripted(

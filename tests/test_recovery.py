@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clocks import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 from policyfiles import private_paths as _paths
@@ -30,27 +31,6 @@ from handlers.store import Store
 from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
 from unitgen.model import Backoff, Disk, Recovery, Threshold
 from unitgen.policy import Policy
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = 1_700_000_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(seconds)
 
 
 class FakeUnit:

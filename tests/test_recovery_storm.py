@@ -8,9 +8,10 @@ import random
 import tempfile
 from pathlib import Path
 
+from clocks import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_recovery import FakeBus, FakeClock, FakeUnit, _paths, _write_policy
+from test_recovery import FakeBus, FakeUnit, _paths, _write_policy
 
 from handlers.backoff import delay_for
 from handlers.recovery import RecoveryEngine, Trigger

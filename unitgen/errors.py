@@ -14,7 +14,10 @@ each error is closest to, so callers may catch either::
     ├── AlertError(ConnectionError)    an alert could not be delivered (never fatal to recovery)
     ├── StateError(RuntimeError)       the SQLite history could not be used
     ├── LockBusyError(BlockingIOError) another recovery of the same unit is running
-    └── AccessDeniedError(PermissionError)  a D-Bus caller is not allowed to do this
+    ├── AccessDeniedError(PermissionError)  a D-Bus caller is not allowed to do this
+    └── UsageError(ValueError)         the command line itself is wrong
+
+``tests/test_errors.py`` holds this drawing to the classes: add a new error here.
 
 Errors from libraries (requests, dbus-next, sqlite3, OSError) are translated
 at the boundary with ``raise ... from exc`` so the cause survives for

@@ -198,7 +198,8 @@ class Hardening:
 class AlertConfig:
     """An alert target exactly as written in the spec; secrets are only file/env names.
 
-    ``config`` is the mapping ``handlers.alerts.AlertTarget.from_mapping`` reads.
+    ``config`` is the mapping ``handlers.alerts.AlertTarget.from_mapping`` reads
+    (through ``unitgen.alertconfig``, with this same key table).
     """
 
     name: str

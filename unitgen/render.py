@@ -29,6 +29,7 @@ from typing import Any
 
 import jinja2
 
+from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
 from unitgen.errors import RenderError
 from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
@@ -361,9 +362,6 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
 def _recover_timeout(spec: Spec) -> float:
     """How long one recovery may run: the slowest ladder in the spec, plus slack."""
 
-    # The ladder waits up to two rounds for a dependency before giving up on it.
-    from handlers.recovery import DEPENDENCY_WAIT
-
     def ladder(r: Recovery) -> float:
         b = r.backoff
         waits = sum(
@@ -373,7 +371,8 @@ def _recover_timeout(spec: Spec) -> float:
         # crash is handled in the same run (systemd merges a second OnFailure= start
         # into the oneshot that is still running).
         per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime
-        return waits + r.max_attempts * per_attempt + 2 * DEPENDENCY_WAIT
+        # The ladder waits up to MAX_DEPENDENCY_ROUNDS rounds for a dependency.
+        return waits + r.max_attempts * per_attempt + MAX_DEPENDENCY_ROUNDS * DEPENDENCY_WAIT
 
     recoveries = [s.recovery for s in spec.services.values()]
     recoveries += [o.recovery for o in spec.overrides.values()]

@@ -30,8 +30,8 @@ from unitgen.specnodes import (
     FORBIDDEN_CHARS,
     INVALID,
     Collector,
-    forbidden_char_problem,
     join_key,
+    scan_strings,
 )
 
 __all__ = ["MAX_SPEC_BYTES", "load_spec", "parse_spec"]
@@ -149,7 +149,7 @@ def parse_spec(text: str, source: str) -> Spec:
         raise _fail(source, f"TOML value cannot be read: {reason[:120]}") from exc
     out = Collector(source)
     if _MAY_HOLD_FORBIDDEN.search(text):
-        _scan_strings(raw, out)
+        scan_strings(raw, out)
     converted = SPEC.check(raw, "", out)
     _cross_checks(raw, out)
     if out.problems or converted is INVALID:
@@ -169,7 +169,7 @@ def _toml_problem(message: str) -> str:
     return f"TOML syntax error: {what}"
 
 
-# -- every string, at any depth ------------------------------------------------------
+# -- every string, at any depth: specnodes.scan_strings -----------------------------
 
 # How a forbidden character can get into a parsed TOML string: an escape (\n, \r,
 # \b, \f, \uXXXX, \UXXXXXXXX), a raw line break inside a multi-line string, or a
@@ -179,26 +179,6 @@ def _toml_problem(message: str) -> str:
 _MAY_HOLD_FORBIDDEN = re.compile(
     r'\\[bfnruU]|"""|\'\'\'|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]'
 )
-
-
-def _scan_strings(raw: Mapping[str, Any], out: Collector) -> None:
-    """Report a newline, CR, NUL or control character in any key or string value."""
-    stack: list[tuple[str, object]] = [("", raw)]
-    while stack:
-        key, value = stack.pop()
-        if isinstance(value, str):
-            problem = forbidden_char_problem(value)
-            if problem is not None:
-                out.add(key, problem)
-        elif isinstance(value, dict):
-            for name, child in value.items():
-                where = join_key(key, name)
-                problem = forbidden_char_problem(name)
-                if problem is not None:
-                    out.add(where, "the key " + problem)
-                stack.append((where, child))
-        elif isinstance(value, list):
-            stack.extend((f"{key}[{i}]", child) for i, child in enumerate(value))
 
 
 # -- rules that span keys and services -----------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "did_you_mean",
     "forbidden_char_problem",
     "join_key",
+    "scan_strings",
 ]
 
 
@@ -150,6 +151,30 @@ class Collector:
 
     def expected(self, key: str, what: str, value: object) -> None:
         self.add(key, f"expected {what}, got {describe(value)}")
+
+
+def scan_strings(raw: object, out: Collector, key: str = "") -> None:
+    """Report a newline, CR, NUL or control character in any key or string value.
+
+    Run before the node checks: :class:`Text` and its kin refuse such a value
+    without a message of their own, so that it is reported once, here.
+    """
+    stack: list[tuple[str, object]] = [(key, raw)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            problem = forbidden_char_problem(value)
+            if problem is not None:
+                out.add(where, problem)
+        elif isinstance(value, dict):
+            for name, child in value.items():
+                child_key = join_key(where, name)
+                problem = forbidden_char_problem(name)
+                if problem is not None:
+                    out.add(child_key, "the key " + problem)
+                stack.append((child_key, child))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(value))
 
 
 JSON = dict[str, Any]
