@@ -87,18 +87,14 @@ class Sandbox:
         ``die_with_parent``: kill the sandbox if the *thread* that started it
         exits (PR_SET_PDEATHSIG semantics), so start it from a long-lived thread.
         """
-        if scope is Scope.SYSTEM:
-            booted = launch.start_system(
-                share=share, boot_timeout=boot_timeout, die_with_parent=die_with_parent
-            )
-        else:
-            booted = launch.start_user(
-                share=share,
-                journal=journal,
-                boot_timeout=boot_timeout,
-                die_with_parent=die_with_parent,
-                host_like=host_like,
-            )
+        booted = launch.boot(
+            scope,
+            share=share,
+            journal=journal,
+            boot_timeout=boot_timeout,
+            die_with_parent=die_with_parent,
+            host_like=host_like,
+        )
         return cls(booted)
 
     # --- context manager ----------------------------------------------------
