@@ -2,7 +2,7 @@
 
 Nothing in unitgen may claim to work with systemd until it has worked against a
 real one, and the machines that run the tests do not boot systemd as PID 1. This
-module starts one on demand and removes every trace of it afterwards.
+package starts one on demand and removes every trace of it afterwards.
 
 Two kinds, chosen by :class:`unitgen.paths.Scope`:
 

@@ -25,8 +25,8 @@ from unitgen.sandbox.layout import (
     USER_BUS_SOCKET_UNIT,
     base_env,
 )
-from unitgen.sandbox.procs import comm, ns_children, start_time
-from unitgen.sandbox.reap import abort, reap_stale, tracking_hierarchies
+from unitgen.sandbox.procs import comm, ns_children
+from unitgen.sandbox.reap import abort, reap_stale, record_owner, tracking_hierarchies
 
 
 def probe(scope: Scope = Scope.USER) -> str | None:
@@ -168,7 +168,7 @@ def boot(
     root = Path(tempfile.mkdtemp(prefix=CGROUP_PREFIX))
     cgroup_id = root.name
     try:
-        (root / "owner").write_text(f"{os.getpid()} {start_time(os.getpid())}\n")
+        record_owner(root)
         shared = [str(Path(p).resolve()) for p in share]
         if scope is Scope.SYSTEM:
             plan = _plan_system(root, cgroup_id, shared)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from unitgen.errors import SandboxError
 from unitgen.sandbox.layout import CGROUP_PREFIX, POLL
-from unitgen.sandbox.procs import process_alive
+from unitgen.sandbox.procs import process_alive, start_time
 
 
 def cgroup_mounts() -> list[tuple[Path, str]]:
@@ -70,6 +70,16 @@ def remove_cgroup_tree(top: Path, deadline: float) -> None:
         return
 
 
+# ROOT/owner: "PID STARTTIME" of the process that started the sandbox; reap_stale
+# reads it back to tell a live sandbox from one whose owner was SIGKILLed.
+OWNER_FILE = "owner"
+
+
+def record_owner(root: Path) -> None:
+    """Write ``ROOT/owner`` for this process, before anything else is started."""
+    (root / OWNER_FILE).write_text(f"{os.getpid()} {start_time(os.getpid())}\n")
+
+
 # How long reap_stale waits for a dead sandbox's last processes to leave its cgroup.
 STALE_EXIT_WAIT = 2.0
 
@@ -87,7 +97,7 @@ def reap_stale() -> list[Path]:
     now = time.time()
     for root in Path(tempfile.gettempdir()).glob(CGROUP_PREFIX + "*"):
         try:
-            owner = (root / "owner").read_text().split()
+            owner = (root / OWNER_FILE).read_text().split()
             alive = process_alive(int(owner[0]), owner[1])
         except (OSError, ValueError, IndexError):
             alive = now - _mtime(root) < 60
