@@ -1,6 +1,6 @@
 """Shared fixtures: a real, disposable systemd for the tests that need one.
 
-Fixtures (see unitgen/sandbox.py for the Sandbox API):
+Fixtures (see unitgen/sandbox/ for the Sandbox API):
 
 ``user_sandbox``        session scope: one user manager shared by many tests.
                         Use unique unit names; do not leave units running.

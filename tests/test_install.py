@@ -279,3 +279,15 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
     res = _run_install(*args)
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("install.sh: ")
+
+
+def test_wheel_ships_the_sandbox_init_scripts(wheelhouse: Path) -> None:
+    """The namespace init scripts are package data: a wheel without them cannot boot."""
+    import zipfile
+
+    (wheel,) = wheelhouse.glob("unitgen-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    scripts = sorted((REPO / "unitgen" / "sandbox" / "init").glob("*.sh"))
+    assert scripts
+    for script in scripts:
+        assert script.relative_to(REPO).as_posix() in shipped

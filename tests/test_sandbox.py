@@ -75,10 +75,10 @@ def test_start_failure_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_probe_reports_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    from unitgen import sandbox
+    from unitgen.sandbox import launch
 
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
-    reason = sandbox.probe(Scope.USER)
+    monkeypatch.setattr(launch.os, "geteuid", lambda: 1000)
+    reason = launch.probe(Scope.USER)
     assert reason is not None and "root" in reason
 
 
@@ -299,12 +299,13 @@ def test_reap_stale_waits_for_a_dead_sandboxs_cgroup_and_keeps_what_it_cannot_re
     import tempfile
     import uuid
 
-    from unitgen import sandbox as sbmod
+    from unitgen.sandbox import probe
+    from unitgen.sandbox import reap as sbmod
 
-    reason = sbmod.probe(Scope.USER)
+    reason = probe(Scope.USER)
     if reason:
         sandboxlib.unavailable(reason)
-    mounts = [m for m, _ in sbmod._cgroup_mounts() if sbmod._is_cgroup2(m)]
+    mounts = [m for m, _ in sbmod.cgroup_mounts() if sbmod.is_cgroup2(m)]
     if not mounts:
         sandboxlib.unavailable("no cgroup2 hierarchy mounted")
     name = f"{CGROUP_PREFIX}reaptest-{uuid.uuid4().hex[:8]}"

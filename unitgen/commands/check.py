@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _probe(files: dict[str, str], rows: list[Row], scope: Scope, *, unprivileged: bool) -> None:
-    """Start every plain service in a sandbox (unitgen/sandbox.py:probe_units); note the result."""
+    """Start every plain service in a sandbox (unitgen.sandbox.probe_units); note the result."""
     from unitgen.paths import Scope
     from unitgen.sandbox import probe_units
 
