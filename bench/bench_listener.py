@@ -193,6 +193,14 @@ async def _latency(
     onf_policy = work / "onf-policy"
     policy(onf_policy, "b-onf.service")
     env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+    # What any Python OnFailure= handler pays before its first RestartUnit: this venv's
+    # interpreter and site, asyncio and dbus-fast, one connection, the reset and restart.
+    floor = work / "pyfloor.py"
+    floor.write_text(PYFLOOR)
+    units["b-pyfloor-restart@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}ExecStart={sys.executable} {floor} %i\n"
+    )
     units["b-recover@.service"] = (
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
         f"{env}Environment=UNITGEN_POLICY_DIR={onf_policy}\n"
@@ -516,6 +524,26 @@ async def _giveup(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
 # -- onfailure: the fallback when the daemon is down ------------------------------------
 
 
+PYFLOOR = """
+import asyncio, sys
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import BusType
+
+async def main(unit):
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    def call(member, sig, body):
+        return bus.call(Message(destination="org.freedesktop.systemd1",
+            path="/org/freedesktop/systemd1", interface="org.freedesktop.systemd1.Manager",
+            member=member, signature=sig, body=body))
+    await asyncio.gather(call("ResetFailedUnit", "s", [unit]),
+                         call("RestartUnit", "ss", [unit, "replace"]))
+    bus.disconnect()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
 async def onfailure(trials: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="unitgen-onfailure-"))
     try:
@@ -537,6 +565,7 @@ async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
         "systemd RestartSec=0": "b-sd0.service",
         "anchor: OnFailure= systemctl restart": "b-anchor.service",
         "OnFailure= unitgen recover (no daemon)": "b-onf.service",
+        "floor: OnFailure= python, bare RestartUnit": "b-pyfloor.service",
     }
     units: dict[str, str] = {}
     for unit in approaches.values():
@@ -546,6 +575,8 @@ async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
             svc += "Restart=always\nRestartSec=0\n"
         elif unit == "b-anchor.service":
             head += "OnFailure=b-anchor-restart@%n.service\n"
+        elif unit == "b-pyfloor.service":
+            head += "OnFailure=b-pyfloor-restart@%n.service\n"
         else:
             head += "OnFailure=b-recover@%n.service\n"
         units[unit] = head + svc
@@ -553,6 +584,14 @@ async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
     units["b-anchor-restart@.service"] = (
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
         f"{env}ExecStart={systemctl} --user restart %i\n"
+    )
+    # What any Python OnFailure= handler pays before its first RestartUnit: this venv's
+    # interpreter and site, asyncio and dbus-fast, one connection, the reset and restart.
+    floor = work / "pyfloor.py"
+    floor.write_text(PYFLOOR)
+    units["b-pyfloor-restart@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}ExecStart={sys.executable} {floor} %i\n"
     )
     units["b-recover@.service"] = (
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
@@ -583,8 +622,10 @@ async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
             await asyncio.sleep(0.3)
             if unit != "b-sd0.service":
                 # The oneshot must be gone before the unit's next kill.
-                helper = unit.replace(".service", "")
-                tpl = "b-anchor-restart@" if helper == "b-anchor" else "b-recover@"
+                tpl = {
+                    "b-anchor.service": "b-anchor-restart@",
+                    "b-pyfloor.service": "b-pyfloor-restart@",
+                }.get(unit, "b-recover@")
                 await asyncio.to_thread(
                     sb.wait_for, f"{tpl}{unit}.service", {"inactive", "failed"}, 20
                 )
