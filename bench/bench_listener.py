@@ -3,6 +3,9 @@
 Run (root; a disposable user manager is started for each mode):
 
     /opt/unitgen/bin/python bench/bench_listener.py latency [--trials 100]
+    /opt/unitgen/bin/python bench/bench_listener.py giveup [--trials 120]
+    /opt/unitgen/bin/python bench/bench_listener.py onfailure [--trials 60]
+    /opt/unitgen/bin/python bench/bench_listener.py scale --generated
     /opt/unitgen/bin/python bench/bench_listener.py scale [--units 1000 --fail 200]
     /opt/unitgen/bin/python bench/bench_listener.py idle [--seconds 60]
     /opt/unitgen/bin/python bench/bench_listener.py flood [--seconds 5]
@@ -20,6 +23,13 @@ run, in alternation, each on its own unit and FIFO:
 * ``listener (dbus-fast)``      Restart=no; the in-process listener + full ladder
 * ``listener (dbus-next)``      the same, a second listener on dbus-next
 * ``OnFailure= unitgen recover`` Restart=no; OnFailure= runs `unitgen recover`
+
+``latency`` measures Restart=no units, which generated units are not: ``giveup``
+is the path they take (a unit rendered by the generator, Restart=on-failure with
+its start limit, killed until systemd gives up; timed from systemd's give-up, its
+InactiveEnterTimestamp at the refused start), beside systemd's RestartSec=0.
+``onfailure`` is the fallback when the daemon is down, against the anchor of an
+OnFailure= oneshot running ``systemctl restart`` and a bare Python floor.
 
 For the listeners, "detection" is kill -> RestartUnit issued (the ladder's
 bus.restart() call, timestamped in-process), and "signal" is kill -> the
