@@ -23,6 +23,8 @@ run, in alternation, each on its own unit and FIFO:
 * ``listener (dbus-fast)``      Restart=no; the in-process listener + full ladder
 * ``listener (dbus-next)``      the same, a second listener on dbus-next
 * ``OnFailure= unitgen recover`` Restart=no; OnFailure= runs `unitgen recover`
+* ``generated unit``            rendered by the generator (Restart=on-failure, start
+                                limit), killed until systemd gives up; from the give-up
 
 ``latency`` measures Restart=no units, which generated units are not: ``giveup``
 is the path they take (a unit rendered by the generator, Restart=on-failure with
@@ -188,8 +190,22 @@ async def _latency(
         if lib not in libs:
             del approaches[f"listener dbus-{lib} (full ladder)"]
     tags = tuple((lib, f"b-l{lib}.service") for lib in ("fast", "next") if lib in libs)
+    # The path generated units take (Restart=on-failure and a start limit, as the
+    # generator renders them): killed until systemd gives up; the first listener's.
+    gen = f"b-gen{tags[0][0]}.service" if tags else ""
+    gen_name = f"generated unit, give-up -> running (listener dbus-{tags[0][0]})" if tags else ""
     fifos = {u: Fifo(work / f"{u}.fifo") for u in approaches.values()}
+    if gen:
+        fifos[gen] = Fifo(work / f"{gen}.fifo")
     units: dict[str, str] = {}
+    if gen:
+        units[gen] = render_generated(
+            work,
+            gen.removesuffix(".service"),
+            stamp,
+            work / f"{gen}.fifo",
+            work / f"policy-{tags[0][0]}",
+        )
     for unit in approaches.values():
         head = "[Unit]\nStartLimitIntervalSec=0\n"
         svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
@@ -217,7 +233,7 @@ async def _latency(
         f"ExecStart={UNITGEN} recover %i\n"
     )
     sb.install_units(units)
-    for unit in approaches.values():
+    for unit in [*approaches.values(), *([gen] if gen else [])]:
         sb.systemctl("start", unit, check=True)
 
     marks: dict[str, list[tuple[str, int]]] = {}
@@ -274,10 +290,21 @@ async def _latency(
         await asyncio.wait_for(listener.ready.wait(), 20)
 
     results: dict[str, list[float]] = {name: [] for name in approaches}
+    gen_restart: list[float] = []
+    if gen:
+        results[gen_name] = []
     detect: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     signal_lat: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     to_ladder: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     for trial in range(trials):
+        if gen:
+            got = await giveup_trial(
+                sb, gen, fifos[gen], marks, unit_path(gen).rsplit("/", 1)[-1], trial
+            )
+            if got is not None:
+                results[gen_name].append(got.running)
+                gen_restart.append(got.restart)
+            await asyncio.sleep(0.3)
         for name, unit in approaches.items():
             fifo = fifos[unit]
             try:
@@ -335,11 +362,13 @@ async def _latency(
     print(f"\nkill -9 -> new process running (ms), {trials} trials, alternating, one run\n")
     print("| path | min | median | p95 | p99 | max | n | vs RestartSec=0 |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in approaches:
+    for name in results:
         print(line(name, results[name], base))
     print("\nlistener detection (ms): kill -> failed signal received; kill -> RestartUnit issued\n")
     print("| step | min | median | p95 | p99 | max | n | |")
     print("|---|---|---|---|---|---|---|---|")
+    if gen:
+        print(line("generated unit: give-up -> RestartUnit issued", gen_restart))
     for tag, _ in tags:
         print(line(f"dbus-{tag}: kill -> failed signal", signal_lat[tag]))
         print(line(f"dbus-{tag}: kill -> ladder called (gave-up confirmed)", to_ladder[tag]))
@@ -417,6 +446,58 @@ async def giveup(trials: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class GiveUp:
+    """One trial of a generated unit, in ms from systemd's give-up (the refused start)."""
+
+    signal: list[float]  # -> the failed signal received (empty if not marked)
+    restart: float  # -> RestartUnit issued
+    running: float  # -> the new process's stamp
+    last_kill: float  # the last kill -> the stamp
+    systemd_restarts: int
+
+
+async def giveup_trial(
+    sb: Sandbox,
+    unit: str,
+    fifo: Fifo,
+    marks: dict[str, list[tuple[str, int]]],
+    path_key: str,
+    trial: int,
+) -> GiveUp | None:
+    """Kill ``unit`` until a restart is the listener's (``marks[unit]`` gets a
+    "restart"), not systemd's; ``marks[path_key]`` collects "failed" signals."""
+    kills = 0
+    while True:
+        pid = await asyncio.to_thread(main_pid_host, sb, unit)
+        fifo.drain()
+        marks.pop(unit, None)
+        marks.pop(path_key, None)
+        t_kill = time.monotonic_ns()
+        os.kill(pid, 9)
+        kills += 1
+        ts = await asyncio.to_thread(fifo.next_stamp, 10.0)
+        if ts is None:
+            print(f"trial {trial}: {unit}: no restart within 10 s", file=sys.stderr)
+            return None
+        restart = [t for k, t in marks.get(unit, []) if k == "restart"]
+        if not restart:
+            if kills > 10:
+                print(f"trial {trial}: {unit}: systemd never gave up", file=sys.stderr)
+                return None
+            continue  # systemd's own restart
+        props = await asyncio.to_thread(sb.show, unit, "InactiveEnterTimestampMonotonic")
+        gave_up = int(props["InactiveEnterTimestampMonotonic"]) * 1000  # us -> ns
+        failed = [t for k, t in marks.get(path_key, []) if k == "failed"]
+        return GiveUp(
+            signal=[(failed[-1] - gave_up) / 1e6] if failed else [],
+            restart=(restart[0] - gave_up) / 1e6,
+            running=(ts - gave_up) / 1e6,
+            last_kill=(ts - t_kill) / 1e6,
+            systemd_restarts=kills - 1,
+        )
+
+
 async def _giveup(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
     """Per trial: the generated unit killed until systemd's start limit gives up (the
     listener restarts it), then systemd's own RestartSec=0 path killed once."""
@@ -467,38 +548,13 @@ async def _giveup(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
     base: list[float] = []
     try:
         for trial in range(trials):
-            # The generated unit, killed until the restart is not systemd's.
-            kills = 0
-            while True:
-                pid = await asyncio.to_thread(main_pid_host, sb, gen)
-                fifos[gen].drain()
-                marks.pop(gen, None)
-                marks.pop(gen_path, None)
-                t_kill = time.monotonic_ns()
-                os.kill(pid, 9)
-                kills += 1
-                ts = await asyncio.to_thread(fifos[gen].next_stamp, 10.0)
-                if ts is None:
-                    print(f"trial {trial}: {gen}: no restart within 10 s", file=sys.stderr)
-                    break
-                restart = [t for k, t in marks.get(gen, []) if k == "restart"]
-                if not restart:
-                    if kills > 10:
-                        print(f"trial {trial}: systemd never gave up", file=sys.stderr)
-                        break
-                    continue  # systemd's own restart
-                props = await asyncio.to_thread(
-                    sb.show, gen, "InactiveEnterTimestampMonotonic", "NRestarts"
-                )
-                gave_up = int(props["InactiveEnterTimestampMonotonic"]) * 1000  # us -> ns
-                failed = [t for k, t in marks.get(gen_path, []) if k == "failed"]
-                to_restart.append((restart[0] - gave_up) / 1e6)
-                to_running.append((ts - gave_up) / 1e6)
-                last_kill_running.append((ts - t_kill) / 1e6)
-                if failed:
-                    to_signal.append((failed[-1] - gave_up) / 1e6)
-                systemd_kills.append(kills - 1)
-                break
+            got = await giveup_trial(sb, gen, fifos[gen], marks, gen_path, trial)
+            if got is not None:
+                to_signal.extend(got.signal)
+                to_restart.append(got.restart)
+                to_running.append(got.running)
+                last_kill_running.append(got.last_kill)
+                systemd_kills.append(got.systemd_restarts)
             await asyncio.sleep(0.3)
             pid = await asyncio.to_thread(main_pid_host, sb, sd0)
             fifos[sd0].drain()
