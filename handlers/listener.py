@@ -725,9 +725,9 @@ class Listener:
             state.static = {key: read[key] for key in _STATIC if key in read}
             return {**state.live, **read}
         view = {**state.static, **state.live}
-        if _complete(view) and view["ActiveState"] == "failed":
+        if _complete(view):
             inv = _hex(view["InvocationID"])
-            if inv and inv == state.auto_restart:
+            if view["ActiveState"] == "failed" and inv and inv == state.auto_restart:
                 # auto-restart -> failed with no new invocation: systemd's restart job
                 # was refused (StartLimitBurst=) and systemd 252 set failed with no
                 # restart to come. The signal was sent while that job was being removed
