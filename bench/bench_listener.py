@@ -433,6 +433,9 @@ def render_generated(
         capture_output=True,
     )
     text = (out / f"{name}.service").read_text()
+    if os.environ.get("BENCH_ONFAILURE"):
+        # As a user installs it: OnFailure= and the recovery unit it starts kept.
+        return text
     return "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("OnFailure"))
 
 
@@ -968,7 +971,13 @@ async def _scale(
         body["unit"] = "s@.service"
         paths.policy_dir.mkdir(parents=True, exist_ok=True)
         (paths.policy_dir / "s@.service.json").write_text(json.dumps(body))
-        sb.install_units({"s@.service": text})
+        extra = {}
+        if os.environ.get("BENCH_ONFAILURE"):
+            recover = (work / "rendered-s" / "unitgen-recover@.service").read_text()
+            # The user manager runs it with the sandbox's policy and state directories.
+            env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+            extra["unitgen-recover@.service"] = recover.replace("[Service]\n", f"[Service]\n{env}")
+        sb.install_units({"s@.service": text, **extra})
     else:
         policy(paths.policy_dir, "s@.service")
         sb.install_units(
