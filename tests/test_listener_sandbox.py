@@ -193,7 +193,7 @@ async def test_never_races_systemds_own_restart(
     # a restart under way (the ladder would stand down on it).
     assert listener.stats.start_limit == 1
     assert trigger["result"] == "start-limit-hit"
-    assert tuple(trigger["snapshot"]["Job"])[0] == 0
+    assert trigger["snapshot"]["Job"][0] == 0
 
 
 @pytest.mark.asyncio
