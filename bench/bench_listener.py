@@ -3,6 +3,9 @@
 Run (root; a disposable user manager is started for each mode):
 
     /opt/unitgen/bin/python bench/bench_listener.py latency [--trials 100]
+    /opt/unitgen/bin/python bench/bench_listener.py giveup [--trials 120]
+    /opt/unitgen/bin/python bench/bench_listener.py onfailure [--trials 60]
+    /opt/unitgen/bin/python bench/bench_listener.py scale --generated
     /opt/unitgen/bin/python bench/bench_listener.py scale [--units 1000 --fail 200]
     /opt/unitgen/bin/python bench/bench_listener.py idle [--seconds 60]
     /opt/unitgen/bin/python bench/bench_listener.py flood [--seconds 5]
@@ -20,6 +23,15 @@ run, in alternation, each on its own unit and FIFO:
 * ``listener (dbus-fast)``      Restart=no; the in-process listener + full ladder
 * ``listener (dbus-next)``      the same, a second listener on dbus-next
 * ``OnFailure= unitgen recover`` Restart=no; OnFailure= runs `unitgen recover`
+* ``generated unit``            rendered by the generator (Restart=on-failure, start
+                                limit), killed until systemd gives up; from the give-up
+
+``latency`` measures Restart=no units, which generated units are not: ``giveup``
+is the path they take (a unit rendered by the generator, Restart=on-failure with
+its start limit, killed until systemd gives up; timed from systemd's give-up, its
+InactiveEnterTimestamp at the refused start), beside systemd's RestartSec=0.
+``onfailure`` is the fallback when the daemon is down, against the anchor of an
+OnFailure= oneshot running ``systemctl restart`` and a bare Python floor.
 
 For the listeners, "detection" is kill -> RestartUnit issued (the ladder's
 bus.restart() call, timestamped in-process), and "signal" is kill -> the
@@ -178,8 +190,22 @@ async def _latency(
         if lib not in libs:
             del approaches[f"listener dbus-{lib} (full ladder)"]
     tags = tuple((lib, f"b-l{lib}.service") for lib in ("fast", "next") if lib in libs)
+    # The path generated units take (Restart=on-failure and a start limit, as the
+    # generator renders them): killed until systemd gives up; the first listener's.
+    gen = f"b-gen{tags[0][0]}.service" if tags else ""
+    gen_name = f"generated unit, give-up -> running (listener dbus-{tags[0][0]})" if tags else ""
     fifos = {u: Fifo(work / f"{u}.fifo") for u in approaches.values()}
+    if gen:
+        fifos[gen] = Fifo(work / f"{gen}.fifo")
     units: dict[str, str] = {}
+    if gen:
+        units[gen] = render_generated(
+            work,
+            gen.removesuffix(".service"),
+            stamp,
+            work / f"{gen}.fifo",
+            work / f"policy-{tags[0][0]}",
+        )
     for unit in approaches.values():
         head = "[Unit]\nStartLimitIntervalSec=0\n"
         svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
@@ -193,13 +219,21 @@ async def _latency(
     onf_policy = work / "onf-policy"
     policy(onf_policy, "b-onf.service")
     env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+    # What any Python OnFailure= handler pays before its first RestartUnit: this venv's
+    # interpreter and site, asyncio and dbus-fast, one connection, the reset and restart.
+    floor = work / "pyfloor.py"
+    floor.write_text(PYFLOOR)
+    units["b-pyfloor-restart@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}ExecStart={sys.executable} {floor} %i\n"
+    )
     units["b-recover@.service"] = (
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
         f"{env}Environment=UNITGEN_POLICY_DIR={onf_policy}\n"
         f"ExecStart={UNITGEN} recover %i\n"
     )
     sb.install_units(units)
-    for unit in approaches.values():
+    for unit in [*approaches.values(), *([gen] if gen else [])]:
         sb.systemctl("start", unit, check=True)
 
     marks: dict[str, list[tuple[str, int]]] = {}
@@ -256,10 +290,21 @@ async def _latency(
         await asyncio.wait_for(listener.ready.wait(), 20)
 
     results: dict[str, list[float]] = {name: [] for name in approaches}
+    gen_restart: list[float] = []
+    if gen:
+        results[gen_name] = []
     detect: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     signal_lat: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     to_ladder: dict[str, list[float]] = {tag: [] for tag, _ in tags}
     for trial in range(trials):
+        if gen:
+            got = await giveup_trial(
+                sb, gen, fifos[gen], marks, unit_path(gen).rsplit("/", 1)[-1], trial
+            )
+            if got is not None:
+                results[gen_name].append(got.running)
+                gen_restart.append(got.restart)
+            await asyncio.sleep(0.3)
         for name, unit in approaches.items():
             fifo = fifos[unit]
             try:
@@ -317,11 +362,13 @@ async def _latency(
     print(f"\nkill -9 -> new process running (ms), {trials} trials, alternating, one run\n")
     print("| path | min | median | p95 | p99 | max | n | vs RestartSec=0 |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in approaches:
+    for name in results:
         print(line(name, results[name], base))
     print("\nlistener detection (ms): kill -> failed signal received; kill -> RestartUnit issued\n")
     print("| step | min | median | p95 | p99 | max | n | |")
     print("|---|---|---|---|---|---|---|---|")
+    if gen:
+        print(line("generated unit: give-up -> RestartUnit issued", gen_restart))
     for tag, _ in tags:
         print(line(f"dbus-{tag}: kill -> failed signal", signal_lat[tag]))
         print(line(f"dbus-{tag}: kill -> ladder called (gave-up confirmed)", to_ladder[tag]))
@@ -332,6 +379,333 @@ async def _latency(
     for tag, by in steps.items():
         for action, values in by.items():
             print(line(f"dbus-{tag}: {action}", values))
+
+
+# -- giveup: the path generated units take ----------------------------------------------
+
+# What a user writes (the reproduction in docs/listener.md): systemd's own restarts
+# first, then the ladder, with no backoff and no minimum uptime. A budget large enough
+# for every trial. hardening is off only because the stamp writes to a FIFO in the
+# harness's /tmp; the restart path does not depend on it.
+GENERATED_SPEC = """
+[service.{name}]
+exec = ["{stamp}", "{fifo}"]
+hardening = "off"
+restart = {{ policy = "on-failure", delay = "{delay}", burst = {burst}, interval = "1min" }}
+recovery = {{ max_attempts = 1000, window = "1min", min_uptime = "0s", backoff.base = "0s" }}
+"""
+
+
+def render_generated(
+    work: Path,
+    name: str,
+    stamp: Path,
+    fifo: Path,
+    policy_dir: Path,
+    delay: str = "100ms",
+    burst: int = 3,
+) -> str:
+    """Render ``name``.service with the project's generator; return the unit's text.
+
+    Its policy lands in ``policy_dir``. OnFailure= is dropped: with the daemon up,
+    the oneshot only reports what the listener did (docs/listener.md), and its
+    Python start-up on these two cores would land in the next trials.
+    """
+    spec = work / f"{name}.toml"
+    spec.write_text(
+        GENERATED_SPEC.format(name=name, stamp=stamp, fifo=fifo, delay=delay, burst=burst)
+    )
+    out = work / f"rendered-{name}"
+    subprocess.run(
+        [
+            UNITGEN,
+            "render",
+            "--user",
+            str(spec),
+            "--out",
+            str(out),
+            "--policy-dir",
+            str(policy_dir),
+            "--unitgen-bin",
+            UNITGEN,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    text = (out / f"{name}.service").read_text()
+    if os.environ.get("BENCH_ONFAILURE"):
+        # As a user installs it: OnFailure= and the recovery unit it starts kept.
+        return text
+    return "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("OnFailure"))
+
+
+async def giveup(trials: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="unitgen-giveup-"))
+    try:
+        stamp = build_stamp(work)
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            await _giveup(sb, work, stamp, trials)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class GiveUp:
+    """One trial of a generated unit, in ms from systemd's give-up (the refused start)."""
+
+    signal: list[float]  # -> the failed signal received (empty if not marked)
+    restart: float  # -> RestartUnit issued
+    running: float  # -> the new process's stamp
+    last_kill: float  # the last kill -> the stamp
+    systemd_restarts: int
+
+
+async def giveup_trial(
+    sb: Sandbox,
+    unit: str,
+    fifo: Fifo,
+    marks: dict[str, list[tuple[str, int]]],
+    path_key: str,
+    trial: int,
+) -> GiveUp | None:
+    """Kill ``unit`` until a restart is the listener's (``marks[unit]`` gets a
+    "restart"), not systemd's; ``marks[path_key]`` collects "failed" signals."""
+    kills = 0
+    while True:
+        pid = await asyncio.to_thread(main_pid_host, sb, unit)
+        fifo.drain()
+        marks.pop(unit, None)
+        marks.pop(path_key, None)
+        t_kill = time.monotonic_ns()
+        os.kill(pid, 9)
+        kills += 1
+        ts = await asyncio.to_thread(fifo.next_stamp, 10.0)
+        if ts is None:
+            print(f"trial {trial}: {unit}: no restart within 10 s", file=sys.stderr)
+            return None
+        restart = [t for k, t in marks.get(unit, []) if k == "restart"]
+        if not restart:
+            if kills > 10:
+                print(f"trial {trial}: {unit}: systemd never gave up", file=sys.stderr)
+                return None
+            continue  # systemd's own restart
+        props = await asyncio.to_thread(sb.show, unit, "InactiveEnterTimestampMonotonic")
+        gave_up = int(props["InactiveEnterTimestampMonotonic"]) * 1000  # us -> ns
+        failed = [t for k, t in marks.get(path_key, []) if k == "failed"]
+        return GiveUp(
+            signal=[(failed[-1] - gave_up) / 1e6] if failed else [],
+            restart=(restart[0] - gave_up) / 1e6,
+            running=(ts - gave_up) / 1e6,
+            last_kill=(ts - t_kill) / 1e6,
+            systemd_restarts=kills - 1,
+        )
+
+
+async def _giveup(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
+    """Per trial: the generated unit killed until systemd's start limit gives up (the
+    listener restarts it), then systemd's own RestartSec=0 path killed once."""
+    from handlers.recovery import RecoveryEngine
+
+    for k, v in sb.env.items():
+        os.environ[k] = v
+    paths = dataclasses.replace(paths_for(Scope.USER), policy_dir=work / "policy-gen")
+    gen, sd0 = "b-gen.service", "b-sd0.service"
+    fifos = {u: Fifo(work / f"{u}.fifo") for u in (gen, sd0)}
+    units = {
+        gen: render_generated(work, "b-gen", stamp, work / f"{gen}.fifo", paths.policy_dir),
+        sd0: "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+        f"ExecStart={stamp} {work}/{sd0}.fifo\nRestart=always\nRestartSec=0\n",
+    }
+    sb.install_units(units)
+    for unit in units:
+        sb.systemctl("start", unit, check=True)
+    marks: dict[str, list[tuple[str, int]]] = {}
+
+    def make(bus: SystemdBus) -> Any:
+        original = bus.restart
+
+        async def timed_restart(name: str, mode: str = "replace") -> str:
+            marks.setdefault(name, []).append(("restart", time.monotonic_ns()))
+            return await original(name, mode)
+
+        bus.restart = timed_restart  # type: ignore[method-assign]
+
+        def on_signal(msg: Any) -> None:
+            if msg.member == "PropertiesChanged" and msg.body[0] == UNIT:
+                state = msg.body[1].get("ActiveState")
+                if state is not None and unwrap(state) == "failed":
+                    marks.setdefault(msg.path, []).append(("failed", time.monotonic_ns()))
+
+        bus.add_signal_callback(on_signal)
+        return RecoveryEngine(bus, paths, read_journal_lines=False)
+
+    listener = Listener(paths, make, address=sb.bus_address, library="fast", health=False)
+    task = asyncio.create_task(listener.run())
+    await asyncio.wait_for(listener.ready.wait(), 20)
+    gen_path = unit_path(gen)
+    to_restart: list[float] = []
+    to_signal: list[float] = []
+    to_running: list[float] = []
+    last_kill_running: list[float] = []
+    systemd_kills: list[int] = []
+    base: list[float] = []
+    try:
+        for trial in range(trials):
+            got = await giveup_trial(sb, gen, fifos[gen], marks, gen_path, trial)
+            if got is not None:
+                to_signal.extend(got.signal)
+                to_restart.append(got.restart)
+                to_running.append(got.running)
+                last_kill_running.append(got.last_kill)
+                systemd_kills.append(got.systemd_restarts)
+            await asyncio.sleep(0.3)
+            pid = await asyncio.to_thread(main_pid_host, sb, sd0)
+            fifos[sd0].drain()
+            t_kill = time.monotonic_ns()
+            os.kill(pid, 9)
+            ts = await asyncio.to_thread(fifos[sd0].next_stamp, 10.0)
+            if ts is not None:
+                base.append((ts - t_kill) / 1e6)
+            await asyncio.sleep(0.3)
+    finally:
+        listener.stop()
+        await task
+    sd_median = statistics.median(base or [1.0])
+    print(
+        f"\ngenerated unit (Restart=on-failure, RestartSec=100ms, StartLimitBurst=3, rendered"
+        f" by unitgen) killed until systemd gives up, {len(to_restart)} give-ups; "
+        f"systemd RestartSec=0 killed once per trial, alternating; listener dbus-fast, "
+        f"full ladder (ms)\n"
+    )
+    print("| path | min | median | p95 | p99 | max | n | vs RestartSec=0 |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(line("systemd RestartSec=0: kill -> running", base, sd_median))
+    print(line("generated: give-up -> failed signal received", to_signal))
+    print(line("generated: give-up -> RestartUnit issued", to_restart))
+    print(line("generated: give-up -> running again", to_running, sd_median))
+    print(line("generated: last kill -> running (incl. RestartSec)", last_kill_running))
+    print(
+        f"\nsystemd's own restarts before each give-up: {sorted(set(systemd_kills))}; "
+        f"listener stats: {dataclasses.asdict(listener.stats)}"
+    )
+
+
+# -- onfailure: the fallback when the daemon is down ------------------------------------
+
+
+PYFLOOR = """
+import asyncio, sys
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import BusType
+
+async def main(unit):
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    def call(member, sig, body):
+        return bus.call(Message(destination="org.freedesktop.systemd1",
+            path="/org/freedesktop/systemd1", interface="org.freedesktop.systemd1.Manager",
+            member=member, signature=sig, body=body))
+    await asyncio.gather(call("ResetFailedUnit", "s", [unit]),
+                         call("RestartUnit", "ss", [unit, "replace"]))
+    bus.disconnect()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def onfailure(trials: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="unitgen-onfailure-"))
+    try:
+        stamp = build_stamp(work)
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            await _onfailure(sb, work, stamp, trials)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
+    """OnFailure= running `unitgen recover` (no daemon) against the anchor of
+    /work/shared/bench-method.md, an OnFailure= oneshot running `systemctl restart`,
+    both on Restart=no units, alternating; systemd's RestartSec=0 alongside."""
+    pol = work / "onf-policy"
+    policy(pol, "b-onf.service")
+    env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+    approaches = {
+        "systemd RestartSec=0": "b-sd0.service",
+        "anchor: OnFailure= systemctl restart": "b-anchor.service",
+        "OnFailure= unitgen recover (no daemon)": "b-onf.service",
+        "floor: OnFailure= python, bare RestartUnit": "b-pyfloor.service",
+    }
+    units: dict[str, str] = {}
+    for unit in approaches.values():
+        head = "[Unit]\nStartLimitIntervalSec=0\n"
+        svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
+        if unit == "b-sd0.service":
+            svc += "Restart=always\nRestartSec=0\n"
+        elif unit == "b-anchor.service":
+            head += "OnFailure=b-anchor-restart@%n.service\n"
+        elif unit == "b-pyfloor.service":
+            head += "OnFailure=b-pyfloor-restart@%n.service\n"
+        else:
+            head += "OnFailure=b-recover@%n.service\n"
+        units[unit] = head + svc
+    systemctl = shutil.which("systemctl") or "/usr/bin/systemctl"
+    units["b-anchor-restart@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}ExecStart={systemctl} --user restart %i\n"
+    )
+    # What any Python OnFailure= handler pays before its first RestartUnit: this venv's
+    # interpreter and site, asyncio and dbus-fast, one connection, the reset and restart.
+    floor = work / "pyfloor.py"
+    floor.write_text(PYFLOOR)
+    units["b-pyfloor-restart@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}ExecStart={sys.executable} {floor} %i\n"
+    )
+    units["b-recover@.service"] = (
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
+        f"{env}Environment=UNITGEN_POLICY_DIR={pol}\n"
+        f"ExecStart={UNITGEN} recover --user %i\n"
+    )
+    sb.install_units(units)
+    fifos = {u: Fifo(work / f"{u}.fifo") for u in approaches.values()}
+    for unit in approaches.values():
+        sb.systemctl("start", unit, check=True)
+    results: dict[str, list[float]] = {name: [] for name in approaches}
+    begun: dict[str, list[float]] = {name: [] for name in approaches}
+    for trial in range(trials):
+        for name, unit in approaches.items():
+            pid = await asyncio.to_thread(main_pid_host, sb, unit)
+            fifos[unit].drain()
+            t_kill = time.monotonic_ns()
+            os.kill(pid, 9)
+            ts = await asyncio.to_thread(fifos[unit].next_stamp, 10.0)
+            if ts is None:
+                print(f"trial {trial}: {name}: no restart within 10 s", file=sys.stderr)
+                sb.systemctl("reset-failed", unit)
+                sb.systemctl("start", unit)
+                continue
+            results[name].append((ts - t_kill) / 1e6)
+            props = await asyncio.to_thread(sb.show, unit, "InactiveExitTimestampMonotonic")
+            begun[name].append((1000 * int(props["InactiveExitTimestampMonotonic"]) - t_kill) / 1e6)
+            await asyncio.sleep(0.3)
+            if unit != "b-sd0.service":
+                # The oneshot must be gone before the unit's next kill.
+                tpl = {
+                    "b-anchor.service": "b-anchor-restart@",
+                    "b-pyfloor.service": "b-pyfloor-restart@",
+                }.get(unit, "b-recover@")
+                await asyncio.to_thread(
+                    sb.wait_for, f"{tpl}{unit}.service", {"inactive", "failed"}, 20
+                )
+    anchor = statistics.median(results["anchor: OnFailure= systemctl restart"] or [1.0])
+    print(f"\nOnFailure= paths, Restart=no units, {trials} trials, alternating (ms)\n")
+    print("| path | min | median | p95 | p99 | max | n | vs anchor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in approaches:
+        print(line(f"{name}: kill -> running", results[name], anchor))
+    for name in approaches:
+        print(line(f"{name}: kill -> start begun (InactiveExit)", begun[name]))
 
 
 # -- flood: parse + route throughput, dbus-next vs dbus-fast -------------------------
@@ -560,12 +934,14 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> str:
     return ", ".join(f"{k} {after.get(k, 0.0) - v:.2f} s" for k, v in sorted(before.items()))
 
 
-async def scale(units: int, fail: int, idle: float, lib: str, concurrency: int = 0) -> None:
+async def scale(
+    units: int, fail: int, idle: float, lib: str, concurrency: int = 0, generated: bool = False
+) -> None:
     work = Path(tempfile.mkdtemp(prefix="unitgen-scale-"))
     try:
         stamp = build_stamp(work)
         with Sandbox.start(Scope.USER, share=[work]) as sb:
-            await _scale(sb, work, stamp, units, fail, idle, lib, concurrency)
+            await _scale(sb, work, stamp, units, fail, idle, lib, concurrency, generated)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -579,20 +955,37 @@ async def _scale(
     idle: float,
     lib: str,
     concurrency: int,
+    generated: bool = False,
 ) -> None:
     import socket
 
     for k, v in sb.env.items():
         os.environ[k] = v
     paths = paths_for(Scope.USER)
-    policy(paths.policy_dir, "s@.service")
     fifo = Fifo(work / "scale.fifo")
-    sb.install_units(
-        {
-            "s@.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
-            f"ExecStart={stamp} {work}/scale.fifo\n"
-        }
-    )
+    if generated:
+        # The template is the generator's output for a service "s" (Restart=on-failure,
+        # RestartSec=100ms, StartLimitBurst=3), its policy the generator's too.
+        text = render_generated(work, "s", stamp, work / "scale.fifo", work / "gen-policy")
+        body = json.loads((work / "gen-policy" / "s.service.json").read_text())
+        body["unit"] = "s@.service"
+        paths.policy_dir.mkdir(parents=True, exist_ok=True)
+        (paths.policy_dir / "s@.service.json").write_text(json.dumps(body))
+        extra = {}
+        if os.environ.get("BENCH_ONFAILURE"):
+            recover = (work / "rendered-s" / "unitgen-recover@.service").read_text()
+            # The user manager runs it with the sandbox's policy and state directories.
+            env = "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
+            extra["unitgen-recover@.service"] = recover.replace("[Service]\n", f"[Service]\n{env}")
+        sb.install_units({"s@.service": text, **extra})
+    else:
+        policy(paths.policy_dir, "s@.service")
+        sb.install_units(
+            {
+                "s@.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
+                f"ExecStart={stamp} {work}/scale.fifo\n"
+            }
+        )
     names = [f"s@{i}.service" for i in range(units)]
     start_many(sb, names)
     fifo.drain()
@@ -649,15 +1042,24 @@ async def _scale(
         idle_ctx = _proc_status(daemon.pid, "voluntary_ctxt_switches") - ctx0
         idle_nctx = _proc_status(daemon.pid, "nonvoluntary_ctxt_switches") - nctx0
         # Scale: `fail` units killed at once.
-        bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
         victims = names[:: max(1, units // fail)][:fail]
-        ns_pids = [
-            int(await bus.get_property(u, "MainPID", "org.freedesktop.systemd1.Service"))
-            for u in victims
-        ]
-        await bus.close()
-        pid_map = await asyncio.to_thread(_ns_pid_map, sb)
-        host_pids = [pid_map[p] for p in ns_pids]
+        systemd_rounds = 0
+        if generated:
+            # Their first start counted once against StartLimitBurst=3: two rounds of
+            # kills systemd restarts itself, and the third reaches the limit in all
+            # `fail` at once. Only that round is measured.
+            for _ in range(2):
+                pids = await _host_main_pids(sb, victims)
+                fifo.drain()
+                for pid in pids:
+                    os.kill(pid, 9)
+                for _ in range(fail):
+                    if await asyncio.to_thread(fifo.next_stamp, 30.0) is None:
+                        break
+                systemd_rounds += 1
+                await asyncio.sleep(1.0)
+            fifo.drain()
+        host_pids = await _host_main_pids(sb, victims)
         spy = None
         if os.environ.get("BENCH_PYSPY"):
             # A sampling profile of the burst only (py-spy, a dev tool, not a dependency):
@@ -693,6 +1095,21 @@ async def _scale(
             stamps.append(ts)
         await asyncio.sleep(1.0)  # let the ladder finish verifying before reading CPU
         user, system = (b - a for a, b in zip(split0, _proc_cpu_split(daemon.pid), strict=True))
+        gave_up: list[int] = []
+        manual = 0
+        if generated:
+            # systemd's give-up of each (InactiveEnter: the refused start) and who
+            # started it again (NRestarts 0: a manual start, the ladder's).
+            bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+            for u in victims:
+                gave_up.append(
+                    1000 * int(await bus.get_property(u, "InactiveEnterTimestampMonotonic"))
+                )
+                nrestarts = await bus.get_property(
+                    u, "NRestarts", "org.freedesktop.systemd1.Service"
+                )
+                manual += int(nrestarts) == 0
+            await bus.close()
         cpu = user + system
         others = _cpu_delta(others0, _others_cpu(sb))
         rss = _proc_status(daemon.pid, "VmRSS")
@@ -731,6 +1148,21 @@ async def _scale(
         f"| {idle_ctx} / {idle_nctx} |"
     )
     print(f"| recovered (new process started) | {len(stamps)} / {fail} |")
+    if generated:
+        print(
+            f"| generated template (Restart=on-failure, RestartSec=100ms, StartLimitBurst=3): "
+            f"rounds restarted by systemd before / started by the ladder in the measured round "
+            f"| {systemd_rounds} / {manual} of {fail} |"
+        )
+        if stamps and gave_up:
+            print(
+                f"| first give-up -> last of {fail} running again "
+                f"| {(max(stamps) - min(gave_up)) / 1e6:.0f} ms |"
+            )
+            print(
+                f"| kill -> first / last give-up (RestartSec, the refused start) "
+                f"| {(min(gave_up) - t_kill) / 1e6:.0f} / {(max(gave_up) - t_kill) / 1e6:.0f} ms |"
+            )
     if stamps:
         print(f"| kill -> last of {fail} running again | {(max(stamps) - t_kill) / 1e6:.0f} ms |")
         print(
@@ -750,6 +1182,19 @@ async def _scale(
     print(f"| the same period: {others} |  |")
     print(f"| baseline period: {base_others} |  |")
     print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
+
+
+async def _host_main_pids(sb: Sandbox, units: list[str]) -> list[int]:
+    bus = await SystemdBus.connect(Scope.USER, sb.bus_address)
+    try:
+        ns_pids = [
+            int(await bus.get_property(u, "MainPID", "org.freedesktop.systemd1.Service"))
+            for u in units
+        ]
+    finally:
+        await bus.close()
+    pid_map = await asyncio.to_thread(_ns_pid_map, sb)
+    return [pid_map[p] for p in ns_pids]
 
 
 async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> tuple[list[int], str]:
@@ -868,6 +1313,10 @@ def cli() -> None:
         "--libs", default="fast,next", help="listeners to run side by side (fast, next or both)"
     )
     p.add_argument("--trials", type=int, default=100)
+    p = sub.add_parser("giveup", help="a generated unit killed until systemd gives up")
+    p.add_argument("--trials", type=int, default=100)
+    p = sub.add_parser("onfailure", help="unitgen recover from OnFailure= vs the anchor")
+    p.add_argument("--trials", type=int, default=60)
     p = sub.add_parser("flood")
     p.add_argument("--count", type=int, default=100000)
     p.add_argument("--rate", type=float, default=0.0, help="cap signals/s (0: as fast as possible)")
@@ -877,6 +1326,11 @@ def cli() -> None:
     p.add_argument("--idle", type=float, default=60.0, help="idle seconds measured first")
     p.add_argument("--lib", choices=("fast", "next"), default="fast")
     p.add_argument("--concurrency", type=int, default=0, help="unitgen watch --max-concurrency")
+    p.add_argument(
+        "--generated",
+        action="store_true",
+        help="the generator's template; measure the round that hits the start limit",
+    )
     p = sub.add_parser("bare")
     p.add_argument("--units", type=int, default=1000)
     p.add_argument("--fail", type=int, default=200)
@@ -890,6 +1344,10 @@ def cli() -> None:
     args = parser.parse_args()
     if args.mode == "latency":
         asyncio.run(latency(args.trials, tuple(args.libs.split(","))))
+    elif args.mode == "giveup":
+        asyncio.run(giveup(args.trials))
+    elif args.mode == "onfailure":
+        asyncio.run(onfailure(args.trials))
     elif args.mode == "bare":
         asyncio.run(bare(args.units, args.fail, args.what))
     elif args.mode == "floor":
@@ -903,7 +1361,9 @@ def cli() -> None:
     elif args.mode == "flood":
         asyncio.run(flood(args.count, args.rate))
     else:
-        asyncio.run(scale(args.units, args.fail, args.idle, args.lib, args.concurrency))
+        asyncio.run(
+            scale(args.units, args.fail, args.idle, args.lib, args.concurrency, args.generated)
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "diagnosis_from",
     "job_queued",
     "read_journal",
+    "restart_covers",
     "restart_pending",
     "systemd_would_restart",
 ]
@@ -244,6 +245,12 @@ def diagnosis_from(
             health_failed=health_failed,
         ),
     )
+
+
+def restart_covers(restart: str, result: str) -> bool | None:
+    """Whether ``Restart=restart`` restarts after ``result``; None for a setting unknown here."""
+    covers = _RESTART_COVERS.get(restart)
+    return None if covers is None else covers(result)
 
 
 def restart_pending(props: Mapping[str, Any]) -> bool:

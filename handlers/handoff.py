@@ -1,18 +1,25 @@
 """The OnFailure= path handing its failure to the running listener daemon.
 
 ``unitgen recover`` (run by ``unitgen-recover@.service``) first asks the bus
-whether ``org.unitgen.Recovery1`` has an owner. If it does, it calls
-``Recover(unit)`` there and waits for the outcome: the daemon's ladder, with
-its live signal stream, does the work, and the oneshot only reports. If no
-daemon owns the name, or it vanishes mid-call (killed, restarting), the caller
-runs the ladder itself. Either way the per-unit flock and the shared SQLite
-history make a double restart impossible: the hand-off is an optimisation,
-never the safety mechanism.
+whether ``org.unitgen.Recovery1`` has an owner. If it does, the daemon's
+listener has normally taken the failure over already: systemd starts the
+OnFailure= unit at the same moment it broadcasts the give-up, and the listener
+acts on that signal within milliseconds, long before a Python process is up.
+So the oneshot first looks in the shared history for the incident that handled
+the failed invocation (``$MONITOR_INVOCATION_ID``), read-only, and reports it
+when that incident is closed. Otherwise it calls ``Recover(unit)`` and waits
+for the outcome: the daemon joins its own ladder still running for the unit,
+or runs one. If no daemon owns the name, or it vanishes mid-call (killed,
+restarting), the caller runs the ladder itself. Either way the per-unit flock
+and the shared SQLite history make a double restart impossible: the hand-off
+is an optimisation, never the safety mechanism.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from handlers.bus import DBUS_NAME, DBUS_PATH, SystemdBus, unwrap
@@ -49,18 +56,74 @@ async def daemon_running(bus: SystemdBus) -> bool:
     return bool(owned)
 
 
+def handled_incident(database: Path, unit: str, invocation_id: str) -> dict[str, Any] | None:
+    """The closed incident that handled ``unit``'s invocation, as a Recover() reply; else None.
+
+    Read-only and without the store's set-up (no schema, no migration, no write):
+    a missing or locked database, or an incident still open, is None and the
+    caller asks the daemon.
+    """
+    if not invocation_id:
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute(
+            "SELECT i.id, i.source, i.classification, i.state, i.reason, i.level,"
+            " i.closed_mono - i.opened_mono,"
+            " (SELECT count(*) FROM attempts a WHERE a.incident_id = i.id"
+            "  AND a.action = 'restart')"
+            " FROM triggers t JOIN incidents i ON i.id = t.incident_id"
+            " WHERE t.unit = ? AND t.invocation_id = ? AND t.disposition IN ('handled', 'resumed')"
+            " ORDER BY t.id DESC LIMIT 1",
+            (unit, invocation_id),
+        ).fetchone()
+    except sqlite3.Error as exc:
+        log.debug("history not readable for the hand-off: %s", exc)
+        return None
+    finally:
+        conn.close()
+    if row is None or row[3] == "open":
+        return None
+    incident_id, source, classification, state, reason, level, took, restarts = row
+    return {
+        "unit": unit,
+        "state": str(state),
+        "reason": str(reason),
+        "attempts": int(restarts),
+        "incident_id": str(incident_id),
+        "level": int(level),
+        "classification": str(classification),
+        "restarts": 0,
+        "joined": True,
+        "duration": float(took) if isinstance(took, int | float) else 0.0,
+        "notes": [f"incident opened by the {source} when systemd gave up; not opened again"],
+    }
+
+
 async def hand_off(
     bus: SystemdBus,
     unit: str,
     timeout: float = HANDOFF_TIMEOUT,  # noqa: ASYNC109
+    *,
+    database: Path | None = None,
+    invocation_id: str = "",
 ) -> dict[str, Any] | None:
     """The daemon's outcome for ``unit``, or None when there is no daemon to ask.
 
+    With ``database`` and the failed ``invocation_id``, an incident the daemon
+    already closed for that invocation is the outcome, without a call.
     AccessDenied (the daemon does not trust this caller) is raised: falling
     back would hide a misconfigured bus policy.
     """
     if not await daemon_running(bus):
         return None
+    if database is not None:
+        record = handled_incident(database, unit, invocation_id)
+        if record is not None:
+            return record
     try:
         (outcome,) = await bus.call(
             "Recover",

@@ -10,14 +10,16 @@ of the unit) and looks at the answer:
 
 * ``SubState=auto-restart`` (or anything but ``failed``): systemd is restarting
   it, or already has. The listener stands down and counts it.
-* still ``failed``, same InvocationID: systemd gave up (``Restart=no``, a result
-  its policy does not restart, or start-limit-hit: ``auto-restart`` -> ``dead``
-  -> ``failed`` with no new invocation). The ladder takes over, once per
+* still ``failed``, no job: systemd gave up. The ladder takes over, once per
   InvocationID: a second ``failed`` of the same invocation is dropped.
 
-A unit with ``Restart=no`` and no ``RestartForceExitStatus=`` is never restarted
-by systemd, so there is nothing to race and no round trip is made: the ladder
-starts on the signal itself.
+Three give-ups need no round trip, because the signals already say systemd will
+not restart the unit: ``Restart=no``; a ``Result`` the unit's ``Restart=`` does
+not cover (both only without ``RestartForceExitStatus=``); and the start limit,
+``auto-restart`` -> ``dead`` -> ``failed`` of the invocation last seen in
+``auto-restart``: systemd's restart job was refused, and the failed signal still
+names that job (sent while the job is removed), so the listener must not take
+it for a restart under way.
 
 The diagnosis travels with the signals
 --------------------------------------
@@ -64,6 +66,7 @@ from typing import Any, Protocol
 
 from handlers import bus as busmod
 from handlers.bus import SystemdBus
+from handlers.diagnose import restart_covers
 from handlers.events import EventSink, NullSink
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
@@ -130,6 +133,7 @@ _SERVICE_STATIC = (
     "LogsDirectory",
 )
 _STATIC = (*_UNIT_STATIC, *_SERVICE_STATIC)
+_NO_JOB = (0, "/")
 _COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
 # Outcomes (ladder.State values) whose Recovered or GaveUp event reaches the journal.
 _WITH_EVENT = frozenset({"recovered", "gave-up"})
@@ -139,6 +143,9 @@ _WITH_EVENT = frozenset({"recovered", "gave-up"})
 class UnitState:
     active: str = ""
     handled: str = ""  # the invocation last handed to the ladder
+    # The invocation last seen in ``auto-restart``: a ``failed`` of that same invocation
+    # means systemd's own restart job was refused (the start limit) and it gave up.
+    auto_restart: str = ""
     reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # _SERVICE_LIVE | _UNIT_LIVE, latest
     static: dict[str, Any] | None = None  # _STATIC, None until read (again)
@@ -147,6 +154,7 @@ class UnitState:
         """Signals may have been missed or the unit reloaded: read it afresh next time."""
         self.live.clear()
         self.static = None
+        self.auto_restart = ""
 
 
 @dataclass
@@ -154,7 +162,8 @@ class Stats:
     signals: int = 0
     failed_signals: int = 0
     systemd_restarting: int = 0  # failed, then systemd's own auto-restart: stood down
-    decided_without_read: int = 0  # Restart=no: the ladder started on the signal alone
+    decided_without_read: int = 0  # systemd cannot restart it: decided on the signals alone
+    start_limit: int = 0  # failed after auto-restart, same invocation: systemd gave up
     duplicates: int = 0  # a failure of an invocation already handed to the ladder
     recoveries: int = 0
     recovery_errors: int = 0
@@ -205,11 +214,23 @@ def _hex(value: Any) -> str:
     return str(value or "")
 
 
-def _never_restarted_by_systemd(static: dict[str, Any]) -> bool:
-    """``Restart=no`` and no ``RestartForceExitStatus=``: systemd will not restart it."""
+def _not_restarted_by_systemd(static: dict[str, Any], result: Any) -> bool:
+    """systemd will not restart the unit after this result, whatever the timing.
+
+    ``Restart=no``, or a ``Result`` the unit's ``Restart=`` does not cover (or the
+    start limit), with no ``RestartForceExitStatus=``, which would restart it anyway.
+    ``RestartPreventExitStatus=`` only ever stops a restart, so a result it covers
+    takes the round trip and the reply settles it.
+    """
     force = static.get("RestartForceExitStatus")
-    forced = bool(force and any(force))  # (codes, signals); ([], []) is none
-    return static.get("Restart") == "no" and not forced
+    if force and any(force):  # (codes, signals); ([], []) is none
+        return False
+    restart = static.get("Restart")
+    if restart == "no":
+        return True
+    if not isinstance(result, str) or not isinstance(restart, str) or not result:
+        return False
+    return result == "start-limit-hit" or restart_covers(restart, result) is False
 
 
 def _complete(view: dict[str, Any]) -> bool:
@@ -563,6 +584,8 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
+        if live.get("SubState") == "auto-restart":
+            state.auto_restart = _hex(live.get("InvocationID"))
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -678,9 +701,17 @@ class Listener:
         # says systemd was seen not restarting the unit, so the ladder neither reads
         # them again nor waits for an auto-restart that cannot come.
         snapshot = view if _complete(view) else None
-        trigger = self._trigger(
-            source="listener", invocation_id=inv, snapshot=snapshot, settled=True
-        )
+        fields: dict[str, Any] = {
+            "source": "listener",
+            "invocation_id": inv,
+            "snapshot": snapshot,
+            "settled": True,
+        }
+        if inv and inv == state.auto_restart:
+            # Result keeps the crash's value through the refused start (systemd only
+            # overwrites a success), so the trigger names what happened.
+            fields["result"] = "start-limit-hit"
+        trigger = self._trigger(**fields)
         try:
             await self._recover(engine, unit, trigger)
         except BaseException:
@@ -718,14 +749,26 @@ class Listener:
             state.static = {key: read[key] for key in _STATIC if key in read}
             return {**state.live, **read}
         view = {**state.static, **state.live}
-        if _never_restarted_by_systemd(state.static) and _complete(view):
-            self.stats.decided_without_read += 1
-            return view
+        if _complete(view):
+            inv = _hex(view["InvocationID"])
+            if view["ActiveState"] == "failed" and inv and inv == state.auto_restart:
+                # auto-restart -> failed with no new invocation: systemd's restart job
+                # was refused (StartLimitBurst=) and systemd 252 set failed with no
+                # restart to come. The signal was sent while that job was being removed
+                # (job_uninstall() flushes the unit's change first), so its Job is the
+                # refused one: nothing is queued.
+                self.stats.start_limit += 1
+                return {**view, "Job": _NO_JOB}
+            if _not_restarted_by_systemd(state.static, view["Result"]):
+                self.stats.decided_without_read += 1
+                return view
         try:
-            active, sub, raw_inv = await asyncio.gather(
+            # Job too: a job still queued (an operator's start) is someone acting on it.
+            active, sub, raw_inv, job = await asyncio.gather(
                 bus.get_property(unit, "ActiveState"),
                 bus.get_property(unit, "SubState"),
                 bus.get_property(unit, "InvocationID"),
+                bus.get_property(unit, "Job"),
             )
         except UnitNotFoundError:
             return None
@@ -733,7 +776,7 @@ class Listener:
             # Not loaded any more (UnknownObject): ask the slow way, which loads it.
             state.static = None
             return await self._current(bus, unit, state)
-        view.update(ActiveState=active, SubState=sub, InvocationID=raw_inv)
+        view.update(ActiveState=active, SubState=sub, InvocationID=raw_inv, Job=job)
         return view
 
     async def _recover(self, engine: Recoverer, unit: str, trigger: Any) -> None:

@@ -708,11 +708,12 @@ class RecoveryEngine:
                 raise UnitNotFoundError(f"unit {unit}: systemd has no such unit")
             run.detail = "systemd no longer knows the unit"
             return Verdict.NOT_FOUND
-        # Events stay held through settle() (0.5 s at most; they keep their own
-        # timestamps): a run that then only finds an earlier give-up must publish
-        # nothing, and the OnFailure= hand-off arriving after the listener gave up
-        # is exactly such a run.
-        if not (trigger.settled and run.restarts == 0):
+        # Only a snapshot can predate systemd's decision: systemd 252 sets failed and
+        # auto-restart in one call and answers no method call in between, so a read
+        # that shows failed/failed is already its final word. Waiting on a fresh read
+        # (Result keeps the crash's value through a start-limit refusal, so Restart=
+        # seems to cover it) cost every OnFailure= run at the start limit 0.5 s.
+        if run.from_snapshot and not trigger.settled:
             props = await settle(self.bus, unit, props)
         health = trigger.source == "health"
         diag = diagnosis_from(

@@ -322,22 +322,31 @@ def _full(inv: str, restart: str, force: tuple[list[int], list[int]] = ([], []))
     }
 
 
-def _death(unit: str, inv: str, status: int = 9) -> list[Msg]:
+def _death(
+    unit: str,
+    inv: str,
+    status: int = 9,
+    *,
+    active: str = "failed",
+    sub: str = "failed",
+    job: tuple[int, str] = (0, "/"),
+    result: str = "signal",
+) -> list[Msg]:
     """systemd's two signals for one state: the Service interface's first, then Unit's."""
     v = FakeVariant
     service = {
-        "Result": v("s", "signal"),
-        "ExecMainCode": v("i", 2),
+        "Result": v("s", result),
+        "ExecMainCode": v("i", 2 if result == "signal" else 1),
         "ExecMainStatus": v("i", status),
         "NRestarts": v("u", 0),
         "MainPID": v("u", 0),
         "StatusText": v("s", "ignored"),
     }
     unit_props = {
-        "ActiveState": v("s", "failed"),
-        "SubState": v("s", "failed"),
+        "ActiveState": v("s", active),
+        "SubState": v("s", sub),
         "InvocationID": v("ay", bytes.fromhex(inv)),
-        "Job": v("(uo)", (0, "/")),
+        "Job": v("(uo)", job),
     }
     return [
         Msg("PropertiesChanged", [SERVICE, service, ["ExecStart"]], unit_path(unit)),
@@ -403,10 +412,91 @@ async def test_units_systemd_may_restart_still_get_the_round_trip(
     bus.states[unit] = {**_full("02" * 16, restart, force), "SubState": "auto-restart"}
     bus.states[unit]["ActiveState"] = "activating"
     await _fail_once(listener, bus, unit, "02" * 16)
-    assert sorted(bus.reads) == ["ActiveState", "InvocationID", "SubState"]
+    assert sorted(bus.reads) == ["ActiveState", "InvocationID", "Job", "SubState"]
     assert listener.stats.decided_without_read == 0
     assert listener.stats.systemd_restarting == 1
     assert len(engine.calls) == 1
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+async def test_start_limit_give_up_is_decided_on_the_signals(tmp_path: Path) -> None:
+    """systemd 252 at the start limit, as recorded in the sandbox: failed, auto-restart,
+    the restart job queued, then inactive and failed with that job still attached, all
+    of one invocation. systemd gave up: no read, and the refused job is not a restart."""
+    listener, bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    unit, inv = "g.service", "07" * 16
+    bus.states[unit] = _full("06" * 16, "on-failure")
+    await _fail_once(listener, bus, unit, "06" * 16)  # the first failure reads the unit
+    assert len(engine.calls) == 1
+    bus.reads.clear()
+    # A failure systemd restarts: the round trip shows auto-restart, the listener stands down.
+    bus.states[unit] = {**_full(inv, "on-failure"), "ActiveState": "activating"}
+    bus.states[unit]["SubState"] = "auto-restart"
+    job = (77, "/org/freedesktop/systemd1/job/77")
+    sequence = [
+        *_death(unit, inv),
+        *_death(unit, inv, active="activating", sub="auto-restart"),
+        *_death(unit, inv, active="activating", sub="auto-restart", job=job),
+    ]
+    for msg in sequence:
+        listener._on_signal(msg)
+    await _settle(listener)
+    assert len(engine.calls) == 1 and listener.stats.systemd_restarting == 1
+    bus.reads.clear()
+    # The refused start: from here on, a read would answer failed/failed.
+    bus.states[unit] = _full(inv, "on-failure")
+    for msg in [
+        *_death(unit, inv, active="inactive", sub="dead", job=job),
+        *_death(unit, inv, job=job),
+    ]:
+        listener._on_signal(msg)
+    await _settle(listener)
+    assert bus.reads == []
+    assert listener.stats.start_limit == 1
+    assert len(engine.calls) == 2
+    _, trigger = engine.calls[-1]
+    assert trigger["result"] == "start-limit-hit" and trigger["invocation_id"] == inv
+    assert trigger["snapshot"]["Job"] == (0, "/")
+    # The same invocation again (the job's removal, JobRemoved): handled once.
+    for msg in _death(unit, inv):
+        listener._on_signal(msg)
+    listener._on_signal(Msg("JobRemoved", [77, job[1], unit, "failed"]))
+    await _settle(listener)
+    assert len(engine.calls) == 2 and listener.stats.duplicates >= 1
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("restart", "result", "reads"),
+    [
+        ("on-abnormal", "exit-code", []),  # not covered: systemd will not restart it
+        ("on-watchdog", "signal", []),
+        ("always", "start-limit-hit", []),
+        ("on-failure", "exit-code", ["ActiveState", "InvocationID", "Job", "SubState"]),
+    ],
+)
+async def test_a_result_restart_does_not_cover_needs_no_round_trip(
+    tmp_path: Path, restart: str, result: str, reads: list[str]
+) -> None:
+    listener, bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    unit = "c.service"
+    bus.states[unit] = _full("01" * 16, restart)
+    await _fail_once(listener, bus, unit, "01" * 16)
+    bus.states[unit] = {**_full("02" * 16, restart), "Result": result}
+    bus.reads.clear()
+    for msg in _death(unit, "02" * 16, 1, result=result):
+        listener._on_signal(msg)
+    await _settle(listener)
+    assert sorted(bus.reads) == reads
+    assert len(engine.calls) == 2
     listener._stop.set()
     await listener._teardown()
 

@@ -186,7 +186,14 @@ async def test_never_races_systemds_own_restart(
     await asyncio.wait_for(running.engine.called.wait(), 10)
     await asyncio.to_thread(sb.wait_for, unit, "active", 10)
     assert len(running.engine.calls) == 1
-    assert running.engine.calls[0][1]["source"] == "listener"
+    trigger = running.engine.calls[0][1]
+    assert trigger["source"] == "listener"
+    # Decided on the signals (auto-restart, then failed of the same invocation), and
+    # the refused restart job the give-up's signal still carries is not handed on as
+    # a restart under way (the ladder would stand down on it).
+    assert listener.stats.start_limit == 1
+    assert trigger["result"] == "start-limit-hit"
+    assert trigger["snapshot"]["Job"][0] == 0
 
 
 @pytest.mark.asyncio

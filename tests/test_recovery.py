@@ -305,7 +305,8 @@ async def test_stands_down_while_systemd_restarts_it(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_failed_state_that_systemd_will_restart_is_left_to_systemd(tmp_path: Path) -> None:
-    """systemd 252 broadcasts `failed` just before `auto-restart`: settle, then stand down."""
+    """systemd 252 broadcasts `failed` just before `auto-restart`: a snapshot taken from
+    that signal, not marked settled, is settled by waiting; then the ladder stands down."""
     clock = FakeClock()
     unit = FakeUnit("api.service", restart="on-failure")
     bus = FakeBus(unit, clock=clock)
@@ -321,9 +322,35 @@ async def test_failed_state_that_systemd_will_restart_is_left_to_systemd(tmp_pat
 
     bus.wait_for = wait_for  # type: ignore[method-assign]
     engine, _sink, _alerter = _engine(tmp_path, bus, clock)
-    out = await engine.recover("api.service", Trigger("listener"))
+    snapshot = dict(unit.props)
+    out = await engine.recover("api.service", Trigger("listener", snapshot=snapshot))
     await engine.aclose()
     assert out.state is State.WAITING_FOR_SYSTEMD and bus.restarted() == []
+
+
+@pytest.mark.asyncio
+async def test_a_fresh_read_showing_failed_is_systemds_final_word(tmp_path: Path) -> None:
+    """At the start limit Result keeps the crash's value, so Restart=on-failure seems to
+    cover it; a read made after the failure needs no wait for an auto-restart."""
+    clock = FakeClock()
+    unit = FakeUnit("api.service", restart="on-failure")
+    bus = FakeBus(unit, clock=clock)
+
+    async def wait_for(
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        if predicate(dict(unit.props)):
+            return dict(unit.props)
+        raise AssertionError("waited for an auto-restart on a fresh read")
+
+    bus.wait_for = wait_for  # type: ignore[method-assign]
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED
+    assert bus.restarted() == ["api.service"]
 
 
 @pytest.mark.asyncio

@@ -153,7 +153,9 @@ async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
             # without one, or if it vanishes mid-call, the ladder runs here.
             from handlers.handoff import hand_off, outcome_from_record
 
-            handed = await hand_off(bus, unit)
+            handed = await hand_off(
+                bus, unit, database=paths.database, invocation_id=trigger.invocation_id
+            )
             if handed is not None:
                 return outcome_from_record(handed, unit)  # type: ignore[no-any-return]
         engine = RecoveryEngine(

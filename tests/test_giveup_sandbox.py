@@ -1,0 +1,134 @@
+"""The path generated units take: systemd restarts them until its start limit gives up,
+and then the running listener daemon takes over by itself, not the OnFailure= hand-off."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unitgen.paths import Paths, Scope, paths_for
+from unitgen.sandbox import Sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+UNITGEN = Path(sys.executable).with_name("unitgen")
+DAEMON = "unitgen-watch.service"
+UNIT = "giveup.service"
+
+# As a user would write it (the issue's reproduction): systemd's own restarts first,
+# the ladder with no backoff and no minimum uptime once systemd gives up.
+SPEC = """
+[service.giveup]
+exec = ["/bin/sleep", "infinity"]
+hardening = "off"
+restart = { policy = "on-failure", delay = "100ms", burst = 3, interval = "1min" }
+recovery = { min_uptime = "0s", backoff = { base = "0s" } }
+"""
+
+
+def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    for key, value in sb.env.items():
+        monkeypatch.setenv(key, value)
+    return paths_for(Scope.USER)
+
+
+def _render(sb: Sandbox, paths: Paths, spec: Path, out: Path) -> None:
+    res = subprocess.run(
+        [
+            str(UNITGEN),
+            "render",
+            str(spec),
+            "--user",
+            "--out",
+            str(out),
+            "--policy-dir",
+            str(paths.policy_dir),
+            "--unitgen-bin",
+            str(UNITGEN),
+        ],
+        capture_output=True,
+        text=True,
+        env={**sb.env, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout} s")
+        time.sleep(0.02)
+
+
+def _history(sb: Sandbox) -> list[dict[str, Any]]:
+    res = subprocess.run(
+        [str(UNITGEN), "history", "--user", "--json", UNIT],
+        capture_output=True,
+        text=True,
+        env={**sb.env, "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    return data if isinstance(data, list) else data.get("incidents", [])
+
+
+def test_start_limit_give_up_is_taken_over_by_the_listener_not_the_handoff(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    daemon_spec = (REPO / "units" / "unitgen-watch.toml").read_text()
+    daemon_spec = daemon_spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
+    daemon_spec = daemon_spec.replace('"watch"]', '"watch", "--verbose"]')
+    (tmp_path / "watch.toml").write_text(daemon_spec)
+    (tmp_path / "giveup.toml").write_text(SPEC)
+    out = tmp_path / "rendered"
+    _render(sb, paths, tmp_path / "watch.toml", out)
+    _render(sb, paths, tmp_path / "giveup.toml", out)
+    sb.install_units(out)
+    text = (out / UNIT).read_text()
+    assert "Restart=on-failure" in text and "StartLimitBurst=3" in text, text
+    assert "OnFailure=unitgen-recover@%n.service" in text, text
+    sb.systemctl("start", DAEMON, check=True)
+    sb.systemctl("start", UNIT, check=True)
+    pids = []
+    for n in (1, 2, 3):
+        sb.wait_for(UNIT, lambda p: p.get("SubState") == "running", 10)
+        pids.append(sb.kill_main(UNIT))
+        if n < 3:
+            sb.wait_for(
+                UNIT,
+                lambda p, n=n: p.get("SubState") == "running" and p.get("NRestarts") == str(n),
+                10,
+            )
+    # The third death exhausts StartLimitBurst=3; the ladder starts it again.
+    props = sb.wait_for(
+        UNIT,
+        lambda p: p.get("SubState") == "running" and p.get("MainPID") not in ("0", str(pids[-1])),
+        15,
+    )
+    assert "repeated too quickly" in sb.journal(UNIT, 100)
+    recover = f"unitgen-recover@{UNIT}.service"
+    _until(
+        lambda: "handled by the running unitgen watch daemon" in sb.journal(recover, 100),
+        30,
+        "the OnFailure= hand-off's report",
+    )
+    incidents = _history(sb)
+    # One incident, opened by the listener at systemd's give-up: the hand-off found it
+    # and reported it instead of opening its own (source=manual).
+    assert [i["source"] for i in incidents] == ["listener"], incidents
+    assert incidents[0]["classification"] == "start-limit-hit", incidents
+    restarts = [a for a in incidents[0]["attempts"] if "restart" in str(a.get("action", ""))]
+    assert len(restarts) == 1, incidents
+    assert props["NRestarts"] == "0", props  # a manual start (the ladder's), not systemd's
+    report = sb.journal(recover, 100)
+    assert str(incidents[0]["incident_id"]) in report, report
