@@ -48,7 +48,8 @@ from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 from handlers.access import AccessPolicy
-from handlers.bus import consume_send
+from handlers.admission import Limits, Pool, RefusalLog
+from handlers.bus import consume_send, guard_writes
 from handlers.events import Event, EventKind
 from handlers.public_fields import REDACTED, looks_secret, public_details
 from unitgen.errors import (
@@ -87,8 +88,19 @@ ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 MUTATING = frozenset({"Reset", "Recover"})
-# Calls in progress at once; past this a caller is told to come back rather than queued.
-MAX_CALLS = 256
+READS = frozenset({"Status", "History"})
+# The arguments each served method takes (checked before anything is counted).
+_SIGNATURES = {"Status": "", "History": "s", "Reset": "s", "Recover": "s"}
+# Calls in progress at once (handlers/admission.py); past these a caller is answered
+# LimitsExceeded at once rather than queued. A client makes one call at a time;
+# the OnFailure= hand-off is one Recover per connection.
+READ_LIMITS = Limits(per_caller=4, overall=32)
+MUTATING_LIMITS = Limits(per_caller=4, overall=256)
+# A History reply: at most this many incidents, attempts per incident and bytes
+# (estimated from the values, before marshalling); older ones are left out.
+HISTORY_INCIDENTS = 20
+HISTORY_ATTEMPTS = 50
+MAX_REPLY_BYTES = 64 * 1024
 # Strings in replies: long enough for any unit name or error line, short enough for one message.
 MAX_REPLY_TEXT = 4096
 # Events waiting for the bus (a burst, or the gap of a reconnect); past this the oldest go.
@@ -390,6 +402,9 @@ class RecoveryService:
         self._iface: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.reads = Pool(READ_LIMITS, "read")
+        self.mutations = Pool(MUTATING_LIMITS, "mutating")
+        self._refusals = RefusalLog()
         self.dropped = 0
         self.sent = 0
 
@@ -408,6 +423,8 @@ class RecoveryService:
         """
         await self.detach()
         lib = library_of(bus)
+        # A flood of callers must not cost the connection (see handlers/bus.py).
+        guard_writes(bus)
         iface = _interface_class(lib.root.__name__)(self)
         self._loop = asyncio.get_running_loop()
         bus.add_message_handler(self._on_message)
@@ -585,10 +602,10 @@ class RecoveryService:
             try:
                 if member == "Status":
                     result = await _resolve(self._backend.status(None))
-                else:
-                    assert unit is not None
-                    result = await _resolve(self._backend.history(unit))
-                return [_vardict(lib, r) for r in _records(result)]
+                    return [_vardict(lib, r) for r in _records(result)]
+                assert unit is not None
+                result = await _resolve(self._backend.history(unit))
+                return _history_page(lib, _records(result))
             except Exception as exc:
                 if isinstance(exc, lib.DBusError):
                     raise
@@ -609,25 +626,59 @@ class RecoveryService:
     # -- mutating methods (claimed by the handler, served after the access check) -----
 
     def _on_message(self, msg: Any) -> Any:
+        """Claim every call of the four methods before the library dispatches it.
+
+        Runs inside the library's reader for each incoming message, so it only
+        checks and counts: a call over a limit is answered at once, any other
+        is served by a task that replies when it is done.
+        """
         lib, bus = self._lib, self._bus
         if lib is None or bus is None:
             return None
+        member = msg.member
         if (
             msg.message_type != lib.MessageType.METHOD_CALL
-            or msg.member not in MUTATING
+            or member not in _SIGNATURES
             or msg.path != OBJECT_PATH
             or msg.interface not in (INTERFACE, None)
         ):
             return None
-        if msg.signature != "s":
-            return lib.Message.new_error(
-                msg, ERROR_INVALID_ARGS, f"{msg.member} takes one argument: s unit"
-            )
-        if len(self._tasks) >= MAX_CALLS:
-            return lib.Message.new_error(msg, ERROR_LIMITS, f"{msg.member}: too many calls")
-        self._spawn(self._guarded(bus, lib, msg), f"dbus-{msg.member}")
+        if msg.signature != _SIGNATURES[member]:
+            wanted = "no arguments" if member == "Status" else "one argument: s unit"
+            return lib.Message.new_error(msg, ERROR_INVALID_ARGS, f"{member} takes {wanted}")
+        pool = self.mutations if member in MUTATING else self.reads
+        refused = pool.admit(msg.sender)
+        if refused is not None:
+            count = self._refusals.note()
+            if count is not None:
+                log.warning(
+                    "refused %d call(s) over the limits, e.g. %s: %s",
+                    count,
+                    member,
+                    refused,
+                )
+            return lib.Message.new_error(msg, ERROR_LIMITS, f"{member}: {refused}")
+        serve = self._guarded(bus, lib, msg) if member in MUTATING else self._read(bus, lib, msg)
+        self._spawn(self._counted(pool, msg.sender, serve), f"dbus-{member}")
         # True: handled here, the reply is sent when the check and the call are done.
         return True
+
+    @staticmethod
+    async def _counted(pool: Pool, caller: str | None, serve: Coroutine[Any, Any, None]) -> None:
+        try:
+            await serve
+        finally:
+            pool.release(caller)
+
+    async def _read(self, bus: Any, lib: _Lib, msg: Any) -> None:
+        unit = msg.body[0] if msg.body else None
+        try:
+            body = await self._serve(lib, msg.member, unit)
+        except lib.DBusError as exc:
+            reply = lib.Message.new_error(msg, exc.type, exc.text)
+        else:
+            reply = lib.Message.new_method_return(msg, "aa{sv}", [body])
+        self._reply(bus, lib, msg, reply)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -690,3 +741,34 @@ class RecoveryService:
 
 
 _SIG: Mapping[type, str] = {bool: "b", int: "x", float: "d", str: "s"}
+
+
+def _size(value: Any) -> int:
+    """Roughly the bytes ``value`` marshals to: enough to keep a reply bounded."""
+    if isinstance(value, str | bytes):
+        return len(value) + 8
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + 8 + _size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value) + 4
+    return 16
+
+
+def _history_page(lib: _Lib, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest incidents that fit the reply bounds, each with its newest attempts."""
+    out: list[dict[str, Any]] = []
+    budget = MAX_REPLY_BYTES
+    for record in records[:HISTORY_INCIDENTS]:
+        attempts = record.get("attempts")
+        if isinstance(attempts, list) and len(attempts) > HISTORY_ATTEMPTS:
+            record = {
+                **record,
+                "attempts": attempts[-HISTORY_ATTEMPTS:],
+                "attempts_left_out": len(attempts) - HISTORY_ATTEMPTS,
+            }
+        size = _size(record)
+        if size > budget and out:
+            break
+        budget -= size
+        out.append(_vardict(lib, record))
+    return out

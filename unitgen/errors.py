@@ -67,6 +67,10 @@ class SystemdError(RuntimeError, UnitgenError):
     """systemd or the bus refused a call, or could not be reached."""
 
 
+class BusConnectionLostError(ConnectionError, SystemdError):
+    """The bus connection ended before the call was answered (or before it was made)."""
+
+
 class UnitNotFoundError(LookupError, SystemdError):
     """systemd has no such unit (bad input from the operator)."""
 
