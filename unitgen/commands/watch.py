@@ -107,8 +107,13 @@ async def _main(args: argparse.Namespace) -> int:
     engines: list[RecoveryEngine] = []
 
     def make_engine(bus: SystemdBus) -> RecoveryEngine:
+        from handlers.busretry import RetryingBus
+
         # Operators' and OnFailure= hand-offs still get journal lines in their reply.
-        engine = RecoveryEngine(bus, paths, events=events, journal_skip=LISTENER_SOURCES)
+        # The ladder outlives a bus restart: the listener attaches each new connection.
+        engine = RecoveryEngine(
+            RetryingBus(bus), paths, events=events, journal_skip=LISTENER_SOURCES
+        )
         engines.append(engine)
         return engine
 
