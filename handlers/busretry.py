@@ -202,9 +202,7 @@ class RetryingBus:
             bus = await self._live(lost=bus)
             self.retries += 1
             try:
-                return await bus.wait_for(
-                    name, predicate, max(0.0, deadline - loop.time()), ifaces
-                )
+                return await bus.wait_for(name, predicate, max(0.0, deadline - loop.time()), ifaces)
             except BusConnectionLostError as exc:
                 log.info("%s: %s; waiting again on the next connection", name, exc)
         raise BusConnectionLostError(f"unit {name}: bus connection lost {MAX_RETRIES} times")

@@ -32,7 +32,7 @@ def _slow_second_start(starts: Path) -> str:
         "[Unit]\nOnFailure=unitgen-recover@%n.service\n[Service]\n"
         f"ExecStartPre=/bin/sh -c 'echo start >> {starts}; "
         f'[ "$(wc -l < {starts})" -ge 2 ] && sleep 2; true\'\n'
-        f"ExecStart=/bin/sh -c '[ \"$(wc -l < {starts})\" -ge 2 ] && exec sleep infinity; "
+        f'ExecStart=/bin/sh -c \'[ "$(wc -l < {starts})" -ge 2 ] && exec sleep infinity; '
         "sleep 0.2; exit 3'\n"
     )
 
