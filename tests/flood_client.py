@@ -53,6 +53,8 @@ async def flood(
     from dbus_fast.aio import MessageBus
 
     buses = [await MessageBus(bus_address=address).connect() for _ in range(connections)]
+    # The caller may wait for this line to act during the flood.
+    print("flooding", file=sys.stderr, flush=True)
     outcomes: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
     try:
