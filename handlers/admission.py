@@ -70,17 +70,21 @@ class Pool:
 
 @dataclass
 class RefusalLog:
-    """One log line per interval about refused calls, however many there were."""
+    """At most one log line per interval about refused calls, however many there were.
+
+    A flood of refusals must not become a flood of journal lines (journald
+    would throttle us, or the writes to it would hold up the loop).
+    """
 
     interval: float = 10.0
     _count: int = 0
-    _since: float = field(default_factory=time.monotonic)
+    _logged: float = float("-inf")
 
     def note(self) -> int | None:
-        """Count a refusal; the count to log when the interval is over, else None."""
+        """Count a refusal; the number to log (this one included) when a line is due."""
         self._count += 1
         now = time.monotonic()
-        if self._count == 1 or now - self._since >= self.interval:
-            count, self._count, self._since = self._count, 0, now
-            return count
-        return None
+        if now - self._logged < self.interval:
+            return None
+        count, self._count, self._logged = self._count, 0, now
+        return count
