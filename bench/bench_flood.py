@@ -126,7 +126,8 @@ def main() -> None:
             sb.close()
     mi, mf = statistics.median(idle), statistics.median(flooded)
     print(
-        f"idle    median {mi * 1000:7.1f} ms  (min {min(idle) * 1000:.1f}, max {max(idle) * 1000:.1f})"
+        f"idle    median {mi * 1000:7.1f} ms  "
+        f"(min {min(idle) * 1000:.1f}, max {max(idle) * 1000:.1f})"
     )
     print(
         f"flooded median {mf * 1000:7.1f} ms  "

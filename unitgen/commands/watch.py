@@ -117,8 +117,10 @@ async def _main(args: argparse.Namespace) -> int:
         engines.append(engine)
         return engine
 
+    api: SystemdBus | None = None
+
     async def export(bus: SystemdBus) -> None:
-        nonlocal service
+        nonlocal service, api
         if args.no_export or not engines:
             return
         from handlers.dbus_api import RecoveryService
@@ -127,7 +129,14 @@ async def _main(args: argparse.Namespace) -> int:
             service = RecoveryService(_Backend(engines[0]), on_drop=metrics.count_dropped)
             events.add(service)
         try:
-            await service.attach(bus.raw)
+            # The API gets a connection of its own: what callers send and what we
+            # answer them never queues in front of systemd's signals and replies.
+            if api is not None:
+                await service.detach()
+                await api.close()
+                api = None
+            api = await SystemdBus.connect(bus.scope, library=bus.lib)
+            await service.attach(api.raw)
         except UnitgenError as exc:
             # Recovery matters more than the event stream: carry on without it.
             # The OnFailure= path then runs the ladder itself (handlers/handoff.py).
@@ -155,6 +164,8 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         if service is not None:
             await service.close()
+        if api is not None:
+            await api.close()
         if publisher is not None:
             await publisher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
