@@ -61,9 +61,8 @@ ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 
 # D-Bus's own default reply timeout; a call that takes longer is a hung manager.
 CALL_TIMEOUT = 25.0
-# dbus-next loses its connection with BlockingIOError when a few hundred calls
-# are written at once (python-dbus-next#153); capping calls in flight keeps the
-# socket's send buffer from filling, on either library.
+# Capping calls in flight keeps the socket's send buffer from filling, on either
+# library; guard_writes() covers what fills it anyway.
 MAX_CALLS_IN_FLIGHT = 32
 
 SignalCallback = Callable[[Any], None]

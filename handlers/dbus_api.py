@@ -94,7 +94,7 @@ _SIGNATURES = {"Status": "", "History": "s", "Reset": "s", "Recover": "s"}
 # Calls in progress at once (handlers/admission.py); past these a caller is answered
 # LimitsExceeded at once rather than queued. A client makes one call at a time;
 # the OnFailure= hand-off is one Recover per connection.
-READ_LIMITS = Limits(per_caller=4, overall=32)
+READ_LIMITS = Limits(per_caller=2, overall=8)
 MUTATING_LIMITS = Limits(per_caller=4, overall=256)
 # A History reply: at most this many incidents, attempts per incident and bytes
 # (estimated from the values, before marshalling); older ones are left out.
