@@ -88,9 +88,10 @@ ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 MUTATING = frozenset({"Reset", "Recover"})
-READS = frozenset({"Status", "History"})
+READS = frozenset({"Status", "History", "HistoryPage"})
 # The arguments each served method takes (checked before anything is counted).
-_SIGNATURES = {"Status": "", "History": "s", "Reset": "s", "Recover": "s"}
+_SIGNATURES = {"Status": "", "History": "s", "HistoryPage": "suu", "Reset": "s", "Recover": "s"}
+_USAGE = {"": "no arguments", "s": "one argument: s unit", "suu": "s unit, u offset, u count"}
 # Calls in progress at once (handlers/admission.py); past these a caller is answered
 # LimitsExceeded at once rather than queued. A client makes one call at a time;
 # the OnFailure= hand-off is one Recover per connection.
@@ -202,6 +203,12 @@ def _interface_class(root_name: str) -> type:
         @_dbus_types("s", returns="aa{sv}")
         async def History(self, unit: str) -> list[dict[str, Any]]:
             return await self._owner._serve(lib, "History", unit)
+
+        @method()
+        @_dbus_types("s", "u", "u", returns="aa{sv}u")
+        async def HistoryPage(self, unit: str, offset: int, count: int) -> list[Any]:
+            page, following = await self._owner._serve_page(lib, "HistoryPage", unit, offset, count)
+            return [page, following]
 
         # Mutating: served by RecoveryService._on_message after the access check.
         @method()
@@ -591,7 +598,16 @@ class RecoveryService:
 
     # -- read-only methods (dispatched by the library) -------------------------------
 
-    async def _serve(self, lib: _Lib, member: str, unit: str | None) -> list[dict[str, Any]]:
+    async def _serve(
+        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+    ) -> list[dict[str, Any]]:
+        records, _next = await self._serve_page(lib, member, unit, offset, count)
+        return records
+
+    async def _serve_page(
+        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Status's records, or a page of History's with the offset of the next page."""
         task = asyncio.current_task()
         if task is not None:
             # dbus-next does not keep its own reference to a method's task.
@@ -602,10 +618,10 @@ class RecoveryService:
             try:
                 if member == "Status":
                     result = await _resolve(self._backend.status(None))
-                    return [_vardict(lib, r) for r in _records(result)]
+                    return [_vardict(lib, r) for r in _records(result)], 0
                 assert unit is not None
                 result = await _resolve(self._backend.history(unit))
-                return _history_page(lib, _records(result))
+                return _history_page(lib, _records(result), offset, count or HISTORY_INCIDENTS)
             except Exception as exc:
                 if isinstance(exc, lib.DBusError):
                     raise
@@ -644,7 +660,7 @@ class RecoveryService:
         ):
             return None
         if msg.signature != _SIGNATURES[member]:
-            wanted = "no arguments" if member == "Status" else "one argument: s unit"
+            wanted = _USAGE[_SIGNATURES[member]]
             return lib.Message.new_error(msg, ERROR_INVALID_ARGS, f"{member} takes {wanted}")
         pool = self.mutations if member in MUTATING else self.reads
         refused = pool.admit(msg.sender)
@@ -671,13 +687,18 @@ class RecoveryService:
             pool.release(caller)
 
     async def _read(self, bus: Any, lib: _Lib, msg: Any) -> None:
+        member = msg.member
         unit = msg.body[0] if msg.body else None
+        offset, count = (int(msg.body[1]), int(msg.body[2])) if member == "HistoryPage" else (0, 0)
         try:
-            body = await self._serve(lib, msg.member, unit)
+            body, following = await self._serve_page(lib, member, unit, offset, count)
         except lib.DBusError as exc:
             reply = lib.Message.new_error(msg, exc.type, exc.text)
         else:
-            reply = lib.Message.new_method_return(msg, "aa{sv}", [body])
+            if member == "HistoryPage":
+                reply = lib.Message.new_method_return(msg, "aa{sv}u", [body, following])
+            else:
+                reply = lib.Message.new_method_return(msg, "aa{sv}", [body])
         self._reply(bus, lib, msg, reply)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -754,11 +775,16 @@ def _size(value: Any) -> int:
     return 16
 
 
-def _history_page(lib: _Lib, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest incidents that fit the reply bounds, each with its newest attempts."""
+def _history_page(
+    lib: _Lib, records: list[dict[str, Any]], offset: int = 0, count: int = HISTORY_INCIDENTS
+) -> tuple[list[dict[str, Any]], int]:
+    """Incidents from ``offset`` on that fit the reply bounds, each with its newest
+    attempts, and the offset of the next page (0: there is none)."""
     out: list[dict[str, Any]] = []
     budget = MAX_REPLY_BYTES
-    for record in records[:HISTORY_INCIDENTS]:
+    offset = max(0, offset)
+    end = offset + min(max(1, count), HISTORY_INCIDENTS)
+    for record in records[offset:end]:
         attempts = record.get("attempts")
         if isinstance(attempts, list) and len(attempts) > HISTORY_ATTEMPTS:
             record = {
@@ -771,4 +797,5 @@ def _history_page(lib: _Lib, records: list[dict[str, Any]]) -> list[dict[str, An
             break
         budget -= size
         out.append(_vardict(lib, record))
-    return out
+    following = offset + len(out)
+    return out, following if following < len(records) else 0
