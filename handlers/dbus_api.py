@@ -11,7 +11,9 @@ a{sv} details)``; ``details`` carries only the allow-listed keys of
 
 Methods:
 
-* ``Status() -> aa{sv}`` and ``History(s unit) -> aa{sv}`` are open to anyone.
+* ``Status() -> aa{sv}``, ``History(s unit) -> aa{sv}`` and ``HistoryPage(s unit,
+  u offset, u count) -> (aa{sv}, u)`` are open to anyone; their replies are
+  bounded (20 incidents, 50 attempts each, ~64 KiB a page).
 * ``Reset(s unit)`` and ``Recover(s unit) -> a{sv}`` mutate. They are claimed
   by a message handler that runs before the library's dispatch, asks the bus
   daemon for the caller's uid (``GetConnectionUnixUser``) and only then runs
@@ -20,6 +22,12 @@ Methods:
   from a task; dispatch of other messages never waits for it. The ``@method``
   bodies of these two are reachable only if that handler is missing, and then
   they refuse: the check fails closed.
+
+The same handler claims the reads, so every call of these methods is admitted
+against a pool first (:mod:`handlers.admission`): a few per connection, a few
+overall, reads and mutating calls apart. The excess is answered at once with
+``org.freedesktop.DBus.Error.LimitsExceeded``; nothing waits in a queue that a
+flood from any local user could fill.
 
 Errors never carry a Python traceback (dbus-next puts one into replies of
 methods that raise): every failure becomes an ``org.unitgen.Recovery1.Error.*``
@@ -596,7 +604,7 @@ class RecoveryService:
                 log.exception("drop counter failed")
         log.debug("event not published on D-Bus: %s", why)
 
-    # -- read-only methods (dispatched by the library) -------------------------------
+    # -- read-only methods (claimed by the handler; the library's dispatch is the fallback)
 
     async def _serve(
         self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
