@@ -50,7 +50,7 @@ def recover_once(sb: Sandbox) -> float:
     return (up - down) / 1e6
 
 
-def flooded_once(sb: Sandbox, rounds: int, totals: collections.Counter[str]) -> float:
+def flooded_once(sb: Sandbox, rounds: int, totals: collections.Counter[str], dest: str) -> float:
     flood = subprocess.Popen(
         [
             *as_user("nobody"),
@@ -63,6 +63,7 @@ def flooded_once(sb: Sandbox, rounds: int, totals: collections.Counter[str]) -> 
             "--timeout=30",
             "--member=History",
             f"--arg={UNIT}",
+            f"--dest={dest}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -89,6 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument(
+        "--flood-dest",
+        default="org.unitgen.Recovery1",
+        help="where the flood goes; a name nobody owns measures the bus daemon's share alone",
+    )
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         tmp_path = Path(tmp)
@@ -116,7 +122,7 @@ def main() -> None:
             try:
                 for _ in range(opts.trials):
                     idle.append(recover_once(sb))
-                    flooded.append(flooded_once(sb, opts.rounds, totals))
+                    flooded.append(flooded_once(sb, opts.rounds, totals, opts.flood_dest))
             except Exception:
                 print(sb.journal(DAEMON, 60))
                 raise

@@ -110,6 +110,10 @@ MUTATING_LIMITS = Limits(per_caller=4, overall=256)
 HISTORY_INCIDENTS = 20
 HISTORY_ATTEMPTS = 50
 MAX_REPLY_BYTES = 64 * 1024
+# A History page is built once and served from memory this long (seconds), or
+# until an event of its unit: a flood of the same call costs one history read.
+HISTORY_CACHE_TTL = 1.0
+HISTORY_CACHE_SIZE = 256
 # Strings in replies: long enough for any unit name or error line, short enough for one message.
 MAX_REPLY_TEXT = 4096
 # Events waiting for the bus (a burst, or the gap of a reconnect); past this the oldest go.
@@ -420,6 +424,8 @@ class RecoveryService:
         self.reads = Pool(READ_LIMITS, "read")
         self.mutations = Pool(MUTATING_LIMITS, "mutating")
         self._refusals = RefusalLog()
+        # (unit, offset, count) -> (built at, page, next offset)
+        self._pages: dict[tuple[str, int, int], tuple[float, list[dict[str, Any]], int]] = {}
         self.dropped = 0
         self.sent = 0
 
@@ -526,6 +532,10 @@ class RecoveryService:
             self._drop("queue full")
         self._queue.append(event)
         self._wake.set()
+        if self._pages:
+            # The unit's history may have changed: its cached pages go.
+            for key in [k for k in self._pages if k[0] == event.unit]:
+                del self._pages[key]
 
     async def _pump(self, bus: Any, lib: _Lib) -> None:
         """Send queued events as signals, with flow control.
@@ -628,8 +638,7 @@ class RecoveryService:
                     result = await _resolve(self._backend.status(None))
                     return [_vardict(lib, r) for r in _records(result)], 0
                 assert unit is not None
-                result = await _resolve(self._backend.history(unit))
-                return _history_page(lib, _records(result), offset, count or HISTORY_INCIDENTS)
+                return await self._history(lib, unit, offset, count or HISTORY_INCIDENTS)
             except Exception as exc:
                 if isinstance(exc, lib.DBusError):
                     raise
@@ -640,6 +649,21 @@ class RecoveryService:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _history(
+        self, lib: _Lib, unit: str, offset: int, count: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        key = (unit, offset, count)
+        now = asyncio.get_running_loop().time()
+        cached = self._pages.get(key)
+        if cached is not None and now - cached[0] < HISTORY_CACHE_TTL:
+            return cached[1], cached[2]
+        result = await _resolve(self._backend.history(unit))
+        page, following = _history_page(lib, _records(result), offset, count)
+        if len(self._pages) >= HISTORY_CACHE_SIZE:
+            self._pages.clear()
+        self._pages[key] = (now, page, following)
+        return page, following
 
     @staticmethod
     def _check_unit_name(lib: _Lib, member: str, unit: str) -> None:

@@ -48,6 +48,7 @@ async def flood(
     args: list[str],
     timeout: float,  # noqa: ASYNC109 - per call
     rounds: int = 1,
+    destination: str = BUS_NAME,
 ) -> dict[str, Any]:
     from dbus_fast import Message
     from dbus_fast.aio import MessageBus
@@ -62,7 +63,7 @@ async def flood(
             pending = []
             for i in range(calls):
                 msg = Message(
-                    destination=BUS_NAME,
+                    destination=destination,
                     path=OBJECT_PATH,
                     interface=INTERFACE,
                     member=member,
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member", default="History")
     parser.add_argument("--arg", action="append", default=[])
     parser.add_argument("--timeout", type=float, default=25.0)
+    parser.add_argument("--dest", default=BUS_NAME, help="bus name to call (a baseline: none)")
     opts = parser.parse_args(argv)
     result = asyncio.run(
         flood(
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             opts.arg,
             opts.timeout,
             opts.rounds,
+            opts.dest,
         )
     )
     json.dump(result, sys.stdout)

@@ -30,6 +30,7 @@ from handlers.dbus_api import (
     RecoveryService,
     library_of,
 )
+from handlers.events import Event, EventKind
 
 
 @dataclass
@@ -199,3 +200,27 @@ def test_pool_counts_never_exceed_the_limits_and_return_to_zero(
         pool.release(caller)
     assert pool.in_progress == 0
     assert MUTATING_LIMITS.overall >= READ_LIMITS.overall
+
+
+@pytest.mark.asyncio
+async def test_a_history_page_is_built_once_until_an_event_of_its_unit(
+    served: tuple[RecoveryService, GatedBackend], bus_daemon: PrivateBus, lib_name: str
+) -> None:
+    service, backend = served
+    backend.gate.set()
+    backend.histories["a.service"] = [_incident(0)]
+    caller = await connect(lib_name, bus_daemon.address)
+    try:
+        for _ in range(5):
+            reply = await _call(caller, "History", "s", ["a.service"])
+            assert len(reply.body[0]) == 1
+        assert backend.calls.count(("history", "a.service")) == 1
+        # An event of another unit keeps the page; one of this unit drops it.
+        backend.histories["a.service"] = [_incident(1), _incident(0)]
+        service.emit(Event(EventKind.RECOVERED, "b.service", "x", {}))
+        assert len((await _call(caller, "History", "s", ["a.service"])).body[0]) == 1
+        service.emit(Event(EventKind.RECOVERED, "a.service", "x", {}))
+        assert len((await _call(caller, "History", "s", ["a.service"])).body[0]) == 2
+        assert backend.calls.count(("history", "a.service")) == 2
+    finally:
+        await disconnect(caller)
