@@ -118,11 +118,36 @@ async def _main(args: argparse.Namespace) -> int:
         return engine
 
     api: SystemdBus | None = None
+    api_watch: asyncio.Task[None] | None = None
+    # The listener's reconnect and keep_exported may both export: one at a time.
+    exporting = asyncio.Lock()
+
+    async def keep_exported(bus: SystemdBus, current: SystemdBus) -> None:
+        # The API's own connection lost while the listener's is fine: export again.
+        # (When both go, the listener reconnects and calls export itself.)
+        await current.wait_disconnected()
+        if not bus.connected:
+            return
+        log.warning("event stream connection lost; exporting on a new one")
+        await asyncio.sleep(0.5)  # not in a tight loop against a bus that drops us
+        if bus.connected and api is current:
+            await export(bus)
+
+    def watch_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event stream watch failed", exc_info=task.exception())
 
     async def export(bus: SystemdBus) -> None:
-        nonlocal service, api
         if args.no_export or not engines:
             return
+        async with exporting:
+            await export_now(bus)
+
+    async def export_now(bus: SystemdBus) -> None:
+        nonlocal service, api, api_watch
+        if api_watch is not None and api_watch is not asyncio.current_task():
+            api_watch.cancel()
+        api_watch = None
         from handlers.dbus_api import RecoveryService
 
         if service is None:
@@ -137,6 +162,8 @@ async def _main(args: argparse.Namespace) -> int:
                 api = None
             api = await SystemdBus.connect(bus.scope, library=bus.lib)
             await service.attach(api.raw)
+            api_watch = asyncio.ensure_future(keep_exported(bus, api))
+            api_watch.add_done_callback(watch_failed)
         except UnitgenError as exc:
             # Recovery matters more than the event stream: carry on without it.
             # The OnFailure= path then runs the ladder itself (handlers/handoff.py).
@@ -162,6 +189,9 @@ async def _main(args: argparse.Namespace) -> int:
             await publisher.start()
         await listener.run()
     finally:
+        if api_watch is not None:
+            api_watch.cancel()
+            await asyncio.gather(api_watch, return_exceptions=True)
         if service is not None:
             await service.close()
         if api is not None:
