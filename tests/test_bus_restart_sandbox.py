@@ -89,3 +89,21 @@ def test_system_bus_restart_while_the_ladder_waits_does_not_stall_the_incident(
         _restart_bus_while_the_ladder_waits(sb, unit, starts)
     finally:
         sb.close()
+
+
+def test_session_bus_restart_while_the_ladder_waits_does_not_stall_the_incident(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same on the user manager, whose session bus is its own dbus.socket/dbus.service."""
+    from test_watch_sandbox import _paths, _policy, _render_daemon
+
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _render_daemon(sb, paths, tmp_path)
+    unit = "busgap.service"
+    starts = tmp_path / "starts"
+    _policy(paths, unit, max_attempts=5, window=600.0, min_uptime=0.5)
+    sb.install_units({unit: _slow_second_start(starts)})
+    sb.systemctl("start", DAEMON, check=True)
+    sb.systemctl("start", unit, check=True)
+    _restart_bus_while_the_ladder_waits(sb, unit, starts)
