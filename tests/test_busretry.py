@@ -31,7 +31,15 @@ async def test_calls_in_flight_and_after_the_loss_fail_at_once(lib_name: str) ->
         try:
             await silent.request_name("org.unitgen.Silent")
             # Claimed without a reply: the library answers nothing either.
-            silent.add_message_handler(lambda msg: True if msg.member == "Ping" else None)
+            arrived = asyncio.Event()
+
+            def swallow(msg: Any) -> bool | None:
+                if msg.member != "Ping":
+                    return None
+                arrived.set()
+                return True
+
+            silent.add_message_handler(swallow)
             pending = asyncio.ensure_future(
                 bus.call(
                     "Ping",
@@ -41,7 +49,7 @@ async def test_calls_in_flight_and_after_the_loss_fail_at_once(lib_name: str) ->
                     timeout=20,
                 )
             )
-            await asyncio.sleep(0.1)  # let it be written; it has no reply to wait for
+            await asyncio.wait_for(arrived.wait(), 10)  # in flight: delivered, unanswered
             started = time.monotonic()
             pb.process.kill()
             with pytest.raises(BusConnectionLostError):

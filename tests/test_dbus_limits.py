@@ -83,6 +83,12 @@ async def _call(bus: Any, member: str, signature: str = "", body: list[Any] | No
     return await asyncio.wait_for(bus.call(msg), 10)
 
 
+async def _until_in_progress(service: RecoveryService, n: int) -> None:
+    async with asyncio.timeout(10):
+        while service.reads.in_progress < n:  # noqa: ASYNC110 - counted by the service
+            await asyncio.sleep(0.005)
+
+
 def _error(reply: Any) -> str | None:
     return reply.error_name if reply.error_name else None
 
@@ -99,8 +105,7 @@ async def test_per_connection_and_overall_limits_answer_at_once(
         held = [
             asyncio.ensure_future(_call(one, "History", "s", ["a.service"])) for _ in range(per)
         ]
-        while service.reads.in_progress < per:  # noqa: ASYNC110 - counted by the service
-            await asyncio.sleep(0.005)
+        await _until_in_progress(service, per)
         # The same connection once more: refused at once, while its calls still wait.
         refused = await _call(one, "History", "s", ["a.service"])
         assert _error(refused) == ERROR_LIMITS
@@ -111,8 +116,7 @@ async def test_per_connection_and_overall_limits_answer_at_once(
                 asyncio.ensure_future(_call(other, "History", "s", ["a.service"]))
                 for _ in range(per)
             ]
-        while service.reads.in_progress < overall:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        await _until_in_progress(service, overall)
         late = await _call(callers[-1], "Status")
         assert _error(late) == ERROR_LIMITS
         assert f"limit {overall}" in late.body[0]
