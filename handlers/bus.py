@@ -778,7 +778,11 @@ class SystemdBus:
         unit's Unit interface (the listener's); None elsewhere. A returned
         expectation not handed to wait_for must be given to :meth:`forget`.
         """
-        if self._matches.get(unit_properties_rule(), 0) <= 0 or not self._subscribed:
+        if (
+            self._matches.get(unit_properties_rule(), 0) <= 0
+            or not self._subscribed
+            or self._gone.is_set()
+        ):
             return None
         waiter = _Waiter(unit_path(name), (UNIT,))
         self._waiters.setdefault(waiter.path, []).append(waiter)

@@ -61,6 +61,8 @@ class RetryingBus:
         self._wait = wait
         self._changed = asyncio.Event()
         self._connecting: asyncio.Lock | None = None
+        # The connection each expectation was made on (by id): its changes are that one's.
+        self._origin: dict[int, SystemdBus] = {}
         self.retries = 0  # calls sent again on a new connection
 
     # -- the current connection -----------------------------------------------------
@@ -173,10 +175,15 @@ class RetryingBus:
     # -- waits: started again from a fresh read ---------------------------------------
 
     def expect_changes(self, name: str) -> Expectation | None:
-        return self._bus.expect_changes(name)
+        bus = self._bus
+        expectation = bus.expect_changes(name)
+        if expectation is not None:
+            self._origin[id(expectation)] = bus
+        return expectation
 
     def forget(self, expectation: Expectation) -> None:
-        self._bus.forget(expectation)
+        origin = self._origin.pop(id(expectation), self._bus)
+        origin.forget(expectation)
 
     async def wait_for(
         self,
@@ -192,6 +199,12 @@ class RetryingBus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         bus = self._bus
+        if since is not None:
+            origin = self._origin.pop(id(since), bus)
+            if origin is not bus:
+                # Made on a connection since lost: its changes stopped with it.
+                origin.forget(since)
+                since, initial = None, None
         try:
             return await bus.wait_for(
                 name, predicate, timeout, ifaces, since=since, initial=initial

@@ -102,6 +102,12 @@ class FakeBus:
     async def unpin(self, name: str) -> None:
         self._check("unpin")
 
+    def expect_changes(self, name: str) -> Any:
+        return object()
+
+    def forget(self, expectation: Any) -> None:
+        self.sent.append("forget")
+
     async def close(self) -> None:
         self.closed = True
 
@@ -188,3 +194,17 @@ async def test_without_a_listener_it_reconnects_itself() -> None:
     results = await asyncio.gather(*(handle.unit_properties("a.service") for _ in range(5)))
     assert all(r["ActiveState"] == "active" for r in results)
     assert made == [new] and old.closed and handle.bus is cast(SystemdBus, new)
+
+
+@pytest.mark.asyncio
+async def test_an_expectation_of_a_lost_connection_is_not_waited_on() -> None:
+    old, new = FakeBus(), FakeBus()
+    handle = _handle(old)
+    expectation = handle.expect_changes("a.service")
+    old.lost = True
+    handle.attach(cast(SystemdBus, new))
+    props = await handle.wait_for(
+        "a.service", lambda p: True, 5, since=expectation, initial={"ActiveState": "failed"}
+    )
+    assert props["since"] is None  # a fresh wait on the new connection
+    assert old.sent == ["forget"] and new.sent == ["wait"]
