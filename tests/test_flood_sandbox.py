@@ -88,6 +88,27 @@ def test_flood_from_an_unprivileged_user_neither_disconnects_nor_delays_recovery
         owner = sb.run(["busctl", "--system", "status", BUS_NAME])
         assert owner.returncode == 0, owner.stderr
         assert recovered_in < 10, journal
+        # The shipped policy lets anyone page through the history too.
+        page = subprocess.run(
+            [
+                *as_user("nobody"),
+                "dbus-send",
+                f"--bus={sb.bus_address}",
+                "--print-reply",
+                f"--dest={BUS_NAME}",
+                "/org/unitgen/Recovery1",
+                "org.unitgen.Recovery1.HistoryPage",
+                f"string:{unit}",
+                "uint32:0",
+                "uint32:5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert page.returncode == 0, page.stderr
+        assert "incident_id" in page.stdout, page.stdout
     finally:
         if flood is not None and flood.poll() is None:
             flood.kill()
