@@ -8,7 +8,25 @@ installed, because it parses systemd's signals an order of magnitude faster
 (measured by the listener benchmark's ``flood`` mode, recorded in docs/listener.md).
 
 Every library error is translated here: callers see :class:`SystemdError`, or
-:class:`UnitNotFoundError` for a unit systemd does not know.
+:class:`UnitNotFoundError` for a unit systemd does not know, or
+:class:`BusConnectionLostError` for a call the connection ended under.
+
+Two library defects are contained here rather than worked around by callers:
+
+* Both libraries' writers (``_MessageWriter.write_callback``) loop over queued
+  messages calling ``sock.send`` on the non-blocking socket until the queue is
+  empty, and treat anything it raises, EAGAIN included, as the end of the
+  connection (python-dbus-next#153; dbus-fast inherited the writer). A burst of
+  replies faster than the bus daemon reads (a flood of method calls) so cost us
+  the connection, the bus name and the systemd subscription. :func:`guard_writes`
+  gives the writer a socket whose ``send`` reports EAGAIN as "0 bytes written":
+  the writer then keeps the message and waits for the socket to be writable,
+  which it already does after a partial write.
+* Once a library's connection has ended, a call on it registers a reply handler
+  that nothing will ever run: the call waits out its whole timeout (dbus-next),
+  or writes to a closed descriptor (dbus-fast). :class:`SystemdBus` refuses
+  calls once the connection is gone and fails every call and wait in flight at
+  once (:class:`BusConnectionLostError`), so nothing waits on a dead connection.
 """
 
 from __future__ import annotations
@@ -23,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers.deadlines import Deadlines
-from unitgen.errors import SystemdError, UnitNotFoundError, UsageError
+from unitgen.errors import BusConnectionLostError, SystemdError, UnitNotFoundError, UsageError
 from unitgen.paths import Scope
 
 log = logging.getLogger(__name__)
@@ -43,9 +61,8 @@ ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 
 # D-Bus's own default reply timeout; a call that takes longer is a hung manager.
 CALL_TIMEOUT = 25.0
-# dbus-next loses its connection with BlockingIOError when a few hundred calls
-# are written at once (python-dbus-next#153); capping calls in flight keeps the
-# socket's send buffer from filling, on either library.
+# Capping calls in flight keeps the socket's send buffer from filling, on either
+# library; guard_writes() covers what fills it anyway.
 MAX_CALLS_IN_FLIGHT = 32
 
 SignalCallback = Callable[[Any], None]
@@ -108,6 +125,50 @@ def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
         return load_library("fast")
     except SystemdError:
         return load_library("next")
+
+
+class _SendWithoutEagain:
+    """A socket whose ``send`` says "0 bytes written" where the kernel says EAGAIN.
+
+    Only ``send`` is changed: the writers call ``sendmsg`` only to pass file
+    descriptors, which unitgen never negotiates. Everything else is the socket's.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        try:
+            return int(self._sock.send(data))
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def guard_writes(raw: Any) -> bool:
+    """Make a connected library MessageBus's writer survive a full socket buffer.
+
+    Idempotent. False (and a warning) if the library's writer is not what this
+    expects, e.g. a future release compiled it; the connection then works as
+    the library made it.
+    """
+    writer: Any = getattr(raw, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if sock is None:
+        log.warning("D-Bus library writer not recognised; EAGAIN will end the connection")
+        return False
+    if isinstance(sock, _SendWithoutEagain):
+        return True
+    try:
+        writer.sock = _SendWithoutEagain(sock)
+    except (AttributeError, TypeError):
+        log.warning("D-Bus library writer not recognised; EAGAIN will end the connection")
+        return False
+    return True
 
 
 def consume_send(fut: asyncio.Future[Any]) -> None:
@@ -238,6 +299,10 @@ class UnitInfo:
     job_id: int
 
 
+# Put into every waiter's queue when the connection ends: wake it, to fail at once.
+_LOST = "\0connection lost"
+
+
 class _Waiter:
     __slots__ = ("interfaces", "path", "queue")
 
@@ -288,7 +353,15 @@ class SystemdBus:
         except Exception as exc:
             log.info("bus connection ended: %s", type(exc).__name__)
         finally:
-            self._gone.set()
+            self._lost()
+
+    def _lost(self) -> None:
+        """The connection is gone: fail every call and wait in flight, now."""
+        self._gone.set()
+        self._deadlines.expire_all()
+        for waiters in list(self._waiters.values()):
+            for waiter in waiters:
+                waiter.queue.put_nowait((self._seq, _LOST, {}, []))
 
     # -- connection ----------------------------------------------------------------
 
@@ -318,6 +391,7 @@ class SystemdBus:
         try:
             raw = lib.MessageBus(bus_address=address, bus_type=bus_type)
             await asyncio.wait_for(raw.connect(), CALL_TIMEOUT)
+            guard_writes(raw)
         except Exception as exc:
             _release_half_built_bus(exc)
             where = "session" if scope is Scope.USER else "system"
@@ -328,7 +402,11 @@ class SystemdBus:
 
     @property
     def connected(self) -> bool:
-        return not self._closed and bool(getattr(self._bus, "connected", False))
+        return (
+            not self._closed
+            and not self._gone.is_set()
+            and bool(getattr(self._bus, "connected", False))
+        )
 
     @property
     def raw(self) -> Any:
@@ -392,7 +470,7 @@ class SystemdBus:
         Calls on one connection are still handled in the order they were sent.
         """
         if self._closed:
-            raise SystemdError(f"{member}: the bus connection is closed")
+            raise BusConnectionLostError(f"{member}{_for(what)}: the bus connection is closed")
         msg = self.lib.Message(
             destination=destination,
             path=path,
@@ -406,10 +484,11 @@ class SystemdBus:
         if serial_hook is not None:
             serial_hook(msg.serial)
         if not reply:
+            self._check_alive(member, what)
             try:
                 sent = self._bus.send(msg)
             except Exception as exc:
-                raise SystemdError(
+                raise BusConnectionLostError(
                     f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
                 ) from exc
             sent.add_done_callback(consume_send)
@@ -419,24 +498,41 @@ class SystemdBus:
         deadline = self._deadlines.add(timeout)
         try:
             async with self._calls:
+                # Checked after the wait for a slot: the connection may have gone meanwhile.
+                self._check_alive(member, what)
                 answer = await self._bus.call(msg)
         except asyncio.CancelledError as exc:
             if self._deadlines.timed_out(deadline):
+                if self._gone.is_set():
+                    raise BusConnectionLostError(
+                        f"{member}{_for(what)}: bus connection failed (lost while in flight)"
+                    ) from exc
                 raise SystemdError(f"{member}{_for(what)}: no reply in {timeout:g}s") from exc
             raise
+        except BusConnectionLostError:
+            raise
         except Exception as exc:
-            raise SystemdError(
+            raise BusConnectionLostError(
                 f"{member}{_for(what)}: bus connection failed ({type(exc).__name__})"
             ) from exc
         finally:
             self._deadlines.discard(deadline)
         if answer is None:
-            raise SystemdError(f"{member}{_for(what)}: no reply")
+            # The library ends a call with neither reply nor error only when its
+            # connection ended under it.
+            raise BusConnectionLostError(f"{member}{_for(what)}: bus connection failed (no reply)")
         if answer.message_type == self.lib.MessageType.ERROR:
             text = answer.body[0] if answer.body and isinstance(answer.body[0], str) else ""
             error = _translate(answer.error_name or "", text, member, what)
             raise error
         return list(answer.body)
+
+    def _check_alive(self, member: str, what: str) -> None:
+        # The library's connection may have ended before our watcher task ran.
+        if self._gone.is_set() or getattr(self._bus, "_disconnected", False):
+            raise BusConnectionLostError(
+                f"{member}{_for(what)}: bus connection failed (connection lost)"
+            )
 
     async def add_match(self, rule: str) -> None:
         """AddMatch, reference-counted so shared rules are added once."""
@@ -682,7 +778,11 @@ class SystemdBus:
         unit's Unit interface (the listener's); None elsewhere. A returned
         expectation not handed to wait_for must be given to :meth:`forget`.
         """
-        if self._matches.get(unit_properties_rule(), 0) <= 0 or not self._subscribed:
+        if (
+            self._matches.get(unit_properties_rule(), 0) <= 0
+            or not self._subscribed
+            or self._gone.is_set()
+        ):
             return None
         waiter = _Waiter(unit_path(name), (UNIT,))
         self._waiters.setdefault(waiter.path, []).append(waiter)
@@ -716,6 +816,8 @@ class SystemdBus:
         """
         loop = asyncio.get_running_loop()
         while not predicate(props):
+            if self._gone.is_set():
+                raise BusConnectionLostError(f"unit {name}: bus connection lost while waiting")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise SystemdError(
@@ -734,6 +836,8 @@ class SystemdBus:
                 except TimeoutError:
                     continue
             seq, iface, changed, invalidated = item
+            if iface == _LOST:
+                raise BusConnectionLostError(f"unit {name}: bus connection lost while waiting")
             if seen is not None and seq <= seen.get(iface, 0):
                 continue
             # systemd invalidates (names without values) only its large array

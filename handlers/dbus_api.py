@@ -11,7 +11,9 @@ a{sv} details)``; ``details`` carries only the allow-listed keys of
 
 Methods:
 
-* ``Status() -> aa{sv}`` and ``History(s unit) -> aa{sv}`` are open to anyone.
+* ``Status() -> aa{sv}``, ``History(s unit) -> aa{sv}`` and ``HistoryPage(s unit,
+  u offset, u count) -> (aa{sv}, u)`` are open to anyone; their replies are
+  bounded (20 incidents, 50 attempts each, ~64 KiB a page).
 * ``Reset(s unit)`` and ``Recover(s unit) -> a{sv}`` mutate. They are claimed
   by a message handler that runs before the library's dispatch, asks the bus
   daemon for the caller's uid (``GetConnectionUnixUser``) and only then runs
@@ -20,6 +22,12 @@ Methods:
   from a task; dispatch of other messages never waits for it. The ``@method``
   bodies of these two are reachable only if that handler is missing, and then
   they refuse: the check fails closed.
+
+The same handler claims the reads, so every call of these methods is admitted
+against a pool first (:mod:`handlers.admission`): a few per connection, a few
+overall, reads and mutating calls apart. The excess is answered at once with
+``org.freedesktop.DBus.Error.LimitsExceeded``; nothing waits in a queue that a
+flood from any local user could fill.
 
 Errors never carry a Python traceback (dbus-next puts one into replies of
 methods that raise): every failure becomes an ``org.unitgen.Recovery1.Error.*``
@@ -48,7 +56,8 @@ from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 from handlers.access import AccessPolicy
-from handlers.bus import consume_send
+from handlers.admission import Limits, Pool, RefusalLog
+from handlers.bus import consume_send, guard_writes
 from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
 from handlers.events import Event, EventKind
 from handlers.public_fields import REDACTED, looks_secret, public_details
@@ -85,8 +94,24 @@ ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 MUTATING = frozenset({"Reset", "Recover"})
-# Calls in progress at once; past this a caller is told to come back rather than queued.
-MAX_CALLS = 256
+READS = frozenset({"Status", "History", "HistoryPage"})
+# The arguments each served method takes (checked before anything is counted).
+_SIGNATURES = {"Status": "", "History": "s", "HistoryPage": "suu", "Reset": "s", "Recover": "s"}
+_USAGE = {"": "no arguments", "s": "one argument: s unit", "suu": "s unit, u offset, u count"}
+# Calls in progress at once (handlers/admission.py); past these a caller is answered
+# LimitsExceeded at once rather than queued. A client makes one call at a time;
+# the OnFailure= hand-off is one Recover per connection.
+READ_LIMITS = Limits(per_caller=2, overall=8)
+MUTATING_LIMITS = Limits(per_caller=4, overall=256)
+# A History reply: at most this many incidents, attempts per incident and bytes
+# (estimated from the values, before marshalling); older ones are left out.
+HISTORY_INCIDENTS = 20
+HISTORY_ATTEMPTS = 50
+MAX_REPLY_BYTES = 64 * 1024
+# A History page is built once and served from memory this long (seconds), or
+# until an event of its unit: a flood of the same call costs one history read.
+HISTORY_CACHE_TTL = 1.0
+HISTORY_CACHE_SIZE = 256
 # Strings in replies: long enough for any unit name or error line, short enough for one message.
 MAX_REPLY_TEXT = 4096
 # Events waiting for the bus (a burst, or the gap of a reconnect); past this the oldest go.
@@ -188,6 +213,12 @@ def _interface_class(root_name: str) -> type:
         @_dbus_types("s", returns="aa{sv}")
         async def History(self, unit: str) -> list[dict[str, Any]]:
             return await self._owner._serve(lib, "History", unit)
+
+        @method()
+        @_dbus_types("s", "u", "u", returns="aa{sv}u")
+        async def HistoryPage(self, unit: str, offset: int, count: int) -> list[Any]:
+            page, following = await self._owner._serve_page(lib, "HistoryPage", unit, offset, count)
+            return [page, following]
 
         # Mutating: served by RecoveryService._on_message after the access check.
         @method()
@@ -388,6 +419,11 @@ class RecoveryService:
         self._iface: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.reads = Pool(READ_LIMITS, "read")
+        self.mutations = Pool(MUTATING_LIMITS, "mutating")
+        self._refusals = RefusalLog()
+        # (unit, offset, count) -> (built at, page, next offset)
+        self._pages: dict[tuple[str, int, int], tuple[float, list[dict[str, Any]], int]] = {}
         self.dropped = 0
         self.sent = 0
 
@@ -406,6 +442,8 @@ class RecoveryService:
         """
         await self.detach()
         lib = library_of(bus)
+        # A flood of callers must not cost the connection (see handlers/bus.py).
+        guard_writes(bus)
         iface = _interface_class(lib.root.__name__)(self)
         self._loop = asyncio.get_running_loop()
         bus.add_message_handler(self._on_message)
@@ -492,6 +530,10 @@ class RecoveryService:
             self._drop("queue full")
         self._queue.append(event)
         self._wake.set()
+        if self._pages:
+            # The unit's history may have changed: its cached pages go.
+            for key in [k for k in self._pages if k[0] == event.unit]:
+                del self._pages[key]
 
     async def _pump(self, bus: Any, lib: _Lib) -> None:
         """Send queued events as signals, with flow control.
@@ -570,9 +612,18 @@ class RecoveryService:
                 log.exception("drop counter failed")
         log.debug("event not published on D-Bus: %s", why)
 
-    # -- read-only methods (dispatched by the library) -------------------------------
+    # -- read-only methods (claimed by the handler; the library's dispatch is the fallback)
 
-    async def _serve(self, lib: _Lib, member: str, unit: str | None) -> list[dict[str, Any]]:
+    async def _serve(
+        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+    ) -> list[dict[str, Any]]:
+        records, _next = await self._serve_page(lib, member, unit, offset, count)
+        return records
+
+    async def _serve_page(
+        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Status's records, or a page of History's with the offset of the next page."""
         task = asyncio.current_task()
         if task is not None:
             # dbus-next does not keep its own reference to a method's task.
@@ -583,10 +634,9 @@ class RecoveryService:
             try:
                 if member == "Status":
                     result = await _resolve(self._backend.status(None))
-                else:
-                    assert unit is not None
-                    result = await _resolve(self._backend.history(unit))
-                return [_vardict(lib, r) for r in _records(result)]
+                    return [_vardict(lib, r) for r in _records(result)], 0
+                assert unit is not None
+                return await self._history(lib, unit, offset, count or HISTORY_INCIDENTS)
             except Exception as exc:
                 if isinstance(exc, lib.DBusError):
                     raise
@@ -598,6 +648,21 @@ class RecoveryService:
             if task is not None:
                 self._tasks.discard(task)
 
+    async def _history(
+        self, lib: _Lib, unit: str, offset: int, count: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        key = (unit, offset, count)
+        now = asyncio.get_running_loop().time()
+        cached = self._pages.get(key)
+        if cached is not None and now - cached[0] < HISTORY_CACHE_TTL:
+            return cached[1], cached[2]
+        result = await _resolve(self._backend.history(unit))
+        page, following = _history_page(lib, _records(result), offset, count)
+        if len(self._pages) >= HISTORY_CACHE_SIZE:
+            self._pages.clear()
+        self._pages[key] = (now, page, following)
+        return page, following
+
     @staticmethod
     def _check_unit_name(lib: _Lib, member: str, unit: str) -> None:
         problem = managed_unit_problem(unit)
@@ -607,25 +672,64 @@ class RecoveryService:
     # -- mutating methods (claimed by the handler, served after the access check) -----
 
     def _on_message(self, msg: Any) -> Any:
+        """Claim every call of the four methods before the library dispatches it.
+
+        Runs inside the library's reader for each incoming message, so it only
+        checks and counts: a call over a limit is answered at once, any other
+        is served by a task that replies when it is done.
+        """
         lib, bus = self._lib, self._bus
         if lib is None or bus is None:
             return None
+        member = msg.member
         if (
             msg.message_type != lib.MessageType.METHOD_CALL
-            or msg.member not in MUTATING
+            or member not in _SIGNATURES
             or msg.path != OBJECT_PATH
             or msg.interface not in (INTERFACE, None)
         ):
             return None
-        if msg.signature != "s":
-            return lib.Message.new_error(
-                msg, ERROR_INVALID_ARGS, f"{msg.member} takes one argument: s unit"
-            )
-        if len(self._tasks) >= MAX_CALLS:
-            return lib.Message.new_error(msg, ERROR_LIMITS, f"{msg.member}: too many calls")
-        self._spawn(self._guarded(bus, lib, msg), f"dbus-{msg.member}")
+        if msg.signature != _SIGNATURES[member]:
+            wanted = _USAGE[_SIGNATURES[member]]
+            return lib.Message.new_error(msg, ERROR_INVALID_ARGS, f"{member} takes {wanted}")
+        pool = self.mutations if member in MUTATING else self.reads
+        refused = pool.admit(msg.sender)
+        if refused is not None:
+            count = self._refusals.note()
+            if count is not None:
+                log.warning(
+                    "refused %d call(s) over the limits, e.g. %s: %s",
+                    count,
+                    member,
+                    refused,
+                )
+            return lib.Message.new_error(msg, ERROR_LIMITS, f"{member}: {refused}")
+        serve = self._guarded(bus, lib, msg) if member in MUTATING else self._read(bus, lib, msg)
+        self._spawn(self._counted(pool, msg.sender, serve), f"dbus-{member}")
         # True: handled here, the reply is sent when the check and the call are done.
         return True
+
+    @staticmethod
+    async def _counted(pool: Pool, caller: str | None, serve: Coroutine[Any, Any, None]) -> None:
+        try:
+            await serve
+        finally:
+            pool.release(caller)
+
+    async def _read(self, bus: Any, lib: _Lib, msg: Any) -> None:
+        member = msg.member
+        unit = msg.body[0] if msg.body else None
+        offset, count = (int(msg.body[1]), int(msg.body[2])) if member == "HistoryPage" else (0, 0)
+        try:
+            body, following = await self._serve_page(lib, member, unit, offset, count)
+        except lib.DBusError as exc:
+            reply = lib.Message.new_error(msg, exc.type, exc.text)
+        else:
+            if member == "HistoryPage":
+                reply = lib.Message.new_method_return(msg, "aa{sv}u", [body, following])
+            else:
+                reply = lib.Message.new_method_return(msg, "aa{sv}", [body])
+        self._reply(bus, lib, msg, reply)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -688,3 +792,40 @@ class RecoveryService:
 
 
 _SIG: Mapping[type, str] = {bool: "b", int: "x", float: "d", str: "s"}
+
+
+def _size(value: Any) -> int:
+    """Roughly the bytes ``value`` marshals to: enough to keep a reply bounded."""
+    if isinstance(value, str | bytes):
+        return len(value) + 8
+    if isinstance(value, Mapping):
+        return sum(len(str(k)) + 8 + _size(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value) + 4
+    return 16
+
+
+def _history_page(
+    lib: _Lib, records: list[dict[str, Any]], offset: int = 0, count: int = HISTORY_INCIDENTS
+) -> tuple[list[dict[str, Any]], int]:
+    """Incidents from ``offset`` on that fit the reply bounds, each with its newest
+    attempts, and the offset of the next page (0: there is none)."""
+    out: list[dict[str, Any]] = []
+    budget = MAX_REPLY_BYTES
+    offset = max(0, offset)
+    end = offset + min(max(1, count), HISTORY_INCIDENTS)
+    for record in records[offset:end]:
+        attempts = record.get("attempts")
+        if isinstance(attempts, list) and len(attempts) > HISTORY_ATTEMPTS:
+            record = {
+                **record,
+                "attempts": attempts[-HISTORY_ATTEMPTS:],
+                "attempts_left_out": len(attempts) - HISTORY_ATTEMPTS,
+            }
+        size = _size(record)
+        if size > budget and out:
+            break
+        budget -= size
+        out.append(_vardict(lib, record))
+    following = offset + len(out)
+    return out, following if following < len(records) else 0

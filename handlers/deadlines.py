@@ -102,6 +102,17 @@ class Deadlines:
         if earliest is not None:
             self._timer = loop.call_at(earliest, self._sweep)
 
+    def expire_all(self) -> None:
+        """Cancel every await in flight now, as if its deadline had come.
+
+        For a connection that is gone: nothing in flight can be answered any more.
+        ``timed_out`` is then True for each, and the caller tells the two apart.
+        """
+        for key, (_deadline, task) in list(self._entries.items()):
+            if key not in self._expired:
+                self._expired.add(key)
+                task.cancel()
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -38,6 +38,8 @@ _NO_DAEMON = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.NoReply",
+    # Past the daemon's call limits: the ladder here, under the same per-unit lock.
+    "org.freedesktop.DBus.Error.LimitsExceeded",
     "org.freedesktop.DBus.Error.UnknownObject",
     "org.freedesktop.DBus.Error.UnknownMethod",
     "bus connection failed",

@@ -395,7 +395,13 @@ class Listener:
             if self._engine is None:
                 self._engine = self._engine_factory(bus)
             else:
-                self._engine.bus = bus
+                # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
+                # lost connection failed over to this one; anything else is replaced.
+                attach = getattr(self._engine.bus, "attach", None)
+                if callable(attach):
+                    attach(bus)
+                else:
+                    self._engine.bus = bus
             if self._on_connected is not None:
                 await self._on_connected(bus)
             await self._reconcile(bus)

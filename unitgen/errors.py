@@ -7,6 +7,7 @@ each error is closest to, so callers may catch either::
     ├── SpecError(ValueError)          the spec file is wrong; carries every problem at once
     ├── RenderError(RuntimeError)      templates or the output directory failed us
     ├── SystemdError(RuntimeError)     systemd / D-Bus said no, or could not be reached
+    │   ├── BusConnectionLostError(ConnectionError)   the bus connection ended mid-call
     │   └── UnitNotFoundError(LookupError)   systemd does not know the unit
     ├── SandboxError(RuntimeError)     the disposable systemd could not be started
     ├── PolicyError(ValueError)        a rendered recovery policy file is unreadable
@@ -68,6 +69,10 @@ class RenderError(RuntimeError, UnitgenError):
 
 class SystemdError(RuntimeError, UnitgenError):
     """systemd or the bus refused a call, or could not be reached."""
+
+
+class BusConnectionLostError(ConnectionError, SystemdError):
+    """The bus connection ended before the call was answered (or before it was made)."""
 
 
 class UnitNotFoundError(LookupError, SystemdError):

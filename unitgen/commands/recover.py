@@ -141,6 +141,7 @@ async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
     import os
 
     from handlers.bus import SystemdBus
+    from handlers.busretry import RetryingBus
     from handlers.recovery import RecoveryEngine, Trigger
 
     paths = scope_paths(args)
@@ -158,13 +159,17 @@ async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
             )
             if handed is not None:
                 return outcome_from_record(handed, unit)  # type: ignore[no-any-return]
+        # A bus restart (which may also be why the hand-off failed) must not leave the
+        # ladder calling a dead connection: it reconnects and carries on.
+        handle = RetryingBus(bus, reconnect=lambda: SystemdBus.connect(paths.scope))
         engine = RecoveryEngine(
-            bus, paths, events=LogSink(), dry_run=args.dry_run, watch_uptime=True
+            handle, paths, events=LogSink(), dry_run=args.dry_run, watch_uptime=True
         )
         try:
             return await engine.recover(unit, trigger)
         finally:
             # Alerts are in flight as tasks: let them finish (bounded) before we exit.
             await engine.aclose()
+            bus = handle.bus  # the connection to close is the last one
     finally:
         await bus.close()

@@ -107,22 +107,63 @@ async def _main(args: argparse.Namespace) -> int:
     engines: list[RecoveryEngine] = []
 
     def make_engine(bus: SystemdBus) -> RecoveryEngine:
+        from handlers.busretry import RetryingBus
+
         # Operators' and OnFailure= hand-offs still get journal lines in their reply.
-        engine = RecoveryEngine(bus, paths, events=events, journal_skip=LISTENER_SOURCES)
+        # The ladder outlives a bus restart: the listener attaches each new connection.
+        engine = RecoveryEngine(
+            RetryingBus(bus), paths, events=events, journal_skip=LISTENER_SOURCES
+        )
         engines.append(engine)
         return engine
 
+    api: SystemdBus | None = None
+    api_watch: asyncio.Task[None] | None = None
+    # The listener's reconnect and keep_exported may both export: one at a time.
+    exporting = asyncio.Lock()
+
+    async def keep_exported(bus: SystemdBus, current: SystemdBus) -> None:
+        # The API's own connection lost while the listener's is fine: export again.
+        # (When both go, the listener reconnects and calls export itself.)
+        await current.wait_disconnected()
+        if not bus.connected:
+            return
+        log.warning("event stream connection lost; exporting on a new one")
+        await asyncio.sleep(0.5)  # not in a tight loop against a bus that drops us
+        if bus.connected and api is current:
+            await export(bus)
+
+    def watch_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event stream watch failed", exc_info=task.exception())
+
     async def export(bus: SystemdBus) -> None:
-        nonlocal service
         if args.no_export or not engines:
             return
+        async with exporting:
+            await export_now(bus)
+
+    async def export_now(bus: SystemdBus) -> None:
+        nonlocal service, api, api_watch
+        if api_watch is not None and api_watch is not asyncio.current_task():
+            api_watch.cancel()
+        api_watch = None
         from handlers.dbus_api import RecoveryService
 
         if service is None:
             service = RecoveryService(_Backend(engines[0]), on_drop=metrics.count_dropped)
             events.add(service)
         try:
-            await service.attach(bus.raw)
+            # The API gets a connection of its own: what callers send and what we
+            # answer them never queues in front of systemd's signals and replies.
+            if api is not None:
+                await service.detach()
+                await api.close()
+                api = None
+            api = await SystemdBus.connect(bus.scope, library=bus.lib)
+            await service.attach(api.raw)
+            api_watch = asyncio.ensure_future(keep_exported(bus, api))
+            api_watch.add_done_callback(watch_failed)
         except UnitgenError as exc:
             # Recovery matters more than the event stream: carry on without it.
             # The OnFailure= path then runs the ladder itself (handlers/handoff.py).
@@ -148,8 +189,13 @@ async def _main(args: argparse.Namespace) -> int:
             await publisher.start()
         await listener.run()
     finally:
+        if api_watch is not None:
+            api_watch.cancel()
+            await asyncio.gather(api_watch, return_exceptions=True)
         if service is not None:
             await service.close()
+        if api is not None:
+            await api.close()
         if publisher is not None:
             await publisher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
