@@ -134,8 +134,15 @@ def test_wait_for_times_out_with_last_state(user_sandbox: Sandbox) -> None:
 def test_journal_has_unit_output(user_sandbox: Sandbox) -> None:
     user_sandbox.install_units(
         {
+            # journald attributes a stdout line to its unit by reading the writer's
+            # cgroup when it processes the line: a process already gone by then leaves
+            # a line with no unit fields (a host's journald does the same). So the
+            # service stays until its line is stored.
             "ug-t-log.service": SERVICE.format(
-                desc="log", cmd="/bin/sh -c 'echo ug-hello-42; exit 3'"
+                desc="log",
+                cmd="/bin/sh -c 'echo ug-hello-42; "
+                "until journalctl -q -o cat MESSAGE=ug-hello-42 | grep -q .; "
+                "do sleep 0.02; done; exit 3'",
             )
         }
     )
