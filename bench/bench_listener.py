@@ -32,17 +32,20 @@ for root in (BENCH, BENCH.parent):
 MODES = ("latency", "giveup", "onfailure", "flood", "scale", "bare", "floor")
 
 
-def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    sub = parser.add_subparsers(dest="mode", required=True)
-    modules = {}
+def parser() -> argparse.ArgumentParser:
+    """Every mode's arguments, from its module's ``add_arguments``."""
+    top = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    sub = top.add_subparsers(dest="mode", required=True)
     for mode in MODES:
         module = importlib.import_module(f"listener.{mode}")
         doc = (module.__doc__ or "").split("\n")[0]
         module.add_arguments(sub.add_parser(mode, help=doc.partition(": ")[2], description=doc))
-        modules[mode] = module
-    args = parser.parse_args(argv)
-    modules[args.mode].main(args)
+    return top
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    importlib.import_module(f"listener.{args.mode}").main(args)
 
 
 if __name__ == "__main__":
