@@ -21,7 +21,7 @@ Four measurements, all in one run (the machine is noisy: compare within a run):
    instant fake systemd (state machine, SQLite writes, events), median per
    incident over ``--incidents`` incidents.
 
-Method: /work/shared/bench-method.md (medians, same-run comparisons).
+Method: docs/listener.md, "Benchmarks" (medians, same-run comparisons).
 """
 
 from __future__ import annotations

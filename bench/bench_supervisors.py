@@ -1,11 +1,11 @@
-"""monit and supervisord next to systemd's own restart (issue 5, item 9). Not a test.
+"""monit and supervisord next to systemd's own restart. Not a test.
 
 Run (root; a disposable user manager is started for the systemd rows, monit and
 supervisord run as plain processes under a child-subreaper harness):
 
     /opt/unitgen/bin/python bench/bench_supervisors.py --trials 60
 
-Method (/work/shared/bench-method.md), the same as bench_listener.py latency:
+Method (docs/listener.md, "Benchmarks"), the same as bench_listener.py latency:
 the service is bench/stamp.c, a static C program that writes its CLOCK_MONOTONIC
 start time to a FIFO first thing in main(). A trial reads the supervisor's idea
 of the main PID, records CLOCK_MONOTONIC, sends SIGKILL to that PID and waits
@@ -65,7 +65,7 @@ sys.path.insert(0, str(BENCH))
 
 # Reused, not copied: the FIFO reader, the static build of stamp.c, the summary
 # and table row of the listener benchmark, and MainPID -> host PID.
-from bench_listener import Fifo, build_stamp, line, main_pid_host  # noqa: E402
+from listener.common import Fifo, build_stamp, line, main_pid_host  # noqa: E402
 
 from unitgen.paths import Scope  # noqa: E402
 from unitgen.sandbox import Sandbox  # noqa: E402

@@ -76,7 +76,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_listener import _ns_pid_map, _others_cpu, build_stamp, start_many  # noqa: E402
+from listener.common import build_stamp, ns_pid_map, others_cpu, start_many  # noqa: E402
 
 from handlers.bus import (  # noqa: E402
     SERVICE,
@@ -415,7 +415,7 @@ async def burst(
         await asyncio.to_thread(sb.systemctl, "start", *victims, check=True, timeout=300)
         await asyncio.sleep(1.0)
     ns_pids = [int(await bus.get_property(u, "MainPID", SERVICE)) for u in victims]
-    pid_map = await asyncio.to_thread(_ns_pid_map, sb)
+    pid_map = await asyncio.to_thread(ns_pid_map, sb)
     host_pids = [pid_map[p] for p in ns_pids]
     if calls == "systemd-nosub":
         await bus.call("Unsubscribe")
@@ -440,7 +440,7 @@ async def burst(
         await asyncio.sleep(1.0)
     await asyncio.sleep(0.5)
     stamps.expect(want)
-    others0 = _others_cpu(sb)
+    others0 = others_cpu(sb)
     me0 = os.times()
     t_kill = time.monotonic_ns()
     for pid in host_pids:
@@ -457,7 +457,7 @@ async def burst(
         await asyncio.gather(*list(tasks), return_exceptions=True)
     await asyncio.sleep(1.0)
     me1 = os.times()
-    others1 = _others_cpu(sb)
+    others1 = others_cpu(sb)
     if perf is not None:
         perf.send_signal(signal.SIGINT)
         await asyncio.wait_for(perf.wait(), 60)

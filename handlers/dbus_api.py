@@ -586,9 +586,9 @@ class RecoveryService:
             ts = max(0, int(event.timestamp * 1_000_000))
             # The same message the exported interface's signal method would send,
             # built directly: the library's path re-verifies the body against the
-            # signature and searches the exports: 105-107 against 78-83 us of our CPU
-            # per signal (bench_events, dbus-fast). Marshalling still refuses a body
-            # that does not fit the signature.
+            # signature and searches the exports, a quarter of our CPU per signal
+            # (docs/listener.md). Marshalling still refuses a body that does not fit
+            # the signature.
             msg = lib.Message.new_signal(
                 OBJECT_PATH,
                 INTERFACE,

@@ -1,10 +1,10 @@
 """Deadlines for many short awaits, kept by one timer.
 
-``asyncio.timeout()`` around each D-Bus call cost ~20 of the ~95 us of CPU a
-call costs us (3,000 Gets on the sandbox's systemd, 30 at a time, alternating
-runs). Each one builds a Timeout, schedules a TimerHandle and cancels it, and a
-cancelled 25 s deadline stays in the loop's timer heap until it comes due, so a
-burst of calls grows the heap every loop iteration works on.
+``asyncio.timeout()`` around each D-Bus call was a fifth of the CPU a call costs
+us (docs/listener.md, "What any Python listener pays"). Each one builds a
+Timeout, schedules a TimerHandle and cancels it, and a cancelled 25 s deadline
+stays in the loop's timer heap until it comes due, so a burst of calls grows
+the heap every loop iteration works on.
 
 Here a deadline is a dict entry, and one timer, set for the earliest deadline
 and only while something is in flight, cancels the tasks that ran out of time.

@@ -113,9 +113,9 @@ class UnitLock:
             os.close(fd)
             raise StateError(f"{self.unit}: flock failed ({exc.strerror})") from exc
         # Who holds it, for an operator looking at the directory; advisory only.
-        # Rewritten only when it names another process: truncating and writing cost
-        # ~0.25 ms of file-system metadata work, before every restart of a daemon
-        # that holds the same locks again and again.
+        # Rewritten only when it names another process: truncating and writing is
+        # file-system metadata work before every restart of a daemon that holds the
+        # same locks again and again (docs/listener.md).
         holder = f"{os.getpid()}\n".encode()
         with contextlib.suppress(OSError):
             if os.pread(fd, 32, 0) != holder:

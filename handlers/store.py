@@ -20,8 +20,8 @@ Failure modes, none of which stops recovery:
   this process, and :attr:`Store.note` says history is not being kept.
 
 Checkpoints: SQLite's automatic WAL checkpoint runs inside whichever commit
-crosses its threshold and fsyncs the database, ~18 ms here, so about one
-recovery in a hundred paid it before its RestartUnit. The threshold is set far
+crosses its threshold and fsyncs the database, so about one recovery in a
+hundred paid that fsync before its RestartUnit (docs/recovery.md). The threshold is set far
 higher, as a backstop, and the engine calls :meth:`Store.checkpoint` in a
 thread after a run instead (a PASSIVE checkpoint on a connection of its own
 never blocks the writer); a short-lived process checkpoints when it closes.

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(600)
 
-# The goal for strict is <= 1.5 for a plain network daemon on the system
+# The goal for strict is <= 1.5 for a plain network daemon on the system
 # manager; in user scope the generator cannot use DynamicUser= and drops three more
 # directives, and `unitgen check --user` gates at 2.0.
 CEILING = {Scope.SYSTEM: 1.5, Scope.USER: 2.0}

@@ -20,8 +20,8 @@ UNITGEN = Path(sys.executable).with_name("unitgen")
 DAEMON = "unitgen-watch.service"
 UNIT = "giveup.service"
 
-# As a user would write it (the issue's reproduction): systemd's own restarts first,
-# the ladder with no backoff and no minimum uptime once systemd gives up.
+# As a user would write it (the reproduction in docs/listener.md): systemd's own
+# restarts first, the ladder with no backoff and no minimum uptime once systemd gives up.
 SPEC = """
 [service.giveup]
 exec = ["/bin/sleep", "infinity"]

@@ -130,7 +130,7 @@ def load_policy(unit: str, policy_dir: Path) -> Policy:
 # -- dict -> dataclass, checked against the type hints -------------------------------
 
 
-# get_type_hints compiles every annotation string on each call (~1 ms per class); the
+# get_type_hints compiles every annotation string on each call (docs/recovery.md); the
 # handler reads a policy on every failure, so resolve each class once.
 _HINTS: dict[type[Any], dict[str, Any]] = {}
 

@@ -735,8 +735,8 @@ def _write_error(message: str, exc: OSError) -> RenderError:
 def _sync_staged(stages: Sequence[Path], files: Sequence[Path]) -> None:
     """Flush every staged file before any rename.
 
-    One syncfs(2) per file system: fsync per file cost 2.6 s of the 1,000-service
-    render (bench/bench_render_cli.py), each call forcing its own journal commit.
+    One syncfs(2) per file system: an fsync per file forces a journal commit each
+    (docs/rendering.md has the cost).
     Where syncfs is unavailable, fall back to fsync per file.
     """
     try:

@@ -13,7 +13,7 @@ CGROUP_PREFIX = "unitgen-sandbox-"
 INSIDE_HOME = "/home/sandbox"
 INSIDE_RUNTIME = "/run/user/0"
 DEFAULT_BOOT_TIMEOUT = 20.0
-POLL = 0.01  # seconds between state polls; systemctl show costs ~3 ms
+POLL = 0.01  # seconds between state polls; each is a systemctl show (docs/sandbox.md)
 
 
 def base_env() -> dict[str, str]:
