@@ -157,7 +157,7 @@ class Core:
                 self.ledger.directory,
             )
         gap = began or self.ledger.gap()
-        if gap is None or run.incident is None or run.reason == GiveUp.GIVEN_UP.value:
+        if gap is None or run.incident is None or run.give_up is GiveUp.GIVEN_UP:
             return  # a run that only found an earlier give-up alerts nothing
         if self.ledger.entry(run.unit).gap_alerted == gap.since:
             return

@@ -34,7 +34,7 @@ from handlers.ledger import Ledger
 from handlers.locks import UnitLock, check_unit_name
 from handlers.recovery import history
 from handlers.recovery.alerting import Alerting, default_alerter
-from handlers.recovery.finish import Finish
+from handlers.recovery.finish import DRY_RUN_STOP, Finish
 from handlers.recovery.model import (
     AlerterFactory,
     Clock,
@@ -358,8 +358,7 @@ class RecoveryEngine(Steps, Finish):
         try:
             while not state.terminal:
                 if self.dry_run and state is State.RESTARTING:
-                    run.reason = "dry run: would reset-failed and restart"
-                    self._record_step(run, "restart", "dry-run", run.reason, 0.0)
+                    self._record_step(run, "restart", "dry-run", DRY_RUN_STOP, 0.0)
                     break
                 step_started = self.clock.monotonic()
                 self._emit(run, EventKind.STEP_STARTED, step=state.value)
@@ -387,7 +386,7 @@ class RecoveryEngine(Steps, Finish):
                         duration=run.restart_took,
                     )
                 if t.give_up is not None:
-                    run.reason = t.give_up.value
+                    run.give_up = t.give_up
                 state = t.target
         except BaseException:
             if run.journal_task is not None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from handlers.ladder import Level, State
+from handlers.ladder import GiveUp, Level, State
 
 if TYPE_CHECKING:
     from handlers import adoption
@@ -146,7 +146,10 @@ class Run:
     waiting_on: tuple[str, ...] = ()
     diagnosis: Diagnosis | None = None
     detail: str = ""  # the last action's one-line account
-    reason: str = ""
+    # Why the ladder gave up, from the edge into GAVE_UP; the outcome's text is
+    # derived from it once the run ends (handlers/recovery/finish.py).
+    give_up: GiveUp | None = None
+    reason: str = ""  # the outcome's reason, set at the end
     notes: list[str] = field(default_factory=list)
     journal_task: asyncio.Task[tuple[str, ...]] | None = None
     rows: list[AttemptRow] = field(default_factory=list)  # steps not yet written
