@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import os
 import time
@@ -39,6 +40,21 @@ log = logging.getLogger("handlers.recovery")
 
 UNIT_INTERFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
+
+
+class Moment(enum.Enum):
+    """Where a run's held events are looked at (:meth:`Core._events_at`)."""
+
+    ENTERING = "entering a state"  # the loop, at every transition
+    WAIT = "a step is about to wait"
+    RESTART_SENT = "RestartUnit has been sent"
+    END = "the run ended"
+    RAISED = "the run raised"
+
+
+# States that wait (on systemd, a dependency, the disk) as a matter of course: events
+# held for the restart's sake are delivered before them, not held through them.
+_WAITING_STATES = frozenset({State.WAITING_FOR_DEPENDENCY, State.CLEANING_UP, State.VERIFYING})
 
 
 class Core:
@@ -257,10 +273,29 @@ class Core:
         except Exception:
             log.exception("event sink failed on %s", event.kind.value)
 
-    def _release_events(self, run: Run) -> None:
-        """Deliver the held events, in order; later ones go straight out."""
+    def _events_at(
+        self, run: Run, moment: Moment, state: State | None = None, *, quiet: bool = False
+    ) -> None:
+        """The one rule for the events a run holds, applied at each ``moment``.
+
+        Events made on the way to RestartUnit are held (timestamped when made), so
+        that the sinks' work does not delay the restart. They are delivered, in
+        order, once RestartUnit has been sent, and before anything that may wait
+        first: entering a state that waits as a matter of course, or a step about
+        to wait (a dependency's own run, whose events must follow ours; probes;
+        freeing space; the validate command; the back-off). They are delivered
+        when the run ends or raises, except by a run that only found an earlier
+        give-up (``quiet``): it drops them, so consumers see no incident activity
+        after the GaveUp that ended that incident. From then on events go straight out.
+        """
+        if run.held is None:
+            return
+        if moment is Moment.ENTERING and state not in _WAITING_STATES:
+            return
         held, run.held = run.held, None
-        for event in held or ():
+        if moment is Moment.END and quiet:
+            return
+        for event in held:
             self._deliver_event(event)
 
     # --- tasks ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from handlers.ledger import Ledger
 from handlers.locks import UnitLock, check_unit_name
 from handlers.recovery import history
 from handlers.recovery.alerting import Alerting, default_alerter
+from handlers.recovery.core import Moment
 from handlers.recovery.finish import DRY_RUN_STOP, Finish
 from handlers.recovery.model import (
     AlerterFactory,
@@ -362,8 +363,7 @@ class RecoveryEngine(Steps, Finish):
                     break
                 step_started = self.clock.monotonic()
                 self._emit(run, EventKind.STEP_STARTED, step=state.value)
-                if state in _WAITING_STATES:
-                    self._release_events(run)
+                self._events_at(run, Moment.ENTERING, state)
                 verdict = await self._act(state, run)
                 took = self.clock.monotonic() - step_started
                 t = ladder.transition(state, verdict)
@@ -397,7 +397,7 @@ class RecoveryEngine(Steps, Finish):
                 # when this connection closes.
                 self._spawn_deferred(self.bus.unpin(unit), f"unpin {unit}")
             self._flush_rows(run)
-            self._release_events(run)
+            self._events_at(run, Moment.RAISED)
             raise
         return await self._finish(run, state)
 
@@ -430,10 +430,6 @@ _ACTION: dict[State, str] = {
     State.RESTARTING: "",  # _restart records the counted "restart" row itself
     State.VERIFYING: "verify",
 }
-
-# States that wait (on systemd, a dependency, the disk) as a matter of course: events
-# held for the restart's sake are delivered before them, not held through them.
-_WAITING_STATES = frozenset({State.WAITING_FOR_DEPENDENCY, State.CLEANING_UP, State.VERIFYING})
 
 
 def _readonly_copy(paths: Paths) -> Store:

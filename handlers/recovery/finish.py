@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from handlers.events import EventKind
 from handlers.ladder import GiveUp, Level, State
-from handlers.recovery.core import Core
+from handlers.recovery.core import Core, Moment
 from handlers.recovery.model import Outcome, Run
 
 DRY_RUN_STOP = "dry run: would reset-failed and restart"
@@ -110,9 +110,7 @@ class Finish(Core):
         if ending.close is not Close.RECOVERED or inc is None:
             # A recovered incident's last rows go with its close, in one transaction.
             self._flush_rows(run)
-        if ending.quiet and run.held:
-            run.held.clear()
-        self._release_events(run)
+        self._events_at(run, Moment.END, quiet=ending.quiet)
         if run.restarts == 0 and run.incident is not None:
             self._start_journal(run)
         now = self._stamp()

@@ -28,7 +28,7 @@ from handlers.diagnose import (
 )
 from handlers.events import EventKind
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS, Level, State, Verdict
-from handlers.recovery.core import Core
+from handlers.recovery.core import Core, Moment
 from handlers.recovery.history import level_of, timeline
 from handlers.recovery.model import UNIT_STATE, Outcome, Run, Trigger
 from handlers.store import IncidentRow, Stamp
@@ -288,13 +288,13 @@ class Steps(Core):
             if states.get(dep) != "failed":
                 continue
             # Its own run emits events now: ours, made before, go out first.
-            self._release_events(run)
+            self._events_at(run, Moment.WAIT)
             outcome = await self._recover_dependency(dep, run)
             details.append(f"{dep}: {outcome.state.value} ({outcome.reason})")
             if outcome.state not in (State.RECOVERED, State.NOT_NEEDED):
                 down.append(dep)
         if run.policy.depends:
-            self._release_events(run)  # probes may take seconds
+            self._events_at(run, Moment.WAIT)  # probes may take seconds
         for i, probe in enumerate(run.policy.depends):
             ok, detail = await self._probe(probe, 3)
             if not ok:
@@ -444,7 +444,7 @@ class Steps(Core):
             if roots:
                 from handlers import cleanup
 
-                self._release_events(run)  # freeing space may take a while
+                self._events_at(run, Moment.WAIT)  # freeing space may take a while
                 report = await asyncio.to_thread(
                     cleanup.free_space,
                     roots,
@@ -468,7 +468,7 @@ class Steps(Core):
         if not argv:
             run.detail = "no validate command declared"
             return Verdict.OK
-        self._release_events(run)  # the command may take up to validate_timeout
+        self._events_at(run, Moment.WAIT)  # up to validate_timeout
         ok, run.detail = await validate(argv, run.policy.recovery.validate_timeout)
         return Verdict.OK if ok else Verdict.CONFIG_INVALID
 
@@ -478,11 +478,12 @@ class Steps(Core):
         delay = backoff.delay_for(run.used + 1, run.policy.recovery.backoff, self.rng)
         wait = backoff.remaining(delay, run.last_attempt_at, self.clock.monotonic())
         run.detail = f"attempt {run.used + 1}: waiting {wait:.3f}s (delay {delay:.3f}s)"
+        sleeps = wait > 0 and not self.dry_run
+        if self._pause is not None or sleeps:
+            self._events_at(run, Moment.WAIT)
         if self._pause is not None:
-            self._release_events(run)
             await self._pause.reached("backing-off", run.unit, run.used + 1)
-        if wait > 0 and not self.dry_run:
-            self._release_events(run)
+        if sleeps:
             await self.clock.sleep(wait)
         return Verdict.OK
 
@@ -552,7 +553,7 @@ class Steps(Core):
             run.expected = expect(run.unit)
 
     def _after_restart_call(self, run: Run) -> None:
-        self._release_events(run)
+        self._events_at(run, Moment.RESTART_SENT)
         self._start_journal(run)
         self.alerting.flush()
 
