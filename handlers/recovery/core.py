@@ -34,6 +34,7 @@ from unitgen.policy import Policy, default_policy, load_policy
 if TYPE_CHECKING:
     import random
 
+    from handlers.bus import Expectation
     from handlers.testhook import PausePoint
 
 log = logging.getLogger("handlers.recovery")
@@ -328,11 +329,8 @@ class Core:
         return await self.bus.unit_properties(unit)
 
     async def _control_group(self, unit: str) -> str | None:
-        getter = getattr(self.bus, "get_property", None)
-        if getter is None:
-            return None
         try:
-            value = await getter(unit, "ControlGroup", SERVICE_INTERFACE)
+            value = await self.bus.get_property(unit, "ControlGroup", SERVICE_INTERFACE)
         except SystemdError:
             return None
         return str(value) if value else None
@@ -343,44 +341,35 @@ class Core:
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float,  # noqa: ASYNC109 -- mirrors SystemdClient.wait_for
         *,
-        since: Any = None,
+        since: Expectation | None = None,
         initial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """wait_for on the Unit interface alone: every predicate here reads only it.
 
-        The Service interface's GetAll is the largest reply systemd sends (~200
-        properties); skipping it halves the reads of each wait. ``since`` (the
-        bus's expectation, see _expect_restart) and ``initial``: no read at all.
+        The Service interface's GetAll is the largest reply systemd sends (about
+        twice the Unit one); skipping it halves the reads of each wait. ``since``
+        (the bus's expectation, see Steps._expect_restart) and ``initial``: no read
+        at all.
         """
-        bus: Any = self.bus
         if since is not None:
-            result: dict[str, Any] = await bus.wait_for(
-                unit, predicate, timeout, since=since, initial=initial
-            )
-            return result
-        if getattr(bus, "selects_interfaces", False):
-            props: dict[str, Any] = await bus.wait_for(
-                unit, predicate, timeout, interfaces=(UNIT_INTERFACE,)
-            )
-            return props
+            return await self.bus.wait_for(unit, predicate, timeout, since=since, initial=initial)
+        if self.bus.selects_interfaces:
+            return await self.bus.wait_for(unit, predicate, timeout, (UNIT_INTERFACE,))
         return await self.bus.wait_for(unit, predicate, timeout)
 
     async def _result_of(self, unit: str, props: dict[str, Any]) -> str:
         """Result (a Service property) for a message, when the Unit read lacks it."""
         if "Result" in props:
             return str(props["Result"])
-        getter = getattr(self.bus, "get_property", None)
-        if getter is None:
-            return "unknown"
         try:
-            return str(await getter(unit, "Result", SERVICE_INTERFACE))
+            return str(await self.bus.get_property(unit, "Result", SERVICE_INTERFACE))
         except SystemdError:
             return "unknown"
 
     def _forget_expectation(self, run: Run) -> None:
         expected, run.expected = run.expected, None
         if expected is not None:
-            self.bus.forget(expected)  # type: ignore[attr-defined]
+            self.bus.forget(expected)
 
     async def _unpin(self, run: Run) -> None:
         if run.pinned:

@@ -19,6 +19,7 @@ from handlers.ladder import GiveUp, Level, State
 if TYPE_CHECKING:
     from handlers import adoption
     from handlers.alerts import Alerter
+    from handlers.bus import Expectation
     from handlers.diagnose import Diagnosis
     from handlers.events import Event
     from handlers.store import AttemptRow, IncidentRow, Stamp
@@ -162,7 +163,7 @@ class Run:
     snapshot: Mapping[str, Any] | None = None
     from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
     before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
-    expected: Any = None  # the bus's Expectation of the restart's changes, if any
+    expected: Expectation | None = None  # the bus's account of the restart's changes
     pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
     # How long the last restart's calls took; written with the attempt's result.
     restart_took: float | None = None

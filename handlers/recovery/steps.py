@@ -315,15 +315,12 @@ class Steps(Core):
         return Verdict.OK
 
     async def _active_states(self, units: list[str]) -> dict[str, str]:
-        """ActiveState of each unit: one ListUnitsByPatterns when the bus has it."""
+        """ActiveState of each unit, in one ListUnitsByPatterns."""
         if not units:
             return {}
-        lister = getattr(self.bus, "list_units", None)
-        if lister is not None:
-            # Units that are not loaded are not listed, and are not failed either.
-            rows = await lister(patterns=units)
-            return {r.name: r.active_state for r in rows}
-        return {u: str((await self._properties(u)).get("ActiveState", "")) for u in units}
+        # Units that are not loaded are not listed, and are not failed either.
+        rows = await self.bus.list_units(patterns=units)
+        return {r.name: r.active_state for r in rows}
 
     async def _recover_dependency(self, dep: str, run: Run) -> Outcome:
         trigger = Trigger("dependency", reason=f"dependency of {run.unit}")
@@ -548,9 +545,8 @@ class Steps(Core):
     def _expect_restart(self, run: Run) -> None:
         """Collect the unit's changes from before the restart call, so verify reads nothing."""
         self._forget_expectation(run)
-        expect = getattr(self.bus, "expect_changes", None)
-        if expect is not None and run.before:
-            run.expected = expect(run.unit)
+        if run.before:
+            run.expected = self.bus.expect_changes(run.unit)
 
     def _after_restart_call(self, run: Run) -> None:
         self._events_at(run, Moment.RESTART_SENT)
