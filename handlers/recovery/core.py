@@ -99,6 +99,16 @@ class Core:
         """Run the ladder for ``unit`` under its lock (the engine's; a dependency's run)."""
         raise NotImplementedError
 
+    async def _as_task(self, unit: str, trigger: Trigger, visited: set[str], name: str) -> Outcome:
+        """Run ``unit``'s ladder as the task others of this process join (``_running``)."""
+        task = asyncio.create_task(self._locked(unit, trigger, visited), name=name)
+        self._running[unit] = task
+        try:
+            return await task
+        finally:
+            if self._running.get(unit) is task:
+                del self._running[unit]
+
     # --- policy and time ------------------------------------------------------------------
 
     def _stamp(self) -> Stamp:

@@ -137,13 +137,9 @@ class RecoveryEngine(Steps, Finish):
         running = self._running.get(unit)
         if running is not None:
             return await self._join_in_process(unit, trigger, running)
-        task = asyncio.create_task(self._locked(unit, trigger, set()), name=f"recover {unit}")
-        self._running[unit] = task
         try:
-            return await task
+            return await self._as_task(unit, trigger, set(), f"recover {unit}")
         finally:
-            if self._running.get(unit) is task:
-                del self._running[unit]
             self._checkpoint_soon()
 
     def _checkpoint_soon(self) -> None:
@@ -400,21 +396,6 @@ class RecoveryEngine(Steps, Finish):
             self._events_at(run, Moment.RAISED)
             raise
         return await self._finish(run, state)
-
-    async def _recover_dependency(self, dep: str, run: Run) -> Outcome:
-        trigger = Trigger("dependency", reason=f"dependency of {run.unit}")
-        running = self._running.get(dep)
-        if running is not None:
-            return await asyncio.shield(running)
-        task = asyncio.create_task(
-            self._locked(dep, trigger, run.visited), name=f"recover dependency {dep}"
-        )
-        self._running[dep] = task
-        try:
-            return await task
-        finally:
-            if self._running.get(dep) is task:
-                del self._running[dep]
 
 
 # The action each state records as its step (the history's "action" column).

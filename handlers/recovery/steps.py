@@ -114,7 +114,8 @@ class Steps(Core):
         # auto-restart in one call and answers no method call in between, so a read
         # that shows failed/failed is already its final word. Waiting on a fresh read
         # (Result keeps the crash's value through a start-limit refusal, so Restart=
-        # seems to cover it) cost every OnFailure= run at the start limit 0.5 s.
+        # seems to cover it) cost every OnFailure= run at the start limit the whole
+        # settle wait.
         if run.from_snapshot and not trigger.settled:
             props = await settle(self.bus, unit, props)
         health = trigger.source == "health"
@@ -327,15 +328,7 @@ class Steps(Core):
         running = self._running.get(dep)
         if running is not None:
             return await asyncio.shield(running)
-        task = asyncio.create_task(
-            self._locked(dep, trigger, run.visited), name=f"recover dependency {dep}"
-        )
-        self._running[dep] = task
-        try:
-            return await task
-        finally:
-            if self._running.get(dep) is task:
-                del self._running[dep]
+        return await self._as_task(dep, trigger, run.visited, f"recover dependency {dep}")
 
     async def _wait_for_dependency(self, run: Run) -> Verdict:
         run.dependency_rounds += 1
