@@ -322,6 +322,19 @@ class RecoveryEngine(Steps, Finish):
     # --- the ladder ---------------------------------------------------------------------
 
     async def _ladder(self, unit: str, trigger: Trigger, visited: set[str]) -> Outcome:
+        """One run, under the unit's lock: where it enters, the loop, and its end."""
+        run = self._new_run(unit, trigger, visited)
+        entry = self._entry(run)
+        if isinstance(entry, Outcome):
+            return entry
+        try:
+            state = await self._loop(run, entry)
+        except BaseException:
+            self._abandon(run)
+            raise
+        return await self._finish(run, state)
+
+    def _new_run(self, unit: str, trigger: Trigger, visited: set[str]) -> Run:
         visited.add(unit)
         notes: list[str] = []
         policy = self._policy(unit, notes)
@@ -338,64 +351,70 @@ class RecoveryEngine(Steps, Finish):
             notes.append(f"{unit} has no recovery policy; using the defaults")
         if self.store.note:
             notes.append(self.store.note)
+        return run
+
+    def _entry(self, run: Run) -> State | Outcome:
+        """The state the run begins in, or the outcome of a trigger already handled."""
         # We hold the unit's lock: an open incident is one whose owner died. It is
         # adopted before the dedupe, which would call its own InvocationID a duplicate.
-        interrupted = adoption.find_interrupted(self.store, unit)
+        interrupted = adoption.find_interrupted(self.store, run.unit)
         if interrupted is not None:
             self._adopt(run, interrupted)
-            state = State.RESUMING
-        else:
-            duplicate = self.store.handled_invocation(unit, trigger.invocation_id)
-            if duplicate is not None:
-                inc = self.store.incident(duplicate)
-                self._record_trigger(duplicate, unit, trigger, "duplicate")
-                state, reason = history.state_of(inc)
-                return self._outcome(run, state, f"invocation already handled: {reason}")
-            state = State.DIAGNOSING
-        try:
-            while not state.terminal:
-                if self.dry_run and state is State.RESTARTING:
-                    self._record_step(run, "restart", "dry-run", DRY_RUN_STOP, 0.0)
-                    break
-                step_started = self.clock.monotonic()
-                self._emit(run, EventKind.STEP_STARTED, step=state.value)
-                self._events_at(run, Moment.ENTERING, state)
-                verdict = await self._act(state, run)
-                took = self.clock.monotonic() - step_started
-                t = ladder.transition(state, verdict)
-                self._emit(
-                    run,
-                    EventKind.STEP_FINISHED,
-                    step=state.value,
-                    result=verdict.value,
-                    detail=run.detail,
-                    duration=round(took, 6),
+            return State.RESUMING
+        duplicate = self.store.handled_invocation(run.unit, run.trigger.invocation_id)
+        if duplicate is not None:
+            inc = self.store.incident(duplicate)
+            self._record_trigger(duplicate, run.unit, run.trigger, "duplicate")
+            state, reason = history.state_of(inc)
+            return self._outcome(run, state, f"invocation already handled: {reason}")
+        return State.DIAGNOSING
+
+    async def _loop(self, run: Run, state: State) -> State:
+        """Act, record, transition, until a terminal state (or a dry run's restart)."""
+        while not state.terminal:
+            if self.dry_run and state is State.RESTARTING:
+                self._record_step(run, "restart", "dry-run", DRY_RUN_STOP, 0.0)
+                break
+            step_started = self.clock.monotonic()
+            self._emit(run, EventKind.STEP_STARTED, step=state.value)
+            self._events_at(run, Moment.ENTERING, state)
+            verdict = await self._act(state, run)
+            took = self.clock.monotonic() - step_started
+            t = ladder.transition(state, verdict)
+            self._emit(
+                run,
+                EventKind.STEP_FINISHED,
+                step=state.value,
+                result=verdict.value,
+                detail=run.detail,
+                duration=round(took, 6),
+            )
+            if _ACTION[state]:
+                self._record_step(run, _ACTION[state], verdict.value, run.detail, took)
+            if t.attempt_failed:
+                self._flush_rows(run)
+                self.store.amend_last_restart(
+                    run.incident_id,
+                    result="failed",
+                    reason=run.detail,
+                    duration=run.restart_took,
                 )
-                if _ACTION[state]:
-                    self._record_step(run, _ACTION[state], verdict.value, run.detail, took)
-                if t.attempt_failed:
-                    self._flush_rows(run)
-                    self.store.amend_last_restart(
-                        run.incident_id,
-                        result="failed",
-                        reason=run.detail,
-                        duration=run.restart_took,
-                    )
-                if t.give_up is not None:
-                    run.give_up = t.give_up
-                state = t.target
-        except BaseException:
-            if run.journal_task is not None:
-                run.journal_task.cancel()
-            self._forget_expectation(run)
-            if run.pinned:
-                # Cannot await here (we may be cancelled); systemd also drops the pin
-                # when this connection closes.
-                self._spawn_deferred(self.bus.unpin(unit), f"unpin {unit}")
-            self._flush_rows(run)
-            self._events_at(run, Moment.RAISED)
-            raise
-        return await self._finish(run, state)
+            if t.give_up is not None:
+                run.give_up = t.give_up
+            state = t.target
+        return state
+
+    def _abandon(self, run: Run) -> None:
+        """The run raised (or was cancelled): let go of what it holds, without awaiting."""
+        if run.journal_task is not None:
+            run.journal_task.cancel()
+        self._forget_expectation(run)
+        if run.pinned:
+            # Cannot await here (we may be cancelled); systemd also drops the pin
+            # when this connection closes.
+            self._spawn_deferred(self.bus.unpin(run.unit), f"unpin {run.unit}")
+        self._flush_rows(run)
+        self._events_at(run, Moment.RAISED)
 
 
 # The action each state records as its step (the history's "action" column).
