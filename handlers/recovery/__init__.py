@@ -17,13 +17,16 @@ single file; callers need not know the split.
 from __future__ import annotations
 
 from handlers.recovery import steps as _steps
+from handlers.recovery.core import SERVICE_INTERFACE, UNIT_INTERFACE
 from handlers.recovery.engine import RecoveryEngine
 from handlers.recovery.history import history_gap
 from handlers.recovery.model import (
     LISTENER_SOURCES,
+    AlerterFactory,
     Clock,
     LockMode,
     Outcome,
+    ProbeRunner,
     SystemClock,
     Trigger,
     TriggerSource,
@@ -31,9 +34,13 @@ from handlers.recovery.model import (
 
 __all__ = [
     "LISTENER_SOURCES",
+    "SERVICE_INTERFACE",
+    "UNIT_INTERFACE",
+    "AlerterFactory",
     "Clock",
     "LockMode",
     "Outcome",
+    "ProbeRunner",
     "RecoveryEngine",
     "SystemClock",
     "Trigger",
