@@ -377,13 +377,13 @@ class Core:
             return "unknown"
 
     def _forget_expectation(self, run: Run) -> None:
-        expected, run.expected = run.expected, None
+        expected, run.call.expected = run.call.expected, None
         if expected is not None:
             self.bus.forget(expected)
 
     async def _unpin(self, run: Run) -> None:
-        if run.pinned:
-            run.pinned = False
+        if run.call.pinned:
+            run.call.pinned = False
             await self.bus.unpin(run.unit)
 
 

@@ -397,7 +397,7 @@ class RecoveryEngine(Steps, Finish):
                     run.incident_id,
                     result="failed",
                     reason=run.detail,
-                    duration=run.restart_took,
+                    duration=run.call.took,
                 )
             if t.give_up is not None:
                 run.give_up = t.give_up
@@ -409,7 +409,7 @@ class RecoveryEngine(Steps, Finish):
         if run.journal_task is not None:
             run.journal_task.cancel()
         self._forget_expectation(run)
-        if run.pinned:
+        if run.call.pinned:
             # Cannot await here (we may be cancelled); systemd also drops the pin
             # when this connection closes.
             self._spawn_deferred(self.bus.unpin(run.unit), f"unpin {run.unit}")

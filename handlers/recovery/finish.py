@@ -129,7 +129,7 @@ class Finish(Core):
                 reason=run.reason,
                 at=run.active_at or now,
                 rows=rows,
-                last_restart=("ok", run.detail, run.restart_took),
+                last_restart=("ok", run.detail, run.call.took),
             )
             self._emit(
                 run,

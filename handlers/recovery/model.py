@@ -130,6 +130,22 @@ AlerterFactory = Callable[["Policy"], "Alerter | None"]
 
 
 @dataclass
+class RestartCall:
+    """The run's restart of the unit: what verify needs of it, and what must be let go."""
+
+    expected: Expectation | None = None  # the bus's account of the restart's changes
+    pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
+    # How long the last restart's calls took; written with the attempt's result.
+    took: float | None = None
+    # The next restart makes the adopted incident's counted attempt (its dead owner
+    # counted it and died before making it) instead of counting a new one.
+    reissue: bool = False
+    # The invocation verify waits to see replaced; None: the diagnosed one. "" when
+    # the unit is already past the failed run (an adopted restart being verified).
+    replaced_invocation: str | None = None
+
+
+@dataclass
 class Run:
     """The mutable context of one ladder run for one unit."""
 
@@ -163,17 +179,9 @@ class Run:
     snapshot: Mapping[str, Any] | None = None
     from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
     before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
-    expected: Expectation | None = None  # the bus's account of the restart's changes
-    pinned: bool = False  # RefUnit sent with the restart; UnrefUnit once it is seen through
-    # How long the last restart's calls took; written with the attempt's result.
-    restart_took: float | None = None
+    call: RestartCall = field(default_factory=RestartCall)
     # Set when this run adopted an incident whose owner died (handlers/adoption.py).
     resumed: adoption.Interrupted | None = None
-    # RESTARTING makes the dead owner's counted attempt instead of counting a new one.
-    reissue: bool = False
-    # The invocation verify waits to see replaced; None: the diagnosed one. "" when
-    # the unit is already past the failed run (an adopted restart being verified).
-    replaced_invocation: str | None = None
 
     @property
     def incident_id(self) -> str:

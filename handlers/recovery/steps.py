@@ -93,9 +93,9 @@ class Steps(Core):
         if verdict is Verdict.OK:
             run.snapshot = props  # what diagnose would read again
         elif verdict is Verdict.RESTART_UNVERIFIED:
-            run.replaced_invocation = ""
+            run.call.replaced_invocation = ""
         elif verdict is Verdict.RESTART_NOT_MADE:
-            run.reissue = True
+            run.call.reissue = True
         return verdict
 
     # --- DIAGNOSING -----------------------------------------------------------------------
@@ -481,17 +481,17 @@ class Steps(Core):
         unit = run.unit
         at = self._stamp()
         # A re-issued attempt was counted, in the history and the ledger, by its dead owner.
-        uncounted = None if run.reissue else self._count_attempt(run, at)
+        uncounted = None if run.call.reissue else self._count_attempt(run, at)
         if uncounted is not None:
             run.detail = uncounted
             return Verdict.UNCOUNTED
         started = self.clock.monotonic()
         run.restarts += 1
         run.last_attempt_at = started
-        run.restart_took = None
-        if run.reissue:
+        run.call.took = None
+        if run.call.reissue:
             # Counted by the owner that died before making it: made now, counted once.
-            run.reissue = False
+            run.call.reissue = False
             run.detail = (
                 f"attempt {run.used} of {run.policy.recovery.max_attempts}"
                 " (counted before its owner died)"
@@ -510,7 +510,7 @@ class Steps(Core):
                 await self._restart_dependencies(run)
             self._expect_restart(run)
             # Reset (start-limit counter, failed state) and restart in one go.
-            run.pinned = True
+            run.call.pinned = True
             _job, reset = await self.bus.reset_and_restart(unit, "replace")
             # Not loaded (garbage-collected while inactive): nothing to reset, and
             # RestartUnit loads it again. Any other refusal: the restart went ahead.
@@ -532,14 +532,14 @@ class Steps(Core):
             self._after_restart_call(run)
         # The row stays "started" until verify's result is written, with this duration:
         # one write per attempt fewer than amending it here as well.
-        run.restart_took = self.clock.monotonic() - started
+        run.call.took = self.clock.monotonic() - started
         return Verdict.OK
 
     def _expect_restart(self, run: Run) -> None:
         """Collect the unit's changes from before the restart call, so verify reads nothing."""
         self._forget_expectation(run)
         if run.before:
-            run.expected = self.bus.expect_changes(run.unit)
+            run.call.expected = self.bus.expect_changes(run.unit)
 
     def _after_restart_call(self, run: Run) -> None:
         self._events_at(run, Moment.RESTART_SENT)
@@ -560,7 +560,7 @@ class Steps(Core):
         unit = run.unit
         if self._pause is not None:
             await self._pause.reached("verifying", unit, run.used)
-        old = run.replaced_invocation
+        old = run.call.replaced_invocation
         if old is None:
             old = run.diagnosis.invocation_id if run.diagnosis is not None else ""
 
@@ -574,7 +574,7 @@ class Steps(Core):
             return p.get("ActiveState") in ("active", "failed", "inactive")
 
         timeout = run.policy.recovery.start_timeout
-        expected, run.expected = run.expected, None
+        expected, run.call.expected = run.call.expected, None
         try:
             # With an expectation: the changes since just before RestartUnit, applied
             # to the state the diagnosis saw; no LoadUnit or GetAll while systemd
