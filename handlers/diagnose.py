@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from handlers.bus import Expectation, UnitInfo
 
 __all__ = [
     "RESTARTING_SUBSTATES",
@@ -71,10 +74,26 @@ _RESTART_COVERS: dict[str, Callable[[str], bool]] = {
 }
 
 
+@runtime_checkable
 class SystemdClient(Protocol):
-    """What the ladder needs from systemd; :class:`handlers.bus.SystemdBus` provides it."""
+    """Every call the recovery engine makes on systemd; :class:`handlers.bus.SystemdBus`
+    provides it, and the tests' fakes implement all of it (tests/test_systemd_client.py).
+    """
+
+    # True when wait_for() reads only the ``interfaces`` it is given. A client that
+    # always reads everything (a test fake) says False, and the engine then calls
+    # wait_for() with the three leading arguments alone.
+    selects_interfaces: bool
 
     async def unit_properties(self, name: str) -> dict[str, Any]: ...
+
+    async def get_property(
+        self, name: str, prop: str, interface: str = "org.freedesktop.systemd1.Unit"
+    ) -> Any: ...
+
+    async def list_units(
+        self, patterns: Sequence[str] = (), states: Sequence[str] = ()
+    ) -> list[UnitInfo]: ...
 
     async def reset_failed(self, name: str) -> None: ...
 
@@ -86,11 +105,24 @@ class SystemdClient(Protocol):
 
     async def unpin(self, name: str) -> None: ...
 
+    def expect_changes(self, name: str) -> Expectation | None:
+        """Collect ``name``'s changes from now on, for a wait_for(since=...); None: cannot."""
+        ...
+
+    def forget(self, expectation: Expectation) -> None: ...
+
     async def wait_for(
         self,
         name: str,
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float,  # noqa: ASYNC109 -- mirrors SystemdBus.wait_for
+        interfaces: Iterable[str] = (
+            "org.freedesktop.systemd1.Unit",
+            "org.freedesktop.systemd1.Service",
+        ),
+        *,
+        since: Expectation | None = None,
+        initial: dict[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
 

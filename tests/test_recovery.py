@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
 import json
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from policyfiles import private_paths as _paths
 from policyfiles import write_policy as _write_policy
 
+from handlers.bus import Expectation, UnitInfo
 from handlers.events import Event, EventKind
 from handlers.ladder import Level, State
 from handlers.locks import UnitLock
@@ -70,6 +72,12 @@ class FakeUnit:
 
 
 class FakeBus:
+    """An instant systemd: the engine's whole SystemdClient (tests/test_systemd_client.py)."""
+
+    # wait_for reads everything, and is called with (name, predicate, timeout) alone,
+    # which lets a test replace it with a function of those three.
+    selects_interfaces = False
+
     def __init__(self, *units: FakeUnit, clock: FakeClock | None = None) -> None:
         self.units = {u.name: u for u in units}
         self.calls: list[tuple[str, str]] = []
@@ -83,6 +91,33 @@ class FakeBus:
         if u is None:
             return {"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead"}
         return dict(u.props)
+
+    async def get_property(
+        self, name: str, prop: str, interface: str = "org.freedesktop.systemd1.Unit"
+    ) -> Any:
+        u = self._unit(name)
+        if u is None:
+            raise UnitNotFoundError(name)
+        if prop not in u.props:
+            raise SystemdError(f"unit {name}: no property {prop}")
+        return u.props[prop]
+
+    async def list_units(
+        self, patterns: Sequence[str] = (), states: Sequence[str] = ()
+    ) -> list[UnitInfo]:
+        # Every unit of the fake is loaded; others are not listed, as by systemd.
+        return [
+            UnitInfo(name, "", "loaded", u.props["ActiveState"], u.props["SubState"], "", 0)
+            for name, u in self.units.items()
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns or ("*",))
+            and (not states or u.props["ActiveState"] in states)
+        ]
+
+    def expect_changes(self, name: str) -> Expectation | None:
+        return None  # no signals to collect: verify reads instead
+
+    def forget(self, expectation: Expectation) -> None:
+        pass
 
     async def reset_failed(self, name: str) -> None:
         self.calls.append(("reset_failed", name))
@@ -125,6 +160,10 @@ class FakeBus:
         name: str,
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float,  # noqa: ASYNC109
+        interfaces: Iterable[str] = (),
+        *,
+        since: Expectation | None = None,
+        initial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         props = await self.unit_properties(name)
         if predicate(props):

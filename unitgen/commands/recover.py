@@ -15,6 +15,9 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from handlers.bus import Expectation, UnitInfo
     from handlers.recovery import Outcome, RecoveryEngine
     from unitgen.paths import Paths
 
@@ -56,25 +59,55 @@ class LogSink:
 class NoBus:
     """For commands that only read the history: any systemd call is a bug."""
 
+    selects_interfaces = False
+
     async def unit_properties(self, name: str) -> dict[str, Any]:
-        raise AssertionError("this command does not talk to systemd")
+        raise AssertionError(_NO_SYSTEMD)
+
+    async def get_property(
+        self, name: str, prop: str, interface: str = "org.freedesktop.systemd1.Unit"
+    ) -> Any:
+        raise AssertionError(_NO_SYSTEMD)
+
+    async def list_units(
+        self, patterns: Sequence[str] = (), states: Sequence[str] = ()
+    ) -> list[UnitInfo]:
+        raise AssertionError(_NO_SYSTEMD)
 
     async def reset_failed(self, name: str) -> None:
-        raise AssertionError("this command does not talk to systemd")
+        raise AssertionError(_NO_SYSTEMD)
 
     async def restart(self, name: str, mode: str = "replace") -> str:
-        raise AssertionError("this command does not talk to systemd")
+        raise AssertionError(_NO_SYSTEMD)
 
     async def reset_and_restart(
         self, name: str, mode: str = "replace"
     ) -> tuple[str, Exception | None]:
-        raise AssertionError("this command does not talk to systemd")
+        raise AssertionError(_NO_SYSTEMD)
 
     async def unpin(self, name: str) -> None:
-        raise AssertionError("this command does not talk to systemd")
+        raise AssertionError(_NO_SYSTEMD)
 
-    async def wait_for(self, name: str, predicate: Any, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
-        raise AssertionError("this command does not talk to systemd")
+    def expect_changes(self, name: str) -> Expectation | None:
+        raise AssertionError(_NO_SYSTEMD)
+
+    def forget(self, expectation: Expectation) -> None:
+        raise AssertionError(_NO_SYSTEMD)
+
+    async def wait_for(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float,  # noqa: ASYNC109
+        interfaces: Iterable[str] = (),
+        *,
+        since: Expectation | None = None,
+        initial: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        raise AssertionError(_NO_SYSTEMD)
+
+
+_NO_SYSTEMD = "this command does not talk to systemd"
 
 
 def offline_engine(args: argparse.Namespace) -> RecoveryEngine:
