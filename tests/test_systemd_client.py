@@ -16,13 +16,14 @@ from test_recovery import FakeBus, FakeUnit
 from test_recovery_storm import TimedBus
 
 from handlers.bus import SystemdBus
+from handlers.busretry import RetryingBus
 from handlers.diagnose import SystemdClient
 from unitgen.commands.recover import NoBus
 
 MEMBERS = sorted(
     {n for n in vars(SystemdClient) if not n.startswith("_")} | set(SystemdClient.__annotations__)
 )
-CLIENTS = [FakeBus, TimedBus, NoBus, SystemdBus]
+CLIENTS = [FakeBus, TimedBus, NoBus, SystemdBus, RetryingBus]
 
 
 def test_the_protocol_names_what_the_engine_calls() -> None:
