@@ -109,28 +109,6 @@ EngineFactory = Callable[[SystemdBus], Recoverer]
 ConnectHook = Callable[[SystemdBus], Awaitable[None]]
 
 
-def default_trigger(
-    *,
-    source: TriggerSource,
-    invocation_id: str = "",
-    result: str = "",
-    reason: str = "",
-    snapshot: Mapping[str, Any] | None = None,
-    settled: bool = False,
-) -> Trigger:
-    # Imported here: the listener's module loads without the engine.
-    from handlers.recovery import Trigger
-
-    return Trigger(
-        source=source,
-        invocation_id=invocation_id,
-        result=result,
-        reason=reason,
-        snapshot=snapshot,
-        settled=settled,
-    )
-
-
 @dataclass(frozen=True)
 class ListenerOptions:
     # Units handled at once, across all units. A ladder holds its slot while systemd
@@ -232,7 +210,7 @@ class Listener:
         events: EventSink | None = None,
         notifier: Notifier | None = None,
         options: ListenerOptions | None = None,
-        trigger_factory: TriggerFactory = default_trigger,
+        trigger_factory: TriggerFactory | None = None,
         on_connected: ConnectHook | None = None,
         health: bool = True,
         on_drop: Callable[[str], None] | None = None,
@@ -250,6 +228,11 @@ class Listener:
         self._engine_factory = engine_factory
         self._events = events or NullSink()
         self._notifier = notifier or Notifier({})
+        if trigger_factory is None:
+            # Imported here: the listener's module loads without the engine.
+            from handlers.recovery import Trigger
+
+            trigger_factory = Trigger
         self._trigger = trigger_factory
         self._on_connected = on_connected
         self._on_drop = on_drop  # e.g. Metrics.count_dropped("listener")
