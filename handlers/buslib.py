@@ -12,7 +12,7 @@ Two library defects are contained here rather than worked around by callers:
 * Both libraries' writers (``_MessageWriter.write_callback``) loop over queued
   messages calling ``sock.send`` on the non-blocking socket until the queue is
   empty, and treat anything it raises, EAGAIN included, as the end of the
-  connection (python-dbus-next#153; dbus-fast inherited the writer). A burst of
+  connection (a known dbus-next bug; dbus-fast inherited the writer). A burst of
   replies faster than the bus daemon reads (a flood of method calls) so cost us
   the connection, the bus name and the systemd subscription. :func:`guard_writes`
   gives the writer a socket whose ``send`` reports EAGAIN as "0 bytes written":
