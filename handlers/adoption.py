@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.diagnose import RESTARTING_SUBSTATES, job_queued
+from handlers.diagnose import RESTARTING_SUBSTATES, invocation_hex, job_queued
 from handlers.ladder import Verdict
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store
 
@@ -103,7 +103,7 @@ def started_since(props: Mapping[str, Any], at: Stamp, boot: str, invocation: st
     value = props.get(key)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value / 1e6 >= mark
-    current = _hex(props.get("InvocationID", ""))
+    current = invocation_hex(props.get("InvocationID"))
     if invocation and current:
         return current != invocation
     if value == 0 and key in props:
@@ -137,15 +137,3 @@ def resume_verdict(
         )
     # Started since (or unknown: then never a second restart for one counted attempt).
     return Verdict.FAILED, f"{RESUMED}; its restart was made and the unit is {active}/{sub}"
-
-
-def _hex(value: Any) -> str:
-    """InvocationID as the history keeps it: bytes (or a list of ints) as hex."""
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, list):
-        try:
-            return bytes(value).hex()
-        except (TypeError, ValueError):
-            return ""
-    return value if isinstance(value, str) else ""

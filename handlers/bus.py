@@ -1,27 +1,16 @@
 """The one boundary between unitgen and systemd's D-Bus API.
 
-Written once against the API that dbus-next and dbus-fast share (``MessageBus``,
-``Message``, ``call``, ``add_message_handler``, ``Variant``, ``MessageType``), so
-the ladder, the OnFailure= path and the listener never import either library.
-``UNITGEN_DBUS=next|fast`` forces one; otherwise dbus-fast is used when it is
-installed, because it parses systemd's signals an order of magnitude faster
-(measured by the listener benchmark's ``flood`` mode, recorded in docs/listener.md).
+Written once against the API that dbus-next and dbus-fast share, resolved by
+:mod:`handlers.buslib`, so the ladder, the OnFailure= path and the listener never
+import either library; the waits for a unit's state are :mod:`handlers.waiters`.
 
 Every library error is translated here: callers see :class:`SystemdError`, or
 :class:`UnitNotFoundError` for a unit systemd does not know, or
 :class:`BusConnectionLostError` for a call the connection ended under.
 
-Two library defects are contained here rather than worked around by callers:
+The libraries' writers and their sockets are contained in :mod:`handlers.buslib`.
+One more defect is contained here rather than worked around by callers:
 
-* Both libraries' writers (``_MessageWriter.write_callback``) loop over queued
-  messages calling ``sock.send`` on the non-blocking socket until the queue is
-  empty, and treat anything it raises, EAGAIN included, as the end of the
-  connection (python-dbus-next#153; dbus-fast inherited the writer). A burst of
-  replies faster than the bus daemon reads (a flood of method calls) so cost us
-  the connection, the bus name and the systemd subscription. :func:`guard_writes`
-  gives the writer a socket whose ``send`` reports EAGAIN as "0 bytes written":
-  the writer then keeps the message and waits for the socket to be writable,
-  which it already does after a partial write.
 * Once a library's connection has ended, a call on it registers a reply handler
   that nothing will ever run: the call waits out its whole timeout (dbus-next),
   or writes to a closed descriptor (dbus-fast). :class:`SystemdBus` refuses
@@ -33,15 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# The library seam's names that callers know from here are re-exported.
+from handlers.buslib import BusLibrary as BusLibrary
+from handlers.buslib import choose_library as choose_library
+from handlers.buslib import consume_send as consume_send
+from handlers.buslib import guard_writes as guard_writes
+from handlers.buslib import load_library as load_library
+from handlers.buslib import open_bus, release_transport
+from handlers.buslib import unwrap as unwrap
 from handlers.deadlines import Deadlines
-from unitgen.errors import BusConnectionLostError, SystemdError, UnitNotFoundError, UsageError
+from handlers.waiters import Expectation as Expectation
+from handlers.waiters import Waiters, apply_until
+from unitgen.errors import BusConnectionLostError, SystemdError, UnitNotFoundError
 from unitgen.paths import Scope
 
 log = logging.getLogger(__name__)
@@ -66,116 +64,6 @@ CALL_TIMEOUT = 25.0
 MAX_CALLS_IN_FLIGHT = 32
 
 SignalCallback = Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class BusLibrary:
-    """The shared surface of dbus-next and dbus-fast, resolved once."""
-
-    name: str  # "next" or "fast"
-    MessageBus: Any
-    Message: Any
-    MessageType: Any
-    MessageFlag: Any
-    Variant: Any
-    BusType: Any
-
-
-_MODULES = {"next": "dbus_next", "fast": "dbus_fast"}
-_loaded: dict[str, BusLibrary] = {}
-# The Variant classes of every library loaded so far, for unwrap().
-_VARIANTS: tuple[type, ...] = ()
-_VARIANT_TYPES: set[type] = set()
-
-
-def load_library(name: str) -> BusLibrary:
-    """Import dbus-next (``next``) or dbus-fast (``fast``)."""
-    if name in _loaded:
-        return _loaded[name]
-    if name not in _MODULES:
-        raise UsageError(f"UNITGEN_DBUS={name!r}: expected 'next' or 'fast'")
-    module = _MODULES[name]
-    try:
-        top = importlib.import_module(module)
-        aio = importlib.import_module(f"{module}.aio")
-    except ImportError as exc:
-        raise SystemdError(f"UNITGEN_DBUS={name}: {module} is not installed") from exc
-    lib = BusLibrary(
-        name=name,
-        MessageBus=aio.MessageBus,
-        Message=top.Message,
-        MessageType=top.MessageType,
-        MessageFlag=top.MessageFlag,
-        Variant=top.Variant,
-        BusType=top.BusType,
-    )
-    _loaded[name] = lib
-    global _VARIANTS
-    _VARIANTS = (*_VARIANTS, lib.Variant)
-    _VARIANT_TYPES.add(lib.Variant)
-    return lib
-
-
-def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
-    """``UNITGEN_DBUS`` forces a library; else dbus-fast if installed, else dbus-next."""
-    forced = (os.environ if env is None else env).get("UNITGEN_DBUS", "").strip()
-    if forced:
-        return load_library(forced)
-    try:
-        return load_library("fast")
-    except SystemdError:
-        return load_library("next")
-
-
-class _SendWithoutEagain:
-    """A socket whose ``send`` says "0 bytes written" where the kernel says EAGAIN.
-
-    Only ``send`` is changed: the writers call ``sendmsg`` only to pass file
-    descriptors, which unitgen never negotiates. Everything else is the socket's.
-    """
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-
-    def send(self, data: Any) -> int:
-        try:
-            return int(self._sock.send(data))
-        except (BlockingIOError, InterruptedError):
-            return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def guard_writes(raw: Any) -> bool:
-    """Make a connected library MessageBus's writer survive a full socket buffer.
-
-    Idempotent. False (and a warning) if the library's writer is not what this
-    expects, e.g. a future release compiled it; the connection then works as
-    the library made it.
-    """
-    writer: Any = getattr(raw, "_writer", None)
-    sock = getattr(writer, "sock", None)
-    if sock is None:
-        log.warning("D-Bus library writer not recognised; EAGAIN will end the connection")
-        return False
-    if isinstance(sock, _SendWithoutEagain):
-        return True
-    try:
-        writer.sock = _SendWithoutEagain(sock)
-    except (AttributeError, TypeError):
-        log.warning("D-Bus library writer not recognised; EAGAIN will end the connection")
-        return False
-    return True
-
-
-def consume_send(fut: asyncio.Future[Any]) -> None:
-    """Done callback of a no-reply send: a failed write is the connection's loss,
-    which the disconnect path handles; retrieving it keeps asyncio from logging it."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 # -- object paths -------------------------------------------------------------------
@@ -234,37 +122,6 @@ def unit_from_path(path: str) -> str | None:
 # -- values ---------------------------------------------------------------------------
 
 
-_SCALARS: frozenset[type] = frozenset({str, int, float, bool, bytes})
-
-
-def unwrap(value: Any) -> Any:
-    """Variants -> plain Python values, recursively (both libraries use ``.value``).
-
-    A GetAll of a service carries ~300 properties, some of them long arrays of
-    structs, and the ladder reads it on every incident; so an array whose first
-    element is a plain scalar is returned as is (D-Bus arrays are homogeneous),
-    which keeps this from touching every string of every ExecStart.
-    """
-    kind = type(value)
-    if kind in _SCALARS:
-        return value
-    if kind is dict:
-        # Inlined for the common a{sv} of scalars: one type test per property.
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            if type(item) in _VARIANT_TYPES:
-                item = item.value
-            out[key] = item if type(item) in _SCALARS else unwrap(item)
-        return out
-    if kind is list:
-        if not value or type(value[0]) in _SCALARS:
-            return value
-        return [unwrap(v) for v in value]
-    if isinstance(value, _VARIANTS):
-        return unwrap(getattr(value, "value", None))
-    return value
-
-
 def unit_properties_rule(interface: str = UNIT) -> str:
     """PropertiesChanged of one interface (Unit by default) of every unit."""
     return match_rule(
@@ -299,27 +156,6 @@ class UnitInfo:
     job_id: int
 
 
-# Put into every waiter's queue when the connection ends: wake it, to fail at once.
-_LOST = "\0connection lost"
-
-
-class _Waiter:
-    __slots__ = ("interfaces", "path", "queue")
-
-    def __init__(self, path: str, interfaces: tuple[str, ...]) -> None:
-        self.path = path
-        self.interfaces = interfaces  # only these interfaces' changes are queued
-        # (arrival sequence, interface, changed, invalidated)
-        self.queue: asyncio.Queue[tuple[int, str, dict[str, Any], list[str]]] = asyncio.Queue()
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """A unit's changes collected from a known point on (see SystemdBus.expect_changes)."""
-
-    waiter: _Waiter
-
-
 class SystemdBus:
     """A connection to one systemd manager (the system one, or a user manager)."""
 
@@ -332,12 +168,11 @@ class SystemdBus:
         self.lib = lib
         self.scope = scope
         self._callbacks: list[SignalCallback] = []
-        self._waiters: dict[str, list[_Waiter]] = {}
+        self._waits = Waiters()
         self._matches: dict[str, int] = {}
         self._subscribed = False
         self._closed = False
         self._seq = 0  # counts every incoming message, to order replies against signals
-        self._reply_seq: dict[int, int] = {}  # serial of a watched call -> seq of its reply
         self._calls = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
         self._deadlines = Deadlines()
         self._gone = asyncio.Event()
@@ -359,9 +194,7 @@ class SystemdBus:
         """The connection is gone: fail every call and wait in flight, now."""
         self._gone.set()
         self._deadlines.expire_all()
-        for waiters in list(self._waiters.values()):
-            for waiter in waiters:
-                waiter.queue.put_nowait((self._seq, _LOST, {}, []))
+        self._waits.lose(self._seq)
 
     # -- connection ----------------------------------------------------------------
 
@@ -389,11 +222,8 @@ class SystemdBus:
                 raise SystemdError("user scope: DBUS_SESSION_BUS_ADDRESS is not set")
         bus_type = lib.BusType.SESSION if scope is Scope.USER else lib.BusType.SYSTEM
         try:
-            raw = lib.MessageBus(bus_address=address, bus_type=bus_type)
-            await asyncio.wait_for(raw.connect(), CALL_TIMEOUT)
-            guard_writes(raw)
+            raw = await open_bus(lib, address, bus_type, CALL_TIMEOUT)
         except Exception as exc:
-            _release_half_built_bus(exc)
             where = "session" if scope is Scope.USER else "system"
             raise SystemdError(
                 f"cannot connect to the {where} bus ({type(exc).__name__}: {exc})"
@@ -437,13 +267,8 @@ class SystemdBus:
         if not self._gone_task.done():
             self._gone_task.cancel()
             await asyncio.gather(self._gone_task, return_exceptions=True)
-        # dbus-next shuts the socket down but never closes it (a ResourceWarning
-        # later); dbus-fast closes it itself, and closing twice is harmless.
-        for attr in ("_stream", "_sock"):
-            obj = getattr(self._bus, attr, None)
-            if obj is not None:
-                with contextlib.suppress(Exception):
-                    obj.close()
+        # dbus-next shuts the socket down but never closes it (a ResourceWarning later).
+        release_transport(self._bus)
 
     # -- calls ---------------------------------------------------------------------
 
@@ -494,7 +319,7 @@ class SystemdBus:
             sent.add_done_callback(consume_send)
             return []
         # One timer for every call's deadline (handlers/deadlines.py), not an
-        # asyncio.timeout each: that was ~20 of the ~95 us a call cost us.
+        # asyncio.timeout each: that was a large share of a call's cost (docs/listener.md).
         deadline = self._deadlines.add(timeout)
         try:
             async with self._calls:
@@ -604,11 +429,11 @@ class SystemdBus:
 
         With ``service_keys``, the Service interface is read as one Get per key
         instead of a GetAll of its ~200 properties (ExecStart= and friends, which
-        systemd marshals and we unmarshal for nothing). With five keys, what the
-        listener asks once the signals brought the rest: 736-768 against 973-1067 us
-        of our CPU per read, and about half the wall time (a unit read 8 at a time in
-        the sandbox). Each Get costs ~90 us of ours, so eleven would cost more than
-        the GetAll they replace.
+        systemd marshals and we unmarshal for nothing). For the five keys the
+        listener asks once the signals brought the rest, that costs less of our CPU
+        and about half the wall time; each Get has a price of its own, so past about
+        ten keys they cost more than the GetAll they replace (docs/listener.md,
+        "Figures behind the code's choices").
         """
         ifaces = tuple(interfaces)
         keys = tuple(service_keys) if SERVICE in ifaces else ()
@@ -714,10 +539,10 @@ class SystemdBus:
         (UnitRemoved, then UnitNew) and RestartUnit loads it again from disk, a
         unit-file parse per recovery. The pin stays until :meth:`unpin`, which the
         caller sends once the restart has been seen through: an UnrefUnit in the
-        same batch delayed the new process by ~4 ms (median 18.7 against 14.9 ms
-        from the calls to ExecMainStartTimestamp, 25 trials each, this sandbox),
-        as much as the unload it prevents. Returns the restart's job and the
-        reset's refusal, if any; a refused pin changes nothing else.
+        same batch delayed the new process about as much as the unload it prevents
+        (docs/listener.md, "Figures behind the code's choices"). Returns the
+        restart's job and the reset's refusal, if any; a refused pin changes
+        nothing else.
         """
         # The pin asks for no reply: a refused pin (the unit is gone) changes nothing.
         await self.call("RefUnit", "s", [name], what=name, reply=False)
@@ -784,70 +609,10 @@ class SystemdBus:
             or self._gone.is_set()
         ):
             return None
-        waiter = _Waiter(unit_path(name), (UNIT,))
-        self._waiters.setdefault(waiter.path, []).append(waiter)
-        return Expectation(waiter)
+        return Expectation(self._waits.add(unit_path(name), (UNIT,)))
 
     def forget(self, expectation: Expectation) -> None:
-        self._drop_waiter(expectation.waiter)
-
-    def _drop_waiter(self, waiter: _Waiter) -> None:
-        waiters = self._waiters.get(waiter.path, [])
-        if waiter in waiters:
-            waiters.remove(waiter)
-        if not waiters:
-            self._waiters.pop(waiter.path, None)
-
-    async def _apply_until(
-        self,
-        name: str,
-        waiter: _Waiter,
-        predicate: Callable[[dict[str, Any]], bool],
-        timeout: float,  # noqa: ASYNC109 - only for the message
-        deadline: float,
-        props: dict[str, Any],
-        seen: dict[str, int] | None = None,
-    ) -> dict[str, Any]:
-        """Apply the waiter's queued changes to ``props`` until ``predicate`` holds.
-
-        The waiter is handed only the interfaces it waits on. ``seen``: per
-        interface, the arrival number of the GetAll reply ``props`` came from; a
-        change that arrived before it is already in ``props``.
-        """
-        loop = asyncio.get_running_loop()
-        while not predicate(props):
-            if self._gone.is_set():
-                raise BusConnectionLostError(f"unit {name}: bus connection lost while waiting")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise SystemdError(
-                    f"unit {name}: expected state not reached within {timeout:g}s "
-                    f"(ActiveState={props.get('ActiveState')}, "
-                    f"SubState={props.get('SubState')})"
-                )
-            try:
-                # Queued already (a burst): no wait at all. Otherwise asyncio.timeout,
-                # not wait_for, which wraps each get in a task of its own.
-                item = waiter.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                try:
-                    async with asyncio.timeout(remaining):
-                        item = await waiter.queue.get()
-                except TimeoutError:
-                    continue
-            seq, iface, changed, invalidated = item
-            if iface == _LOST:
-                raise BusConnectionLostError(f"unit {name}: bus connection lost while waiting")
-            if seen is not None and seq <= seen.get(iface, 0):
-                continue
-            # systemd invalidates (names without values) only its large array
-            # properties (ExecStart=, Conditions, ...), on every signal; reading
-            # them again would double the calls of every wait, and no state
-            # predicate needs them, so they are dropped rather than re-read.
-            for key in invalidated:
-                props.pop(key, None)
-            props.update(changed)
-        return props
+        self._waits.drop(expectation.waiter)
 
     async def wait_for(
         self,
@@ -870,11 +635,11 @@ class SystemdBus:
         if since is not None and initial is not None:
             deadline = asyncio.get_running_loop().time() + timeout
             try:
-                return await self._apply_until(
-                    name, since.waiter, predicate, timeout, deadline, dict(initial)
+                return await apply_until(
+                    name, since.waiter, predicate, timeout, deadline, dict(initial), self._gone
                 )
             finally:
-                self._drop_waiter(since.waiter)
+                self._waits.drop(since.waiter)
         if since is not None:
             self.forget(since)
         ifaces = tuple(interfaces)
@@ -891,17 +656,18 @@ class SystemdBus:
         # of the interfaces it follows: a wait on those needs no rule of its own
         # (two fewer calls per wait).
         covered = all(self._matches.get(unit_properties_rule(i), 0) > 0 for i in ifaces)
-        waiter = _Waiter(path, ifaces)
-        self._waiters.setdefault(path, []).append(waiter)
+        waiter = self._waits.add(path, ifaces)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             if not covered:
                 await self.add_match(rule)
             props, seen = await self._snapshot(name, path, ifaces)
-            return await self._apply_until(name, waiter, predicate, timeout, deadline, props, seen)
+            return await apply_until(
+                name, waiter, predicate, timeout, deadline, props, self._gone, seen
+            )
         finally:
-            self._drop_waiter(waiter)
+            self._waits.drop(waiter)
             if not self._closed and not covered:
                 with contextlib.suppress(SystemdError):
                     await self.remove_match(rule)
@@ -922,7 +688,7 @@ class SystemdBus:
                     interface=PROPERTIES,
                     path=path,
                     what=name,
-                    serial_hook=self._watch_reply(serials),
+                    serial_hook=self._waits.watch_reply(serials),
                 )
             except SystemdError as exc:
                 if "UnknownInterface" in str(exc) or "InvalidArgs" in str(exc):
@@ -930,16 +696,9 @@ class SystemdBus:
                 raise
             finally:
                 for s in serials:
-                    seen[iface] = self._reply_seq.pop(s, 0)
+                    seen[iface] = self._waits.replies.pop(s, 0)
             props.update(unwrap(values))
         return props, seen
-
-    def _watch_reply(self, serials: list[int]) -> Callable[[int], None]:
-        def hook(serial: int) -> None:
-            serials.append(serial)
-            self._reply_seq[serial] = 0
-
-        return hook
 
     # -- signals -------------------------------------------------------------------
 
@@ -961,52 +720,18 @@ class SystemdBus:
         self._seq += 1
         mtype = msg.message_type
         if mtype != self.lib.MessageType.SIGNAL:
+            replies = self._waits.replies
             serial = msg.reply_serial
-            if serial in self._reply_seq:
-                self._reply_seq[serial] = self._seq
+            if serial in replies:
+                replies[serial] = self._seq
             return
-        if self._waiters and msg.member == "PropertiesChanged":
-            waiters = self._waiters.get(msg.path)
-            if waiters:
-                try:
-                    iface, changed, invalidated = msg.body
-                    # Unwrapped only for a waiter that wants this interface: a wait on
-                    # the Unit interface skips the Service one's signal, sent with it.
-                    wanting = [w for w in waiters if iface in w.interfaces]
-                    item = (
-                        (self._seq, str(iface), unwrap(changed), list(invalidated))
-                        if wanting
-                        else None
-                    )
-                except (ValueError, TypeError):
-                    log.warning("malformed PropertiesChanged on %s", msg.path)
-                else:
-                    if item is not None:
-                        for waiter in wanting:
-                            waiter.queue.put_nowait(item)
+        if self._waits.by_path and msg.member == "PropertiesChanged":
+            self._waits.deliver(self._seq, msg.path, msg.body)
         for callback in list(self._callbacks):
             try:
                 callback(msg)
             except Exception:
                 log.exception("signal callback %r failed on %s", callback, msg.member)
-
-
-def _release_half_built_bus(exc: BaseException) -> None:
-    """Close the socket of a MessageBus whose constructor or connect() failed.
-
-    dbus-next opens the socket in ``__init__`` and leaves it open when the
-    connect fails; the traceback (kept alive by ``raise ... from``) would hold
-    it until garbage collection and a ResourceWarning.
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        for attr in ("_stream", "_sock"):
-            obj = getattr(owner, attr, None)
-            if obj is not None and hasattr(obj, "close"):
-                with contextlib.suppress(Exception):
-                    obj.close()
-        tb = tb.tb_next
 
 
 def _for(what: str) -> str:

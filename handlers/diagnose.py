@@ -12,6 +12,28 @@ from being a second actor. Yes when: SubState is ``auto-restart`` (or
 unit sits in ``failed`` while its ``Restart=`` setting covers this result and
 the start limit was not hit: systemd 252 broadcasts ``failed`` just before it
 moves to ``auto-restart``, so that case is settled by a short bounded wait.
+
+The listener's decision (systemd 252, proven in tests/test_listener_sandbox.py)
+------------------------------------------------------------------------------
+:func:`decide` answers it for the listener over a :class:`UnitView`, built from
+what the signals carried. On 252, ``service_enter_dead()`` sets ``failed`` and
+then, in the same call, ``auto-restart``; systemd answers no method call in
+between. So on a ``failed`` signal one round trip (:attr:`Action.ASK`, the
+properties of :data:`STATE_NOW`) settles it: ``auto-restart`` (or anything but
+``failed``) means systemd is restarting it, or already has; still ``failed``
+means systemd gave up and the ladder takes over.
+
+Three give-ups need no round trip, because the signals already say systemd will
+not restart the unit: ``Restart=no``; a ``Result`` the unit's ``Restart=`` does
+not cover (both only without ``RestartForceExitStatus=``); and the start limit,
+``auto-restart`` -> ``dead`` -> ``failed`` of the invocation last seen in
+``auto-restart``: systemd's restart job was refused, and the failed signal still
+names that job (sent while the job is removed), so it is not a restart under way.
+
+What the diagnosis needs travels with the signals (:data:`SERVICE_LIVE`,
+:data:`UNIT_LIVE`), plus what changes only with a reload (:data:`STATIC`), read
+once with the first failure (:attr:`Action.READ`); a view holding all of
+:data:`SNAPSHOT` is the diagnosis's input, and the ladder makes no read of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +42,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -27,10 +50,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESTARTING_SUBSTATES",
+    "SERVICE_LIVE",
+    "SERVICE_STATIC",
+    "SNAPSHOT",
+    "STATE_NOW",
+    "STATIC",
+    "UNIT_LIVE",
+    "UNIT_STATIC",
+    "Action",
+    "Basis",
+    "Decision",
     "Diagnosis",
     "SystemdClient",
+    "UnitView",
     "classify",
+    "decide",
     "diagnosis_from",
+    "invocation_hex",
     "job_queued",
     "read_journal",
     "restart_covers",
@@ -61,6 +97,20 @@ CLASSES = (
 )
 
 RESTARTING_SUBSTATES = frozenset({"auto-restart", "failed-before-auto-restart"})
+
+# What the diagnosis needs that systemd's signals carry: the Service interface's
+# signal comes first, then the Unit interface's, from the same state.
+SERVICE_LIVE = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID")
+UNIT_LIVE = ("ActiveState", "SubState", "InvocationID", "Job")
+# What it needs that changes only with a reload: the Unit interface's come with its
+# GetAll, the Service interface's are read one Get each (or with its GetAll).
+UNIT_STATIC = ("LoadState", "Requires", "BindsTo", "Wants", "After")
+SERVICE_STATIC = ("Restart", "RestartForceExitStatus", "PIDFile", "StateDirectory", "LogsDirectory")
+STATIC = (*UNIT_STATIC, *SERVICE_STATIC)
+# A view with all of these is the diagnosis's input: the ladder reads nothing itself.
+SNAPSHOT = (*SERVICE_LIVE, *UNIT_LIVE, "LoadState")
+# The round trip that settles whether systemd is restarting the unit.
+STATE_NOW = UNIT_LIVE
 # Which results each Restart= setting restarts on (systemd.service(5), table 2).
 _ABNORMAL = frozenset({"signal", "core-dump", "timeout", "watchdog"})
 _RESTART_COVERS: dict[str, Callable[[str], bool]] = {
@@ -189,13 +239,15 @@ def _names(props: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str))
 
 
-def _invocation(props: Mapping[str, Any]) -> str:
-    value = props.get("InvocationID")
+def invocation_hex(value: object) -> str:
+    """An InvocationID as the history keeps it: D-Bus's ``ay`` (bytes, or a list of
+    ints) as hex, a string as it is; "" for anything else."""
     if isinstance(value, bytes | bytearray):
         return bytes(value).hex()
     if isinstance(value, list):
         with contextlib.suppress(TypeError, ValueError):
             return bytes(value).hex()
+        return ""
     return value if isinstance(value, str) else ""
 
 
@@ -260,7 +312,7 @@ def diagnosis_from(
         n_restarts=_int(props, "NRestarts"),
         main_pid=_int(props, "MainPID"),
         pidfile=_str(props, "PIDFile"),
-        invocation_id=_invocation(props),
+        invocation_id=invocation_hex(props.get("InvocationID")),
         control_group=_str(props, "ControlGroup"),
         restart_setting=_str(props, "Restart"),
         job_queued=job_queued(props),
@@ -287,20 +339,177 @@ def restart_covers(restart: str, result: str) -> bool | None:
 
 def restart_pending(props: Mapping[str, Any]) -> bool:
     """systemd is visibly restarting the unit right now (no guessing)."""
-    if _str(props, "SubState") in RESTARTING_SUBSTATES:
-        return True
-    return job_queued(props) and _str(props, "ActiveState") != "active"
+    return UnitView.of(props).restart_pending
 
 
 def systemd_would_restart(props: Mapping[str, Any]) -> bool:
     """A `failed` unit whose Restart= covers its result: systemd is about to act."""
-    if _str(props, "ActiveState") != "failed":
-        return False
-    result = _str(props, "Result")
-    if result == "start-limit-hit" or not result:
-        return False
-    covers = _RESTART_COVERS.get(_str(props, "Restart") or "no")
-    return bool(covers and covers(result))
+    return UnitView.of(props).restart_due
+
+
+# -- the decision ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnitView:
+    """A unit as far as :func:`decide` needs it: its state, its Restart= settings,
+    where the view came from, and the invocation last seen in ``auto-restart``."""
+
+    active_state: str = ""
+    sub_state: str = ""
+    invocation: str = ""  # hex
+    job_queued: bool = False
+    result: str = ""
+    restart: str = ""  # Restart=; "" when not read
+    restart_forced: bool = False  # RestartForceExitStatus= names a status or a signal
+    settings_known: bool = False  # the reload-only properties (STATIC) were read
+    complete: bool = False  # every property of SNAPSHOT is known
+    signalled: bool = False  # the Service interface's live properties came with signals
+    answered: bool = False  # systemd's state read after the failure, not the signals
+    # The invocation last seen in ``auto-restart``: a ``failed`` of that same invocation
+    # means systemd's own restart job was refused (the start limit) and it gave up.
+    last_auto_restart: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        props: Mapping[str, Any],
+        *,
+        settings_known: bool = True,
+        signalled: bool = False,
+        answered: bool = True,
+        last_auto_restart: str = "",
+    ) -> UnitView:
+        """The view of ``props`` (systemd's property names, values unwrapped)."""
+        return cls(
+            active_state=_str(props, "ActiveState"),
+            sub_state=_str(props, "SubState"),
+            invocation=invocation_hex(props.get("InvocationID")),
+            job_queued=job_queued(props),
+            result=_str(props, "Result"),
+            restart=_str(props, "Restart"),
+            restart_forced=_forced(props.get("RestartForceExitStatus")),
+            settings_known=settings_known,
+            complete=all(key in props for key in SNAPSHOT),
+            signalled=signalled,
+            answered=answered,
+            last_auto_restart=last_auto_restart,
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self.active_state == "failed"
+
+    @property
+    def restart_pending(self) -> bool:
+        """systemd is visibly restarting the unit right now (no guessing)."""
+        if self.sub_state in RESTARTING_SUBSTATES:
+            return True
+        return self.job_queued and self.active_state != "active"
+
+    @property
+    def restart_due(self) -> bool:
+        """Failed, and Restart= covers the result: systemd is about to restart it."""
+        if not self.failed or self.result in ("", "start-limit-hit"):
+            return False
+        return restart_covers(self.restart or "no", self.result) is True
+
+    @property
+    def restart_excluded(self) -> bool:
+        """systemd will not restart the unit after this result, whatever the timing.
+
+        ``Restart=no``, or a ``Result`` the unit's ``Restart=`` does not cover (or the
+        start limit), with no ``RestartForceExitStatus=``, which would restart it anyway.
+        ``RestartPreventExitStatus=`` only ever stops a restart, so a result it covers
+        is left to systemd's answer.
+        """
+        if self.restart_forced:
+            return False
+        if self.restart == "no":
+            return True
+        if not self.restart or not self.result:
+            return False
+        return (
+            self.result == "start-limit-hit" or restart_covers(self.restart, self.result) is False
+        )
+
+    @property
+    def start_limit(self) -> bool:
+        """Failed in the invocation last seen in auto-restart: the restart job was refused."""
+        return self.failed and bool(self.invocation) and self.invocation == self.last_auto_restart
+
+
+def _forced(value: object) -> bool:
+    # (exit codes, signals); ([], []) is none.
+    return isinstance(value, list | tuple) and any(value)
+
+
+class Action(Enum):
+    """What the listener does with a unit it was told about."""
+
+    READ = "read"  # its settings are unknown: read it; the read is decision and diagnosis
+    ASK = "ask"  # systemd may be restarting it: ask for STATE_NOW, the answer decides
+    STAND_DOWN = "stand-down"  # systemd restarted it, or is restarting it
+    LEAVE = "leave"  # not failed and nothing restarting it (stopped): nothing to do
+    RECOVER = "recover"  # failed, and systemd gave up: the ladder's turn
+
+
+class Basis(Enum):
+    """What the decision rests on."""
+
+    UNREAD = "unread"  # nothing read since the last (re)connect or reload
+    MAY_RESTART = "may-restart"  # Restart= may cover the result: only systemd can say
+    START_LIMIT = "start-limit"  # auto-restart, then failed, one invocation: job refused
+    NO_RESTART = "no-restart"  # Restart= excludes this result: the signals suffice
+    ANSWERED = "answered"  # systemd's state, read after its own decision
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    basis: Basis
+    # The trigger's Result where the unit's own is not the story: at the start limit it
+    # keeps the crash's value (systemd only overwrites a success).
+    result: str = ""
+    # The view's Job is the refused restart job (sent while it was removed): none is queued.
+    job_refused: bool = False
+    # READ: the Service interface's keys to Get one by one (() reads its GetAll);
+    # ASK: the Unit interface's properties to Get.
+    reads: tuple[str, ...] = ()
+
+    @property
+    def without_read(self) -> bool:
+        """Decided on the signals alone."""
+        return self.basis in (Basis.START_LIMIT, Basis.NO_RESTART)
+
+
+def decide(view: UnitView) -> Decision:
+    """Is systemd restarting the unit, and what must be read to know and to diagnose."""
+    if not view.answered:
+        if not view.settings_known:
+            # Seen failing in signals, only the static keys are missing: a few Gets of
+            # the Service interface cost less than its GetAll; otherwise the GetAll.
+            return Decision(
+                Action.READ, Basis.UNREAD, reads=SERVICE_STATIC if view.signalled else ()
+            )
+        if view.complete:
+            if view.start_limit:
+                return Decision(
+                    Action.RECOVER, Basis.START_LIMIT, result="start-limit-hit", job_refused=True
+                )
+            if view.restart_excluded:
+                return _on_state(view, Basis.NO_RESTART)
+        return Decision(Action.ASK, Basis.MAY_RESTART, reads=STATE_NOW)
+    return _on_state(view, Basis.ANSWERED)
+
+
+def _on_state(view: UnitView, basis: Basis) -> Decision:
+    """The unit's state is systemd's final word: act on it."""
+    if not view.failed:
+        if view.sub_state == "auto-restart" or view.active_state in ("activating", "active"):
+            return Decision(Action.STAND_DOWN, basis)
+        return Decision(Action.LEAVE, basis)
+    return Decision(Action.RECOVER, basis, result="start-limit-hit" if view.start_limit else "")
 
 
 async def read_journal(unit: str, *, user: bool, lines: int = JOURNAL_LINES) -> tuple[str, ...]:

@@ -1,38 +1,17 @@
 """The D-Bus listener: follows systemd and runs the recovery ladder the moment it is needed.
 
-How it decides (systemd 252, proven in tests/test_listener_sandbox.py)
-----------------------------------------------------------------------
-A unit with ``Restart=`` broadcasts ``ActiveState=failed`` just before systemd
-restarts it itself. On 252, ``service_enter_dead()`` sets ``failed`` and then,
-in the same call, ``auto-restart``; systemd answers no method call in between.
-So on a ``failed`` signal the listener makes one round trip to systemd (GetAll
-of the unit) and looks at the answer:
-
-* ``SubState=auto-restart`` (or anything but ``failed``): systemd is restarting
-  it, or already has. The listener stands down and counts it.
-* still ``failed``, no job: systemd gave up. The ladder takes over, once per
-  InvocationID: a second ``failed`` of the same invocation is dropped.
-
-Three give-ups need no round trip, because the signals already say systemd will
-not restart the unit: ``Restart=no``; a ``Result`` the unit's ``Restart=`` does
-not cover (both only without ``RestartForceExitStatus=``); and the start limit,
-``auto-restart`` -> ``dead`` -> ``failed`` of the invocation last seen in
-``auto-restart``: systemd's restart job was refused, and the failed signal still
-names that job (sent while the job is removed), so the listener must not take
-it for a restart under way.
-
-The diagnosis travels with the signals
---------------------------------------
-systemd sends a unit's change as two PropertiesChanged signals from one state,
-the type-specific interface (Service: Result, ExecMainCode/Status, NRestarts,
-MainPID) first and then the Unit interface ("clients may rely on this order",
-src/core/dbus-unit.c). The listener keeps the few properties the ladder's
-diagnosis needs from both, plus the ones that only change on a reload
-(Restart=, dependencies, directories), read once per unit with the first
-failure and forgotten on ``Reloading``, ``UnitNew``/``UnitRemoved`` and every
-reconnect. The trigger carries that snapshot, so the ladder's diagnose step
-makes no read of its own: the restart is issued without a round trip for a
-``Restart=no`` unit, and after one (the decision above) otherwise.
+How it decides
+--------------
+On a ``failed`` signal the listener builds a :class:`~handlers.diagnose.UnitView`
+of what the signals said and asks :func:`handlers.diagnose.decide`, which says
+whether systemd is restarting the unit, whether one round trip must settle it,
+and what must be read; the decision, its property sets and the systemd 252
+behaviour they rest on live there. The listener carries it out: it reads what
+the decision names, stands down, or hands the unit to the ladder once per
+InvocationID. It keeps what the signals carry of each watched unit, and what
+changes only on a reload, read with the first failure and forgotten on
+``Reloading``, ``UnitNew``/``UnitRemoved`` and every reconnect; the trigger
+carries that snapshot, so the ladder's diagnose step makes no read of its own.
 
 Data flow
 ---------
@@ -60,13 +39,24 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from handlers import bus as busmod
 from handlers.bus import SystemdBus
-from handlers.diagnose import restart_covers
+from handlers.busretry import RetryingBus
+from handlers.diagnose import (
+    SERVICE_LIVE,
+    STATIC,
+    UNIT_LIVE,
+    Action,
+    Basis,
+    Decision,
+    UnitView,
+    decide,
+    invocation_hex,
+)
 from handlers.events import EventSink, NullSink
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
@@ -76,6 +66,10 @@ from unitgen.model import Health
 from unitgen.paths import Paths
 from unitgen.policy import load_policy
 
+if TYPE_CHECKING:
+    from handlers.diagnose import SystemdClient
+    from handlers.recovery import Outcome, Trigger, TriggerSource
+
 log = logging.getLogger(__name__)
 
 
@@ -83,31 +77,43 @@ class Recoverer(Protocol):
     """What the listener needs of :class:`handlers.recovery.RecoveryEngine`.
 
     One engine lives as long as the listener (it holds the SQLite store); after
-    a reconnect its ``bus`` is pointed at the new connection.
+    a reconnect its ``bus`` is pointed at the new connection (a
+    :class:`~handlers.busretry.RetryingBus` is handed it instead).
     """
 
-    bus: Any
+    bus: SystemdClient
 
-    async def recover(self, unit: str, trigger: Any) -> Any: ...
+    async def recover(self, unit: str, trigger: Trigger) -> Outcome: ...
+
+    def interrupted_units(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TriggerFactory(Protocol):
+    """Makes the ladder's :class:`~handlers.recovery.Trigger` (the class itself fits)."""
+
+    def __call__(
+        self,
+        *,
+        source: TriggerSource,
+        invocation_id: str = "",
+        result: str = "",
+        reason: str = "",
+        snapshot: Mapping[str, Any] | None = None,
+        settled: bool = False,
+    ) -> Trigger: ...
 
 
 EngineFactory = Callable[[SystemdBus], Recoverer]
-TriggerFactory = Callable[..., Any]
 ConnectHook = Callable[[SystemdBus], Awaitable[None]]
-
-
-def default_trigger(**fields: Any) -> Any:
-    from handlers.recovery import Trigger
-
-    return Trigger(**fields)
 
 
 @dataclass(frozen=True)
 class ListenerOptions:
     # Units handled at once, across all units. A ladder holds its slot while systemd
-    # starts the unit, so with 8, 200 failures at once took 25 rounds of waiting:
-    # 32 brought the last of 200 running from 2.8-3.6 s to 2.4-2.7 s (bench_listener
-    # scale, alternating); the bus layer caps calls in flight at 32 either way.
+    # starts the unit, so a small pool makes a burst of failures wait in rounds; the
+    # bus layer caps calls in flight at 32 either way (figures in docs/listener.md).
     max_concurrency: int = 32
     max_pending: int = 4096  # distinct units waiting; more are dropped and counted
     reconnect_initial: float = 0.05
@@ -118,23 +124,7 @@ class ListenerOptions:
 # STATUS= after recoveries is sent at most this often (seconds).
 STATUS_INTERVAL = 0.5
 
-# What the signals carry that the diagnosis needs (the Service interface's signal
-# comes first, then the Unit interface's, from the same state).
-_SERVICE_LIVE = ("Result", "ExecMainCode", "ExecMainStatus", "NRestarts", "MainPID")
-_UNIT_LIVE = ("ActiveState", "SubState", "InvocationID", "Job")
-# What the diagnosis needs that changes only with a reload: read with the first failure,
-# the Unit interface's with GetAll, the Service interface's with one Get each.
-_UNIT_STATIC = ("LoadState", "Requires", "BindsTo", "Wants", "After")
-_SERVICE_STATIC = (
-    "Restart",
-    "RestartForceExitStatus",
-    "PIDFile",
-    "StateDirectory",
-    "LogsDirectory",
-)
-_STATIC = (*_UNIT_STATIC, *_SERVICE_STATIC)
 _NO_JOB = (0, "/")
-_COMPLETE = (*_SERVICE_LIVE, *_UNIT_LIVE, "LoadState")
 # Outcomes (ladder.State values) whose Recovered or GaveUp event reaches the journal.
 _WITH_EVENT = frozenset({"recovered", "gave-up"})
 
@@ -147,8 +137,8 @@ class UnitState:
     # means systemd's own restart job was refused (the start limit) and it gave up.
     auto_restart: str = ""
     reasons: set[str] = field(default_factory=set)
-    live: dict[str, Any] = field(default_factory=dict)  # _SERVICE_LIVE | _UNIT_LIVE, latest
-    static: dict[str, Any] | None = None  # _STATIC, None until read (again)
+    live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
+    static: dict[str, Any] | None = None  # STATIC, None until read (again)
 
     def forget(self) -> None:
         """Signals may have been missed or the unit reloaded: read it afresh next time."""
@@ -206,37 +196,6 @@ def match_rules() -> list[str]:
     return rules
 
 
-def _hex(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, list):
-        return bytes(value).hex()
-    return str(value or "")
-
-
-def _not_restarted_by_systemd(static: dict[str, Any], result: Any) -> bool:
-    """systemd will not restart the unit after this result, whatever the timing.
-
-    ``Restart=no``, or a ``Result`` the unit's ``Restart=`` does not cover (or the
-    start limit), with no ``RestartForceExitStatus=``, which would restart it anyway.
-    ``RestartPreventExitStatus=`` only ever stops a restart, so a result it covers
-    takes the round trip and the reply settles it.
-    """
-    force = static.get("RestartForceExitStatus")
-    if force and any(force):  # (codes, signals); ([], []) is none
-        return False
-    restart = static.get("Restart")
-    if restart == "no":
-        return True
-    if not isinstance(result, str) or not isinstance(restart, str) or not result:
-        return False
-    return result == "start-limit-hit" or restart_covers(restart, result) is False
-
-
-def _complete(view: dict[str, Any]) -> bool:
-    return all(k in view for k in _COMPLETE)
-
-
 class Listener:
     """``unitgen watch``: one instance per process, run() until stop()."""
 
@@ -251,7 +210,7 @@ class Listener:
         events: EventSink | None = None,
         notifier: Notifier | None = None,
         options: ListenerOptions | None = None,
-        trigger_factory: TriggerFactory = default_trigger,
+        trigger_factory: TriggerFactory | None = None,
         on_connected: ConnectHook | None = None,
         health: bool = True,
         on_drop: Callable[[str], None] | None = None,
@@ -269,6 +228,11 @@ class Listener:
         self._engine_factory = engine_factory
         self._events = events or NullSink()
         self._notifier = notifier or Notifier({})
+        if trigger_factory is None:
+            # Imported here: the listener's module loads without the engine.
+            from handlers.recovery import Trigger
+
+            trigger_factory = Trigger
         self._trigger = trigger_factory
         self._on_connected = on_connected
         self._on_drop = on_drop  # e.g. Metrics.count_dropped("listener")
@@ -347,10 +311,9 @@ class Listener:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         engine, self._engine = self._engine, None
-        aclose = getattr(engine, "aclose", None)
-        if aclose is not None:
+        if engine is not None:
             try:
-                await aclose()
+                await engine.aclose()
             except Exception:
                 log.exception("closing the recovery engine failed")
         await self._drop_bus()
@@ -397,9 +360,8 @@ class Listener:
             else:
                 # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
                 # lost connection failed over to this one; anything else is replaced.
-                attach = getattr(self._engine.bus, "attach", None)
-                if callable(attach):
-                    attach(bus)
+                if isinstance(self._engine.bus, RetryingBus):
+                    self._engine.bus.attach(bus)
                 else:
                     self._engine.bus = bus
             if self._on_connected is not None:
@@ -480,11 +442,10 @@ class Listener:
         brought up is not failed, and its incident would stay open without this.
         The engine adopts the incident when it takes the unit's lock.
         """
-        find = getattr(self._engine, "interrupted_units", None)
-        if find is None:
+        if self._engine is None:
             return
         try:
-            units = find()
+            units = self._engine.interrupted_units()
         except UnitgenError as exc:  # the lock directory refused: reconciliation goes on
             log.warning("looking for interrupted incidents failed: %s", exc)
             return
@@ -493,7 +454,7 @@ class Listener:
                 self._enqueue(unit, "resume")
 
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
-        # Parsing a policy costs ~2 ms; a thousand instances share one template file.
+        # Parsing a policy is not free, and a thousand instances share one template file.
         key = self.watch.policy_key(unit)
         if key in parsed:
             return parsed[key]
@@ -575,23 +536,23 @@ class Listener:
             state = self.units[name] = UnitState()
         live = state.live
         # The flood path: plain loops over a few keys beat set operations on the
-        # 17-22 properties systemd sends (measured in bench_listener.py flood).
+        # properties systemd sends (bench_listener.py flood; docs/listener.md).
         if interface == busmod.SERVICE:
             # Sent just before the Unit interface's signal of the same state.
-            for key in _SERVICE_LIVE:
+            for key in SERVICE_LIVE:
                 value = changed.get(key)
                 if value is not None:
                     live[key] = value.value
             return
         if "ActiveState" not in changed:
             return
-        for key in _UNIT_LIVE:
+        for key in UNIT_LIVE:
             value = changed.get(key)
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
         if live.get("SubState") == "auto-restart":
-            state.auto_restart = _hex(live.get("InvocationID"))
+            state.auto_restart = invocation_hex(live.get("InvocationID"))
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -689,16 +650,16 @@ class Listener:
             # An incident its owner left: the engine adopts it whatever the unit's state.
             await self._recover(engine, unit, self._trigger(source="reconcile", reason="resume"))
             return
-        view = await self._current(bus, unit, state)
-        if view is None:
+        current = await self._current(bus, unit, state)
+        if current is None:
             return
-        active, sub = str(view.get("ActiveState", "")), str(view.get("SubState", ""))
-        inv = _hex(view.get("InvocationID", b""))
-        state.active = active
-        if active != "failed":
-            if sub == "auto-restart" or active in ("activating", "active"):
+        props, view, decision = current
+        state.active = str(props.get("ActiveState", ""))
+        if decision.action is not Action.RECOVER:
+            if decision.action is Action.STAND_DOWN:
                 self.stats.systemd_restarting += 1
             return
+        inv = invocation_hex(props.get("InvocationID"))
         if inv and inv == state.handled:
             self.stats.duplicates += 1
             return
@@ -706,18 +667,13 @@ class Listener:
         # The trigger carries the diagnosis's properties when they are all known, and
         # says systemd was seen not restarting the unit, so the ladder neither reads
         # them again nor waits for an auto-restart that cannot come.
-        snapshot = view if _complete(view) else None
-        fields: dict[str, Any] = {
-            "source": "listener",
-            "invocation_id": inv,
-            "snapshot": snapshot,
-            "settled": True,
-        }
-        if inv and inv == state.auto_restart:
-            # Result keeps the crash's value through the refused start (systemd only
-            # overwrites a success), so the trigger names what happened.
-            fields["result"] = "start-limit-hit"
-        trigger = self._trigger(**fields)
+        trigger = self._trigger(
+            source="listener",
+            invocation_id=inv,
+            result=decision.result,
+            snapshot=props if view.complete else None,
+            settled=True,
+        )
         try:
             await self._recover(engine, unit, trigger)
         except BaseException:
@@ -725,71 +681,70 @@ class Listener:
             state.handled = ""
             raise
 
-    async def _current(self, bus: SystemdBus, unit: str, state: UnitState) -> dict[str, Any] | None:
-        """The unit's state now, as far as the decision needs it; None: no such unit.
+    @staticmethod
+    def _view(state: UnitState, props: Mapping[str, Any], *, answered: bool) -> UnitView:
+        return UnitView.of(
+            props,
+            settings_known=state.static is not None,
+            signalled=all(k in state.live for k in SERVICE_LIVE),
+            answered=answered,
+            last_auto_restart=state.auto_restart,
+        )
 
-        The first failure since a (re)connect or reload reads the unit once (the
-        Unit interface, and of the Service interface what the diagnosis uses; the
-        read is the decision and the diagnosis both). Afterwards a ``Restart=no``
-        unit needs no read at all, and any other one the round trip that settles
-        whether systemd is restarting it: systemd sets auto-restart in the same call
-        that sets failed, so the reply shows auto-restart if it will restart. Three
-        small Gets, sent together, cost far less than a GetAll of ~300 properties.
+    async def _current(
+        self, bus: SystemdBus, unit: str, state: UnitState
+    ) -> tuple[dict[str, Any], UnitView, Decision] | None:
+        """The unit's properties as far as the decision needs them, their view, and
+        the decision.
+
+        None: no such unit. The first failure since a (re)connect or reload reads
+        the unit once (the read is the decision and the diagnosis both); afterwards
+        the signals decide alone where they can, and otherwise one round trip of a
+        few small Gets, sent together, settles whether systemd is restarting it.
         """
-        if state.static is None:
-            # The Unit interface whole (LoadState, dependencies, the state now) and of
-            # the Service interface only its static keys, when the signals brought the
-            # live ones (a failure seen as it happened): five Gets cost less than its
-            # GetAll. A unit that failed before we started gets the GetAll: ten Gets
-            # would cost more.
-            seen = all(k in state.live for k in _SERVICE_LIVE)
-            keys = _SERVICE_STATIC if seen else ()
+        props = {**state.static, **state.live} if state.static is not None else dict(state.live)
+        view = self._view(state, props, answered=False)
+        decision = decide(view)
+        if decision.action is Action.READ:
             # Seen in signals, the unit is loaded under its own name, so its path is
             # known and LoadUnit (a round trip systemd resolves aliases with) is not
             # needed: a read on a unit path loads the unit if it was unloaded since.
-            path = busmod.unit_path(unit) if seen else None
+            path = busmod.unit_path(unit) if view.signalled else None
             try:
-                read = await bus.unit_properties(unit, service_keys=keys, path=path)
+                read = await bus.unit_properties(unit, service_keys=decision.reads, path=path)
             except UnitNotFoundError:
                 return None
-            state.static = {key: read[key] for key in _STATIC if key in read}
-            return {**state.live, **read}
-        view = {**state.static, **state.live}
-        if _complete(view):
-            inv = _hex(view["InvocationID"])
-            if view["ActiveState"] == "failed" and inv and inv == state.auto_restart:
-                # auto-restart -> failed with no new invocation: systemd's restart job
-                # was refused (StartLimitBurst=) and systemd 252 set failed with no
-                # restart to come. The signal was sent while that job was being removed
-                # (job_uninstall() flushes the unit's change first), so its Job is the
-                # refused one: nothing is queued.
+            state.static = {key: read[key] for key in STATIC if key in read}
+            props = {**state.live, **read}
+        elif decision.action is Action.ASK:
+            try:
+                # Job too: a job still queued (an operator's start) is someone acting on it.
+                values = await asyncio.gather(
+                    *(bus.get_property(unit, key) for key in decision.reads)
+                )
+            except UnitNotFoundError:
+                return None
+            except SystemdError:
+                # Not loaded any more (UnknownObject): ask the slow way, which loads it.
+                state.static = None
+                return await self._current(bus, unit, state)
+            props.update(zip(decision.reads, values, strict=True))
+        else:
+            if decision.basis is Basis.START_LIMIT:
                 self.stats.start_limit += 1
-                return {**view, "Job": _NO_JOB}
-            if _not_restarted_by_systemd(state.static, view["Result"]):
+            elif decision.without_read:
                 self.stats.decided_without_read += 1
-                return view
-        try:
-            # Job too: a job still queued (an operator's start) is someone acting on it.
-            active, sub, raw_inv, job = await asyncio.gather(
-                bus.get_property(unit, "ActiveState"),
-                bus.get_property(unit, "SubState"),
-                bus.get_property(unit, "InvocationID"),
-                bus.get_property(unit, "Job"),
-            )
-        except UnitNotFoundError:
-            return None
-        except SystemdError:
-            # Not loaded any more (UnknownObject): ask the slow way, which loads it.
-            state.static = None
-            return await self._current(bus, unit, state)
-        view.update(ActiveState=active, SubState=sub, InvocationID=raw_inv, Job=job)
-        return view
+            if decision.job_refused:
+                props["Job"] = _NO_JOB
+            return props, view, decision
+        view = self._view(state, props, answered=True)
+        return props, view, decide(view)
 
-    async def _recover(self, engine: Recoverer, unit: str, trigger: Any) -> None:
+    async def _recover(self, engine: Recoverer, unit: str, trigger: Trigger) -> None:
         started = time.monotonic()
         outcome = await engine.recover(unit, trigger)
         self.stats.recoveries += 1
-        result = getattr(getattr(outcome, "state", None), "value", outcome)
+        result = outcome.state.value
         # Recovered and gave-up at debug: their journal entries already say so, with
         # the incident and the duration, and under systemd stderr is the journal too
         # (a burst of 200 logged every recovery twice). Outcomes without an event

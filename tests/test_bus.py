@@ -332,7 +332,7 @@ async def test_expected_changes_are_waited_for_without_a_read(
     assert calls == ["RefUnit", "ResetFailedUnit", "RestartUnit"]
     await sbus.unpin(name)
     assert after["SubState"] == "running" and after["InvocationID"] != before["InvocationID"]
-    assert not sbus._waiters  # the expectation's waiter is gone
+    assert not sbus._waits.by_path  # the expectation's waiter is gone
     # Nothing happens: the wait times out from the initial state, and cleans up too.
     quiet = sbus.expect_changes(name)
     assert quiet is not None
@@ -340,7 +340,7 @@ async def test_expected_changes_are_waited_for_without_a_read(
         await sbus.wait_for(
             name, lambda p: p["ActiveState"] == "failed", 0.2, since=quiet, initial=after
         )
-    assert not sbus._waiters
+    assert not sbus._waits.by_path
     await sbus.stop(name)
 
 

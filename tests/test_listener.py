@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from handlers.bus import SERVICE, UNIT, UNIT_PATH_PREFIX, unit_path
 from handlers.health import HealthScheduler
+from handlers.ladder import State
 from handlers.listener import Listener, ListenerOptions, match_rules
 from handlers.notify import Notifier
 from handlers.probes import ProbeResult, ProbeSpec
+from handlers.recovery import Outcome
 from handlers.watchset import WatchSet
 from unitgen.model import Health, Probe
 from unitgen.paths import Paths, Scope
@@ -146,7 +148,7 @@ class SlowEngine:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def recover(self, unit: str, trigger: dict[str, Any]) -> str:
+    async def recover(self, unit: str, trigger: dict[str, Any]) -> Outcome:
         self.calls.append((unit, trigger))
         self.running += 1
         self.per_unit[unit] = self.per_unit.get(unit, 0) + 1
@@ -155,7 +157,13 @@ class SlowEngine:
         await self.gate.wait()
         self.per_unit[unit] -= 1
         self.running -= 1
-        return "ok"
+        return Outcome(unit, State.RECOVERED, "", 1, "")
+
+    def interrupted_units(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _listener(tmp_path: Path, **opts: Any) -> tuple[Listener, FakeBus, SlowEngine]:

@@ -13,7 +13,9 @@ import pytest
 import pytest_asyncio
 
 from handlers.bus import SystemdBus
+from handlers.ladder import State
 from handlers.listener import Listener, ListenerOptions
+from handlers.recovery import Outcome
 from unitgen.paths import Paths, Scope, paths_for
 from unitgen.sandbox import Sandbox
 
@@ -36,13 +38,19 @@ class FakeEngine:
     called: asyncio.Event = field(default_factory=asyncio.Event)
     restart: bool = True
 
-    async def recover(self, unit: str, trigger: dict[str, Any]) -> str:
+    async def recover(self, unit: str, trigger: dict[str, Any]) -> Outcome:
         self.calls.append((unit, trigger))
         self.called.set()
         if self.restart:
             await self.bus.reset_failed(unit)
             await self.bus.restart(unit)
-        return "recovered"
+        return Outcome(unit, State.RECOVERED, "", 1, "")
+
+    def interrupted_units(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
 
 
 @dataclass

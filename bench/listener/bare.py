@@ -22,7 +22,7 @@ from handlers.bus import (
     unit_properties_rule,
     unwrap,
 )
-from handlers.listener import _SERVICE_STATIC
+from handlers.diagnose import SERVICE_STATIC
 from listener.common import cpu_delta, ns_pid_map, others_cpu, start_many, use_sandbox_env
 from unitgen.paths import Scope
 from unitgen.sandbox import Sandbox
@@ -67,7 +67,7 @@ async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
         if mode == "read":
             # The listener's first read of a unit it saw fail: GetAll of the Unit
             # interface and the Service interface's static keys, at the known path.
-            await bus.unit_properties(unit, service_keys=_SERVICE_STATIC, path=unit_path(unit))
+            await bus.unit_properties(unit, service_keys=SERVICE_STATIC, path=unit_path(unit))
         await asyncio.gather(bus.reset_failed(unit), bus.restart(unit))
 
     def on_signal(msg: Any) -> None:

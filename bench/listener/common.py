@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from handlers.bus import UNIT, SystemdBus, unit_from_path, unwrap  # noqa: E402
-from handlers.listener import default_trigger  # noqa: E402
+from handlers.recovery import Trigger  # noqa: E402
 from unitgen.paths import Scope  # noqa: E402
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ class Marks:
 
     def trigger_factory(self, **fields: Any) -> Any:
         self.add(self.tag, "ladder", time.monotonic_ns())
-        return default_trigger(**fields)
+        return Trigger(**fields)
 
 
 class StampingClient:
