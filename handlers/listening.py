@@ -21,17 +21,32 @@ without its help:
   missing. That covers what systemd does not remove: a runtime directory that
   is not on tmpfs (systemd refuses to empty one), a daemon started by hand.
 
-A failure skipped in the moment between a daemon's death and the marker going
-is in the next daemon's start-up reconciliation, which queues every failed
-watched unit.
+What the daemon had not finished when the marker goes is picked up again:
+
+* after a crash, kill -9 or watchdog kill, by the next daemon (systemd's
+  ``Restart=always``, or the daemon unit's own OnFailure= recovery, which runs
+  because the marker went with the daemon): its start-up reconciliation queues
+  every failed watched unit and adopts an incident whose owner died;
+* on a clean stop, by the daemon itself: once its ladders are cancelled and its
+  locks released, :func:`hand_over_failed` starts the recovery unit of every
+  watched unit still failed without a closed incident for that failure, and
+  those oneshots run the ladder (no marker, no daemon to hand to).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unitgen.errors import UnitgenError
+
+if TYPE_CHECKING:
+    from handlers.bus import SystemdBus
+    from handlers.watchset import WatchSet
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +59,7 @@ class ListeningMarker:
         self._target = f"/proc/{os.getpid() if pid is None else pid}"
         self._closed = False
         self.present = False
+        self.used = False  # ever set: some OnFailure= unit may have been skipped
 
     def set(self) -> None:
         """Create (or re-point) the marker. Synchronous on purpose: a few tmpfs
@@ -66,6 +82,7 @@ class ListeningMarker:
         if not self.present:
             log.info("listening: OnFailure= recovery units are skipped while %s exists", self.path)
         self.present = True
+        self.used = True
 
     def clear(self) -> None:
         try:
@@ -83,3 +100,44 @@ class ListeningMarker:
         """Clear for good: called first thing on SIGTERM, before the teardown."""
         self._closed = True
         self.clear()
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes | bytearray | list):
+        return bytes(value).hex()
+    return str(value or "")
+
+
+async def hand_over_failed(bus: SystemdBus, watch: WatchSet, database: Path) -> list[str]:
+    """On a clean stop: start the recovery unit of every watched unit whose failure
+    this daemon had not finished, since systemd skipped it while the marker stood.
+
+    Called after the marker is gone, so the recovery units run (their condition
+    holds) and take the per-unit lock once this process has let go of it. A unit
+    whose failed invocation has a closed incident (recovered, or given up on) is
+    left alone: the ladder's verdict stands, as it would without the daemon.
+    """
+    from handlers.handoff import handled_incident
+    from unitgen.unitnames import recovery_instance
+
+    patterns = watch.patterns()
+    if not patterns:
+        return []
+    rows = await bus.list_units(patterns, states=["failed"])
+    started: list[str] = []
+    for row in rows:
+        if row.name not in watch:
+            continue
+        try:
+            invocation = _hex(await bus.get_property(row.name, "InvocationID"))
+            closed = await asyncio.to_thread(handled_incident, database, row.name, invocation)
+            if closed is not None:
+                continue
+            await bus.start(recovery_instance(row.name))
+        except UnitgenError as exc:
+            log.warning("handing %s to its recovery unit failed: %s", row.name, exc)
+            continue
+        started.append(row.name)
+    if started:
+        log.info("stopping: handed %s to the OnFailure= fallback", ", ".join(started))
+    return started

@@ -9,6 +9,7 @@ system manager's removal of the runtime directory in a booted container.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _install(sb: Sandbox, paths: Paths, tmp_path: Path, names: list[str]) -> Non
     (tmp_path / "watch.toml").write_text(daemon)
     (tmp_path / "units.toml").write_text("".join(GENERATED.format(name=n) for n in names))
     out = tmp_path / "rendered"
-    for spec in ("watch.toml", "units.toml"):
+    for spec in ("watch.toml", "units.toml") if names else ("watch.toml",):
         res = subprocess.run(
             [
                 str(UNITGEN),
@@ -194,3 +195,56 @@ def test_the_system_manager_removes_the_marker_with_a_killed_daemon(
         30,
     )
     _until(lambda: sb.run(["test", "-e", marker]).returncode == 0, 10, "the marker again")
+
+
+def test_a_daemon_stopped_mid_ladder_hands_the_unit_to_its_recovery_unit(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The unit's OnFailure= unit was skipped (the daemon listened); `systemctl stop`
+    of the daemon mid-ladder must not leave it failed: the daemon hands it over."""
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _install(sb, paths, tmp_path, [])
+    pause = tmp_path / "paused"
+    starts = tmp_path / "starts"
+    unit = "midway.service"
+    body = {
+        "unit": unit,
+        "version": 1,
+        "recovery": {
+            "min_uptime": 0.5,
+            "backoff": {"base": 1.0, "factor": 1.0, "max": 1.0, "jitter": 0.0},
+        },
+    }
+    paths.policy_dir.mkdir(parents=True, exist_ok=True)
+    (paths.policy_dir / f"{unit}.json").write_text(json.dumps(body))
+    sb.install_units(
+        {
+            f"{DAEMON}.d/pause.conf": "[Service]\nEnvironment=UNITGEN_TEST_PAUSE_AT=backing-off:1"
+            f" UNITGEN_TEST_PAUSE_FILE={pause}\n",
+            unit: "[Unit]\nOnFailure=unitgen-recover@%n.service\n[Service]\n"
+            f"ExecStart=/bin/sh -c 'echo start >> {starts}; exec sleep infinity'\n",
+        }
+    )
+    sb.systemctl("start", DAEMON, check=True)
+    _until(lambda: _listening(sb), 10, "the daemon's listening marker")
+    sb.systemctl("start", unit, check=True)
+    sb.kill_main(unit)
+    _until(pause.exists, 30, "the daemon paused in its back-off")
+    recover = f"unitgen-recover@{unit}.service"
+    assert sb.show(recover, "ConditionResult") == {"ConditionResult": "no"}
+    sb.systemctl("stop", DAEMON, check=True)
+    sb.wait_for(recover, "yes", 30, prop="ConditionResult")
+    sb.wait_for(unit, "active", 30)
+    sb.wait_for(recover, ("inactive", "failed"), 30)
+    assert sb.show(recover, "Result")["Result"] == "success", sb.journal(recover, 60)
+    assert "handed midway.service to the OnFailure= fallback" in sb.journal(DAEMON, 80)
+    store = Store.open(paths.database)
+    try:
+        incidents = store.incidents(unit)
+        assert [i.state for i in incidents] == ["recovered"], sb.journal(recover, 60)
+        actions = [r.action for r in store.attempts(incidents[0].id)]
+    finally:
+        store.close()
+    assert actions.count("resume") == 1 and actions.count("restart") == 1, actions
+    assert starts.read_text().split() == ["start", "start"]

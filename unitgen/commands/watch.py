@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from handlers.listener import Listener
     from handlers.recovery import RecoveryEngine
 
 HELP = "run the D-Bus listener daemon"
@@ -229,6 +230,8 @@ async def _main(args: argparse.Namespace) -> int:
         if marking is not None:
             marking.cancel()
             await asyncio.gather(marking, return_exceptions=True)
+        if marker.used:
+            await hand_over(listener, args.dbus)
         if api_watch is not None:
             api_watch.cancel()
             await asyncio.gather(api_watch, return_exceptions=True)
@@ -241,6 +244,29 @@ async def _main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
+
+
+async def hand_over(listener: Listener, library: str | None) -> None:
+    """A stopping daemon's unfinished failures go to the OnFailure= fallback."""
+    import asyncio
+    import logging
+
+    from handlers.bus import SystemdBus
+    from handlers.listening import hand_over_failed
+    from unitgen.errors import UnitgenError
+
+    async def run() -> None:
+        bus = await SystemdBus.connect(listener.scope, library=library)
+        try:
+            await hand_over_failed(bus, listener.watch, listener.paths.database)
+        finally:
+            await bus.close()
+
+    try:
+        # Well inside the unit's TimeoutStopSec=: a stop must not hang on a slow bus.
+        await asyncio.wait_for(run(), 5.0)
+    except (UnitgenError, TimeoutError) as exc:
+        logging.getLogger("unitgen.watch").warning("handing over on stop failed: %s", exc)
 
 
 class _Backend:
