@@ -248,3 +248,37 @@ def test_a_daemon_stopped_mid_ladder_hands_the_unit_to_its_recovery_unit(
         store.close()
     assert actions.count("resume") == 1 and actions.count("restart") == 1, actions
     assert starts.read_text().split() == ["start", "start"]
+
+
+def test_a_give_up_skipped_while_the_daemon_hangs_is_recovered_after_the_watchdog_kill(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A hung daemon keeps its marker (its process exists) until the watchdog has it
+    killed; the unit that gave up meanwhile is recovered by the restarted daemon."""
+    sb = fresh_user_sandbox
+    paths = _paths(sb, monkeypatch)
+    _install(sb, paths, tmp_path, ["stuck"])
+    # Short periods for the test; SIGABRT does not end a stopped process, so the
+    # abort timeout's SIGKILL does.
+    sb.install_units(
+        {f"{DAEMON}.d/watchdog.conf": "[Service]\nWatchdogSec=2s\nTimeoutAbortSec=1s\n"}
+    )
+    sb.systemctl("start", DAEMON, check=True)
+    _until(lambda: _listening(sb), 10, "the daemon's listening marker")
+    sb.systemctl("start", "stuck.service", check=True)
+    first = sb.main_pid(DAEMON)
+    sb.systemctl("kill", "--signal=SIGSTOP", DAEMON, check=True)
+    _give_up(sb, ["stuck.service"])
+    sb.wait_for("unitgen-recover@stuck.service.service", "no", 10, prop="ConditionResult")
+    sb.wait_for(
+        DAEMON,
+        lambda p: p.get("ActiveState") == "active" and p.get("MainPID") not in ("0", str(first)),
+        30,
+    )
+    assert "Watchdog timeout" in sb.journal(DAEMON, 100)
+    sb.wait_for(
+        "stuck.service",
+        lambda p: p.get("SubState") == "running" and p.get("NRestarts") == "0",
+        30,
+    )
+    assert _sources(paths, "stuck.service") == ["listener"], sb.journal(DAEMON, 80)
