@@ -374,18 +374,19 @@ def ladder(sb: Sandbox, unitgen: str, user: list[str], tap: EventTap) -> bool:
     back = active - last_kill
     web = serves(sb)[0]
     recovered = tap.wait_for("Recovered", unit, timeout=15)
-    step("journal: systemd gives up; the listener took over, OnFailure= reports it (trimmed)")
-    # The OnFailure= oneshot starts with the give-up but needs a Python start-up to
-    # report; wait (bounded) for its report rather than show an empty journal.
+    step("journal: systemd gives up; the listener took over, OnFailure= skipped (trimmed)")
+    # systemd queued the OnFailure= unit with the give-up and skipped it by its
+    # condition (the daemon's listening marker): no process ran. Wait (bounded)
+    # for that job to be done rather than show an empty journal.
     reporter = f"unitgen-recover@{unit}.service"
     deadline = time.monotonic() + 20
-    while "handled by the running" not in sb.journal(reporter, lines=60):
+    while "unmet condition" not in sb.journal(reporter, lines=60):
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
     for name, pattern in (
         (unit, r"repeated too quickly|start-limit-hit|OnFailure"),
-        (reporter, r"unitgen\[\d+\]: (\S+: recovered|  note:)"),
+        (reporter, r"skipped because of an unmet condition|unitgen\[\d+\]: "),
         (WATCH, re.escape(unit)),
     ):
         lines = [ln for ln in sb.journal(name, lines=60).splitlines() if re.search(pattern, ln)]
@@ -405,7 +406,7 @@ def ladder(sb: Sandbox, unitgen: str, user: list[str], tap: EventTap) -> bool:
     source = details.get("source") if isinstance(details, dict) else None
     show(
         f"incident opened by: {source or '-'} (the listener, at systemd's give-up; "
-        "the OnFailure= unit only reports it)\n"
+        "the OnFailure= unit was skipped: the daemon listens)\n"
         f"where the time went: last kill -> active again {back:.2f} s = "
         f"systemd {gone - last_kill:.2f} s (RestartSec, then its refused start) "
         f"+ ladder {(begun - gone) * 1000:.1f} ms (decision, diagnosis, RestartUnit) "

@@ -61,7 +61,9 @@ def test_demo_serves_under_strict_profile_and_recovers(scope: Scope) -> None:
     last = re.search(r"kill \d+: PID \d+ -> \d+  not systemd: NRestarts=(\d+)", out)
     assert last and last.group(1) == "0"  # a manual (ladder) start, not an automatic one
     assert "Start request repeated too quickly" in out
-    assert "handled by the running unitgen watch daemon" in out
+    # The OnFailure= unit was skipped by its condition: the daemon listens.
+    assert re.search(r"recover@demo-web\.service\.service .*was skipped because", out), out
+    assert "handled by the running unitgen watch daemon" not in out
     # The events seen by `unitgen events --json`, in order, with real numbers.
     seen = re.findall(r"^\s+\+\s*([0-9.]+)s (\w+)\s+demo-web\.service", out, re.M)
     names = [name for _, name in seen]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from handlers.store import Store
 from unitgen.paths import Paths, Scope, paths_for
 from unitgen.sandbox import Sandbox
 
@@ -75,7 +76,7 @@ def _until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_daemon_is_notify_ready_only_when_subscribed_and_takes_the_onfailure_handoff(
+def test_daemon_is_notify_ready_only_when_subscribed_and_the_onfailure_unit_is_skipped(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     sb = fresh_user_sandbox
@@ -100,13 +101,17 @@ def test_daemon_is_notify_ready_only_when_subscribed_and_takes_the_onfailure_han
     sb.kill_main(unit)
     _until(lambda: len(_lines(starts)) >= 2, 30, "restart")
     sb.wait_for(unit, "active", 10)
-    # The OnFailure= unit ran and handed its work to the daemon instead of restarting.
+    # The daemon listens (its marker exists): the OnFailure= unit was skipped by its
+    # condition, without a process, and the listener's incident is the only one.
     recover = "unitgen-recover@handed.service.service"
-    _until(
-        lambda: "handled by the running unitgen watch daemon" in sb.journal(recover, 100),
-        30,
-        "hand-off noted in the recovery unit's output",
-    )
+    sb.wait_for(recover, "no", 10, prop="ConditionResult")
+    assert sb.show(recover, "InvocationID") == {"InvocationID": ""}
+    assert "skipped because of an unmet condition" in sb.journal(recover, 100)
+    store = Store.open(paths.database)
+    try:
+        assert [i.source for i in store.incidents(unit)] == ["listener"]
+    finally:
+        store.close()
     assert _lines(starts) == ["start", "start"], sb.journal(DAEMON, 80)
 
 

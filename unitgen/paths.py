@@ -46,6 +46,20 @@ def _runtime_dir() -> Path:
     return Path(f"/run/user/{os.geteuid()}")
 
 
+# The listener daemon's own RuntimeDirectory= (units/unitgen-watch.toml) and the marker
+# it keeps there while it follows systemd. The recovery unit is skipped by
+# ConditionPathExists=!%t/LISTENING_DIR/LISTENING_MARKER (docs/listener.md,
+# "OnFailure= while the daemon is up"), so both sides take the names from here.
+LISTENING_DIR = "unitgen-watch"
+LISTENING_MARKER = "listening"
+
+
+def listening_marker(scope: Scope) -> Path:
+    """Where the daemon keeps its marker: systemd's %t of the scope, then the two names."""
+    root = Path("/run") if scope is Scope.SYSTEM else _runtime_dir()
+    return root / LISTENING_DIR / LISTENING_MARKER
+
+
 @dataclass(frozen=True)
 class Paths:
     """The directories of one scope."""

@@ -33,7 +33,7 @@ from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
 from unitgen.errors import RenderError
 from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
-from unitgen.paths import Scope, paths_for
+from unitgen.paths import LISTENING_DIR, LISTENING_MARKER, Scope, paths_for
 from unitgen.policy import policy_from_service, to_json
 from unitgen.quantities import format_duration, format_size
 from unitgen.quoting import quote
@@ -401,6 +401,8 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
         "environment": env,
         "timeout": format_duration(_recover_timeout(spec)),
         "hardening": tuple(directives),
+        # systemd's %t is /run or $XDG_RUNTIME_DIR, the scope's runtime root.
+        "listening": f"%t/{LISTENING_DIR}/{LISTENING_MARKER}",
     }
 
 

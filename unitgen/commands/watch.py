@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from handlers.listener import Listener
     from handlers.recovery import RecoveryEngine
 
 HELP = "run the D-Bus listener daemon"
@@ -92,10 +93,11 @@ async def _main(args: argparse.Namespace) -> int:
     from handlers.events import FanOut
     from handlers.journal import JournalSink
     from handlers.listener import Listener, ListenerOptions
+    from handlers.listening import ListeningMarker
     from handlers.metrics import Metrics, publisher_for
     from handlers.notify import Notifier
     from handlers.recovery import LISTENER_SOURCES, RecoveryEngine
-    from unitgen.paths import detect_scope, paths_for
+    from unitgen.paths import detect_scope, listening_marker, paths_for
 
     scope = detect_scope(True if args.user else None)
     paths = paths_for(scope)
@@ -169,6 +171,41 @@ async def _main(args: argparse.Namespace) -> int:
             # The OnFailure= path then runs the ladder itself (handlers/handoff.py).
             log.warning("event stream not exported: %s", exc)
 
+    marker = ListeningMarker(listening_marker(scope))
+    # A marker left by a previous daemon must not stand for this one before it listens.
+    marker.clear()
+    marking: asyncio.Task[None] | None = None
+
+    async def mark_while_listening(bus: SystemdBus) -> None:
+        # The listener sets `connected` once this connection's reconciliation is done:
+        # from then on it sees every failure, so the OnFailure= oneshot may be skipped.
+        await listener.connected.wait()
+        if listener.bus is not bus or not bus.connected:
+            return  # this connection ended before it was ready; the next one marks
+        marker.set()
+        try:
+            await bus.wait_disconnected()
+        finally:
+            marker.clear()
+
+    def marking_failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("listening marker task failed", exc_info=task.exception())
+            marker.clear()
+
+    async def on_connected(bus: SystemdBus) -> None:
+        nonlocal marking
+        if marking is not None:
+            marking.cancel()
+        marking = asyncio.ensure_future(mark_while_listening(bus))
+        marking.add_done_callback(marking_failed)
+        await export(bus)
+
+    def stop() -> None:
+        # Before anything else: failures from now on go to the OnFailure= fallback.
+        marker.close()
+        listener.stop()
+
     listener = Listener(
         paths,
         make_engine,
@@ -177,18 +214,24 @@ async def _main(args: argparse.Namespace) -> int:
         events=events,
         notifier=Notifier(),
         options=ListenerOptions(max_concurrency=args.max_concurrency),
-        on_connected=export,
+        on_connected=on_connected,
         health=not args.no_health,
         on_drop=metrics.count_dropped,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, listener.stop)
+        loop.add_signal_handler(sig, stop)
     try:
         if publisher is not None:
             await publisher.start()
         await listener.run()
     finally:
+        marker.close()
+        if marking is not None:
+            marking.cancel()
+            await asyncio.gather(marking, return_exceptions=True)
+        if marker.used:
+            await hand_over(listener, args.dbus)
         if api_watch is not None:
             api_watch.cancel()
             await asyncio.gather(api_watch, return_exceptions=True)
@@ -201,6 +244,29 @@ async def _main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
+
+
+async def hand_over(listener: Listener, library: str | None) -> None:
+    """A stopping daemon's unfinished failures go to the OnFailure= fallback."""
+    import asyncio
+    import logging
+
+    from handlers.bus import SystemdBus
+    from handlers.listening import hand_over_failed
+    from unitgen.errors import UnitgenError
+
+    async def run() -> None:
+        bus = await SystemdBus.connect(listener.scope, library=library)
+        try:
+            await hand_over_failed(bus, listener.watch, listener.paths.database)
+        finally:
+            await bus.close()
+
+    try:
+        # Well inside the unit's TimeoutStopSec=: a stop must not hang on a slow bus.
+        await asyncio.wait_for(run(), 5.0)
+    except (UnitgenError, TimeoutError) as exc:
+        logging.getLogger("unitgen.watch").warning("handing over on stop failed: %s", exc)
 
 
 class _Backend:
