@@ -1,5 +1,9 @@
 """Remove stale PID files and old files, only where declared, without ever following a link.
 
+Over 800 lines on purpose: the walk, the re-checks before each removal and the
+refusal reasons are one safety argument, read and reviewed together (the mount
+look-up, which is separable, lives in :mod:`handlers.mounts`).
+
 This is the recovery ladder's resource-cleanup step.  Everything here is
 blocking filesystem I/O: the ladder calls these functions through
 ``asyncio.to_thread``, never on the event loop.

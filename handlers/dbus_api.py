@@ -1,5 +1,9 @@
 """The exported D-Bus interface ``org.unitgen.Recovery1``: signals out, four methods in.
 
+Over 800 lines on purpose: the interface, its access checks and its call limits
+are one contract with one test file, and splitting them would spread the rule
+for who may call what across modules.
+
 Name ``org.unitgen.Recovery1``, object ``/org/unitgen/Recovery1``, interface
 ``org.unitgen.Recovery1``; the trailing 1 is the version, and the contract is
 ``handlers/org.unitgen.Recovery1.xml`` (a test compares it with the live

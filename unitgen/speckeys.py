@@ -1,5 +1,8 @@
 """The spec's key table: every key, its type, default, meaning and systemd directive.
 
+Over 800 lines on purpose: it is one table, and its value is that every key is
+in one place.
+
 This is the single description of the spec file. ``unitgen.specfile`` validates
 and converts with it, ``unitgen.schema`` turns it into JSON Schema, and the
 tests hold ``docs/spec.md`` to it. Add a key here and all three follow.

@@ -1,5 +1,8 @@
 """The building blocks of the spec's declarative key table.
 
+Over 800 lines on purpose: the node kinds share the Collector protocol and
+the schema and documentation walks, and are easiest to keep consistent side by side.
+
 Each node knows three things about one place in the spec: how to check and
 convert a raw TOML value (collecting every problem into a :class:`Collector`
 instead of stopping), what JSON Schema describes it, and how to name its type
