@@ -1,6 +1,7 @@
-"""The `unitgen watch` daemon as the real system-scope unit in a booted container.
+"""The `unitgen watch` daemon installed as its real unit in a sandbox, either scope.
 
-Shared by the tests that attack it from outside (flood, bus restart).
+Shared by the tests that run the daemon as systemd runs it: rendered from
+units/unitgen-watch.toml with the project's generator, next to generated units.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from unitgen.paths import Scope
 from unitgen.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,38 +23,67 @@ DAEMON = "unitgen-watch.service"
 BUS_POLICY = "org.unitgen.Recovery1.conf"
 
 
-def install_system_daemon(sb: Sandbox, tmp_path: Path, units: dict[str, str]) -> None:
-    """Render units/unitgen-watch.toml for this venv, install it with ``units`` and the policy."""
+def install_daemon(
+    sb: Sandbox,
+    tmp_path: Path,
+    units: Mapping[str, str] | None = None,
+    *,
+    specs: Mapping[str, str] | None = None,
+    verbose: bool = True,
+    watchdog: str | None = None,
+) -> Path:
+    """Render units/unitgen-watch.toml for this venv in ``sb``'s scope, and ``specs``
+    (file name -> TOML) as generated units; install them with ``units`` (name -> text).
+
+    In system scope the D-Bus policy install.sh installs goes in too, so the daemon
+    may own org.unitgen.Recovery1. Returns the directory of rendered files.
+    """
+    system = sb.scope is Scope.SYSTEM
     spec = (REPO / "units" / "unitgen-watch.toml").read_text()
     spec = spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
-    spec = spec.replace('"watch"]', '"watch", "--verbose"]')
-    # Only for this test machine: the venv's interpreter may live under /root
-    # (pyenv), which ProtectHome=yes hides. Production Pythons live in /usr.
-    spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",')
-    (tmp_path / "watch.toml").write_text(spec)
+    if watchdog is not None:
+        spec = spec.replace('watchdog = "30s"', f'watchdog = "{watchdog}"')
+    if verbose:
+        spec = spec.replace('"watch"]', '"watch", "--verbose"]')
+    if system:
+        # Only for this test machine: the venv's interpreter may live under /root
+        # (pyenv), which ProtectHome=yes hides. Production Pythons live in /usr.
+        spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",')
+        scope_args: list[str] = []
+        policy_dir = "/etc/unitgen/policy.d"
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNITGEN_SCOPE": "system"}
+    else:
+        scope_args = ["--user"]
+        policy_dir = sb.env["UNITGEN_POLICY_DIR"]
+        env = {**sb.env, "PATH": "/usr/bin:/bin"}
     out = tmp_path / "rendered"
-    res = subprocess.run(
-        [
-            str(UNITGEN),
-            "render",
-            str(tmp_path / "watch.toml"),
-            "--out",
-            str(out),
-            "--policy-dir",
-            "/etc/unitgen/policy.d",
-            "--unitgen-bin",
-            str(UNITGEN),
-        ],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNITGEN_SCOPE": "system"},
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    files = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
-    files.update(units)
+    for name, text in {"watch.toml": spec, **(specs or {})}.items():
+        (tmp_path / name).write_text(text)
+        res = subprocess.run(
+            [
+                str(UNITGEN),
+                "render",
+                str(tmp_path / name),
+                *scope_args,
+                "--out",
+                str(out),
+                "--policy-dir",
+                policy_dir,
+                "--unitgen-bin",
+                str(UNITGEN),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+    files = {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()}
+    files.update(units or {})
     sb.install_units(files)
-    sb.install_bus_policy(BUS_POLICY, (REPO / "units" / BUS_POLICY).read_text())
+    if system:
+        sb.install_bus_policy(BUS_POLICY, (REPO / "units" / BUS_POLICY).read_text())
+    return out
 
 
 def write_policy(sb: Sandbox, unit: str, **recovery: Any) -> None:

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_watch_sandbox import DAEMON, UNITGEN, _lines, _paths, _policy, _render_daemon, _until
+from daemon_sandbox import install_daemon
+from test_watch_sandbox import DAEMON, UNITGEN, _lines, _paths, _policy, _until
 
 from handlers.store import Store
 from unitgen.paths import Paths
@@ -59,7 +60,7 @@ def test_kill_9_of_the_daemon_at_each_step_is_resumed_by_the_next_owner(
 ) -> None:
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path)
+    install_daemon(sb, tmp_path)
     marker = tmp_path / "paused"
     dropin = (
         f"[Service]\nEnvironment=UNITGEN_TEST_PAUSE_AT={step}:1 UNITGEN_TEST_PAUSE_FILE={marker}\n"
@@ -152,7 +153,7 @@ def test_kill_9_in_a_later_back_off_keeps_its_deadline_and_the_count(
     of that back-off (measured from attempt 1, in the history) and counts 2, not 3."""
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path)
+    install_daemon(sb, tmp_path)
     marker = tmp_path / "paused"
     starts = tmp_path / "starts"
     delay = 3.0

@@ -15,7 +15,7 @@ from daemon_sandbox import (
     DAEMON,
     REPO,
     history,
-    install_system_daemon,
+    install_daemon,
     lines,
     until,
     write_policy,
@@ -83,7 +83,7 @@ def test_system_bus_restart_while_the_ladder_waits_does_not_stall_the_incident(
         unit = "busgap.service"
         starts = tmp_path / "starts"
         write_policy(sb, unit, max_attempts=5, window=600.0, min_uptime=0.5)
-        install_system_daemon(sb, tmp_path, {unit: _slow_second_start(starts)})
+        install_daemon(sb, tmp_path, {unit: _slow_second_start(starts)})
         sb.systemctl("start", DAEMON, check=True)
         sb.systemctl("start", unit, check=True)
         _restart_bus_while_the_ladder_waits(sb, unit, starts)
@@ -95,11 +95,11 @@ def test_session_bus_restart_while_the_ladder_waits_does_not_stall_the_incident(
     fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The same on the user manager, whose session bus is its own dbus.socket/dbus.service."""
-    from test_watch_sandbox import _paths, _policy, _render_daemon
+    from test_watch_sandbox import _paths, _policy
 
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path)
+    install_daemon(sb, tmp_path)
     unit = "busgap.service"
     starts = tmp_path / "starts"
     _policy(paths, unit, max_attempts=5, window=600.0, min_uptime=0.5)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, REPO, install_system_daemon, write_policy
+from daemon_sandbox import DAEMON, REPO, install_daemon, write_policy
 
 from handlers.dbus_api import BUS_NAME
 from unitgen.paths import Scope
@@ -38,7 +38,7 @@ def test_flood_from_an_unprivileged_user_neither_disconnects_nor_delays_recovery
     try:
         unit = "flooded.service"
         write_policy(sb, unit, max_attempts=50, window=600.0, min_uptime=0.5)
-        install_system_daemon(sb, tmp_path, {unit: "[Service]\nExecStart=/bin/sleep infinity\n"})
+        install_daemon(sb, tmp_path, {unit: "[Service]\nExecStart=/bin/sleep infinity\n"})
         sb.systemctl("start", DAEMON, check=True)
         sb.systemctl("start", unit, check=True)
         flood = subprocess.Popen(

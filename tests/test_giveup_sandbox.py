@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from daemon_sandbox import install_daemon
 
-from unitgen.paths import Paths, Scope, paths_for
 from unitgen.sandbox import Sandbox
 
-REPO = Path(__file__).resolve().parent.parent
 UNITGEN = Path(sys.executable).with_name("unitgen")
 DAEMON = "unitgen-watch.service"
 UNIT = "giveup.service"
@@ -29,34 +27,6 @@ hardening = "off"
 restart = { policy = "on-failure", delay = "100ms", burst = 3, interval = "1min" }
 recovery = { min_uptime = "0s", backoff = { base = "0s" } }
 """
-
-
-def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
-    for key, value in sb.env.items():
-        monkeypatch.setenv(key, value)
-    return paths_for(Scope.USER)
-
-
-def _render(sb: Sandbox, paths: Paths, spec: Path, out: Path) -> None:
-    res = subprocess.run(
-        [
-            str(UNITGEN),
-            "render",
-            str(spec),
-            "--user",
-            "--out",
-            str(out),
-            "--policy-dir",
-            str(paths.policy_dir),
-            "--unitgen-bin",
-            str(UNITGEN),
-        ],
-        capture_output=True,
-        text=True,
-        env={**sb.env, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
 
 
 def _until(predicate: Any, timeout: float, what: str) -> None:
@@ -81,19 +51,10 @@ def _history(sb: Sandbox) -> list[dict[str, Any]]:
 
 
 def test_start_limit_give_up_is_taken_over_by_the_listener_not_the_handoff(
-    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fresh_user_sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    daemon_spec = (REPO / "units" / "unitgen-watch.toml").read_text()
-    daemon_spec = daemon_spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
-    daemon_spec = daemon_spec.replace('"watch"]', '"watch", "--verbose"]')
-    (tmp_path / "watch.toml").write_text(daemon_spec)
-    (tmp_path / "giveup.toml").write_text(SPEC)
-    out = tmp_path / "rendered"
-    _render(sb, paths, tmp_path / "watch.toml", out)
-    _render(sb, paths, tmp_path / "giveup.toml", out)
-    sb.install_units(out)
+    out = install_daemon(sb, tmp_path, specs={"giveup.toml": SPEC})
     text = (out / UNIT).read_text()
     assert "Restart=on-failure" in text and "StartLimitBurst=3" in text, text
     assert "OnFailure=unitgen-recover@%n.service" in text, text

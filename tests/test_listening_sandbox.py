@@ -10,12 +10,11 @@ system manager's removal of the runtime directory in a booted container.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import install_system_daemon
-from test_watch_sandbox import DAEMON, UNITGEN, _until
+from daemon_sandbox import install_daemon
+from test_watch_sandbox import DAEMON, _until
 
 from handlers.store import Store
 from unitgen.paths import Paths, Scope, paths_for
@@ -41,35 +40,10 @@ def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
     return paths_for(Scope.USER)
 
 
-def _install(sb: Sandbox, paths: Paths, tmp_path: Path, names: list[str]) -> None:
+def _install(sb: Sandbox, tmp_path: Path, names: list[str]) -> None:
     """Render the daemon's unit and ``names`` as generated, and install them."""
-    daemon = (REPO / "units" / "unitgen-watch.toml").read_text()
-    daemon = daemon.replace("/usr/local/bin/unitgen", str(UNITGEN))
-    daemon = daemon.replace('"watch"]', '"watch", "--verbose"]')
-    (tmp_path / "watch.toml").write_text(daemon)
-    (tmp_path / "units.toml").write_text("".join(GENERATED.format(name=n) for n in names))
-    out = tmp_path / "rendered"
-    for spec in ("watch.toml", "units.toml") if names else ("watch.toml",):
-        res = subprocess.run(
-            [
-                str(UNITGEN),
-                "render",
-                str(tmp_path / spec),
-                "--user",
-                "--out",
-                str(out),
-                "--policy-dir",
-                str(paths.policy_dir),
-                "--unitgen-bin",
-                str(UNITGEN),
-            ],
-            capture_output=True,
-            text=True,
-            env={**sb.env, "PATH": "/usr/bin:/bin"},
-            check=False,
-        )
-        assert res.returncode == 0, res.stderr
-    sb.install_units(out)
+    specs = {"units.toml": "".join(GENERATED.format(name=n) for n in names)} if names else {}
+    install_daemon(sb, tmp_path, specs=specs)
 
 
 def _listening(sb: Sandbox) -> bool:
@@ -112,7 +86,7 @@ def test_with_the_daemon_up_start_limit_give_ups_start_no_recovery_process(
     paths = _paths(sb, monkeypatch)
     names = [f"gen{i:02d}" for i in range(N)]
     units = [f"{n}.service" for n in names]
-    _install(sb, paths, tmp_path, names)
+    _install(sb, tmp_path, names)
     assert not _listening(sb)
     sb.systemctl("start", DAEMON, check=True)  # Type=notify: after the first reconcile
     _until(lambda: _listening(sb), 10, "the daemon's listening marker")
@@ -138,7 +112,7 @@ def test_a_killed_or_stopped_daemon_leaves_no_marker_and_the_fallback_runs(
 ) -> None:
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _install(sb, paths, tmp_path, ["orphan", "left"])
+    _install(sb, tmp_path, ["orphan", "left"])
     sb.install_units({f"{DAEMON}.d/slow.conf": "[Service]\nRestartSec=1h\n"})
     sb.systemctl("start", DAEMON, check=True)
     _until(lambda: _listening(sb), 10, "the daemon's listening marker")
@@ -180,7 +154,7 @@ def test_the_system_manager_removes_the_marker_with_a_killed_daemon(
     its automatic restart; the restarted daemon marks again once it listens."""
     sb = fresh_system_sandbox
     # A long RestartSec= holds the killed daemon in auto-restart while we look.
-    install_system_daemon(sb, tmp_path, {f"{DAEMON}.d/slow.conf": "[Service]\nRestartSec=1h\n"})
+    install_daemon(sb, tmp_path, {f"{DAEMON}.d/slow.conf": "[Service]\nRestartSec=1h\n"})
     marker = "/run/unitgen-watch/listening"
     sb.systemctl("start", DAEMON, check=True)
     _until(lambda: sb.run(["test", "-e", marker]).returncode == 0, 10, "the marker")
@@ -204,7 +178,7 @@ def test_a_daemon_stopped_mid_ladder_hands_the_unit_to_its_recovery_unit(
     of the daemon mid-ladder must not leave it failed: the daemon hands it over."""
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _install(sb, paths, tmp_path, [])
+    _install(sb, tmp_path, [])
     pause = tmp_path / "paused"
     starts = tmp_path / "starts"
     unit = "midway.service"
@@ -257,7 +231,7 @@ def test_a_give_up_skipped_while_the_daemon_hangs_is_recovered_after_the_watchdo
     killed; the unit that gave up meanwhile is recovered by the restarted daemon."""
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _install(sb, paths, tmp_path, ["stuck"])
+    _install(sb, tmp_path, ["stuck"])
     # Short periods for the test; SIGABRT does not end a stopped process, so the
     # abort timeout's SIGKILL does.
     sb.install_units(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_sandbox import install_daemon
 
 from handlers.store import Store
 from unitgen.paths import Paths, Scope, paths_for
@@ -24,36 +25,6 @@ def _paths(sb: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Paths:
     for key, value in sb.env.items():
         monkeypatch.setenv(key, value)
     return paths_for(Scope.USER)
-
-
-def _render_daemon(sb: Sandbox, paths: Paths, tmp_path: Path, watchdog: str = "30s") -> None:
-    """Render the daemon's own spec with the project's generator, pointed at this venv."""
-    spec = (REPO / "units" / "unitgen-watch.toml").read_text()
-    spec = spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
-    spec = spec.replace('watchdog = "30s"', f'watchdog = "{watchdog}"')
-    spec = spec.replace('"watch"]', '"watch", "--verbose"]')
-    (tmp_path / "watch.toml").write_text(spec)
-    out = tmp_path / "rendered"
-    res = subprocess.run(
-        [
-            str(UNITGEN),
-            "render",
-            str(tmp_path / "watch.toml"),
-            "--user",
-            "--out",
-            str(out),
-            "--policy-dir",
-            str(paths.policy_dir),
-            "--unitgen-bin",
-            str(UNITGEN),
-        ],
-        capture_output=True,
-        text=True,
-        env={**sb.env, "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    sb.install_units(out)
 
 
 def _policy(paths: Paths, unit: str, **recovery: Any) -> None:
@@ -81,7 +52,7 @@ def test_daemon_is_notify_ready_only_when_subscribed_and_the_onfailure_unit_is_s
 ) -> None:
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path)
+    install_daemon(sb, tmp_path)
     unit = "handed.service"
     starts = tmp_path / "starts"
     _policy(paths, unit)
@@ -115,12 +86,9 @@ def test_daemon_is_notify_ready_only_when_subscribed_and_the_onfailure_unit_is_s
     assert _lines(starts) == ["start", "start"], sb.journal(DAEMON, 80)
 
 
-def test_watchdog_pings_keep_the_daemon_alive(
-    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_watchdog_pings_keep_the_daemon_alive(fresh_user_sandbox: Sandbox, tmp_path: Path) -> None:
     sb = fresh_user_sandbox
-    paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path, watchdog="1s")
+    install_daemon(sb, tmp_path, watchdog="1s")
     sb.systemctl("start", DAEMON, check=True)
     pid = sb.main_pid(DAEMON)
     # Three watchdog periods: without WATCHDOG=1 every 0.5 s systemd would kill it.
@@ -137,7 +105,7 @@ def test_kill_9_mid_incident_continues_without_exceeding_the_budget(
 ) -> None:
     sb = fresh_user_sandbox
     paths = _paths(sb, monkeypatch)
-    _render_daemon(sb, paths, tmp_path)
+    install_daemon(sb, tmp_path)
     unit = "flappy.service"
     starts = tmp_path / "starts"
     max_attempts = 3
@@ -198,40 +166,11 @@ def test_system_scope_daemon_runs_hardened_and_recovers(tmp_path: Path) -> None:
 
 
 def _system_daemon(sb: Sandbox, tmp_path: Path) -> None:
-    spec = (REPO / "units" / "unitgen-watch.toml").read_text()
-    spec = spec.replace("/usr/local/bin/unitgen", str(UNITGEN))
-    # Only for this test machine: the venv's interpreter lives under /root
-    # (pyenv), which ProtectHome=yes hides. Production Pythons live in /usr.
-    spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",')
-    (tmp_path / "watch.toml").write_text(spec)
-    out = tmp_path / "rendered"
     policy_dir = Path(sb.env["UNITGEN_POLICY_DIR"])
-    res = subprocess.run(
-        [
-            str(UNITGEN),
-            "render",
-            str(tmp_path / "watch.toml"),
-            "--out",
-            str(out),
-            "--policy-dir",
-            "/etc/unitgen/policy.d",
-            "--unitgen-bin",
-            str(UNITGEN),
-        ],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNITGEN_SCOPE": "system"},
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
     unit = f"sysw-{time.monotonic_ns() % 100000}.service"
     (policy_dir / f"{unit}.json").write_text(json.dumps({"unit": unit, "version": 1}))
-    files = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
-    files[unit] = "[Service]\nExecStart=/bin/sleep infinity\n"
-    sb.install_units(files)
-    # The bus policy install.sh installs, so the daemon may own org.unitgen.Recovery1.
-    sb.install_bus_policy(
-        "org.unitgen.Recovery1.conf", (REPO / "units" / "org.unitgen.Recovery1.conf").read_text()
+    install_daemon(
+        sb, tmp_path, {unit: "[Service]\nExecStart=/bin/sleep infinity\n"}, verbose=False
     )
     try:
         sb.systemctl("start", unit, check=True)
