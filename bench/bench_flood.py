@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from daemon_sandbox import DAEMON, install_system_daemon, write_policy  # noqa: E402
+from daemon_sandbox import DAEMON, install_daemon, write_policy  # noqa: E402
 
 from unitgen.paths import Scope  # noqa: E402
 from unitgen.sandbox import Sandbox, as_user  # noqa: E402
@@ -110,9 +110,7 @@ def main() -> None:
                 min_uptime=0.1,
                 backoff={"base": 0.001, "factor": 1.0, "max": 0.001, "jitter": 0.0},
             )
-            install_system_daemon(
-                sb, tmp_path, {UNIT: "[Service]\nExecStart=/bin/sleep infinity\n"}
-            )
+            install_daemon(sb, tmp_path, {UNIT: "[Service]\nExecStart=/bin/sleep infinity\n"})
             sb.systemctl("start", DAEMON, check=True)
             sb.systemctl("start", UNIT, check=True)
             recover_once(sb)  # warm-up: first read of the unit, imports
