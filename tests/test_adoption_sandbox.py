@@ -29,8 +29,10 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import install_daemon
-from test_watch_sandbox import DAEMON, UNITGEN, _lines, _paths, _policy, _until
+from daemon_sandbox import DAEMON, UNITGEN, install_daemon
+from daemon_sandbox import lines as _lines
+from daemon_sandbox import until as _until
+from test_watch_sandbox import _paths, _policy
 
 from handlers.store import Store
 from unitgen.paths import Paths

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ hardening = "off"
 restart = { policy = "on-failure", delay = "100ms", burst = 3, interval = "1min" }
 recovery = { min_uptime = "0s", backoff = { base = "0s" } }
 """
-
-
-def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        time.sleep(0.02)
 
 
 def _history(sb: Sandbox) -> list[dict[str, Any]]:

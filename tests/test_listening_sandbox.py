@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import install_daemon
-from test_watch_sandbox import DAEMON, _until
+from daemon_sandbox import DAEMON, install_daemon
+from daemon_sandbox import until as _until
 
 from handlers.store import Store
 from unitgen.paths import Paths, Scope, paths_for

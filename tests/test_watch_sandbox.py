@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from daemon_sandbox import install_daemon
+from daemon_sandbox import lines as _lines
+from daemon_sandbox import until as _until
 
 from handlers.store import Store
 from unitgen.paths import Paths, Scope, paths_for
@@ -33,18 +35,6 @@ def _policy(paths: Paths, unit: str, **recovery: Any) -> None:
     if recovery:
         body["recovery"] = recovery
     (paths.policy_dir / f"{unit}.json").write_text(json.dumps(body))
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        time.sleep(0.02)
 
 
 def test_daemon_is_notify_ready_only_when_subscribed_and_the_onfailure_unit_is_skipped(
