@@ -59,13 +59,22 @@ def render(sb: Sandbox, spec: Path, out: Path, policy_dir: Path) -> None:
     )
 
 
-def install(sb: Sandbox, work: Path) -> None:
-    paths = paths_for(Scope.USER)
+def install_daemon(sb: Sandbox, work: Path) -> None:
+    """Install the daemon's own rendered unit (units/unitgen-watch.toml, this venv's
+    unitgen) in ``sb``: run in the manager, its listening marker is where the
+    recovery units' ConditionPathExists= looks. Start it with ``DAEMON``."""
     daemon = (REPO / "units" / "unitgen-watch.toml").read_text()
     (work / "watch.toml").write_text(daemon.replace("/usr/local/bin/unitgen", UNITGEN))
+    out = work / "rendered-watch"
+    render(sb, work / "watch.toml", out, paths_for(Scope.USER).policy_dir)
+    sb.install_units(out)
+
+
+def install(sb: Sandbox, work: Path) -> None:
+    paths = paths_for(Scope.USER)
+    install_daemon(sb, work)
     (work / "s.toml").write_text(SPEC)
     out = work / "rendered"
-    render(sb, work / "watch.toml", out, paths.policy_dir)
     render(sb, work / "s.toml", out, paths.policy_dir)
     text = (out / "s.service").read_text()
     recover = (out / "unitgen-recover@.service").read_text()

@@ -24,6 +24,17 @@ All rows run in the same run, in alternation, each with its own FIFO:
                                 monit waits for a start program to exit
 * ``supervisord``               ``autorestart=true``, ``startsecs=0``; control socket on
                                 a unix socket only; the PID comes from ``supervisorctl pid``
+* ``generated unit``            a unit as ``unitgen render --user`` writes it
+                                (Restart=on-failure, RestartSec=100ms, StartLimitBurst=3,
+                                OnFailure=unitgen-recover@%n.service and the recovery unit),
+                                with the daemon's own rendered ``unitgen-watch.service``
+                                running in the same user manager. Each trial kills it until
+                                systemd gives up: two rows, the kills systemd restarts
+                                itself (RestartSec=100ms) and the kill refused by the start
+                                limit (systemd gives up, ``unitgen watch`` restarts it; the
+                                recovery unit is skipped by its condition). Told apart by
+                                NRestarts after the new stamp: systemd's own restart counts
+                                one, the daemon's (ResetFailedUnit + RestartUnit) sets it to 0.
 
 monit and supervisord are the Debian packages (``apt-get install monit
 supervisor``), run in the foreground (``monit -I``, ``nodaemon=true``) with
@@ -65,9 +76,17 @@ sys.path.insert(0, str(BENCH))
 
 # Reused, not copied: the FIFO reader, the static build of stamp.c, the summary
 # and table row of the listener benchmark, and MainPID -> host PID.
-from listener.common import Fifo, build_stamp, line, main_pid_host  # noqa: E402
+from bench_onfailure_skip import DAEMON, install_daemon  # noqa: E402
+from listener.common import (  # noqa: E402
+    Fifo,
+    build_stamp,
+    line,
+    main_pid_host,
+    render_generated,
+    use_sandbox_env,
+)
 
-from unitgen.paths import Scope  # noqa: E402
+from unitgen.paths import Scope, paths_for  # noqa: E402
 from unitgen.sandbox import Sandbox  # noqa: E402
 
 PR_SET_PDEATHSIG = 1
@@ -81,6 +100,10 @@ SD0 = "systemd RestartSec=0"
 SD100 = "systemd RestartSec=100ms (default)"
 MONIT_ROW = "monit (set daemon 1)"
 SUPERVISORD_ROW = "supervisord (autorestart=true)"
+GEN = "b-gen.service"
+GEN_RESTART = "generated unit: kill -> running (systemd's Restart=, RestartSec=100ms)"
+GEN_GIVEUP = "generated unit: kill at the start limit -> running (unitgen watch)"
+GEN_KILLS = 10  # a trial with more kills than this never reached the start limit
 
 
 # -- configs ----------------------------------------------------------------------------
@@ -312,6 +335,21 @@ def run(trials: int, jitter: float, logs: Path | None = None, raw: Path | None =
             work / "supervisors.out",
         )
         with Sandbox.start(Scope.USER, share=[work]) as sb:
+            # The daemon and the generator see the sandbox's directories (policy, state).
+            use_sandbox_env(sb)
+            install_daemon(sb, work)
+            sb.systemctl("start", DAEMON, check=True)
+            gen_fifo = Fifo(work / f"{GEN}.fifo")
+            gen_text = render_generated(
+                work,
+                GEN.removesuffix(".service"),
+                stamp,
+                work / f"{GEN}.fifo",
+                paths_for(Scope.USER).policy_dir,
+                keep_onfailure=True,
+            )
+            sb.install_units(work / "rendered-b-gen")  # with the recovery unit
+            assert "OnFailure=unitgen-recover@" in gen_text
             head = "[Unit]\nStartLimitIntervalSec=0\n[Service]\n"
             sb.install_units(
                 {
@@ -321,8 +359,11 @@ def run(trials: int, jitter: float, logs: Path | None = None, raw: Path | None =
                     "Restart=always\n",
                 }
             )
-            sb.systemctl("start", "b-sd0.service", "b-sd100.service", check=True)
-            for name, fifo in fifos.items():
+            # Started after the last daemon-reload: here (systemd 252) the start-limit
+            # count did not survive a reload, and the first trial's generated unit got
+            # a third restart of systemd's own before its give-up.
+            sb.systemctl("start", "b-sd0.service", "b-sd100.service", GEN, check=True)
+            for name, fifo in {**fifos, GEN: gen_fifo}.items():
                 if fifo.next_stamp(STAMP_TIMEOUT) is None:
                     raise RuntimeError(f"{name}: the stamp program never started")
 
@@ -342,8 +383,11 @@ def run(trials: int, jitter: float, logs: Path | None = None, raw: Path | None =
                 MONIT_ROW: lambda: int((work / "stamp-monit.pid").read_text()),
                 SUPERVISORD_ROW: supervisord_pid,
             }
-            results = trial_loop(trials, jitter, fifos, main_pid, stamp)
+            generated = Generated(sb, gen_fifo, stamp)
+            results = trial_loop(trials, jitter, fifos, main_pid, stamp, generated)
             load = os.getloadavg()
+            recover_unit = sb.show(f"unitgen-recover@{GEN}.service", "ConditionResult", "NRestarts")
+            daemon_state = sb.show(DAEMON, "ActiveState", "NRestarts")
         report = harness_proc.stop()
         harness_proc = None
         left = leftovers(str(work))
@@ -368,10 +412,53 @@ def run(trials: int, jitter: float, logs: Path | None = None, raw: Path | None =
     for name in results:
         print(line(name, results[name], base))
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"generated unit: systemd's own restarts before each give-up: "
+        f"{sorted(set(generated.systemd_restarts))}; give-ups {len(results[GEN_GIVEUP])}; "
+        f"recovery unit at the end: {recover_unit}; daemon: {daemon_state}"
+    )
     print(report)
     print(f"processes left mentioning {work}: {len(left)}")
     for row in left:
         print("  " + row)
+
+
+class Generated:
+    """The generated unit's part of a trial: kill it until systemd gives up."""
+
+    def __init__(self, sb: Sandbox, fifo: Fifo, stamp: Path) -> None:
+        self.sb = sb
+        self.fifo = fifo
+        self.stamp = stamp
+        self.systemd_restarts: list[int] = []
+
+    def trial(self, trial: int, jitter: float, restart: list[float], giveup: list[float]) -> None:
+        """One kill after another, each followed by the trial's pause; a kill whose
+        restart left NRestarts at 0 was not systemd's: the start limit was hit and
+        the daemon restarted the unit. That ends the trial."""
+        for kills in range(GEN_KILLS):
+            try:
+                pid = _stamp_exe_pid(main_pid_host(self.sb, GEN), self.stamp)
+            except (OSError, ValueError, RuntimeError) as exc:
+                print(f"trial {trial}: {GEN}: no main PID ({exc}); skipped", file=sys.stderr)
+                return
+            self.fifo.drain()
+            t_kill = time.monotonic_ns()
+            os.kill(pid, signal.SIGKILL)
+            ts = self.fifo.next_stamp(STAMP_TIMEOUT)
+            if ts is None:
+                print(f"trial {trial}: {GEN}: no restart within {STAMP_TIMEOUT} s", file=sys.stderr)
+                return
+            took = (ts - t_kill) / 1e6
+            by_systemd = int(self.sb.show(GEN, "NRestarts")["NRestarts"]) > 0
+            time.sleep(0.3 + random.uniform(0, jitter))
+            if by_systemd:
+                restart.append(took)
+                continue
+            giveup.append(took)
+            self.systemd_restarts.append(kills)
+            return
+        print(f"trial {trial}: {GEN}: systemd never gave up", file=sys.stderr)
 
 
 def trial_loop(
@@ -380,9 +467,13 @@ def trial_loop(
     fifos: dict[str, Fifo],
     main_pid: dict[str, Callable[[], int]],
     stamp: Path,
+    generated: Generated,
 ) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {name: [] for name in fifos}
+    results[GEN_RESTART] = []
+    results[GEN_GIVEUP] = []
     for trial in range(trials):
+        generated.trial(trial, jitter, results[GEN_RESTART], results[GEN_GIVEUP])
         for name, fifo in fifos.items():
             try:
                 pid = _stamp_exe_pid(main_pid[name](), stamp)

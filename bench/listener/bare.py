@@ -38,14 +38,17 @@ def main(args: argparse.Namespace) -> None:
     asyncio.run(bare(args.units, args.fail, args.what))
 
 
-async def bare(units: int, fail: int, mode: str) -> None:
-    """systemd's side of a burst without the ladder: what any D-Bus listener costs it."""
+async def bare(units: int, fail: int, mode: str) -> tuple[float, float]:
+    """systemd's side of a burst without the ladder: what any D-Bus listener costs it.
+
+    Returns this process's CPU seconds for the burst and kill -> last active in ms.
+    """
     with Sandbox.start(Scope.USER) as sb:
         use_sandbox_env(sb)
-        await _bare(sb, units, fail, mode)
+        return await _bare(sb, units, fail, mode)
 
 
-async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
+async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> tuple[float, float]:
     sb.install_units(
         {
             "n@.service": "[Unit]\nStartLimitIntervalSec=0\n"
@@ -106,3 +109,4 @@ async def _bare(sb: Sandbox, units: int, fail: int, mode: str) -> None:
         f"| bare listener ({mode}), {units} loaded, {len(victims)} killed | "
         f"last active {took * 1000:.0f} ms | this process {ours:.2f} s, {others} |"
     )
+    return ours, took * 1000

@@ -261,13 +261,15 @@ def render_generated(
     policy_dir: Path,
     delay: str = "100ms",
     burst: int = 3,
+    keep_onfailure: bool = False,
 ) -> str:
     """Render ``name``.service with the project's generator; return the unit's text.
 
-    Its policy lands in ``policy_dir``. OnFailure= is dropped: with the daemon up,
-    the oneshot only reports what the listener did (docs/listener.md), and its
-    Python start-up on these two cores would land in the next trials.
-    BENCH_ONFAILURE=1 keeps it, as a user installs it.
+    Its policy lands in ``policy_dir``, the other rendered units (the recovery
+    unit) in ``work``/rendered-``name``. OnFailure= is dropped unless
+    ``keep_onfailure``: with the daemon up, the oneshot only reports what the
+    listener did (docs/listener.md), and its Python start-up on these two cores
+    would land in the next trials. BENCH_ONFAILURE=1 keeps it, as a user installs it.
     """
     spec = work / f"{name}.toml"
     spec.write_text(
@@ -291,7 +293,7 @@ def render_generated(
         capture_output=True,
     )
     text = (out / f"{name}.service").read_text()
-    if os.environ.get("BENCH_ONFAILURE"):
+    if keep_onfailure or os.environ.get("BENCH_ONFAILURE"):
         return text
     return "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("OnFailure"))
 

@@ -67,12 +67,14 @@ def main(args: argparse.Namespace) -> None:
 
 async def scale(
     units: int, fail: int, idle: float, lib: str, concurrency: int = 0, generated: bool = False
-) -> None:
+) -> tuple[float, float]:
+    """Print the table; return the daemon's CPU seconds for the burst and kill -> last
+    of ``fail`` running again in ms (NaN if none came back)."""
     work = Path(tempfile.mkdtemp(prefix="unitgen-scale-"))
     try:
         stamp = build_stamp(work)
         with Sandbox.start(Scope.USER, share=[work]) as sb:
-            await _scale(sb, work, stamp, units, fail, idle, lib, concurrency, generated)
+            return await _scale(sb, work, stamp, units, fail, idle, lib, concurrency, generated)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -87,7 +89,7 @@ async def _scale(
     lib: str,
     concurrency: int,
     generated: bool = False,
-) -> None:
+) -> tuple[float, float]:
     use_sandbox_env(sb)
     paths = paths_for(Scope.USER)
     fifo = Fifo(work / "scale.fifo")
@@ -313,6 +315,7 @@ async def _scale(
     print(f"| the same period: {others} |  |")
     print(f"| baseline period: {base_others} |  |")
     print(f"| RSS after / peak (VmHWM) | {rss / 1024:.1f} MB / {hwm / 1024:.1f} MB |")
+    return cpu, (max(stamps) - t_kill) / 1e6 if stamps else float("nan")
 
 
 async def _systemd_burst(sb: Sandbox, work: Path, stamp: Path, count: int) -> tuple[list[int], str]:
