@@ -144,6 +144,22 @@ def env_lines(sb: Sandbox) -> str:
     return "".join(f'Environment="{k}={v}"\n' for k, v in sb.env.items())
 
 
+def stamped_unit(
+    work: Path, stamp: Path, unit: str, *, unit_extra: str = "", service_extra: str = ""
+) -> str:
+    """A unit whose process writes its start stamp to ``WORK/UNIT.fifo``, with no start limit."""
+    return (
+        f"[Unit]\nStartLimitIntervalSec=0\n{unit_extra}"
+        f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n{service_extra}"
+    )
+
+
+def oneshot_unit(env: str, *lines: str) -> str:
+    """A oneshot (an OnFailure= target) that runs with the sandbox's environment ``env``."""
+    body = "".join(f"{ln}\n" for ln in lines)
+    return f"[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n{env}{body}"
+
+
 def use_sandbox_env(sb: Sandbox) -> None:
     for k, v in sb.env.items():
         os.environ[k] = v

@@ -40,8 +40,10 @@ from listener.common import (
     giveup_trial,
     line,
     main_pid_host,
+    oneshot_unit,
     policy,
     render_generated,
+    stamped_unit,
     table_head,
     use_sandbox_env,
 )
@@ -106,29 +108,23 @@ async def _latency(
             work / f"{gen}.fifo",
             work / f"policy-{tags[0][0]}",
         )
+    extras = {
+        "b-sd0.service": {"service_extra": "Restart=always\nRestartSec=0\n"},
+        "b-sd100.service": {"service_extra": "Restart=always\n"},
+        "b-onf.service": {"unit_extra": "OnFailure=b-recover@%n.service\n"},
+    }
     for unit in approaches.values():
-        head = "[Unit]\nStartLimitIntervalSec=0\n"
-        svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
-        if unit == "b-sd0.service":
-            svc += "Restart=always\nRestartSec=0\n"
-        elif unit == "b-sd100.service":
-            svc += "Restart=always\n"
-        elif unit == "b-onf.service":
-            head += "OnFailure=b-recover@%n.service\n"
-        units[unit] = head + svc
+        units[unit] = stamped_unit(work, stamp, unit, **extras.get(unit, {}))
     onf_policy = work / "onf-policy"
     policy(onf_policy, "b-onf.service")
     env = env_lines(sb)
     floor = work / "pyfloor.py"
     shutil.copy(HERE / "pyfloor.py", floor)
-    units["b-pyfloor-restart@.service"] = (
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
-        f"{env}ExecStart={sys.executable} {floor} %i\n"
+    units["b-pyfloor-restart@.service"] = oneshot_unit(
+        env, f"ExecStart={sys.executable} {floor} %i"
     )
-    units["b-recover@.service"] = (
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
-        f"{env}Environment=UNITGEN_POLICY_DIR={onf_policy}\n"
-        f"ExecStart={UNITGEN} recover %i\n"
+    units["b-recover@.service"] = oneshot_unit(
+        env, f"Environment=UNITGEN_POLICY_DIR={onf_policy}", f"ExecStart={UNITGEN} recover %i"
     )
     sb.install_units(units)
     for unit in [*approaches.values(), *([gen] if gen else [])]:

@@ -25,7 +25,9 @@ from listener.common import (
     env_lines,
     line,
     main_pid_host,
+    oneshot_unit,
     policy,
+    stamped_unit,
     table_head,
 )
 from unitgen.paths import Scope
@@ -61,33 +63,25 @@ async def _onfailure(sb: Sandbox, work: Path, stamp: Path, trials: int) -> None:
         "floor: OnFailure= python, bare RestartUnit": "b-pyfloor.service",
     }
     units: dict[str, str] = {}
+    extras = {
+        "b-sd0.service": {"service_extra": "Restart=always\nRestartSec=0\n"},
+        "b-anchor.service": {"unit_extra": "OnFailure=b-anchor-restart@%n.service\n"},
+        "b-pyfloor.service": {"unit_extra": "OnFailure=b-pyfloor-restart@%n.service\n"},
+        "b-onf.service": {"unit_extra": "OnFailure=b-recover@%n.service\n"},
+    }
     for unit in approaches.values():
-        head = "[Unit]\nStartLimitIntervalSec=0\n"
-        svc = f"[Service]\nExecStart={stamp} {work}/{unit}.fifo\n"
-        if unit == "b-sd0.service":
-            svc += "Restart=always\nRestartSec=0\n"
-        elif unit == "b-anchor.service":
-            head += "OnFailure=b-anchor-restart@%n.service\n"
-        elif unit == "b-pyfloor.service":
-            head += "OnFailure=b-pyfloor-restart@%n.service\n"
-        else:
-            head += "OnFailure=b-recover@%n.service\n"
-        units[unit] = head + svc
+        units[unit] = stamped_unit(work, stamp, unit, **extras[unit])
     systemctl = shutil.which("systemctl") or "/usr/bin/systemctl"
-    units["b-anchor-restart@.service"] = (
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
-        f"{env}ExecStart={systemctl} --user restart %i\n"
+    units["b-anchor-restart@.service"] = oneshot_unit(
+        env, f"ExecStart={systemctl} --user restart %i"
     )
     floor = work / "pyfloor.py"
     shutil.copy(HERE / "pyfloor.py", floor)
-    units["b-pyfloor-restart@.service"] = (
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
-        f"{env}ExecStart={sys.executable} {floor} %i\n"
+    units["b-pyfloor-restart@.service"] = oneshot_unit(
+        env, f"ExecStart={sys.executable} {floor} %i"
     )
-    units["b-recover@.service"] = (
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=oneshot\n"
-        f"{env}Environment=UNITGEN_POLICY_DIR={pol}\n"
-        f"ExecStart={UNITGEN} recover --user %i\n"
+    units["b-recover@.service"] = oneshot_unit(
+        env, f"Environment=UNITGEN_POLICY_DIR={pol}", f"ExecStart={UNITGEN} recover --user %i"
     )
     sb.install_units(units)
     fifos = {u: Fifo(work / f"{u}.fifo") for u in approaches.values()}
