@@ -98,7 +98,6 @@ ERROR_INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 ERROR_LIMITS = "org.freedesktop.DBus.Error.LimitsExceeded"
 
 MUTATING = frozenset({"Reset", "Recover"})
-READS = frozenset({"Status", "History", "HistoryPage"})
 # The arguments each served method takes (checked before anything is counted).
 _SIGNATURES = {"Status": "", "History": "s", "HistoryPage": "suu", "Reset": "s", "Recover": "s"}
 _USAGE = {"": "no arguments", "s": "one argument: s unit", "suu": "s unit, u offset, u count"}

@@ -654,12 +654,12 @@ class Listener:
         if current is None:
             return
         props, view, decision = current
-        state.active = str(props.get("ActiveState", ""))
+        state.active = view.active_state
         if decision.action is not Action.RECOVER:
             if decision.action is Action.STAND_DOWN:
                 self.stats.systemd_restarting += 1
             return
-        inv = invocation_hex(props.get("InvocationID"))
+        inv = view.invocation
         if inv and inv == state.handled:
             self.stats.duplicates += 1
             return

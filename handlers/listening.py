@@ -102,12 +102,6 @@ class ListeningMarker:
         self.clear()
 
 
-def _hex(value: object) -> str:
-    if isinstance(value, bytes | bytearray | list):
-        return bytes(value).hex()
-    return str(value or "")
-
-
 async def hand_over_failed(bus: SystemdBus, watch: WatchSet, database: Path) -> list[str]:
     """On a clean stop: start the recovery unit of every watched unit whose failure
     this daemon had not finished, since systemd skipped it while the marker stood.
@@ -117,6 +111,7 @@ async def hand_over_failed(bus: SystemdBus, watch: WatchSet, database: Path) -> 
     whose failed invocation has a closed incident (recovered, or given up on) is
     left alone: the ladder's verdict stands, as it would without the daemon.
     """
+    from handlers.diagnose import invocation_hex
     from handlers.handoff import handled_incident
     from unitgen.unitnames import recovery_instance
 
@@ -129,7 +124,7 @@ async def hand_over_failed(bus: SystemdBus, watch: WatchSet, database: Path) -> 
         if row.name not in watch:
             continue
         try:
-            invocation = _hex(await bus.get_property(row.name, "InvocationID"))
+            invocation = invocation_hex(await bus.get_property(row.name, "InvocationID"))
             closed = await asyncio.to_thread(handled_incident, database, row.name, invocation)
             if closed is not None:
                 continue
