@@ -1,8 +1,9 @@
 """The alert side of the engine: once-only alerts, queued behind the restart, sent as tasks.
 
-An alert is claimed in the history first (one per incident and key, across
-processes), queued, and sent only after RestartUnit or when the run ends:
-building one imports ``requests``, which must not delay the restart. Sends are
+An alert is queued as asked for, and only after RestartUnit (or when the run
+ends) are its targets parsed, its claim made in the history (one per incident
+and key, across processes) and its send started: parsing imports the spec's key
+table and sending imports ``requests``, which must not delay the restart. Sends are
 tasks kept by strong reference; :meth:`Alerting.drain` waits for them (bounded)
 so a short-lived CLI process does not lose them.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.diagnose import diagnosis_from
@@ -40,6 +42,21 @@ def default_alerter(policy: Policy) -> Alerter | None:
     return Alerter(targets)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """An alert asked for, turned into one (targets parsed, once-only claim) at the flush."""
+
+    unit: str
+    policy: Policy
+    inc: IncidentRow
+    status: Status
+    level: Level
+    summary: str
+    attempts: int
+    key: str | None
+    at: float
+
+
 class Alerting:
     """Decides, claims, queues and sends the alerts of one engine."""
 
@@ -64,7 +81,7 @@ class Alerting:
         self._wait_unit = wait_unit
         self._spawn = spawn
         self.alerters: dict[str, Alerter | None] = {}
-        self._queued: list[tuple[Alerter, Alert, str]] = []
+        self._queued: list[_Request] = []
         self.pending: set[asyncio.Task[None]] = set()
 
     def alerter_for(self, policy: Policy) -> Alerter | None:
@@ -96,35 +113,48 @@ class Alerting:
         attempts: int,
         key: str | None = None,
     ) -> None:
-        """``key``: what makes it once-only; the level for firing alerts, "" for resolved."""
-        alerter = self.alerter_for(policy)
+        """``key``: what makes it once-only; the level for firing alerts, "" for resolved.
+
+        Queued, not sent: parsing the targets and building the alert import the spec's
+        key table and requests, which must not delay the restart. Flushed right after
+        RestartUnit, and when the run ends.
+        """
+        self._queued.append(
+            _Request(unit, policy, inc, status, level, summary, attempts, key, self.clock.time())
+        )
+
+    def _prepare(self, req: _Request) -> tuple[Alerter, Alert, str] | None:
+        alerter = self.alerter_for(req.policy)
         if alerter is None or not alerter.targets:
-            return
+            return None
+        key = req.key
         if key is None:
-            key = level.label if status == "firing" else ""
-        if not self.store.claim_alert(inc.id, key, status, self.clock.time()):
-            return  # this process or another already sent it
+            key = req.level.label if req.status == "firing" else ""
+        if not self.store.claim_alert(req.inc.id, key, req.status, req.at):
+            return None  # this process or another already sent it
         from handlers.alerts import Alert
 
         alert = Alert(
-            unit=unit,
-            incident_id=inc.id,
-            level=level.label,
-            status=status,
-            reason=inc.classification or "failure",
-            summary=summary,
-            attempts=attempts,
-            started_at=inc.opened.wall,
-            ended_at=self.clock.time() if status == "resolved" else None,
+            unit=req.unit,
+            incident_id=req.inc.id,
+            level=req.level.label,
+            status=req.status,
+            reason=req.inc.classification or "failure",
+            summary=req.summary,
+            attempts=req.attempts,
+            started_at=req.inc.opened.wall,
+            ended_at=req.at if req.status == "resolved" else None,
             host=self.host,
         )
-        # Queued, not sent: building the alert imports requests, which must not delay
-        # the restart. Flushed right after RestartUnit, and when the run ends.
-        self._queued.append((alerter, alert, key))
+        return alerter, alert, key
 
     def flush(self) -> None:
         queued, self._queued = self._queued, []
-        for alerter, alert, key in queued:
+        for req in queued:
+            prepared = self._prepare(req)
+            if prepared is None:
+                continue
+            alerter, alert, key = prepared
             task = asyncio.create_task(
                 self._deliver(alerter, alert, key), name=f"alert {alert.unit}"
             )
