@@ -2,7 +2,7 @@
 
 Run: /opt/unitgen/bin/python bench/bench_ledger.py [--trials 2000] [--dir /run/...]
 
-Per recovery the engine reads the unit's ledger twice in diagnosis
+Per recovery the engine reads the unit's ledger once in diagnosis
 (``Ledger.entry``), writes one attempt before RestartUnit
 (``Ledger.record_attempt``: directory flock, read, temp file, fsync, rename)
 and tries to remove the history-gap marker at the end (``clear_gap``). Timed
@@ -43,7 +43,6 @@ def run(where: Path, trials: int) -> None:
 
     def read(_i: int) -> None:
         ledger.entry(unit)
-        ledger.entry(unit)
 
     def clear(_i: int) -> None:
         ledger.clear_gap()
@@ -54,7 +53,7 @@ def run(where: Path, trials: int) -> None:
 
     steps: dict[str, Callable[[int], None]] = {
         "ledger write": write,
-        "ledger read x2": read,
+        "ledger read": read,
         "clear_gap": clear,
         "store write": db,
     }

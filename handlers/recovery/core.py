@@ -144,11 +144,19 @@ class Core:
 
     # --- the budget (the read side, handlers/recovery/history.py) ---------------------------
 
-    def _budget(self, unit: str, policy: Policy, now: Stamp) -> tuple[int, float | None]:
-        return history.budget(self.store, self.ledger, unit, policy, now)
+    def _budget(
+        self, unit: str, policy: Policy, now: Stamp, known: history.Records | None = None
+    ) -> tuple[int, float | None]:
+        return history.budget(self.store, self.ledger, unit, policy, now, known)
 
-    def _given_up(self, unit: str, now: Stamp, last: IncidentRow | None) -> IncidentRow | None:
-        return history.given_up(self.store, self.ledger, unit, now, last)
+    def _given_up(
+        self,
+        unit: str,
+        now: Stamp,
+        last: IncidentRow | None,
+        known: history.Records | None = None,
+    ) -> IncidentRow | None:
+        return history.given_up(self.store, self.ledger, unit, now, last, known)
 
     def _uncounted(self, unit: str) -> str | None:
         """Why no restart of ``unit`` could be counted beyond this process, or None."""

@@ -36,12 +36,27 @@ def reset_at(store: Store, unit: str, now: Stamp, entry: Entry) -> float | None:
     return max(times, default=None)
 
 
+# The unit's ledger entry and when it was last re-armed: what both budget() and
+# given_up() read, read once by a caller that asks both (the diagnosis, status).
+Records = tuple[Entry, float | None]
+
+
+def records(store: Store, ledger: Ledger, unit: str, now: Stamp) -> Records:
+    entry = ledger.entry(unit)
+    return entry, reset_at(store, unit, now, entry)
+
+
 def budget(
-    store: Store, ledger: Ledger, unit: str, policy: Policy, now: Stamp
+    store: Store,
+    ledger: Ledger,
+    unit: str,
+    policy: Policy,
+    now: Stamp,
+    known: Records | None = None,
 ) -> tuple[int, float | None]:
     """(restart attempts counted in the window, the last attempt's time or None)."""
     r = policy.recovery
-    entry = ledger.entry(unit)
+    entry, reset = known or records(store, ledger, unit, now)
     # The union of both records; an attempt in both carries the same stamp.
     times = sorted(
         {
@@ -55,18 +70,22 @@ def budget(
         window=r.window,
         stable_after=r.stable_after,
         last_attempt_at=last,
-        reset_at=reset_at(store, unit, now, entry),
+        reset_at=reset,
     )
     return ladder.attempts_in_window(times, since), last
 
 
 def given_up(
-    store: Store, ledger: Ledger, unit: str, now: Stamp, last: IncidentRow | None
+    store: Store,
+    ledger: Ledger,
+    unit: str,
+    now: Stamp,
+    last: IncidentRow | None,
+    known: Records | None = None,
 ) -> IncidentRow | None:
     """The give-up no reset re-armed: ``last`` (the unit's last incident), or the
     ledger's record of one when the history lost it."""
-    entry = ledger.entry(unit)
-    reset = reset_at(store, unit, now, entry)
+    entry, reset = known or records(store, ledger, unit, now)
     if (
         last is not None
         and last.state == "gave-up"
@@ -136,8 +155,9 @@ def status(
         notes: list[str] = []
         policy = policy_for(name, notes)
         summary = store.summary(name)
-        used, _last = budget(store, ledger, name, policy, now)
-        gave_up = given_up(store, ledger, name, now, store.last_incident(name)) is not None
+        known = records(store, ledger, name, now)
+        used, _last = budget(store, ledger, name, policy, now, known)
+        gave_up = given_up(store, ledger, name, now, store.last_incident(name), known) is not None
         out.append(
             {
                 "unit": name,

@@ -28,6 +28,7 @@ from handlers.diagnose import (
 )
 from handlers.events import EventKind
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS, Level, State, Verdict
+from handlers.recovery import history
 from handlers.recovery.core import Core, Moment
 from handlers.recovery.history import level_of, timeline
 from handlers.recovery.model import UNIT_STATE, Outcome, Run, Trigger
@@ -150,14 +151,16 @@ class Steps(Core):
         now = self._stamp()
         # Read once for both questions below; the unit lock keeps other writers away.
         previous = self.store.last_incident(unit) if run.incident is None else None
+        # The ledger file and the reset time, read once for the give-up and the budget.
+        known = history.records(self.store, self.ledger, unit, now)
         if run.incident is None:
-            gave_up = self._given_up(unit, now, previous)
+            gave_up = self._given_up(unit, now, previous, known)
             if gave_up is not None:
                 run.incident = gave_up
                 run.detail = "an earlier incident gave up; run `unitgen reset` to re-arm"
                 self._record_trigger(gave_up.id, unit, trigger, "ignored-given-up")
                 return Verdict.GIVEN_UP
-        used, last = self._budget(unit, policy, now)
+        used, last = self._budget(unit, policy, now, known)
         run.used = max(used, run.restarts)
         run.last_attempt_at = last
         level = ladder.level_for(run.used, policy.recovery.max_attempts)
