@@ -498,6 +498,40 @@ async def test_failure_within_min_uptime_continues_the_incident(tmp_path: Path) 
     assert "min_uptime" in restarts[0].reason
 
 
+class RefusingOnceBus(FakeBus):
+    """systemd refuses the first RestartUnit (after 0.25 s), then restarts as usual."""
+
+    refused = False
+
+    async def restart(self, name: str, mode: str = "replace") -> str:
+        if not self.refused:
+            self.refused = True
+            self.calls.append(("restart", name))
+            assert self.clock is not None
+            self.clock.advance(0.25)
+            raise SystemdError(f"unit {name}: job refused")
+        return await super().restart(name, mode)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_restart_is_one_failed_attempt_with_its_duration(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bus = RefusingOnceBus(FakeUnit("api.service"), clock=clock)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover("api.service", ONFAIL)
+    await engine.aclose()
+    assert out.state is State.RECOVERED and out.attempts == 2
+    store = Store.open(_paths(tmp_path).database)
+    try:
+        restarts = [a for a in store.attempts(out.incident_id) if a.action == "restart"]
+    finally:
+        store.close()
+    assert [r.result for r in restarts] == ["failed", "ok"]
+    assert restarts[0].reason == "restart refused: unit api.service: job refused"
+    assert restarts[0].duration == pytest.approx(0.25)
+
+
 @pytest.mark.asyncio
 async def test_counts_decay_after_stable_period(tmp_path: Path) -> None:
     clock = FakeClock()

@@ -523,12 +523,9 @@ class Steps(Core):
             self._forget_expectation(run)
             await self._unpin(run)
             run.detail = f"restart refused: {exc}"
-            self.store.amend_last_restart(
-                run.incident_id,
-                result="failed",
-                reason=run.detail,
-                duration=self.clock.monotonic() - started,
-            )
+            # The loop writes the failed attempt's result, with this duration, as for
+            # any attempt that failed: one write, not a second one with the same values.
+            run.call.took = self.clock.monotonic() - started
             return Verdict.FAILED
         finally:
             # Whatever came before the restart (journal, alerts) waits until it is issued.
