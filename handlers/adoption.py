@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.diagnose import RESTARTING_SUBSTATES, invocation_hex, job_queued
+from handlers.diagnose import RESTARTING_SUBSTATES, invocation_hex, restart_reached
 from handlers.ladder import Verdict
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store
 
@@ -127,7 +127,7 @@ def resume_verdict(
             Verdict.SYSTEMD_RESTARTING,
             f"{RESUMED}; its restart was made, the unit crashed and systemd's Restart= has it",
         )
-    if active in ("active", "activating", "reloading") or job_queued(props):
+    if restart_reached(props):
         return Verdict.RESTART_UNVERIFIED, f"{RESUMED}; verifying its restart ({active}/{sub})"
     started = started_since(props, pending.at, boot, interrupted.incident.invocation_id)
     if started is False:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from handlers.bus import SERVICE, UNIT, Expectation, SystemdBus, UnitInfo
+from handlers.diagnose import job_queued, restart_reached
 from unitgen.errors import BusConnectionLostError, SystemdError
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ __all__ = ["RECONNECT_WAIT", "RetryingBus"]
 RECONNECT_WAIT = 30.0
 # Connections lost under one call before it gives up (a bus that drops us at once).
 MAX_RETRIES = 3
-# A unit in one of these states, or with a job queued, got its restart.
-_STARTED = frozenset({"active", "activating", "reloading"})
 
 _T = TypeVar("_T")
 
@@ -256,15 +255,14 @@ class RetryingBus:
     async def _started(self, bus: SystemdBus, name: str, exc: Exception) -> str | None:
         """The restart's job (or "") if it reached systemd before the loss, else None."""
         props = await bus.unit_properties(name, (UNIT,))
-        job = props.get("Job")
-        job_id = job[0] if isinstance(job, list | tuple) and job else 0
-        if job_id or props.get("ActiveState") in _STARTED:
+        if restart_reached(props):
+            job = props.get("Job") if job_queued(props) else None
             log.info(
                 "%s: restart reached systemd before the connection was lost (%s, %s)",
                 name,
                 props.get("ActiveState"),
-                f"job {job_id}" if job_id else "no job",
+                f"job {job[0]}" if isinstance(job, list | tuple) else "no job",
             )
-            return str(job[1]) if job_id and isinstance(job, list | tuple) else ""
+            return str(job[1]) if isinstance(job, list | tuple) else ""
         log.info("%s: restart lost with the connection (%s); sending it again", name, exc)
         return None

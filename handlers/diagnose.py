@@ -71,6 +71,7 @@ __all__ = [
     "read_journal",
     "restart_covers",
     "restart_pending",
+    "restart_reached",
     "systemd_would_restart",
 ]
 
@@ -258,6 +259,12 @@ def job_queued(props: Mapping[str, Any]) -> bool:
         first = job[0]
         return isinstance(first, int) and first != 0
     return False
+
+
+def restart_reached(props: Mapping[str, Any]) -> bool:
+    """A restart sent before its sender lost track of it got to systemd: the unit has a
+    job queued, or is starting, up or reloading (the Unit interface's state suffices)."""
+    return props.get("ActiveState") in ("active", "activating", "reloading") or job_queued(props)
 
 
 def classify(
