@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from handlers.mounts import mount_id
-from unitgen.sysroots import is_system_root
+from unitgen.sysroots import is_system_root, normalized
 
 __all__ = [
     "CleanupReport",
@@ -502,7 +502,8 @@ def _mount_problem(
 
 def _open_root(root: str, report: CleanupReport) -> _Root | None:
     try:
-        if not _components(root) or is_system_root(root):
+        _components(root)  # refuses a relative path
+        if is_system_root(root):  # "/" among them
             report.refuse(root, "refusing to clean a system directory")
             return None
         fd = _open_dir_nofollow(root)
@@ -520,7 +521,7 @@ def _open_root(root: str, report: CleanupReport) -> _Root | None:
         os.close(fd)
         report.refuse(root, f"cannot tell mount points apart: {exc.strerror}")
         return None
-    return _Root("/" + "/".join(_components(root)), fd, os.fstat(fd), mnt)
+    return _Root(normalized(root), fd, os.fstat(fd), mnt)
 
 
 @dataclass
