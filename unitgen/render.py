@@ -40,9 +40,9 @@ from unitgen.quoting import quote
 from unitgen.specnodes import join_key
 from unitgen.systemd_version import RESTART_MODE_SINCE
 from unitgen.unitnames import (
-    RECOVER_PREFIX,
     RECOVER_TEMPLATE,
     managed_unit_problem,
+    reserved_name_problem,
 )
 
 __all__ = [
@@ -446,11 +446,7 @@ def _check_unit_names(spec: Spec) -> None:
     named = [(join_key("service", key), svc.unit) for key, svc in spec.services.items()]
     named += [(join_key("override", ovr.unit), ovr.unit) for ovr in spec.overrides.values()]
     for key, unit in named:
-        problem: str | None
-        if unit.startswith(RECOVER_PREFIX):
-            problem = f"another name: {RECOVER_PREFIX}* is reserved for unitgen's recovery"
-        else:
-            problem = managed_unit_problem(unit)
+        problem = reserved_name_problem(unit) or managed_unit_problem(unit)
         if problem is not None:
             err = RenderError(f"{spec.path}: {key}: expected {problem}")
             err.exit_code = 2

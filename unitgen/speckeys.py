@@ -56,9 +56,9 @@ from unitgen.specnodes import (
 )
 from unitgen.sysroots import is_system_root, normalized
 from unitgen.unitnames import (
-    RECOVER_PREFIX,
     UnitNameKind,
     managed_unit_problem,
+    reserved_name_problem,
     unit_name_problem,
 )
 
@@ -164,11 +164,6 @@ def alert_name(value: str) -> str | None:
     return f"an alert name of letters, digits, '_', '.', '-' (at most 64), got {_show(value)}"
 
 
-# unitgen renders its recovery template as unitgen-recover@.service (unitgen.render
-# also refuses it); a spec unit of that name would replace or shadow it.
-RESERVED_UNIT_PREFIX = RECOVER_PREFIX
-
-
 def service_name(value: str) -> str | None:
     # managed_unit_problem is the rule unitgen recover, the locks and the D-Bus API
     # apply too: a service that renders is one the ladder can recover.
@@ -177,16 +172,12 @@ def service_name(value: str) -> str | None:
         return (
             f"a service name that makes a valid unit name {_show(value + '.service')} ({problem})"
         )
-    if value.startswith(RESERVED_UNIT_PREFIX):
-        return f"a name not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
-    return None
+    return reserved_name_problem(f"{value}.service")
 
 
 def override_unit(value: str) -> str | None:
     problem = managed_unit_problem(value, types=frozenset({"service"}))
-    if problem is None and value.startswith(RESERVED_UNIT_PREFIX):
-        return f"a unit not starting with {RESERVED_UNIT_PREFIX!r}, which unitgen's recovery uses"
-    return problem
+    return reserved_name_problem(value) if problem is None else problem
 
 
 def dependency_unit(value: str) -> str | None:

@@ -28,6 +28,7 @@ __all__ = [
     "UnitNameKind",
     "managed_unit_problem",
     "recovery_instance",
+    "reserved_name_problem",
     "unit_name_problem",
 ]
 
@@ -133,6 +134,16 @@ def recovery_instance(unit: str) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
+def reserved_name_problem(unit: str) -> str | None:
+    """What a spec's unit must be instead, when it would be (or shadow) unitgen's own
+    recovery template ``unitgen-recover@.service``; None otherwise."""
+    if unit.startswith(RECOVER_PREFIX):
+        return (
+            f"a name not starting with {RECOVER_PREFIX!r}, which is reserved for unitgen's recovery"
+        )
+    return None
+
+
 def managed_unit_problem(
     name: str,
     allowed: UnitNameKind = UnitNameKind.ANY,
