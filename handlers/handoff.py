@@ -18,13 +18,13 @@ is an optimisation, never the safety mechanism.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from handlers.bus import DBUS_NAME, DBUS_PATH, SystemdBus, unwrap
 from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
-from unitgen.errors import AccessDeniedError, SystemdError
+from handlers.store import Store
+from unitgen.errors import AccessDeniedError, StateError, SystemdError
 
 log = logging.getLogger(__name__)
 
@@ -67,41 +67,32 @@ def handled_incident(database: Path, unit: str, invocation_id: str) -> dict[str,
     """
     if not invocation_id:
         return None
-    try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
+    store = Store.reader(database)
+    if store is None:
         return None
     try:
-        row = conn.execute(
-            "SELECT i.id, i.source, i.classification, i.state, i.reason, i.level,"
-            " i.closed_mono - i.opened_mono,"
-            " (SELECT count(*) FROM attempts a WHERE a.incident_id = i.id"
-            "  AND a.action = 'restart')"
-            " FROM triggers t JOIN incidents i ON i.id = t.incident_id"
-            " WHERE t.unit = ? AND t.invocation_id = ? AND t.disposition IN ('handled', 'resumed')"
-            " ORDER BY t.id DESC LIMIT 1",
-            (unit, invocation_id),
-        ).fetchone()
-    except sqlite3.Error as exc:
+        incident_id = store.handled_invocation(unit, invocation_id)
+        inc = store.incident(incident_id) if incident_id is not None else None
+        if inc is None or inc.state == "open" or inc.closed is None:
+            return None
+        restarts = sum(1 for a in store.attempts(inc.id) if a.action == "restart")
+    except StateError as exc:
         log.debug("history not readable for the hand-off: %s", exc)
         return None
     finally:
-        conn.close()
-    if row is None or row[3] == "open":
-        return None
-    incident_id, source, classification, state, reason, level, took, restarts = row
+        store.close()
     return {
         "unit": unit,
-        "state": str(state),
-        "reason": str(reason),
-        "attempts": int(restarts),
-        "incident_id": str(incident_id),
-        "level": int(level),
-        "classification": str(classification),
+        "state": inc.state,
+        "reason": inc.reason,
+        "attempts": restarts,
+        "incident_id": inc.id,
+        "level": inc.level,
+        "classification": inc.classification,
         "restarts": 0,
         "joined": True,
-        "duration": float(took) if isinstance(took, int | float) else 0.0,
-        "notes": [f"incident opened by the {source} when systemd gave up; not opened again"],
+        "duration": inc.closed.mono - inc.opened.mono,
+        "notes": [f"incident opened by the {inc.source} when systemd gave up; not opened again"],
     }
 
 

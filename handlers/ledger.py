@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from handlers.locks import check_unit_name
+from handlers.locks import check_unit_name, open_private_dir
 from handlers.store import Stamp
 from unitgen.errors import UsageError
 
@@ -250,25 +250,11 @@ class Ledger:
     @contextlib.contextmanager
     def _dir(self, *, create: bool) -> Iterator[int]:
         path = self.directory
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            try:
-                fd = os.open(path, flags)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-                with contextlib.suppress(FileExistsError):
-                    path.mkdir(mode=0o700)
-                fd = os.open(path, flags)
+            fd = open_private_dir(path, create=create)
         except OSError as exc:
             raise LedgerError(exc.errno, f"{path}: {exc.strerror}") from exc
         try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
-                raise LedgerError(errno.EPERM, f"{path}: owned by uid {st.st_uid}, refused")
-            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise LedgerError(errno.EPERM, f"{path}: group- or other-writable, refused")
             yield fd
         finally:
             os.close(fd)

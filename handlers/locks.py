@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -44,21 +45,24 @@ def check_unit_name(unit: str) -> str:
     return unit
 
 
-def ensure_lock_dir(path: Path) -> int:
-    """Create (0700) or check the lock directory; return an O_DIRECTORY fd to it."""
+def open_private_dir(path: Path, *, create: bool = True) -> int:
+    """An O_DIRECTORY fd to ``path``, created 0700 if missing and ``create``.
+
+    Refused (PermissionError) unless it is ours and not group- or other-writable:
+    the lock and ledger directories decide who may restart what.
+    """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        try:
-            # The directory exists on every call but the first: open it straight away
-            # (the checks below still run on what was opened).
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=0o700)
-            fd = os.open(path, flags)
-    except OSError as exc:
-        raise StateError(f"{path}: cannot use as lock directory ({exc.strerror})") from exc
+        # The directory exists on every call but the first: open it straight away
+        # (the checks below still run on what was opened).
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        fd = os.open(path, flags)
     st = os.fstat(fd)
     problem = None
     if st.st_uid != os.geteuid():
@@ -67,8 +71,16 @@ def ensure_lock_dir(path: Path) -> int:
         problem = f"mode {stat.S_IMODE(st.st_mode):o} is group- or other-writable"
     if problem is not None:
         os.close(fd)
-        raise StateError(f"{path}: refusing lock directory: {problem}")
+        raise PermissionError(errno.EPERM, f"refused: {problem}")
     return fd
+
+
+def ensure_lock_dir(path: Path) -> int:
+    """Create (0700) or check the lock directory; return an O_DIRECTORY fd to it."""
+    try:
+        return open_private_dir(path)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot use as lock directory ({exc.strerror})") from exc
 
 
 class UnitLock:

@@ -213,9 +213,19 @@ def _attempt_params(r: AttemptRow) -> tuple[object, ...]:
 class Store:
     """The history database, or its in-memory stand-in when the disk cannot take it."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path | None, note: str | None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path | None,
+        note: str | None,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self._conn = conn
         self.path = path
+        # A reader of another process's database: an error is the caller's answer,
+        # never a reason to move the file aside or to switch to memory.
+        self._read_only = read_only
         # Set whenever history is not what it should be; every output shows it.
         self.note = note
         self.commits = 0  # write transactions since the engine's last checkpoint
@@ -247,6 +257,20 @@ class Store:
             return cls.in_memory(f"cannot open {path}: {exc}")
         except OSError as exc:
             return cls.in_memory(f"cannot open {path}: {exc.strerror}")
+
+    @classmethod
+    def reader(cls, path: Path) -> Store | None:
+        """The database at ``path`` opened read-only, without set-up; None if it cannot be.
+
+        No schema, no migration, no write: for a process that only asks what the
+        writer recorded (the OnFailure= hand-off). Its queries raise StateError on a
+        missing table, a lock held past a second or a corrupt file.
+        """
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        except sqlite3.Error:
+            return None
+        return cls(conn, path, None, read_only=True)
 
     @classmethod
     def in_memory(cls, why: str | None = None) -> Store:
@@ -307,6 +331,8 @@ class Store:
         try:
             yield self._conn
         except sqlite3.DatabaseError as exc:
+            if self._read_only:
+                raise StateError(f"history not readable: {exc}") from exc
             if self.path is None:
                 raise StateError(f"in-memory history failed: {exc}") from exc
             self._degrade(exc)
