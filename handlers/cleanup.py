@@ -293,15 +293,8 @@ def remove_stale_pidfile(
         return report
     parent = "/" + "/".join(parts[:-1])
     name = parts[-1]
-    try:
-        dfd = _open_dir_nofollow(parent)
-    except FileNotFoundError:
-        return report
-    except _Unsafe as exc:
-        report.refuse(path, exc.reason)
-        return report
-    except OSError as exc:
-        report.refuse(path, f"cannot open {display_path(parent)}: {exc.strerror}")
+    dfd = _open_dir_or_refuse(parent, path, report)
+    if dfd is None:
         return report
     try:
         _pidfile_in(dfd, name, path, unit_cgroup, want_uid, report)
@@ -310,24 +303,7 @@ def remove_stale_pidfile(
     return report
 
 
-def _pidfile_mount_ok(
-    dfd: int, fd: int, name: str | None, path: str, report: CleanupReport
-) -> bool:
-    """False (and refused) when the PID file is a mount point, or when we cannot tell.
-
-    The PID file is ``name`` in ``fd``, or ``fd`` itself; its mount must be
-    its directory ``dfd``'s.  A vanished name raises FileNotFoundError.
-    """
-    try:
-        if mount_id(fd, name) == mount_id(dfd):
-            return True
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and name is not None:
-            raise
-        report.refuse(path, f"cannot tell whether the PID file is a mount point: {exc.strerror}")
-        return False
-    report.refuse(path, "PID file is a mount point, left alone")
-    return False
+_PIDFILE_MOUNTED = "PID file is a mount point, left alone"
 
 
 def _pidfile_in(
@@ -345,8 +321,17 @@ def _pidfile_in(
             report.refuse(path, f"cannot open PID file: {exc.strerror}")
         return
     try:
+        try:
+            dir_mnt = mount_id(dfd)
+        except OSError as exc:
+            report.refuse(
+                path, f"cannot tell whether the PID file is a mount point: {exc.strerror}"
+            )
+            return
         # The fd, not the name: a bind mount over the name is what open() just entered.
-        if not _pidfile_mount_ok(dfd, ffd, None, path, report):
+        problem = _mount_problem(dir_mnt, ffd, None, _PIDFILE_MOUNTED)
+        if problem is not None:
+            report.refuse(path, problem)
             return
         st = os.fstat(ffd)
         if not stat.S_ISREG(st.st_mode):
@@ -394,7 +379,9 @@ def _pidfile_in(
         if not _same_file(now, st):
             report.refuse(path, "PID file was replaced while being checked")
             return
-        if not _pidfile_mount_ok(dfd, dfd, name, path, report):
+        problem = _mount_problem(dir_mnt, dfd, name, _PIDFILE_MOUNTED)
+        if problem is not None:
+            report.refuse(path, problem)
             return
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
@@ -482,16 +469,14 @@ _MOUNTED_FILE = "mount point (a mounted file), left alone"
 _MOUNTED_MIDWAY = "a mount point appeared while cleaning, subtree refused"
 
 
-def _mount_problem(
-    root: _Root, fd: int, name: str | None, reason: str = _NOT_CROSSED
-) -> str | None:
-    """Why ``name`` in ``fd`` (or ``fd`` itself) must not be touched as part of ``root``, or None.
+def _mount_problem(mnt: int, fd: int, name: str | None, reason: str = _NOT_CROSSED) -> str | None:
+    """Why ``name`` in ``fd`` (or ``fd`` itself) must not be touched, or None.
 
-    ``reason`` when it is on another mount than the root.  Raises
-    FileNotFoundError when the entry vanished.
+    ``reason`` when it is on another mount than ``mnt`` (its root's or its
+    directory's).  Raises FileNotFoundError when the entry vanished.
     """
     try:
-        if mount_id(fd, name) == root.mnt:
+        if mount_id(fd, name) == mnt:
             return None
     except FileNotFoundError:
         raise
@@ -500,20 +485,33 @@ def _mount_problem(
     return reason
 
 
+def _open_dir_or_refuse(directory: str, subject: str, report: CleanupReport) -> int | None:
+    """An fd to ``directory`` (no symlink on the way), or None: missing, or refused
+    under ``subject`` (the path the caller was asked about) with the reason."""
+    try:
+        return _open_dir_nofollow(directory)
+    except FileNotFoundError:
+        return None
+    except _Unsafe as exc:
+        report.refuse(subject, exc.reason)
+    except OSError as exc:
+        where = "" if directory == subject else f" {display_path(directory)}"
+        report.refuse(subject, f"cannot open{where}: {exc.strerror}")
+    return None
+
+
 def _open_root(root: str, report: CleanupReport) -> _Root | None:
     try:
         _components(root)  # refuses a relative path
         if is_system_root(root):  # "/" among them
             report.refuse(root, "refusing to clean a system directory")
             return None
-        fd = _open_dir_nofollow(root)
-    except FileNotFoundError:
-        return None  # the service has not created it yet: nothing to clean
     except _Unsafe as exc:
         report.refuse(root, exc.reason)
         return None
-    except OSError as exc:
-        report.refuse(root, f"cannot open: {exc.strerror}")
+    # Missing: the service has not created it yet, nothing to clean.
+    fd = _open_dir_or_refuse(root, root, report)
+    if fd is None:
         return None
     try:
         mnt = mount_id(fd)
@@ -587,7 +585,7 @@ class _Scan:
             # A bind mount of the same filesystem keeps st_dev: only the mount id tells.
             mounted = _NOT_CROSSED if stat.S_ISDIR(st.st_mode) else _MOUNTED_FILE
             try:
-                problem = _mount_problem(self.root, fd, name, mounted)
+                problem = _mount_problem(self.root.mnt, fd, name, mounted)
             except FileNotFoundError:
                 return
             if problem is not None:
@@ -628,7 +626,7 @@ class _Scan:
                 )
                 return
             # Mounted over between the check on the name and the open: the fd tells.
-            problem = _mount_problem(self.root, sub, None, _MOUNTED_MIDWAY)
+            problem = _mount_problem(self.root.mnt, sub, None, _MOUNTED_MIDWAY)
             if problem is not None:
                 self.report.refuse(entry.path, problem)
                 return
@@ -671,7 +669,9 @@ class _DirCache:
                 if (st.st_dev, st.st_ino) != (dev, ino):
                     self.close()
                     raise _Unsafe("directory was swapped while cleaning, subtree refused")
-                problem = _mount_problem(self.roots[entry.root_index], fd, None, _MOUNTED_MIDWAY)
+                problem = _mount_problem(
+                    self.roots[entry.root_index].mnt, fd, None, _MOUNTED_MIDWAY
+                )
                 if problem is not None:
                     self.close()
                     raise _Unsafe(problem)
@@ -702,7 +702,7 @@ def _remove_file(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRe
         if not entry.same_file(now) or not stat.S_ISREG(now.st_mode):
             report.refuse(entry.path, "file was replaced while cleaning, left alone")
             return False
-        problem = _mount_problem(cache.roots[entry.root_index], dfd, entry.name, _MOUNTED_FILE)
+        problem = _mount_problem(cache.roots[entry.root_index].mnt, dfd, entry.name, _MOUNTED_FILE)
         if problem is not None:
             report.refuse(entry.path, problem)
             return False
@@ -730,7 +730,7 @@ def _remove_dir(cache: _DirCache, entry: _Entry, reason: str, report: CleanupRep
         if not entry.same_dir(now):
             report.refuse(entry.path, "directory was replaced while cleaning, left alone")
             return False
-        problem = _mount_problem(cache.roots[entry.root_index], dfd, entry.name)
+        problem = _mount_problem(cache.roots[entry.root_index].mnt, dfd, entry.name)
         if problem is not None:
             report.refuse(entry.path, problem)
             return False
