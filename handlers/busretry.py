@@ -204,20 +204,19 @@ class RetryingBus:
                 # Made on a connection since lost: its changes stopped with it.
                 origin.forget(since)
                 since, initial = None, None
-        try:
-            return await bus.wait_for(
-                name, predicate, timeout, ifaces, since=since, initial=initial
-            )
-        except BusConnectionLostError as exc:
-            log.info("%s: %s; waiting again on the next connection", name, exc)
-        for _ in range(MAX_RETRIES):
-            bus = await self._live(lost=bus)
-            self.retries += 1
-            try:
-                return await bus.wait_for(name, predicate, max(0.0, deadline - loop.time()), ifaces)
-            except BusConnectionLostError as exc:
-                log.info("%s: %s; waiting again on the next connection", name, exc)
-        raise BusConnectionLostError(f"unit {name}: bus connection lost {MAX_RETRIES} times")
+        first = True
+
+        async def wait(on: SystemdBus) -> dict[str, Any]:
+            nonlocal first
+            if first and on is bus:
+                first = False
+                return await on.wait_for(
+                    name, predicate, timeout, ifaces, since=since, initial=initial
+                )
+            # A new connection: the mark and the state seen belong to the lost one.
+            return await on.wait_for(name, predicate, max(0.0, deadline - loop.time()), ifaces)
+
+        return await self._retry(f"waiting for {name}", wait)
 
     # -- restarts: sent again only if systemd did not get them -----------------------
 

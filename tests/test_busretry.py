@@ -168,7 +168,31 @@ async def test_a_wait_starts_again_from_a_fresh_read() -> None:
     )
     await attach
     assert props["since"] is None  # the old connection's expectation is not reused
+    # A connection already known lost is not tried: the wait goes to the new one.
+    assert old.sent == [] and new.sent == ["wait"]
+
+
+class _DropsDuringWait(FakeBus):
+    """Connected when asked; the connection drops while the wait is on it."""
+
+    async def wait_for(self, name: str, predicate: Any, timeout: float, *a: Any, **k: Any) -> Any:  # noqa: ASYNC109
+        self.sent.append("wait")
+        self.lost = True
+        raise BusConnectionLostError("wait: bus connection failed (connection lost)")
+
+
+@pytest.mark.asyncio
+async def test_a_wait_cut_by_a_lost_connection_goes_on_on_the_next_one() -> None:
+    old, new = _DropsDuringWait(), FakeBus()
+    handle = _handle(old)
+    attach = asyncio.ensure_future(_attach_soon(handle, new, old))
+    props = await handle.wait_for(
+        "a.service", lambda p: True, 5, since=cast(Any, "expectation"), initial={}
+    )
+    await attach
+    # The first wait carried the expectation; the one on the new connection cannot.
     assert old.sent == ["wait"] and new.sent == ["wait"]
+    assert props["since"] is None and handle.retries == 1
 
 
 @pytest.mark.asyncio

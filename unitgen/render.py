@@ -689,6 +689,8 @@ def _stage(plan: Sequence[tuple[Path, Sequence[_Target]]], journal: _Journal) ->
                 target.tmp.chmod(0o644)
             except OSError as exc:
                 raise _write_error(f"{final}: cannot write", exc) from exc
+            # Asked again, not taken from the plan: a file that appeared since must be
+            # kept for the undo too.
             if _lstat(final) is not None:
                 backup = stage / f"{index}.replaced"
                 try:
