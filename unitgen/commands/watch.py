@@ -230,8 +230,6 @@ async def _main(args: argparse.Namespace) -> int:
         if marking is not None:
             marking.cancel()
             await asyncio.gather(marking, return_exceptions=True)
-        if marker.used:
-            await hand_over(listener, args.dbus)
         if api_watch is not None:
             api_watch.cancel()
             await asyncio.gather(api_watch, return_exceptions=True)
@@ -239,6 +237,10 @@ async def _main(args: argparse.Namespace) -> int:
             await service.close()
         if api is not None:
             await api.close()
+        # Only once the bus name is released: a recovery unit started while this
+        # daemon still owned it would hand its failure back to a daemon shutting down.
+        if marker.used:
+            await hand_over(listener, args.dbus)
         if publisher is not None:
             await publisher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
