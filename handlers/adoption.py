@@ -44,6 +44,7 @@ __all__ = [
     "RESUMED",
     "Interrupted",
     "find_interrupted",
+    "interrupted_of",
     "interrupted_units",
     "resume_verdict",
     "started_since",
@@ -69,7 +70,11 @@ class Interrupted:
 
 def find_interrupted(store: Store, unit: str) -> Interrupted | None:
     """The unit's orphaned incident. Call only while holding the unit's lock."""
-    last = store.last_incident(unit)
+    return interrupted_of(store, store.last_incident(unit))
+
+
+def interrupted_of(store: Store, last: IncidentRow | None) -> Interrupted | None:
+    """``last`` (a unit's last incident, read under its lock) if it is orphaned."""
     if last is None or last.state != "open":
         return None
     rows = store.attempts(last.id)

@@ -357,7 +357,8 @@ class RecoveryEngine(Steps, Finish):
         """The state the run begins in, or the outcome of a trigger already handled."""
         # We hold the unit's lock: an open incident is one whose owner died. It is
         # adopted before the dedupe, which would call its own InvocationID a duplicate.
-        interrupted = adoption.find_interrupted(self.store, run.unit)
+        run.previous = self.store.last_incident(run.unit)
+        interrupted = adoption.interrupted_of(self.store, run.previous)
         if interrupted is not None:
             self._adopt(run, interrupted)
             return State.RESUMING

@@ -178,6 +178,9 @@ class Run:
     # The trigger's snapshot, for the first diagnosis only; later ones read systemd.
     snapshot: Mapping[str, Any] | None = None
     from_snapshot: bool = False  # the current diagnosis came from it (no ControlGroup)
+    # The unit's last incident as read on entry (under the unit's lock, so current
+    # until this run opens one): adoption and the first diagnosis share the read.
+    previous: IncidentRow | None = None
     before: dict[str, Any] = field(default_factory=dict)  # Unit state the diagnosis saw
     call: RestartCall = field(default_factory=RestartCall)
     # Set when this run adopted an incident whose owner died (handlers/adoption.py).

@@ -150,7 +150,7 @@ class Steps(Core):
             return Verdict.SYSTEMD_RESTARTING
         now = self._stamp()
         # Read once for both questions below; the unit lock keeps other writers away.
-        previous = self.store.last_incident(unit) if run.incident is None else None
+        previous = run.previous if run.incident is None else None
         # The ledger file and the reset time, read once for the give-up and the budget.
         known = history.records(self.store, self.ledger, unit, now)
         if run.incident is None:
