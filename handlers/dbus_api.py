@@ -425,8 +425,10 @@ class RecoveryService:
         self.reads = Pool(READ_LIMITS, "read")
         self.mutations = Pool(MUTATING_LIMITS, "mutating")
         self._refusals = RefusalLog()
-        # (unit, offset, count) -> (built at, page, next offset)
-        self._pages: dict[tuple[str, int, int], tuple[float, list[dict[str, Any]], int]] = {}
+        # unit -> (offset, count) -> (built at, page, next offset); by unit so that an
+        # event drops its unit's pages without a scan of the others.
+        self._pages: dict[str, dict[tuple[int, int], tuple[float, list[dict[str, Any]], int]]] = {}
+        self._cached_pages = 0
         self.dropped = 0
         self.sent = 0
 
@@ -533,10 +535,10 @@ class RecoveryService:
             self._drop("queue full")
         self._queue.append(event)
         self._wake.set()
-        if self._pages:
-            # The unit's history may have changed: its cached pages go.
-            for key in [k for k in self._pages if k[0] == event.unit]:
-                del self._pages[key]
+        # The unit's history may have changed: its cached pages go.
+        dropped = self._pages.pop(event.unit, None)
+        if dropped is not None:
+            self._cached_pages -= len(dropped)
 
     async def _pump(self, bus: Any, lib: _Lib) -> None:
         """Send queued events as signals, with flow control.
@@ -654,16 +656,19 @@ class RecoveryService:
     async def _history(
         self, lib: _Lib, unit: str, offset: int, count: int
     ) -> tuple[list[dict[str, Any]], int]:
-        key = (unit, offset, count)
+        key = (offset, count)
         now = asyncio.get_running_loop().time()
-        cached = self._pages.get(key)
+        cached = self._pages.get(unit, {}).get(key)
         if cached is not None and now - cached[0] < HISTORY_CACHE_TTL:
             return cached[1], cached[2]
         result = await _resolve(self._backend.history(unit))
         page, following = _history_page(lib, _records(result), offset, count)
-        if len(self._pages) >= HISTORY_CACHE_SIZE:
+        if self._cached_pages >= HISTORY_CACHE_SIZE:
             self._pages.clear()
-        self._pages[key] = (now, page, following)
+            self._cached_pages = 0
+        pages = self._pages.setdefault(unit, {})
+        self._cached_pages += key not in pages
+        pages[key] = (now, page, following)
         return page, following
 
     @staticmethod

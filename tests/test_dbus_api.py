@@ -516,3 +516,29 @@ async def test_library_handled_calls_answer_cleanly_too(
             assert "Traceback" not in text and "\n" not in text, (member, text)
         else:
             assert member == "GetAll" and reply.body == [{}]
+
+
+@pytest.mark.asyncio
+async def test_history_pages_are_served_from_memory_until_an_event_of_their_unit(
+    served: tuple[RecoveryService, FakeBackend, Any], client: Any
+) -> None:
+    service, backend, _bus = served
+    backend.histories["a.service"] = [{"id": "i1", "unit": "a.service", "state": "recovered"}]
+    backend.histories["b.service"] = [{"id": "i2", "unit": "b.service", "state": "recovered"}]
+
+    async def page(unit: str) -> None:
+        reply = await call(client, "HistoryPage", "suu", [unit, 0, 5])
+        assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+
+    def reads(unit: str) -> int:
+        return backend.calls.count(("history", unit))
+
+    await page("a.service")
+    await page("b.service")
+    await page("a.service")
+    assert (reads("a.service"), reads("b.service")) == (1, 1)  # the second from memory
+    # An event of b drops b's pages only.
+    service.emit(Event(EventKind.INCIDENT_OPENED, "b.service", "inc"))
+    await page("a.service")
+    await page("b.service")
+    assert (reads("a.service"), reads("b.service")) == (1, 2)
