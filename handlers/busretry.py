@@ -221,30 +221,33 @@ class RetryingBus:
     # -- restarts: sent again only if systemd did not get them -----------------------
 
     async def restart(self, name: str, mode: str = "replace") -> str:
-        bus = self._bus
-        try:
-            return await bus.restart(name, mode)
-        except BusConnectionLostError as exc:
-            bus = await self._live(lost=bus)
-            job = await self._started(bus, name, exc)
-            if job is not None:
-                return job
-            self.retries += 1
-            return await bus.restart(name, mode)
+        return await self._restart_once(name, lambda bus: bus.restart(name, mode), lambda j: j)
 
     async def reset_and_restart(
         self, name: str, mode: str = "replace"
     ) -> tuple[str, SystemdError | None]:
+        return await self._restart_once(
+            name, lambda bus: bus.reset_and_restart(name, mode), lambda j: (j, None)
+        )
+
+    async def _restart_once(
+        self,
+        name: str,
+        send: Callable[[SystemdBus], Awaitable[_T]],
+        reached: Callable[[str], _T],
+    ) -> _T:
+        """``send`` once more on a new connection only if systemd did not get it;
+        else ``reached(job)`` of the job the lost connection had started."""
         bus = self._bus
         try:
-            return await bus.reset_and_restart(name, mode)
+            return await send(bus)
         except BusConnectionLostError as exc:
             bus = await self._live(lost=bus)
             job = await self._started(bus, name, exc)
             if job is not None:
-                return job, None
+                return reached(job)
             self.retries += 1
-            return await bus.reset_and_restart(name, mode)
+            return await send(bus)
 
     async def unpin(self, name: str) -> None:
         # A pin is the lost connection's: systemd dropped it with the connection.
