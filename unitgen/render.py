@@ -330,7 +330,21 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         ),
         "read_write_paths": list(svc.hardening.read_write_paths),
         "wanted_by": list(svc.wanted_by) or [default_target],
+        "gate": _gate_argv(svc, options),
     }
+
+
+def gate_python(unitgen_bin: str) -> str:
+    """The interpreter beside ``unitgen`` (the same venv), which can import handlers."""
+    return str(Path(unitgen_bin).parent / "python3")
+
+
+def _gate_argv(svc: Service, options: RenderOptions) -> list[str] | None:
+    """``ExecStartPost=`` for ``health.gate``: the unit's name (%n) follows it."""
+    if svc.health is None or not svc.health.gate:
+        return None
+    policy = options.policy_dir / f"{svc.unit}.json"
+    return [gate_python(options.unitgen_bin), "-m", "handlers.gate", str(policy)]
 
 
 def _restart_mode(options: RenderOptions) -> str | None:
