@@ -32,7 +32,7 @@ import jinja2
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
 from unitgen.errors import RenderError
-from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
+from unitgen.model import Health, Limits, Override, Recovery, Restart, Service, Spec
 from unitgen.paths import LISTENING_DIR, LISTENING_MARKER, Scope, paths_for
 from unitgen.policy import policy_from_service, to_json
 from unitgen.quantities import format_duration, format_size
@@ -376,21 +376,22 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
 def _recover_timeout(spec: Spec) -> float:
     """How long one recovery may run: the slowest ladder in the spec, plus slack."""
 
-    def ladder(r: Recovery) -> float:
+    def ladder(r: Recovery, health: Health | None) -> float:
         b = r.backoff
         waits = sum(
             min(b.base * b.factor**i, b.max) * (1 + b.jitter) for i in range(r.max_attempts)
         )
         # The OnFailure= process also watches each restart for min_uptime, so a quick
         # crash is handled in the same run (systemd merges a second OnFailure= start
-        # into the oneshot that is still running).
-        per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime
+        # into the oneshot that is still running); and it gives each restart its
+        # health start_period before it calls the attempt failed.
+        start_period = health.start_period if health is not None else 0.0
+        per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime + start_period
         # The ladder waits up to MAX_DEPENDENCY_ROUNDS rounds for a dependency.
         return waits + r.max_attempts * per_attempt + MAX_DEPENDENCY_ROUNDS * DEPENDENCY_WAIT
 
-    recoveries = [s.recovery for s in spec.services.values()]
-    recoveries += [o.recovery for o in spec.overrides.values()]
-    longest = max((ladder(r) for r in recoveries), default=0.0)
+    units: list[Service | Override] = [*spec.services.values(), *spec.overrides.values()]
+    longest = max((ladder(u.recovery, u.health) for u in units), default=0.0)
     # Whole minutes, at least five: a ladder cut short by systemd is worse than a slow one.
     return max(300.0, math.ceil((longest + 60.0) / 60.0) * 60.0)
 
