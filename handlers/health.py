@@ -73,22 +73,22 @@ class HealthScheduler:
             if unit not in healths or healths[unit] != self._watches[unit].health:
                 self._drop(unit)
         for unit, health in healths.items():
-            if unit in self._watches:
-                continue
-            try:
-                spec = ProbeSpec.from_model(health.probe, where=f"{unit}: health.probe")
-                start_spec = ProbeSpec.from_model(
-                    health.start_probe, where=f"{unit}: health.startup"
-                )
-            except ValueError as exc:
-                log.warning("%s", exc)
-                continue
-            watch = _Watch(
-                health=health, spec=spec, start_spec=start_spec, active=asyncio.Event()
-            )
-            watch.task = asyncio.create_task(self._run(unit, watch), name=f"health {unit}")
-            watch.task.add_done_callback(_log_failure)
-            self._watches[unit] = watch
+            self.add(unit, health)
+
+    def add(self, unit: str, health: Health) -> None:
+        """Watch one more unit (one loaded since the last :meth:`configure`)."""
+        if unit in self._watches:
+            return
+        try:
+            spec = ProbeSpec.from_model(health.probe, where=f"{unit}: health.probe")
+            start_spec = ProbeSpec.from_model(health.start_probe, where=f"{unit}: health.startup")
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return
+        watch = _Watch(health=health, spec=spec, start_spec=start_spec, active=asyncio.Event())
+        watch.task = asyncio.create_task(self._run(unit, watch), name=f"health {unit}")
+        watch.task.add_done_callback(_log_failure)
+        self._watches[unit] = watch
 
     def set_active(self, unit: str, active: bool) -> None:
         watch = self._watches.get(unit)

@@ -453,6 +453,15 @@ class Listener:
             if unit in self.watch:
                 self._enqueue(unit, "resume")
 
+    def _watch_health(self, unit: str) -> None:
+        # Loaded since the last reconcile (`systemctl start` of an unloaded unit): its
+        # probes start now, not at the next daemon-reload.
+        if self._health is None or unit in self._health.units:
+            return
+        health = self._health_of(unit, {})
+        if health is not None:
+            self._health.add(unit, health)
+
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
         # Parsing a policy is not free, and a thousand instances share one template file.
         key = self.watch.policy_key(unit)
@@ -499,6 +508,7 @@ class Listener:
             if name in self.watch:
                 self._names[path] = name
                 self.units.setdefault(name, UnitState()).forget()
+                self._watch_health(name)
         elif member == "UnitRemoved":
             name, path = msg.body
             state = self.units.get(name)
