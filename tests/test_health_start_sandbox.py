@@ -39,8 +39,8 @@ def _free_port() -> int:
 def _service(name: str, port: int, delay: float, health: str, extra: str = "") -> str:
     argv = json.dumps(["/usr/bin/python3", "-c", SLOW_SERVER, str(port), str(delay)])
     return (
-        f"[service.{name}]\nexec = {argv}\nhardening = \"off\"\n{extra}"
-        f"health = {{ tcp = \"127.0.0.1:{port}\", {health} }}\n"
+        f'[service.{name}]\nexec = {argv}\nhardening = "off"\n{extra}'
+        f'health = {{ tcp = "127.0.0.1:{port}", {health} }}\n'
     )
 
 
@@ -97,7 +97,7 @@ def test_gate_orders_a_dependent_after_health_past_the_start_timeout(
     dependent = (
         "[Unit]\nRequires=gated.service\nAfter=gated.service\n"
         "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
-        f"ExecStart=/usr/bin/python3 -c \"{NEEDS_PORT}\" {port}\n"
+        f'ExecStart=/usr/bin/python3 -c "{NEEDS_PORT}" {port}\n'
     )
     sb.install_units({"dependent.service": dependent})
     started = time.monotonic()

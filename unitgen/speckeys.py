@@ -408,7 +408,7 @@ EXPECT_BODY_MAX = 1024
 _HTTP_MATCH_FIELDS: dict[str, Field] = {
     "expect_status": Field(
         StatusCodes(),
-        "http: the statuses that pass, like [200, 204] or \"2xx\"; default any 2xx/3xx",
+        'http: the statuses that pass, like [200, 204] or "2xx"; default any 2xx/3xx',
     ),
     "expect_body": Field(
         Text(min_length=1, max_length=EXPECT_BODY_MAX, type_doc="non-empty string"),
