@@ -837,6 +837,21 @@ SERVICE = Table(
     doc="A service unitgen owns: rendered as NAME.service.",
 )
 
+
+def _no_gate_in_override(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    # The gate needs NotifyAccess=exec, which a drop-in would impose on the vendor's
+    # own notifications (narrowing an "all" it may rely on).
+    health = d.get("health")
+    if isinstance(health, Health) and health.gate:
+        out.add(
+            join_key(join_key(key, "health"), "gate"),
+            "expected false: a drop-in cannot gate a vendor's unit on health "
+            "(it would replace the unit's NotifyAccess=); use a [service.NAME] of your own",
+        )
+        return False
+    return True
+
+
 OVERRIDE = Table(
     {
         **_COMMON_SERVICE_FIELDS,
@@ -850,6 +865,7 @@ OVERRIDE = Table(
         for name, spec_field in SERVICE.fields.items()
         if name not in _COMMON_SERVICE_FIELDS and name != "hardening"
     },
+    checks=[_no_gate_in_override],
     doc="A unit the operator does not own: rendered as a drop-in UNIT.d/NN-unitgen.conf.",
 )
 
