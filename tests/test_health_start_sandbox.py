@@ -135,6 +135,35 @@ def test_gate_that_never_passes_fails_the_start(
     assert "not healthy within start_period 2s" in sb.journal("never.service", 40)
 
 
+def test_never_healthy_gated_unit_trips_the_start_limit(
+    fresh_user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = fresh_user_sandbox
+    port = _free_port()
+    # Each start fails its gate after about 1 s; 3 such starts do not fit in 2 s, so
+    # with StartLimitIntervalSec=2s systemd would restart it for ever. The renderer
+    # widens the window to hold them, and the limit trips.
+    spec = _service(
+        "hopeless",
+        port,
+        3600.0,
+        'gate = true, start_period = "1s", start_interval = "200ms", timeout = "300ms"',
+        extra='restart = { policy = "on-failure", delay = "100ms", burst = 3, interval = "2s" }\n',
+    )
+    _render(sb, tmp_path, spec)
+    unit = "hopeless.service"
+    assert sb.show(unit, "StartLimitIntervalUSec")["StartLimitIntervalUSec"] == "5s"
+    sb.systemctl("start", "--no-block", unit, check=True)
+    try:
+        until(
+            lambda: "Start request repeated too quickly" in sb.journal(unit, 80),
+            30,
+            "the start limit tripped",
+        )
+    finally:
+        sb.systemctl("stop", unit)
+
+
 def test_slow_starter_with_start_period_is_never_restarted(
     fresh_user_sandbox: Sandbox, tmp_path: Path
 ) -> None:

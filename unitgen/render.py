@@ -305,7 +305,7 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
     return {
         "description": svc.description,
         "deps": [(k, v) for k, v in deps if v],
-        "start_limit_interval": format_duration(svc.restart.interval),
+        "start_limit_interval": format_duration(start_limit_interval(svc)),
         "start_limit_burst": svc.restart.burst,
         "on_failure": True,
         "type": svc.type,
@@ -332,6 +332,21 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         "wanted_by": list(svc.wanted_by) or [default_target],
         "gate": _gate_argv(svc, options),
     }
+
+
+def start_limit_interval(svc: Service) -> float:
+    """StartLimitIntervalSec=: ``restart.interval``, widened for a health gate.
+
+    A start that fails its gate takes ``start_period``; if ``burst`` such starts
+    do not fit in the interval, the start limit never trips and a unit that
+    never gets healthy is restarted by systemd for ever, out of the ladder's
+    sight. So the window grows to hold ``burst`` failed gated starts.
+    """
+    r, health = svc.restart, svc.health
+    if health is None or not health.gate or r.policy == "no":
+        return r.interval
+    one_start = r.delay + health.start_period + health.start_interval + health.start_probe.timeout
+    return max(r.interval, math.ceil(r.burst * one_start))
 
 
 def gate_python(unitgen_bin: str) -> str:
