@@ -242,6 +242,8 @@ class Listener:
         self._busy: set[str] = set()
         self._again: set[str] = set()
         self._names: dict[str, str] = {}  # object path -> unit name
+        # Health sections read by the last reconcile, by policy file: UnitNew reuses them.
+        self._health_parsed: dict[str, Health | None] = {}
         self._stop = asyncio.Event()
         self._gap = asyncio.Event()  # reconcile requested
         self._resync = False  # something was dropped: reconcile once the queue drains
@@ -429,6 +431,7 @@ class Listener:
             if row.active_state == "failed":
                 self._enqueue(row.name, "failed")
         self._adopt_interrupted()
+        self._health_parsed = parsed
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -458,7 +461,7 @@ class Listener:
         # probes start now, not at the next daemon-reload.
         if self._health is None or unit in self._health.units:
             return
-        health = self._health_of(unit, {})
+        health = self._health_of(unit, self._health_parsed)
         if health is not None:
             self._health.add(unit, health)
 
