@@ -7,10 +7,12 @@ takes much longer than ``spec.timeout``:
 
 * http: ``GET`` with requests in a daemon thread (see :mod:`handlers.outbound`),
   connect and read timeout ``timeout`` each and the whole probe cut at
-  ``timeout`` by ``asyncio.wait_for``. 2xx and 3xx are healthy; redirects are
-  *not followed* (a redirect proves the server answers, and following it could
-  lead anywhere). The environment's proxy settings are ignored: health
-  targets are local services.
+  ``timeout`` by ``asyncio.wait_for``. 2xx and 3xx are healthy, or the
+  statuses in ``expect_status``; redirects are *not followed* (a redirect
+  proves the server answers, and following it could lead anywhere). With
+  ``expect_body`` the first :data:`BODY_LIMIT` bytes of the body, read raw
+  within the timeout, must contain it (as UTF-8 bytes). The environment's
+  proxy settings are ignored: health targets are local services.
 * tcp: ``asyncio.open_connection`` under ``wait_for``; connected is healthy.
 * command: :func:`handlers.procs.run_command` with ``timeout``; exit 0 is
   healthy. It runs with a minimal environment (``PATH``, ``LANG``), plus at
