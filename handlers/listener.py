@@ -242,6 +242,8 @@ class Listener:
         self._busy: set[str] = set()
         self._again: set[str] = set()
         self._names: dict[str, str] = {}  # object path -> unit name
+        # Health sections read by the last reconcile, by policy file: UnitNew reuses them.
+        self._health_parsed: dict[str, Health | None] = {}
         self._stop = asyncio.Event()
         self._gap = asyncio.Event()  # reconcile requested
         self._resync = False  # something was dropped: reconcile once the queue drains
@@ -429,6 +431,7 @@ class Listener:
             if row.active_state == "failed":
                 self._enqueue(row.name, "failed")
         self._adopt_interrupted()
+        self._health_parsed = parsed
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -452,6 +455,15 @@ class Listener:
         for unit in units:
             if unit in self.watch:
                 self._enqueue(unit, "resume")
+
+    def _watch_health(self, unit: str) -> None:
+        # Loaded since the last reconcile (`systemctl start` of an unloaded unit): its
+        # probes start now, not at the next daemon-reload.
+        if self._health is None or unit in self._health.units:
+            return
+        health = self._health_of(unit, self._health_parsed)
+        if health is not None:
+            self._health.add(unit, health)
 
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
         # Parsing a policy is not free, and a thousand instances share one template file.
@@ -499,6 +511,7 @@ class Listener:
             if name in self.watch:
                 self._names[path] = name
                 self.units.setdefault(name, UnitState()).forget()
+                self._watch_health(name)
         elif member == "UnitRemoved":
             name, path = msg.body
             state = self.units.get(name)

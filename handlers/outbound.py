@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from handlers.secrets import describe_exception, install_log_redaction
 
@@ -106,6 +108,7 @@ class HttpOutcome:
     error: str | None = None
     retry_after: float | None = None  # seconds, from a numeric Retry-After header
     permanent: bool = False  # retrying cannot help: a redirect loop, a malformed URL
+    body: bytes = b""  # the body's first keep_body bytes, when asked for
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -118,6 +121,26 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _read_bounded(raw: Any, limit: int, deadline: float) -> bytes:
+    """At most ``limit`` bytes, read until ``deadline``: a slow-drip body is cut there.
+
+    Each read blocks at most the socket timeout, so a thread this runs in ends
+    soon after the caller has stopped waiting for it.
+    """
+    # read1 returns what one socket read gave; read(n) would wait for all n bytes.
+    read = getattr(raw, "read1", None) or raw.read
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(Exception):
+        while size < limit and time.monotonic() < deadline:
+            chunk = read(min(4096, limit - size), decode_content=False)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
 def http_once(
     method: str,
     url: str,
@@ -127,13 +150,15 @@ def http_once(
     headers: Mapping[str, str] | None = None,
     allow_redirects: bool = True,
     trust_env: bool = True,
+    keep_body: int = 0,
 ) -> HttpOutcome:
     """One request, blocking; never raises. Run it through :func:`run_blocking`.
 
     Redirects are followed at most :data:`MAX_REDIRECTS` times. Only the
     status matters; a body with a Content-Length of at most 64 KiB is read and
     dropped, so that a normal small response is consumed and the connection
-    closes cleanly.
+    closes cleanly. With ``keep_body``, up to that many bytes of the body are
+    read (raw: no decoding) and returned, within about ``timeout`` in all.
     """
     # Imported here, in the worker thread (normally already done by load_requests):
     # importing requests on the event loop would stall it.
@@ -162,6 +187,9 @@ def http_once(
                 status=response.status_code,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
+            if keep_body > 0:
+                body = _read_bounded(response.raw, keep_body, time.monotonic() + timeout)
+                return dataclasses.replace(outcome, body=body)
             # Read a small body before closing: closing with unread data makes the
             # kernel send RST, which servers log as an error on every health check.
             # The status is already known, so a failure here changes nothing.

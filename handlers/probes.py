@@ -7,10 +7,12 @@ takes much longer than ``spec.timeout``:
 
 * http: ``GET`` with requests in a daemon thread (see :mod:`handlers.outbound`),
   connect and read timeout ``timeout`` each and the whole probe cut at
-  ``timeout`` by ``asyncio.wait_for``. 2xx and 3xx are healthy; redirects are
-  *not followed* (a redirect proves the server answers, and following it could
-  lead anywhere). The environment's proxy settings are ignored: health
-  targets are local services.
+  ``timeout`` by ``asyncio.wait_for``. 2xx and 3xx are healthy, or the
+  statuses in ``expect_status``; redirects are *not followed* (a redirect
+  proves the server answers, and following it could lead anywhere). With
+  ``expect_body`` the first :data:`BODY_LIMIT` bytes of the body, read raw
+  within the timeout, must contain it (as UTF-8 bytes). The environment's
+  proxy settings are ignored: health targets are local services.
 * tcp: ``asyncio.open_connection`` under ``wait_for``; connected is healthy.
 * command: :func:`handlers.procs.run_command` with ``timeout``; exit 0 is
   healthy. It runs with a minimal environment (``PATH``, ``LANG``), plus at
@@ -54,6 +56,10 @@ _PROBE_ENV = {
     "LANG": "C.UTF-8",
 }
 _HOST = re.compile(r"[A-Za-z0-9._-]+")
+_KEYS = ("kind", "target", "timeout", "expect_status", "expect_body")
+# expect_body is looked for in this much of the body, no more: a huge or endless
+# body costs one bounded read.
+BODY_LIMIT = 64 * 1024
 
 
 class _ProbeLike(Protocol):
@@ -70,6 +76,10 @@ class ProbeSpec:
     kind: ProbeKind
     target: str | tuple[str, ...]  # URL, "host:port", or argv
     timeout: float = DEFAULT_TIMEOUT
+    # http only: inclusive status ranges that pass (empty: 2xx and 3xx), and a text
+    # the first BODY_LIMIT bytes of the body must contain.
+    expect_status: tuple[tuple[int, int], ...] = ()
+    expect_body: str | None = None
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, object], *, where: str = "probe") -> ProbeSpec:
@@ -80,8 +90,8 @@ class ProbeSpec:
         if not isinstance(d, Mapping):
             raise PolicyError(f"{where}: expected a table with kind and target")
         for key in d:
-            if key not in ("kind", "target", "timeout"):
-                raise PolicyError(f"{where}.{key}: unknown key (expected kind, target, timeout)")
+            if key not in _KEYS:
+                raise PolicyError(f"{where}.{key}: unknown key (expected {', '.join(_KEYS)})")
         kind = d.get("kind")
         timeout = d.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
@@ -89,8 +99,17 @@ class ProbeSpec:
         if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
             raise PolicyError(f"{where}.timeout: expected seconds in (0, {MAX_TIMEOUT:g}]")
         target = d.get("target")
+        expect_status = _check_statuses(d.get("expect_status", ()), f"{where}.expect_status")
+        expect_body = d.get("expect_body")
+        if expect_body is not None and (
+            not isinstance(expect_body, str) or not 0 < len(expect_body.encode()) <= BODY_LIMIT
+        ):
+            raise PolicyError(f"{where}.expect_body: expected a non-empty string")
         if kind == "http":
-            return cls("http", _check_url(target, f"{where}.target"), float(timeout))
+            url = _check_url(target, f"{where}.target")
+            return cls("http", url, float(timeout), expect_status, expect_body)
+        if expect_status or expect_body is not None:
+            raise PolicyError(f"{where}: expect_status and expect_body are for http probes only")
         if kind == "tcp":
             _split_host_port(target, f"{where}.target")
             assert isinstance(target, str)  # checked by _split_host_port
@@ -103,9 +122,14 @@ class ProbeSpec:
     def from_model(cls, p: _ProbeLike, *, where: str = "probe") -> ProbeSpec:
         """From a ``unitgen.model.Probe`` (or anything with kind/target/timeout)."""
         target = p.target if isinstance(p.target, str) else list(p.target)
-        return cls.from_mapping(
-            {"kind": p.kind, "target": target, "timeout": p.timeout}, where=where
-        )
+        d: dict[str, object] = {"kind": p.kind, "target": target, "timeout": p.timeout}
+        expect_status = getattr(p, "expect_status", ())
+        expect_body = getattr(p, "expect_body", None)
+        if expect_status:
+            d["expect_status"] = expect_status
+        if expect_body is not None:
+            d["expect_body"] = expect_body
+        return cls.from_mapping(d, where=where)
 
     def describe(self) -> str:
         """Safe one-line name of the probe: no URL path, query or userinfo."""
@@ -114,6 +138,22 @@ class ProbeSpec:
         if self.kind == "tcp":
             return f"tcp {self.target}"
         return f"command {self.target[0]}"
+
+
+def _check_statuses(value: object, where: str) -> tuple[tuple[int, int], ...]:
+    if not isinstance(value, list | tuple):
+        raise PolicyError(f"{where}: expected a list of [low, high] status ranges")
+    out: list[tuple[int, int]] = []
+    for item in value:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not all(type(n) is int and 100 <= n <= 599 for n in item)
+            or item[0] > item[1]
+        ):
+            raise PolicyError(f"{where}: expected [low, high] ranges of statuses 100 to 599")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 def _check_url(value: object, where: str) -> str:
@@ -185,14 +225,17 @@ async def probe(spec: ProbeSpec) -> ProbeResult:
 async def _probe_http(spec: ProbeSpec) -> tuple[bool, str]:
     url = str(spec.target)
     host = endpoint(url)
+    want_body = spec.expect_body is not None
     call = partial(
         http_once,
         "GET",
         url,
         timeout=spec.timeout,
-        headers={"User-Agent": "unitgen-probe/1"},
+        # A compressed body would have to be inflated to be searched: ask for none.
+        headers={"User-Agent": "unitgen-probe/1", "Accept-Encoding": "identity"},
         allow_redirects=False,
         trust_env=False,
+        keep_body=BODY_LIMIT if want_body else 0,
     )
     await load_requests()  # once per process, outside the probe's timeout
     try:
@@ -201,7 +244,27 @@ async def _probe_http(spec: ProbeSpec) -> tuple[bool, str]:
         return False, f"http {host}: no answer within {spec.timeout:g}s"
     if outcome.status is None:
         return False, f"http {host}: {outcome.error}"
-    return 200 <= outcome.status < 400, f"http {host}: HTTP {outcome.status}"
+    status = outcome.status
+    detail = f"http {host}: HTTP {status}"
+    if not status_passes(status, spec.expect_status):
+        wanted = f", expected {describe_statuses(spec.expect_status)}" if spec.expect_status else ""
+        return False, detail + wanted
+    if spec.expect_body is not None and spec.expect_body.encode() not in outcome.body:
+        # Neither the expected text nor the body is shown: either may be a secret.
+        return False, f"{detail}, body lacks the expected text (read {len(outcome.body)} bytes)"
+    return True, detail
+
+
+def status_passes(status: int, expect: tuple[tuple[int, int], ...]) -> bool:
+    if not expect:
+        return 200 <= status < 400
+    return any(low <= status <= high for low, high in expect)
+
+
+def describe_statuses(expect: tuple[tuple[int, int], ...]) -> str:
+    if not expect:
+        return "2xx or 3xx"
+    return ", ".join(str(low) if low == high else f"{low}-{high}" for low, high in expect)
 
 
 def _close_if_opened(

@@ -562,7 +562,8 @@ async def test_health_failures_escalate_once_and_slow_probes_do_not_block() -> N
     sched = HealthScheduler(on_unhealthy, prober=prober, max_concurrent=4)
 
     def health(port: int) -> Health:
-        return Health(Probe("tcp", f"127.0.0.1:{port}", timeout=0.5), interval=0.05, failures=3)
+        probe = Probe("tcp", f"127.0.0.1:{port}", timeout=0.5)
+        return Health(probe, interval=0.05, failures=3, start_period=0.0)
 
     sched.configure({"bad.service": health(1), "slow.service": health(2), "ok.service": health(3)})
     for u in ("bad.service", "slow.service", "ok.service"):

@@ -370,6 +370,7 @@ async def test_failing_health_probe_opens_a_health_recovery(
                     "probe": {"kind": "tcp", "target": f"127.0.0.1:{port}", "timeout": 0.5},
                     "interval": 0.1,
                     "failures": 2,
+                    "start_period": 0,
                 },
             }
         )

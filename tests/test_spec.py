@@ -77,7 +77,23 @@ def test_example_loads_into_the_model() -> None:
     assert api.limits.memory_high == "80%"
     assert api.limits.cpu_quota == "80%"
     assert api.health == Health(
-        Probe("http", "http://127.0.0.1:8080/", timeout=2.0), interval=10.0, failures=3
+        Probe(
+            "http",
+            "http://127.0.0.1:8080/",
+            timeout=2.0,
+            expect_status=((200, 200), (300, 399)),
+            expect_body="<html",
+        ),
+        interval=10.0,
+        failures=3,
+        start_period=120.0,
+        startup=Probe(
+            "http",
+            "http://127.0.0.1:8080/ready",
+            timeout=1.0,
+            expect_status=((204, 204),),
+            expect_body="ready",
+        ),
     )
     assert api.depends[0] == Probe("tcp", "127.0.0.1:6379", timeout=2.0)
     assert api.depends[2] == Probe("command", ("/usr/bin/true",), timeout=1.0)

@@ -135,6 +135,9 @@ class Probe:
     kind: ProbeKind
     target: str | tuple[str, ...]
     timeout: float = 2.0
+    # http only. Inclusive (low, high) status ranges that pass; empty: any 2xx or 3xx.
+    expect_status: tuple[tuple[int, int], ...] = ()
+    expect_body: str | None = None  # a substring of the body's first bytes, matched as UTF-8
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,18 @@ class Health:
     probe: Probe
     interval: float = 10.0
     failures: int = 3  # consecutive failures that open an incident
+    successes: int = 1  # consecutive passes before the unit counts as healthy
+    # After each start, failures do not count until the start-up probe passes; it
+    # must pass within this long. Generous by default so a slow starter (a JVM)
+    # is not restarted in a loop.
+    start_period: float = 120.0
+    start_interval: float = 1.0  # probe cadence during the start period
+    startup: Probe | None = None  # the start-up probe; None: the probe itself
+    gate: bool = False  # ExecStartPost= waits for health: "started" means "healthy"
+
+    @property
+    def start_probe(self) -> Probe:
+        return self.startup if self.startup is not None else self.probe
 
 
 @dataclass(frozen=True)

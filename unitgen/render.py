@@ -32,7 +32,7 @@ import jinja2
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
 from unitgen.errors import RenderError
-from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
+from unitgen.model import Health, Limits, Override, Recovery, Restart, Service, Spec
 from unitgen.paths import LISTENING_DIR, LISTENING_MARKER, Scope, paths_for
 from unitgen.policy import policy_from_service, to_json
 from unitgen.quantities import format_duration, format_size
@@ -305,7 +305,7 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
     return {
         "description": svc.description,
         "deps": [(k, v) for k, v in deps if v],
-        "start_limit_interval": format_duration(svc.restart.interval),
+        "start_limit_interval": format_duration(start_limit_interval(svc)),
         "start_limit_burst": svc.restart.burst,
         "on_failure": True,
         "type": svc.type,
@@ -330,7 +330,36 @@ def _service_view(svc: Service, options: RenderOptions) -> dict[str, Any]:
         ),
         "read_write_paths": list(svc.hardening.read_write_paths),
         "wanted_by": list(svc.wanted_by) or [default_target],
+        "gate": _gate_argv(svc, options),
     }
+
+
+def start_limit_interval(svc: Service) -> float:
+    """StartLimitIntervalSec=: ``restart.interval``, widened for a health gate.
+
+    A start that fails its gate takes ``start_period``; if ``burst`` such starts
+    do not fit in the interval, the start limit never trips and a unit that
+    never gets healthy is restarted by systemd for ever, out of the ladder's
+    sight. So the window grows to hold ``burst`` failed gated starts.
+    """
+    r, health = svc.restart, svc.health
+    if health is None or not health.gate or r.policy == "no":
+        return r.interval
+    one_start = r.delay + health.start_period + health.start_interval + health.start_probe.timeout
+    return max(r.interval, math.ceil(r.burst * one_start))
+
+
+def gate_python(unitgen_bin: str) -> str:
+    """The interpreter beside ``unitgen`` (the same venv), which can import handlers."""
+    return str(Path(unitgen_bin).parent / "python3")
+
+
+def _gate_argv(svc: Service, options: RenderOptions) -> list[str] | None:
+    """``ExecStartPost=`` for ``health.gate``: the unit's name (%n) follows it."""
+    if svc.health is None or not svc.health.gate:
+        return None
+    policy = options.policy_dir / f"{svc.unit}.json"
+    return [gate_python(options.unitgen_bin), "-m", "handlers.gate", str(policy)]
 
 
 def _restart_mode(options: RenderOptions) -> str | None:
@@ -362,21 +391,22 @@ def _override_view(ovr: Override, options: RenderOptions) -> dict[str, Any]:
 def _recover_timeout(spec: Spec) -> float:
     """How long one recovery may run: the slowest ladder in the spec, plus slack."""
 
-    def ladder(r: Recovery) -> float:
+    def ladder(r: Recovery, health: Health | None) -> float:
         b = r.backoff
         waits = sum(
             min(b.base * b.factor**i, b.max) * (1 + b.jitter) for i in range(r.max_attempts)
         )
         # The OnFailure= process also watches each restart for min_uptime, so a quick
         # crash is handled in the same run (systemd merges a second OnFailure= start
-        # into the oneshot that is still running).
-        per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime
+        # into the oneshot that is still running); and it gives each restart its
+        # health start_period before it calls the attempt failed.
+        start_period = health.start_period if health is not None else 0.0
+        per_attempt = r.start_timeout + r.validate_timeout + r.min_uptime + start_period
         # The ladder waits up to MAX_DEPENDENCY_ROUNDS rounds for a dependency.
         return waits + r.max_attempts * per_attempt + MAX_DEPENDENCY_ROUNDS * DEPENDENCY_WAIT
 
-    recoveries = [s.recovery for s in spec.services.values()]
-    recoveries += [o.recovery for o in spec.overrides.values()]
-    longest = max((ladder(r) for r in recoveries), default=0.0)
+    units: list[Service | Override] = [*spec.services.values(), *spec.overrides.values()]
+    longest = max((ladder(u.recovery, u.health) for u in units), default=0.0)
     # Whole minutes, at least five: a ladder cut short by systemd is worse than a slow one.
     return max(300.0, math.ceil((longest + 60.0) / 60.0) * 60.0)
 

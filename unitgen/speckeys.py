@@ -34,6 +34,8 @@ from unitgen.model import (
     Threshold,
 )
 from unitgen.specnodes import (
+    FORBIDDEN_CHARS,
+    INVALID,
     Argv,
     Boolean,
     ByType,
@@ -45,6 +47,7 @@ from unitgen.specnodes import (
     Integer,
     ListOf,
     MapOf,
+    Node,
     Number,
     Percent,
     SizeOrPercent,
@@ -53,6 +56,10 @@ from unitgen.specnodes import (
     Text,
     ThresholdNode,
     did_you_mean,
+    join_key,
+)
+from unitgen.specnodes import (
+    JSON as JSONNode,
 )
 from unitgen.sysroots import is_system_root, normalized
 from unitgen.unitnames import (
@@ -348,11 +355,117 @@ def _probe_fields(command_doc: str) -> dict[str, Field]:
     }
 
 
+class StatusCodes(Node):
+    """HTTP statuses that pass: 200, "2xx" or "200-299", alone or in a list -> ranges."""
+
+    type_doc = 'status, "Nxx", "A-B", or a list of them'
+    _TEXT = re.compile(r"([1-5])xx|([1-5][0-9][0-9])-([1-5][0-9][0-9])")
+
+    def check(self, value: object, key: str, out: Collector) -> object:
+        items = value if isinstance(value, list) else [value]
+        if not items or len(items) > 64:
+            out.add(key, "expected 1 to 64 statuses")
+            return INVALID
+        ranges: list[tuple[int, int]] = []
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            if isinstance(item, str) and FORBIDDEN_CHARS.search(item):
+                return INVALID  # the pre-scan in specfile reported it, at this very key
+            one = self._one(item)
+            if one is None:
+                out.expected(where, 'an HTTP status from 100 to 599, "2xx" or "200-299"', item)
+                return INVALID
+            ranges.append(one)
+        return tuple(sorted(set(ranges)))
+
+    def _one(self, item: object) -> tuple[int, int] | None:
+        if isinstance(item, int) and not isinstance(item, bool):
+            return (item, item) if 100 <= item <= 599 else None
+        if not isinstance(item, str):
+            return None
+        match = self._TEXT.fullmatch(item)
+        if match is None:
+            return None
+        if match.group(1):
+            low = int(match.group(1)) * 100
+            return low, low + 99
+        low, high = int(match.group(2)), int(match.group(3))
+        return (low, high) if low <= high else None
+
+    def schema(self) -> JSONNode:
+        one: JSONNode = {
+            "anyOf": [
+                {"type": "integer", "minimum": 100, "maximum": 599},
+                {"type": "string", "pattern": "^([1-5]xx|[1-5][0-9][0-9]-[1-5][0-9][0-9])$"},
+            ]
+        }
+        return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": 64}]}
+
+
+# handlers.probes reads at most this much of a body when it looks for expect_body.
+EXPECT_BODY_MAX = 1024
+
+_HTTP_MATCH_FIELDS: dict[str, Field] = {
+    "expect_status": Field(
+        StatusCodes(),
+        'http: the statuses that pass, like [200, 204] or "2xx"; default any 2xx/3xx',
+    ),
+    "expect_body": Field(
+        Text(min_length=1, max_length=EXPECT_BODY_MAX, type_doc="non-empty string"),
+        "http: the body's first 64 KiB must contain this text (matched as UTF-8 bytes)",
+    ),
+}
+
+
+def _http_only(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    if "http" in d:
+        return True
+    ok = True
+    for name in _HTTP_MATCH_FIELDS:
+        if name in d:
+            out.add(join_key(key, name), "only an http probe checks this; remove it or use http")
+            ok = False
+    return ok
+
+
 def _probe(d: Mapping[str, Any]) -> Probe:
     for kind in ("http", "tcp", "command"):
         if kind in d:
-            return Probe(kind=kind, target=d[kind], timeout=d.get("timeout", 2.0))
+            return Probe(
+                kind=kind,
+                target=d[kind],
+                timeout=d.get("timeout", 2.0),
+                expect_status=d.get("expect_status", ()),
+                expect_body=d.get("expect_body"),
+            )
     raise AssertionError("one_of guarantees a probe kind")  # pragma: no cover
+
+
+STARTUP = Table(
+    {
+        **_probe_fields("probe: run this argv; exit status 0 passes"),
+        "timeout": Field(PROBE_TIMEOUT, "a probe that takes longer fails (at most 5min)", "2s"),
+        **_HTTP_MATCH_FIELDS,
+    },
+    one_of=[("http", "tcp", "command")],
+    checks=[_http_only],
+    build=_probe,
+    doc=(
+        "A start-up probe (Kubernetes' startupProbe) used in place of the health probe "
+        "until the service has started; runs every start_interval for at most start_period."
+    ),
+)
+
+
+def _start_rule(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    period = d.get("start_period", Health.start_period)
+    if d.get("gate") and period <= 0:
+        out.add(
+            join_key(key, "start_period"),
+            "expected a positive start_period with gate = true (it bounds the wait for health)",
+        )
+        return False
+    return True
 
 
 HEALTH = Table(
@@ -361,11 +474,49 @@ HEALTH = Table(
         "interval": Field(Duration(positive=True), "time between probes", "10s"),
         "timeout": Field(PROBE_TIMEOUT, "a probe that takes longer fails (at most 5min)", "2s"),
         "failures": Field(Integer(1, 1000), "consecutive failed probes that open an incident", 3),
+        **_HTTP_MATCH_FIELDS,
+        "successes": Field(
+            Integer(1, 1000),
+            "consecutive passed probes before the service counts as healthy (and started)",
+            1,
+        ),
+        "start_period": Field(
+            Duration(maximum=86_400.0),
+            "after each start failures do not count until the start-up probe passes, "
+            "which it must within this time (Docker's start_period); 0 turns it off",
+            "2min",
+        ),
+        "start_interval": Field(
+            Duration(positive=True, maximum=3600.0),
+            "time between probes during the start period (Docker's start_interval)",
+            "1s",
+        ),
+        "startup": Field(STARTUP, "a different probe for the start period; default the probe"),
+        "gate": Field(
+            Boolean(),
+            "started means healthy: an ExecStartPost= waits for the start-up probe, so "
+            "After= on this unit orders on health",
+            False,
+            "ExecStartPost=",
+        ),
     },
     one_of=[("http", "tcp", "command")],
+    checks=[_http_only, _start_rule],
     build=lambda d: Health(
         probe=_probe(d),
-        **{k: d[k] for k in ("interval", "failures") if k in d},
+        **{
+            k: d[k]
+            for k in (
+                "interval",
+                "failures",
+                "successes",
+                "start_period",
+                "start_interval",
+                "startup",
+                "gate",
+            )
+            if k in d
+        },
     ),
     doc="The service's own health check, run by the recovery ladder.",
 )
@@ -374,8 +525,10 @@ DEPENDENCY = Table(
     {
         **_probe_fields("probe: run this argv; exit status 0 passes"),
         "timeout": Field(PROBE_TIMEOUT, "a probe that takes longer fails (at most 5min)", "2s"),
+        **_HTTP_MATCH_FIELDS,
     },
     one_of=[("http", "tcp", "command")],
+    checks=[_http_only],
     build=_probe,
     doc="An external dependency the ladder checks before blaming the service.",
 )
@@ -684,6 +837,21 @@ SERVICE = Table(
     doc="A service unitgen owns: rendered as NAME.service.",
 )
 
+
+def _no_gate_in_override(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    # The gate needs NotifyAccess=exec, which a drop-in would impose on the vendor's
+    # own notifications (narrowing an "all" it may rely on).
+    health = d.get("health")
+    if isinstance(health, Health) and health.gate:
+        out.add(
+            join_key(join_key(key, "health"), "gate"),
+            "expected false: a drop-in cannot gate a vendor's unit on health "
+            "(it would replace the unit's NotifyAccess=); use a [service.NAME] of your own",
+        )
+        return False
+    return True
+
+
 OVERRIDE = Table(
     {
         **_COMMON_SERVICE_FIELDS,
@@ -697,6 +865,7 @@ OVERRIDE = Table(
         for name, spec_field in SERVICE.fields.items()
         if name not in _COMMON_SERVICE_FIELDS and name != "hardening"
     },
+    checks=[_no_gate_in_override],
     doc="A unit the operator does not own: rendered as a drop-in UNIT.d/NN-unitgen.conf.",
 )
 

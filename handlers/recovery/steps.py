@@ -37,7 +37,7 @@ from unitgen.errors import PolicyError, SystemdError, UnitNotFoundError
 
 if TYPE_CHECKING:
     from handlers.testhook import PausePoint
-    from unitgen.model import Probe
+    from unitgen.model import Health, Probe
 
 log = logging.getLogger("handlers.recovery")
 
@@ -600,7 +600,7 @@ class Steps(Core):
             return Verdict.FAILED
         health = run.policy.health
         if health is not None:
-            ok, detail = await self._probe(health.probe, max(1, health.failures))
+            ok, detail = await self._started_healthy(health)
             if not ok:
                 run.detail = f"active but unhealthy: {detail}"
                 return Verdict.FAILED
@@ -610,6 +610,27 @@ class Steps(Core):
             return await self._watch_uptime(run, props)
         run.detail = f"active (attempt {run.used})"
         return Verdict.OK
+
+    async def _started_healthy(self, health: Health) -> tuple[bool, str]:
+        """The start-up probe passes ``successes`` times within ``start_period``.
+
+        A restarted service gets the same grace the listener gives it: a slow
+        starter probed a few times and declared failed would be restarted again,
+        in a loop, by the very ladder meant to recover it.
+        """
+        if health.start_period <= 0:
+            return await self._probe(health.probe, max(1, health.failures))
+        deadline = self.clock.monotonic() + health.start_period
+        passes = 0
+        while True:
+            ok, detail = await self._probe(health.start_probe, 1)
+            passes = passes + 1 if ok else 0
+            if passes >= health.successes:
+                return True, detail
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False, f"not healthy within start_period {health.start_period:g}s: {detail}"
+            await self.clock.sleep(min(health.start_interval, left))
 
     async def _watch_uptime(self, run: Run, props: dict[str, Any]) -> Verdict:
         """Active is not enough: it must stay up for min_uptime (signal-driven wait)."""
