@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("handlers.recovery")
 
 Status = Literal["firing", "resolved"]
+# What the incident-group gate (RecoveryEngine with grouping) says about a unit's alert.
+Gate = Literal["send", "hold", "drop"]
+AlertGate = Callable[[str, bool], Gate]
 UnitWait = Callable[[str, Callable[[dict[str, Any]], bool], float], Awaitable[dict[str, Any]]]
 
 
@@ -83,6 +86,12 @@ class Alerting:
         self.alerters: dict[str, Alerter | None] = {}
         self._queued: list[_Request] = []
         self.pending: set[asyncio.Task[None]] = set()
+        # Incident groups: a unit's firing alert may be held for the group window, and
+        # dropped when the unit turns out to be covered by its group's one alert.
+        self.gate: AlertGate | None = None
+        self.hold_for = 0.0
+        self._held: list[_Request] = []
+        self._release: asyncio.TimerHandle | None = None
 
     def alerter_for(self, policy: Policy) -> Alerter | None:
         if policy.unit not in self.alerters:
@@ -151,15 +160,49 @@ class Alerting:
     def flush(self) -> None:
         queued, self._queued = self._queued, []
         for req in queued:
-            prepared = self._prepare(req)
-            if prepared is None:
-                continue
-            alerter, alert, key = prepared
-            task = asyncio.create_task(
-                self._deliver(alerter, alert, key), name=f"alert {alert.unit}"
-            )
-            self.pending.add(task)
-            task.add_done_callback(self._done)
+            if req.status == "firing" and self.gate is not None:
+                decision = self.gate(req.unit, False)
+                if decision == "drop":
+                    continue
+                if decision == "hold":
+                    self._hold(req)
+                    continue
+            self._dispatch(req)
+
+    def _hold(self, req: _Request) -> None:
+        self._held.append(req)
+        if self._release is None:
+            loop = asyncio.get_running_loop()
+            self._release = loop.call_later(self.hold_for, self._release_held)
+
+    def _release_held(self) -> None:
+        """The window is over: each held alert is covered by a group now, or goes out."""
+        self._release = None
+        held, self._held = self._held, []
+        for req in held:
+            if self.gate is None or self.gate(req.unit, True) == "send":
+                self._dispatch(req)
+
+    def send_group(self, policy: Policy, alert: Alert, key: str) -> None:
+        """A group's alert, once per (group, key, status), through ``policy``'s targets."""
+        if self.dry_run:
+            return
+        alerter = self.alerter_for(policy)
+        if alerter is None or not alerter.targets:
+            return
+        if not self.store.claim_alert(alert.incident_id, key, alert.status, self.clock.time()):
+            return
+        self._start(alerter, alert, key)
+
+    def _dispatch(self, req: _Request) -> None:
+        prepared = self._prepare(req)
+        if prepared is not None:
+            self._start(*prepared)
+
+    def _start(self, alerter: Alerter, alert: Alert, key: str) -> None:
+        task = asyncio.create_task(self._deliver(alerter, alert, key), name=f"alert {alert.unit}")
+        self.pending.add(task)
+        task.add_done_callback(self._done)
 
     async def _deliver(self, alerter: Alerter, alert: Alert, key: str) -> None:
         deliveries: list[Delivery] = await alerter.send(alert)
@@ -182,6 +225,9 @@ class Alerting:
     async def drain(self, timeout: float | None) -> None:  # noqa: ASYNC109
         """Send what is queued and wait (bounded) for the sends still running."""
         self.flush()
+        if self._release is not None:
+            self._release.cancel()
+            self._release_held()
         if not self.pending:
             return
         bound = timeout
