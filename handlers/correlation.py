@@ -26,7 +26,9 @@ Also here: :class:`RestartRate`, the host-wide limit on ladder restarts per seco
 
 from __future__ import annotations
 
+import collections
 import itertools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,9 @@ __all__ = [
 # How long after a group is announced its alert waits for further members, and how
 # long after a failure another failure counts as "close together" (seconds).
 GROUP_WINDOW = 1.0
+# How long a closed group's units' own late alerts (a give-up queued at the end of
+# a run) still count as the group's (seconds); a new failure of the unit ends it.
+COVERED_FOR = 60.0
 # Restarts of one group's dependents in flight at once, once their cause is back.
 GROUP_RESTARTS_IN_FLIGHT = 16
 
@@ -126,12 +131,13 @@ class Correlator:
         self._ids = itertools.count(1)
         self._open: dict[tuple[str, str], Group] = {}  # (kind, key) -> open group
         self._member_of: dict[str, Group] = {}  # unit -> the open group it is a member of
-        self._quiet: dict[str, float] = {}  # group id -> since when it is done
+        self._quiet: dict[str, tuple[float, Group]] = {}  # group id -> (done since, group)
         self._failures: dict[str, float] = {}  # unit -> when its latest run began
         self._running: dict[str, int] = {}  # unit -> runs in progress
         # unit -> when the announced group that covered it closed: its own late alerts
         # (a give-up queued at its run's end) are still the group's.
         self._covered: dict[str, float] = {}
+        self._pruned_at = float("-inf")
 
     # --- failures close together --------------------------------------------------------
 
@@ -147,6 +153,9 @@ class Correlator:
         if len(self._failures) > 2 * len(self._running) + 256:
             cutoff = now - self.window
             self._failures = {u: t for u, t in self._failures.items() if t >= cutoff}
+        if now - self._pruned_at >= self.window / 4:
+            self._pruned_at = now
+            self._prune(now)
         group = self._group_for(Cause("dependency", unit, unit))
         group.cause_outcome = ""
         self._quiet.pop(group.id, None)
@@ -195,7 +204,12 @@ class Correlator:
         active again joins, so its alert is the group's one.
         """
         group = self._open.get(("dependency", dependency))
-        return group if group is not None and group.cause_failed else None
+        if group is None or not group.cause_failed:
+            return None
+        quiet = self._quiet.get(group.id)
+        if quiet is not None and self._clock() - quiet[0] >= self.window:
+            return None  # over: whatever fails now is a new incident
+        return group
 
     def group_of(self, unit: str) -> Group | None:
         """The announced open group ``unit`` is a member or the cause of."""
@@ -226,38 +240,50 @@ class Correlator:
             touched.append(own)
         done = [g for g in touched if g.done]
         for g in done:
-            self._quiet.setdefault(g.id, now)
+            self._quiet.setdefault(g.id, (now, g))
         return done
 
-    def close_due(self) -> list[Group]:
-        """Groups done and quiet for the window: closed now (announced or not)."""
+    def _prune(self, now: float) -> None:
+        """Forget the groups that were never announced once quiet for the window."""
+        for since, group in list(self._quiet.values()):
+            if not group.announced and now - since >= self.window:
+                self._drop(group)
+
+    def _drop(self, group: Group) -> None:
+        self._open.pop((group.cause.kind, group.cause.key), None)
+        self._quiet.pop(group.id, None)
+        for member in group.members:
+            if self._member_of.get(member) is group:
+                del self._member_of[member]
+
+    def close_due(self, *, now_all: bool = False) -> list[Group]:
+        """Groups done and quiet for the window (``now_all``: done at all): closed now."""
         now = self._clock()
         closed: list[Group] = []
-        for key, group in list(self._open.items()):
-            since = self._quiet.get(group.id)
-            if since is None or now - since < self.window or not group.done:
+        for since, group in list(self._quiet.values()):
+            if (now - since < self.window and not now_all) or not group.done:
                 continue
-            del self._open[key]
-            del self._quiet[group.id]
+            self._drop(group)
             group.closed_at = now
-            for member in group.members:
-                if self._member_of.get(member) is group:
-                    del self._member_of[member]
             if group.announced:
                 for unit in group.units():
                     self._covered[unit] = now
             closed.append(group)
         if len(self._covered) > 4096:
-            cutoff = now - 10 * self.window
+            cutoff = now - COVERED_FOR
             self._covered = {u: t for u, t in self._covered.items() if t >= cutoff}
         return closed
+
+    def pending_close(self) -> bool:
+        """An announced group is done and waits out its window before it closes."""
+        return any(g.announced for _since, g in self._quiet.values())
 
     def covered(self, unit: str) -> bool:
         """``unit``'s alerts are its group's: it is in an announced group, or was just now."""
         if self.group_of(unit) is not None:
             return True
         closed = self._covered.get(unit)
-        return closed is not None and self._clock() - closed < 10 * self.window
+        return closed is not None and self._clock() - closed < COVERED_FOR
 
     def open_groups(self) -> list[Group]:
         return [g for g in self._open.values() if g.announced]
@@ -285,24 +311,26 @@ def cycle_text(chain: list[str], again: str) -> str:
 
 
 class RestartRate:
-    """The host-wide limit on ladder restarts per second: a token bucket.
+    """The host-wide limit on ladder restarts per second: at most ``per_second`` in any second.
 
-    ``per_second`` 0 means no limit. The bucket holds at most one second's worth,
-    so a burst after a quiet spell is bounded too. :meth:`delay` reserves a slot
-    and says how long to wait for it; callers sleep that long, nothing else.
+    ``per_second`` 0 means no limit. A burst of up to ``per_second`` goes at once;
+    the next one waits until the oldest of those is a second old. :meth:`delay`
+    reserves a slot and says how long to wait for it; callers sleep that long.
     """
 
     def __init__(self, per_second: float, clock: Callable[[], float]) -> None:
         self.per_second = max(0.0, per_second)
         self._clock = clock
-        self._next = 0.0  # the earliest moment the next restart may go
+        self._slots: collections.deque[float] = collections.deque(
+            maxlen=max(1, math.ceil(self.per_second))
+        )
 
     def delay(self) -> float:
         if self.per_second <= 0:
             return 0.0
         now = self._clock()
-        interval = 1.0 / self.per_second
-        # Up to one second's worth may go at once after a quiet spell.
-        earliest = max(self._next, now - 1.0 + interval)
-        self._next = earliest + interval
-        return max(0.0, earliest - now)
+        at = now
+        if len(self._slots) == self._slots.maxlen:
+            at = max(now, self._slots[0] + 1.0)
+        self._slots.append(at)
+        return at - now

@@ -143,6 +143,7 @@ class RecoveryEngine(Steps, Finish):
         self._group_slots = asyncio.Semaphore(max(1, group_restarts))
         self._on_wait = None
         self._group_walls = {}
+        self._closing = False
         if self.correlator is not None:
             self.alerting.gate = self._gate
             self.alerting.hold_for = self.correlator.window
@@ -251,6 +252,7 @@ class RecoveryEngine(Steps, Finish):
         if self._checkpointing is not None:
             # A thread cannot be cancelled; a PASSIVE checkpoint is short.
             await asyncio.gather(self._checkpointing, return_exceptions=True)
+        self._close_groups()
         for task in list(self._deferred):
             task.cancel()
         if self._deferred:

@@ -55,6 +55,7 @@ class Grouping(Core):
     _group_slots: asyncio.Semaphore
     _on_wait: Callable[[int], None] | None
     _group_walls: dict[str, float]
+    _closing: bool
 
     def set_wait_hook(self, hook: Callable[[int], None] | None) -> None:
         """``hook(+1)`` when a run starts waiting for its cause, ``hook(-1)`` when done."""
@@ -80,19 +81,33 @@ class Grouping(Core):
             self._announce(group)
 
     def _group_end(self, unit: str, outcome: str) -> None:
-        if self.correlator is None:
-            return
-        if self.correlator.finish(unit, outcome or GAVE_UP):
-            self._spawn_deferred(self._close_later(), f"group close after {unit}")
-
-    async def _close_later(self) -> None:
         correlator = self.correlator
         if correlator is None:
             return
-        await self.clock.sleep(correlator.window * 1.05)
-        for group in correlator.close_due():
-            if group.announced:
-                self._closed(group)
+        done = correlator.finish(unit, outcome or GAVE_UP)
+        # Only an announced group has anything to say when it closes; the others are
+        # forgotten as new failures come (no timer for a lone failure).
+        if any(g.announced for g in done) and not self._closing:
+            self._closing = True
+            self._spawn_deferred(self._close_later(), "incident group close")
+
+    def _close_groups(self) -> None:
+        """At the engine's close: the groups whose members are all done close now."""
+        if self.correlator is not None:
+            for group in self.correlator.close_due(now_all=True):
+                if group.announced:
+                    self._closed(group)
+
+    async def _close_later(self) -> None:
+        correlator = self.correlator
+        try:
+            while correlator is not None and correlator.pending_close():
+                await self.clock.sleep(correlator.window)
+                for group in correlator.close_due():
+                    if group.announced:
+                        self._closed(group)
+        finally:
+            self._closing = False
 
     async def _waiting(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` (a dependency's recovery) as a run that only waits."""
