@@ -166,6 +166,22 @@ class Grouping(Core):
 
     def _announce(self, group: Group) -> None:
         self._group_walls[group.id] = self.clock.time()
+        cause = self.store.last_incident(group.cause.unit) if group.cause.unit else None
+        recent = cause is not None and (
+            cause.state == "open"
+            or (cause.closed is not None and self.clock.time() - cause.closed.wall < 60.0)
+        )
+        if cause is not None and recent:
+            # The cause's own incident says so too (`unitgen history`, `unitgen status`).
+            self.store.record_attempt(
+                cause.id,
+                cause.unit,
+                at=self._stamp(),
+                level=cause.level,
+                action="group",
+                result="cause",
+                reason=f"group {group.id}: {group.cause.label}",
+            )
         log.warning("incident group %s opened: %s", group.id, group.cause.label)
         self._group_event(EventKind.GROUP_OPENED, group)
         self._spawn_deferred(self._alert_later(group), f"group alert {group.id}")
