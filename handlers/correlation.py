@@ -46,6 +46,12 @@ __all__ = [
 # How long after a group is announced its alert waits for further members, and how
 # long after a failure another failure counts as "close together" (seconds).
 GROUP_WINDOW = 1.0
+# How long a group stays open once all its units are done: a unit whose failure the
+# listener reaches late (systemd reports 200 failures over seconds under load) still
+# joins it, and its resolution waits this long (seconds).
+GROUP_LINGER = 5.0
+# The longest a group's first alert waits for members to stop joining (seconds).
+GROUP_ALERT_WAIT_MAX = 10.0
 # How long a closed group's units' own late alerts (a give-up queued at the end of
 # a run) still count as the group's (seconds); a new failure of the unit ends it.
 COVERED_FOR = 60.0
@@ -123,10 +129,12 @@ class Correlator:
         clock: Callable[[], float],
         *,
         window: float = GROUP_WINDOW,
+        linger: float = GROUP_LINGER,
         prefix: str | None = None,
     ) -> None:
         self._clock = clock
         self.window = window
+        self.linger = linger
         self._prefix = prefix if prefix is not None else f"g{os.getpid():x}"
         self._ids = itertools.count(1)
         self._open: dict[tuple[str, str], Group] = {}  # (kind, key) -> open group
@@ -207,7 +215,7 @@ class Correlator:
         if group is None or not group.cause_failed:
             return None
         quiet = self._quiet.get(group.id)
-        if quiet is not None and self._clock() - quiet[0] >= self.window:
+        if quiet is not None and self._clock() - quiet[0] >= self.linger:
             return None  # over: whatever fails now is a new incident
         return group
 
@@ -246,7 +254,7 @@ class Correlator:
     def _prune(self, now: float) -> None:
         """Forget the groups that were never announced once quiet for the window."""
         for since, group in list(self._quiet.values()):
-            if not group.announced and now - since >= self.window:
+            if not group.announced and now - since >= self.linger:
                 self._drop(group)
 
     def _drop(self, group: Group) -> None:
@@ -257,11 +265,11 @@ class Correlator:
                 del self._member_of[member]
 
     def close_due(self, *, now_all: bool = False) -> list[Group]:
-        """Groups done and quiet for the window (``now_all``: done at all): closed now."""
+        """Groups done and quiet for the linger (``now_all``: done at all): closed now."""
         now = self._clock()
         closed: list[Group] = []
         for since, group in list(self._quiet.values()):
-            if (now - since < self.window and not now_all) or not group.done:
+            if (now - since < self.linger and not now_all) or not group.done:
                 continue
             self._drop(group)
             group.closed_at = now

@@ -50,7 +50,7 @@ def test_a_lone_failure_opens_no_group_and_is_not_busy() -> None:
     assert not c.busy("api.service")
     assert c.group_of("api.service") is None
     c.finish("api.service", RECOVERED)
-    clock.advance(2 * c.window)
+    clock.advance(c.linger)
     assert [g.announced for g in c.close_due()] == [False]
     assert not c.covered("api.service")
 
@@ -74,7 +74,7 @@ def test_dependents_and_their_failing_dependency_are_one_group() -> None:
     assert group in c.finish("b.service", RECOVERED)
     assert group not in c.close_due()  # quiet for the window first: late members may join
     assert c.pending_close()
-    clock.advance(c.window)
+    clock.advance(c.linger)
     assert [g for g in c.close_due() if g.announced] == [group] and group.recovered
     assert c.covered("b.service")
     clock.advance(COVERED_FOR)
@@ -110,7 +110,7 @@ def test_outcomes_are_counted_and_the_group_says_who_waits() -> None:
     c.finish("db.service", GAVE_UP)
     c.finish("a.service", WAITING)
     c.finish("b.service", WAITING)
-    clock.advance(c.window)
+    clock.advance(c.linger)
     assert [g for g in c.close_due() if g.announced] == [group]
     assert not group.recovered
     assert group.with_outcome(GAVE_UP) == ["db.service"]
@@ -138,12 +138,12 @@ def test_any_sequence_closes_every_group_once_all_runs_end(ops: list[tuple[str, 
             running[unit] -= 1
             c.finish(unit, RECOVERED)
         else:
-            clock.advance(c.window)
+            clock.advance(c.linger)
             closed += [g.id for g in c.close_due()]
     for unit, n in running.items():
         for _ in range(n):
             c.finish(unit, RECOVERED)
-    clock.advance(c.window)
+    clock.advance(c.linger)
     closed += [g.id for g in c.close_due()]
     assert len(closed) == len(set(closed))
     assert c.open_groups() == []

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("handlers.recovery")
 
 Status = Literal["firing", "resolved"]
-# What the incident-group gate (RecoveryEngine with grouping) says about a unit's alert.
+# What the incident-group gate (RecoveryEngine with grouping) says about a unit's alert;
+# its second argument is how long the alert has been held already (seconds).
 Gate = Literal["send", "hold", "drop"]
-AlertGate = Callable[[str, bool], Gate]
+AlertGate = Callable[[str, float], Gate]
 UnitWait = Callable[[str, Callable[[dict[str, Any]], bool], float], Awaitable[dict[str, Any]]]
 
 
@@ -90,7 +91,7 @@ class Alerting:
         # dropped when the unit turns out to be covered by its group's one alert.
         self.gate: AlertGate | None = None
         self.hold_for = 0.0
-        self._held: list[_Request] = []
+        self._held: list[tuple[float, float, _Request]] = []  # (since, until, request)
         self._release: asyncio.TimerHandle | None = None
 
     def alerter_for(self, policy: Policy) -> Alerter | None:
@@ -161,27 +162,43 @@ class Alerting:
         queued, self._queued = self._queued, []
         for req in queued:
             if req.status == "firing" and self.gate is not None:
-                decision = self.gate(req.unit, False)
+                decision = self.gate(req.unit, 0.0)
                 if decision == "drop":
                     continue
                 if decision == "hold":
-                    self._hold(req)
+                    now = self.clock.monotonic()
+                    self._hold(now, now + self.hold_for, req)
                     continue
             self._dispatch(req)
 
-    def _hold(self, req: _Request) -> None:
-        self._held.append(req)
-        if self._release is None:
-            loop = asyncio.get_running_loop()
-            self._release = loop.call_later(self.hold_for, self._release_held)
+    def _hold(self, since: float, until: float, req: _Request) -> None:
+        self._held.append((since, until, req))
+        self._schedule()
 
-    def _release_held(self) -> None:
-        """The window is over: each held alert is covered by a group now, or goes out."""
+    def _schedule(self) -> None:
+        if self._release is not None or not self._held:
+            return
+        due = min(until for _since, until, _req in self._held)
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due - self.clock.monotonic())
+        self._release = loop.call_later(delay, self._release_held)
+
+    def _release_held(self, *, everything: bool = False) -> None:
+        """Each held alert whose window is over is covered by a group now, or goes out."""
         self._release = None
+        now = self.clock.monotonic()
         held, self._held = self._held, []
-        for req in held:
-            if self.gate is None or self.gate(req.unit, True) == "send":
+        for since, until, req in held:
+            if until > now and not everything:
+                self._held.append((since, until, req))
+                continue
+            decision = "send" if self.gate is None else self.gate(req.unit, now - since)
+            if decision == "hold" and not everything:
+                self._held.append((since, now + self.hold_for, req))
+            elif decision != "drop":
                 self._dispatch(req)
+        if self._held:
+            self._schedule()
 
     def send_group(self, policy: Policy, alert: Alert, key: str) -> None:
         """A group's alert, once per (group, key, status), through ``policy``'s targets."""
@@ -227,7 +244,7 @@ class Alerting:
         self.flush()
         if self._release is not None:
             self._release.cancel()
-            self._release_held()
+        self._release_held(everything=True)
         if not self.pending:
             return
         bound = timeout

@@ -144,6 +144,7 @@ class RecoveryEngine(Steps, Finish):
         self._on_wait = None
         self._group_walls = {}
         self._closing = False
+        self._unchecked = set()
         if self.correlator is not None:
             self.alerting.gate = self._gate
             self.alerting.hold_for = self.correlator.window

@@ -17,7 +17,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from handlers.correlation import GAVE_UP, RECOVERED, WAITING, Cause, Correlator, Group, RestartRate
+from handlers.correlation import (
+    GAVE_UP,
+    GROUP_ALERT_WAIT_MAX,
+    RECOVERED,
+    WAITING,
+    Cause,
+    Correlator,
+    Group,
+    RestartRate,
+)
 from handlers.events import Event, EventKind
 from handlers.ladder import State
 from handlers.recovery.alerting import Gate
@@ -56,6 +65,7 @@ class Grouping(Core):
     _on_wait: Callable[[int], None] | None
     _group_walls: dict[str, float]
     _closing: bool
+    _unchecked: set[str]  # runs in progress that have not yet checked their dependencies
 
     def set_wait_hook(self, hook: Callable[[int], None] | None) -> None:
         """``hook(+1)`` when a run starts waiting for its cause, ``hook(-1)`` when done."""
@@ -66,6 +76,7 @@ class Grouping(Core):
     def _group_began(self, unit: str) -> None:
         if self.correlator is None:
             return
+        self._unchecked.add(unit)
         announced = self.correlator.began(unit)
         if announced is not None:
             self._announce(announced)
@@ -84,6 +95,7 @@ class Grouping(Core):
         correlator = self.correlator
         if correlator is None:
             return
+        self._unchecked.discard(unit)
         done = correlator.finish(unit, outcome or GAVE_UP)
         # Only an announced group has anything to say when it closes; the others are
         # forgotten as new failures come (no timer for a lone failure).
@@ -102,7 +114,7 @@ class Grouping(Core):
         correlator = self.correlator
         try:
             while correlator is not None and correlator.pending_close():
-                await self.clock.sleep(correlator.window)
+                await self.clock.sleep(correlator.linger / 4)
                 for group in correlator.close_due():
                     if group.announced:
                         self._closed(group)
@@ -119,6 +131,10 @@ class Grouping(Core):
             return await awaitable
         finally:
             hook(-1)
+
+    def _group_checked(self, unit: str) -> None:
+        """The run checked its dependencies: it has joined the group of any it shares."""
+        self._unchecked.discard(unit)
 
     # --- restarts -----------------------------------------------------------------------
 
@@ -139,13 +155,21 @@ class Grouping(Core):
 
     # --- what the world is told ---------------------------------------------------------
 
-    def _gate(self, unit: str, final: bool) -> Gate:
+    def _gate(self, unit: str, held: float) -> Gate:
+        """A unit's firing alert: its group's alert covers it, or hold it, or send it.
+
+        Held only while other failures are in flight, for a window, and longer (up to
+        GROUP_ALERT_WAIT_MAX) while the unit's own run has not yet checked its
+        dependencies: under load the listener may reach that check late.
+        """
         correlator = self.correlator
         if correlator is None:
             return "send"
         if correlator.covered(unit):
             return "drop"
-        if not final and correlator.busy(unit):
+        if held == 0.0:
+            return "hold" if correlator.busy(unit) else "send"
+        if unit in self._unchecked and held < GROUP_ALERT_WAIT_MAX:
             return "hold"
         return "send"
 
@@ -187,9 +211,17 @@ class Grouping(Core):
         self._spawn_deferred(self._alert_later(group), f"group alert {group.id}")
 
     async def _alert_later(self, group: Group) -> None:
-        # The window lets the members that fail with the first ones be named in it.
+        # Sent once members stop joining for a window (bounded), so that the one alert
+        # names the units that failed with the first ones.
         correlator = self.correlator
-        await self.clock.sleep(correlator.window if correlator is not None else 0.0)
+        window = correlator.window if correlator is not None else 0.0
+        waited = 0.0
+        while True:
+            seen = group.involved
+            await self.clock.sleep(window)
+            waited += window
+            if group.involved == seen or waited >= GROUP_ALERT_WAIT_MAX:
+                break
         if group.closed_at is None:
             self._group_alert(group, "firing", "opened")
 

@@ -313,6 +313,7 @@ class Steps(Grouping):
                 if outcome.state is State.GAVE_UP:
                     gave_up.append(dep)
         run.dependencies_gave_up = tuple(gave_up)
+        self._group_checked(run.unit)
         if run.policy.depends:
             self._events_at(run, Moment.WAIT)  # probes may take seconds
         for i, probe in enumerate(run.policy.depends):
