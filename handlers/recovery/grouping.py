@@ -140,7 +140,10 @@ class Grouping(Core):
 
     async def _restart_admission(self, run: Run) -> None:
         """A group's restarts in flight are bounded; every ladder restart is rate-limited."""
-        if run.group and not run.slot:
+        group = self.correlator.group_of(run.unit) if self.correlator and run.group else None
+        if group is not None and group.cause.kind == "dependency" and not run.slot:
+            # Dependents restarting once their cause is back; a unit in no announced
+            # dependency group never waits here.
             await self._waiting(self._group_slots.acquire())
             run.slot = True
         wait = self._rate.delay()
