@@ -421,3 +421,64 @@ async def test_the_host_wide_rate_spaces_ladder_restarts(tmp_path: Path) -> None
     assert len(bus.restarted()) == 8
     # four at once, the next four a second later (the fake clock's sleeps add up)
     assert sum(s for s in clock.sleeps if s > 0) == pytest.approx(1.0)
+
+
+# --- [defaults] max_restarts_per_second -------------------------------------------------
+
+SERVICE = '[service.a]\nexec = ["/bin/true"]\n'
+
+
+def test_the_host_wide_rate_is_rendered_beside_the_policies_and_read_back(
+    tmp_path: Path,
+) -> None:
+    from unitgen.policy import HOST_POLICY, load_host_restart_rate
+    from unitgen.render import render_host_policy
+    from unitgen.specfile import parse_spec
+
+    spec = parse_spec(f"[defaults]\nmax_restarts_per_second = 25\n{SERVICE}", "s.toml")
+    files = render_host_policy(spec)
+    assert list(files) == [HOST_POLICY] and not HOST_POLICY.endswith(".json")
+    (tmp_path / HOST_POLICY).write_text(files[HOST_POLICY])
+    assert load_host_restart_rate(tmp_path) == 25.0
+    assert render_host_policy(parse_spec(SERVICE, "s.toml")) == {}  # the default: nothing
+    assert load_host_restart_rate(tmp_path / "absent") == 0.0
+
+
+@pytest.mark.parametrize("value", ["-1", '"fast"', "1.5", "true", "100001"])
+def test_a_bad_host_wide_rate_in_the_spec_is_one_line(value: str) -> None:
+    from unitgen.errors import SpecError
+    from unitgen.specfile import parse_spec
+
+    with pytest.raises(SpecError) as err:
+        parse_spec(f"[defaults]\nmax_restarts_per_second = {value}\n{SERVICE}", "s.toml")
+    (line,) = str(err.value).strip().splitlines()
+    assert line.startswith("s.toml: defaults.max_restarts_per_second: expected")
+
+
+@given(st.binary(max_size=200))
+def test_a_hostile_host_policy_file_is_refused_in_one_line(data: bytes) -> None:
+    import tempfile
+
+    from unitgen.errors import PolicyError
+    from unitgen.policy import HOST_POLICY, load_host_restart_rate
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / HOST_POLICY).write_bytes(data)
+        try:
+            rate = load_host_restart_rate(Path(d))
+        except PolicyError as exc:
+            assert HOST_POLICY in str(exc) and "\n" not in str(exc)
+        else:
+            assert rate >= 0
+
+
+@pytest.mark.parametrize(
+    "text", ['{"max_restarts_per_second": NaN}', '{"max_restarts_per_second": -1}', "[]", "{"]
+)
+def test_a_host_policy_with_a_bad_value_is_refused(tmp_path: Path, text: str) -> None:
+    from unitgen.errors import PolicyError
+    from unitgen.policy import HOST_POLICY, load_host_restart_rate
+
+    (tmp_path / HOST_POLICY).write_text(text)
+    with pytest.raises(PolicyError, match=HOST_POLICY):
+        load_host_restart_rate(tmp_path)

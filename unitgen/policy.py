@@ -210,11 +210,17 @@ def load_host_restart_rate(policy_dir: Path) -> float:
         return 0.0
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text") from exc
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     value = raw.get("max_restarts_per_second", 0) if isinstance(raw, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise PolicyError(f"{path}: max_restarts_per_second: expected a number >= 0")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= 100_000  # also refuses NaN and Infinity
+    ):
+        raise PolicyError(f"{path}: max_restarts_per_second: expected a number from 0 to 100000")
     return float(value)
