@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -482,3 +483,98 @@ def test_a_host_policy_with_a_bad_value_is_refused(tmp_path: Path, text: str) ->
     (tmp_path / HOST_POLICY).write_text(text)
     with pytest.raises(PolicyError, match=HOST_POLICY):
         load_host_restart_rate(tmp_path)
+
+
+# --- the other causes, and the payloads of every alert type -----------------------------
+
+
+@pytest.mark.asyncio
+async def test_units_failing_one_validate_command_are_one_group(tmp_path: Path) -> None:
+    clock = WindowClock()
+    names = ["a.service", "b.service", "c.service"]
+    bus = RoundTrips(*[FakeUnit(n) for n in names], clock=clock)
+    check = ("/bin/sh", "-c", "echo shared.conf: bad line 3; exit 1")
+    for name in names:
+        _write_policy(_paths(tmp_path), Policy(unit=name, recovery=FAST, validate=check))
+    engine, sink, alerter = _engine(tmp_path, bus, clock, correlate=True)
+    outcomes = await _all(engine, names)
+    await engine.aclose()
+    assert all(o.state is State.GAVE_UP and o.reason.startswith("config") for o in outcomes)
+    assert bus.restarted() == []
+    (opened,) = [e for e in sink.events if e.kind is EventKind.GROUP_OPENED]
+    (closed,) = [e for e in sink.events if e.kind is EventKind.GROUP_CLOSED]
+    assert opened.fields["cause_kind"] == "config" and opened.fields["member_count"] >= 2
+    assert closed.fields["member_count"] == 3 and closed.fields["gave_up"] == 3
+    group = _group_alerts(alerter)
+    assert [a.status for a in group] == ["firing", "firing"]
+    assert "gave up: a.service, b.service, c.service" in group[1].summary
+    assert [a for a in alerter.sent if a.level != "group"] == []
+
+
+@pytest.mark.asyncio
+async def test_instances_of_a_template_failing_with_one_exit_status_are_one_group(
+    tmp_path: Path,
+) -> None:
+    clock = WindowClock()
+    names = [f"w@{i}.service" for i in range(4)]
+    bus = RoundTrips(*[FakeUnit(n) for n in names], clock=clock)
+    engine, sink, alerter = _engine(tmp_path, bus, clock, correlate=True)
+    await _all(engine, names)
+    await engine.aclose()
+    assert sorted(bus.restarted()) == names  # grouping changes no restart
+    opened = [e for e in sink.events if e.kind is EventKind.GROUP_OPENED]
+    assert [e.fields["cause"] for e in opened] == ["exit-status w@.service status 1"]
+    group = _group_alerts(alerter)
+    assert [a.status for a in group] == ["firing", "resolved"]
+    assert set(group[0].members) == set(names)
+
+
+def test_a_group_alert_names_cause_and_members_in_every_payload() -> None:
+    from handlers.alerts import (
+        Alert,
+        AlertTarget,
+        alertmanager_payload,
+        command_env,
+        email_message,
+        slack_payload,
+        webhook_payload,
+    )
+
+    members = ("db.service", *(f"app@{i}.service" for i in range(30)))
+    alert = Alert(
+        unit="db.service",
+        incident_id="g1-1",
+        level="group",
+        status="firing",
+        reason="dependency",
+        summary="db.service is down and 30 unit(s) that need it failed with it: app@0.service",
+        attempts=31,
+        started_at=1.7e9,
+        ended_at=None,
+        host="node1",
+        labels={"group": "g1-1", "cause": "dependency db.service", "cause_kind": "dependency"},
+        members=members,
+    )
+    hook = webhook_payload(alert)
+    assert hook["members"] == list(members) and hook["labels"]["cause"] == "dependency db.service"
+    (am,) = alertmanager_payload(alert)
+    assert am["labels"]["group"] == "g1-1" and am["labels"]["cause_kind"] == "dependency"
+    assert am["annotations"]["members"].split() == list(members)
+    assert "db.service is down" in slack_payload(alert)["text"]
+    env = command_env(alert, "hook")
+    assert json.loads(env["UNITGEN_ALERT"])["members"] == list(members)
+    target = AlertTarget.from_mapping(
+        {
+            "name": "mail",
+            "type": "email",
+            "smtp_host": "127.0.0.1",
+            "from": "unitgen@example.org",
+            "to": ["ops@example.org"],
+        }
+    )
+    body = email_message(alert, target).get_body()
+    assert body is not None and "db.service is down" in body.get_content()
+    # a unit's own alert has no members key: its payloads are as before
+    own = dataclasses.replace(alert, members=(), level="restart")
+    assert "members" not in webhook_payload(own)
+    assert "members" not in alertmanager_payload(own)[0]["annotations"]
