@@ -171,6 +171,8 @@ class Alert:
     ended_at: float | None
     host: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    # An incident group's alert: every unit it covers (handlers/correlation.py).
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ def webhook_payload(alert: Alert) -> dict[str, Any]:
         "ended_at": alert.ended_at,
         "ended_at_iso": _iso(alert.ended_at) if alert.ended_at is not None else None,
         "labels": dict(alert.labels),
+        **({"members": list(alert.members)} if alert.members else {}),
     }
 
 
@@ -291,6 +294,7 @@ def alertmanager_payload(
                 "level": alert.level,
                 "attempts": str(alert.attempts),
                 "status": alert.status,
+                **({"members": " ".join(alert.members)[:4000]} if alert.members else {}),
             },
             "startsAt": _iso(alert.started_at),
             "endsAt": _iso(ends),

@@ -32,6 +32,10 @@ class EventKind(enum.Enum):
     RECOVERED = "Recovered"
     GAVE_UP = "GaveUp"
     HEALTH_CHANGED = "HealthChanged"
+    # Incident groups (handlers/correlation.py): unit is the cause unit (or the first
+    # member when the cause is no unit), incident_id the group's id.
+    GROUP_OPENED = "GroupOpened"
+    GROUP_CLOSED = "GroupClosed"
 
 
 @dataclass(frozen=True)

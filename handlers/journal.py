@@ -66,6 +66,8 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.RECOVERED: "9cc7d81d7a6f40899067719f9f338afe",
     EventKind.GAVE_UP: "b97d6ffb264d45e3b0713a5933b2bed0",
     EventKind.HEALTH_CHANGED: "fce7e87282c04d499617b4341aa9e811",
+    EventKind.GROUP_OPENED: "8cab18d590d8466e8ef76a31d782ae0a",
+    EventKind.GROUP_CLOSED: "9fc439f1dc8e4c038915f1877ca946d9",
 }
 
 _PRIORITY = {
@@ -76,6 +78,8 @@ _PRIORITY = {
     EventKind.RECOVERED: 5,  # notice
     EventKind.GAVE_UP: 2,  # crit: a service stays down until someone acts
     EventKind.HEALTH_CHANGED: 5,
+    EventKind.GROUP_OPENED: 4,
+    EventKind.GROUP_CLOSED: 5,
 }
 
 # How long a missing journal socket is believed missing before the next try.
@@ -123,6 +127,11 @@ def _message(event: Event, details: Mapping[str, object]) -> str:
         return f"{unit}: recovered{after} ({incident})"
     if kind is EventKind.GAVE_UP:
         return f"{unit}: gave up{reason}; left as is until 'unitgen reset {unit}'"
+    if kind is EventKind.GROUP_OPENED:
+        return f"incident group {event.incident_id} opened: {details.get('cause', '?')}"
+    if kind is EventKind.GROUP_CLOSED:
+        state = details.get("state", "closed")
+        return f"incident group {event.incident_id} closed ({state}): {details.get('cause', '?')}"
     healthy = details.get("healthy")
     state = "healthy" if healthy is True else "unhealthy" if healthy is False else "changed"
     return f"{unit}: health {state}"

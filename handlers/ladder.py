@@ -167,6 +167,9 @@ TRANSITIONS: dict[tuple[State, Verdict], Transition] = {
     (State.DIAGNOSING, Verdict.OK): Transition(State.CHECKING_DEPENDENCIES),
     # All dependencies active (failed ones were recovered by their own ladders first).
     (State.CHECKING_DEPENDENCIES, Verdict.OK): Transition(State.CHECKING_RESOURCES),
+    # A dependency was brought back and the unit came back with it (systemd's Restart=,
+    # socket activation): restarting it a second time would only interrupt it.
+    (State.CHECKING_DEPENDENCIES, Verdict.HEALTHY): Transition(State.NOT_NEEDED),
     # Same, but the level is CLEANUP_THEN_RESTART: clean before checking space.
     (State.CHECKING_DEPENDENCIES, Verdict.CLEANUP_NEXT): Transition(State.CLEANING_UP),
     # A dependency is down and its ladder could not bring it back yet: wait, do not restart.

@@ -259,6 +259,10 @@ class Listener:
         )
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
         self._status_handle: asyncio.TimerHandle | None = None
+        # Runs that only wait for their cause (a dependency being recovered by another
+        # run), and the extra workers standing in for them (_on_cause_wait).
+        self._cause_waits = 0
+        self._extra_workers = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -359,6 +363,9 @@ class Listener:
             self._bus = bus
             if self._engine is None:
                 self._engine = self._engine_factory(bus)
+                hook = getattr(self._engine, "set_wait_hook", None)
+                if hook is not None:
+                    hook(self._on_cause_wait)
             else:
                 # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
                 # lost connection failed over to this one; anything else is replaced.
@@ -622,6 +629,29 @@ class Listener:
             if self._resync and self._queue.empty():
                 self._resync = False
                 self.request_reconcile()
+
+    def _on_cause_wait(self, delta: int) -> None:
+        """A run started (+1) or stopped (-1) waiting for its incident group's cause.
+
+        Its worker would sit idle for as long: an extra worker takes its place, so 32
+        dependents waiting for one database never hold back an unrelated unit's first
+        restart. The extra workers go again as the waits end.
+        """
+        self._cause_waits += delta
+        while self._extra_workers < self._cause_waits:
+            self._extra_workers += 1
+            self._spawn(self._extra_worker(), f"listener extra worker {self._extra_workers}")
+
+    async def _extra_worker(self) -> None:
+        try:
+            while self._extra_workers <= self._cause_waits:
+                unit = await self._queue.get()
+                try:
+                    await self._handle_queued(unit)
+                finally:
+                    self._queue.task_done()
+        finally:
+            self._extra_workers -= 1
 
     async def _handle_queued(self, unit: str) -> None:
         state = self.units.setdefault(unit, UnitState())

@@ -79,6 +79,14 @@ DETAIL_TYPES: Mapping[str, type] = {
     "detail": str,  # one line about the step or probe; cut and screened here
     "error": str,  # one line, already free of secrets; cut and screened again here
     "message": str,
+    # incident groups (GroupOpened, GroupClosed)
+    "cause": str,  # what the members share, e.g. "dependency db.service", "disk /var"
+    "cause_kind": str,  # dependency | depends | disk | memory | config | exit-status
+    "members": str,  # the units, space-separated (cut like any text: see member_count)
+    "member_count": int,
+    "recovered": int,  # GroupClosed: members recovered
+    "gave_up": int,  # GroupClosed: members the ladder gave up on
+    "waiting": int,  # GroupClosed: members left waiting for a cause that gave up
 }
 
 MAX_TEXT = 200

@@ -102,6 +102,8 @@ def the_events() -> list[Event]:
         {"attempts": 2, "duration": 3.25, "level": "cleanup-then-restart"},
         {"reason": "budget", "attempts": 5, "level": "alert-and-stop"},
         {"healthy": False, "failures": 3, "detail": "http 503"},
+        {"cause": "dependency db.service", "cause_kind": "dependency", "member_count": 2},
+        {"cause": "dependency db.service", "state": "recovered", "recovered": 3, "waiting": 0},
     ]
     return [
         Event(

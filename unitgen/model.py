@@ -292,6 +292,8 @@ class Override:
 class Defaults:
     hardening: HardeningProfile = "strict"
     alerts: tuple[str, ...] = ()
+    # Host-wide, for the listener (handlers/correlation.py RestartRate); 0: no limit.
+    max_restarts_per_second: int = 0
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,33 @@ def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
             return value
         raise PolicyError(f"{source}: {where}: expected {tp.__name__}, got {value!r}")
     raise PolicyError(f"{source}: {where}: unsupported type {tp!r}")
+
+
+# The listener's host-wide settings, written beside the policies by `unitgen render`
+# from [defaults] (only when one differs from its default).
+HOST_POLICY = "host.policy"
+
+
+def load_host_restart_rate(policy_dir: Path) -> float:
+    """[defaults] max_restarts_per_second as rendered; 0 (no limit) when absent."""
+    path = policy_dir / HOST_POLICY
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0.0
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    value = raw.get("max_restarts_per_second", 0) if isinstance(raw, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= 100_000  # also refuses NaN and Infinity
+    ):
+        raise PolicyError(f"{path}: max_restarts_per_second: expected a number from 0 to 100000")
+    return float(value)

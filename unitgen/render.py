@@ -510,7 +510,23 @@ def render_policies(spec: Spec, options: RenderOptions) -> dict[str, str]:
             alerts.append({**target.config, "name": target.name, "type": target.type})
         policy = policy_from_service(svc, tuple(alerts), _unit_directories(svc, options.base_dirs))
         out[f"{svc.unit}.json"] = to_json(policy)
+    out.update(render_host_policy(spec))
     return out
+
+
+def render_host_policy(spec: Spec) -> dict[str, str]:
+    """The listener's host-wide settings, beside the policies; none while all are defaults.
+
+    Not named ``*.json``: the listener takes every such file for a unit's policy.
+    """
+    import json
+
+    from unitgen.policy import HOST_POLICY
+
+    rate = spec.defaults.max_restarts_per_second
+    if not rate:
+        return {}
+    return {HOST_POLICY: json.dumps({"max_restarts_per_second": rate}, sort_keys=True) + "\n"}
 
 
 # -- writing, all or nothing ----------------------------------------------------------

@@ -875,6 +875,11 @@ DEFAULTS = Table(
             Choice(HARDENING_PROFILES), "profile for services that name none", "strict"
         ),
         "alerts": Field(ALERT_NAMES, "alert targets for units that name none", []),
+        "max_restarts_per_second": Field(
+            Integer(0, 100000),
+            "host-wide limit on the listener's ladder restarts per second (0: no limit)",
+            0,
+        ),
     },
     doc="Defaults for every service and override.",
 )

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("handlers.recovery")
 
 Status = Literal["firing", "resolved"]
+# What the incident-group gate (RecoveryEngine with grouping) says about a unit's alert;
+# its second argument is how long the alert has been held already (seconds).
+Gate = Literal["send", "hold", "drop"]
+AlertGate = Callable[[str, float], Gate]
 UnitWait = Callable[[str, Callable[[dict[str, Any]], bool], float], Awaitable[dict[str, Any]]]
 
 
@@ -83,6 +87,12 @@ class Alerting:
         self.alerters: dict[str, Alerter | None] = {}
         self._queued: list[_Request] = []
         self.pending: set[asyncio.Task[None]] = set()
+        # Incident groups: a unit's firing alert may be held for the group window, and
+        # dropped when the unit turns out to be covered by its group's one alert.
+        self.gate: AlertGate | None = None
+        self.hold_for = 0.0
+        self._held: list[tuple[float, float, _Request]] = []  # (since, until, request)
+        self._release: asyncio.TimerHandle | None = None
 
     def alerter_for(self, policy: Policy) -> Alerter | None:
         if policy.unit not in self.alerters:
@@ -151,15 +161,65 @@ class Alerting:
     def flush(self) -> None:
         queued, self._queued = self._queued, []
         for req in queued:
-            prepared = self._prepare(req)
-            if prepared is None:
+            if req.status == "firing" and self.gate is not None:
+                decision = self.gate(req.unit, 0.0)
+                if decision == "drop":
+                    continue
+                if decision == "hold":
+                    now = self.clock.monotonic()
+                    self._hold(now, now + self.hold_for, req)
+                    continue
+            self._dispatch(req)
+
+    def _hold(self, since: float, until: float, req: _Request) -> None:
+        self._held.append((since, until, req))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._release is not None or not self._held:
+            return
+        due = min(until for _since, until, _req in self._held)
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due - self.clock.monotonic())
+        self._release = loop.call_later(delay, self._release_held)
+
+    def _release_held(self, *, everything: bool = False) -> None:
+        """Each held alert whose window is over is covered by a group now, or goes out."""
+        self._release = None
+        now = self.clock.monotonic()
+        held, self._held = self._held, []
+        for since, until, req in held:
+            if until > now and not everything:
+                self._held.append((since, until, req))
                 continue
-            alerter, alert, key = prepared
-            task = asyncio.create_task(
-                self._deliver(alerter, alert, key), name=f"alert {alert.unit}"
-            )
-            self.pending.add(task)
-            task.add_done_callback(self._done)
+            decision = "send" if self.gate is None else self.gate(req.unit, now - since)
+            if decision == "hold" and not everything:
+                self._held.append((since, now + self.hold_for, req))
+            elif decision != "drop":
+                self._dispatch(req)
+        if self._held:
+            self._schedule()
+
+    def send_group(self, policy: Policy, alert: Alert, key: str) -> None:
+        """A group's alert, once per (group, key, status), through ``policy``'s targets."""
+        if self.dry_run:
+            return
+        alerter = self.alerter_for(policy)
+        if alerter is None or not alerter.targets:
+            return
+        if not self.store.claim_alert(alert.incident_id, key, alert.status, self.clock.time()):
+            return
+        self._start(alerter, alert, key)
+
+    def _dispatch(self, req: _Request) -> None:
+        prepared = self._prepare(req)
+        if prepared is not None:
+            self._start(*prepared)
+
+    def _start(self, alerter: Alerter, alert: Alert, key: str) -> None:
+        task = asyncio.create_task(self._deliver(alerter, alert, key), name=f"alert {alert.unit}")
+        self.pending.add(task)
+        task.add_done_callback(self._done)
 
     async def _deliver(self, alerter: Alerter, alert: Alert, key: str) -> None:
         deliveries: list[Delivery] = await alerter.send(alert)
@@ -182,6 +242,9 @@ class Alerting:
     async def drain(self, timeout: float | None) -> None:  # noqa: ASYNC109
         """Send what is queued and wait (bounded) for the sends still running."""
         self.flush()
+        if self._release is not None:
+            self._release.cancel()
+        self._release_held(everything=True)
         if not self.pending:
             return
         bound = timeout

@@ -27,6 +27,7 @@ import os
 from typing import TYPE_CHECKING
 
 from handlers import adoption, ladder
+from handlers.correlation import GROUP_RESTARTS_IN_FLIGHT, Correlator, RestartRate
 from handlers.diagnose import SystemdClient
 from handlers.events import EventKind, EventSink, NullSink
 from handlers.ladder import DEPENDENCY_WAIT, JOIN_CAP, Level, State
@@ -36,6 +37,7 @@ from handlers.recovery import history
 from handlers.recovery.alerting import Alerting, default_alerter
 from handlers.recovery.core import Moment
 from handlers.recovery.finish import DRY_RUN_STOP, Finish
+from handlers.recovery.grouping import group_outcome
 from handlers.recovery.model import (
     AlerterFactory,
     Clock,
@@ -78,6 +80,9 @@ class RecoveryEngine(Steps, Finish):
         journal_skip: frozenset[str] = frozenset(),
         host: str | None = None,
         watch_uptime: bool = False,
+        correlate: bool = False,
+        max_restarts_per_second: float = 0.0,
+        group_restarts: int = GROUP_RESTARTS_IN_FLIGHT,
     ) -> None:
         """``watch_uptime``: verify also waits ``min_uptime`` for the unit to stay up.
 
@@ -90,6 +95,11 @@ class RecoveryEngine(Steps, Finish):
         ``journal_skip``: trigger sources whose outcome nobody reads (the listener's
         own triggers), so no ``journalctl`` is started for them: a process per
         incident is most of the daemon's CPU when many units fail at once.
+
+        ``correlate``: group failures that share a cause (handlers/correlation.py);
+        the listener sets it, a one-unit OnFailure= process has nothing to group.
+        ``max_restarts_per_second``: the host-wide limit on this engine's restarts
+        (0: none). ``group_restarts``: a group's dependents restarting at once.
         """
         self.bus = bus
         self.paths = paths
@@ -128,6 +138,16 @@ class RecoveryEngine(Steps, Finish):
         self._policies: dict[str, tuple[tuple[int, ...], Policy]] = {}
         self._checkpointing: asyncio.Future[None] | None = None
         self._pause = test_pause()
+        self.correlator = Correlator(self.clock.monotonic) if correlate else None
+        self._rate = RestartRate(max_restarts_per_second, self.clock.monotonic)
+        self._group_slots = asyncio.Semaphore(max(1, group_restarts))
+        self._on_wait = None
+        self._group_walls = {}
+        self._closing = False
+        self._unchecked = set()
+        if self.correlator is not None:
+            self.alerting.gate = self._gate
+            self.alerting.hold_for = self.correlator.window
 
     # --- public API ---------------------------------------------------------------------
 
@@ -233,6 +253,7 @@ class RecoveryEngine(Steps, Finish):
         if self._checkpointing is not None:
             # A thread cannot be cancelled; a PASSIVE checkpoint is short.
             await asyncio.gather(self._checkpointing, return_exceptions=True)
+        self._close_groups()
         for task in list(self._deferred):
             task.cancel()
         if self._deferred:
@@ -322,7 +343,18 @@ class RecoveryEngine(Steps, Finish):
     # --- the ladder ---------------------------------------------------------------------
 
     async def _ladder(self, unit: str, trigger: Trigger, visited: set[str]) -> Outcome:
-        """One run, under the unit's lock: where it enters, the loop, and its end."""
+        """One run, under the unit's lock, counted in its incident group's bookkeeping."""
+        self._group_began(unit)
+        outcome = ""
+        try:
+            result = await self._ladder_run(unit, trigger, visited)
+            outcome = group_outcome(result)
+            return result
+        finally:
+            self._group_end(unit, outcome)
+
+    async def _ladder_run(self, unit: str, trigger: Trigger, visited: set[str]) -> Outcome:
+        """One run: where it enters, the loop, and its end."""
         run = self._new_run(unit, trigger, visited)
         entry = self._entry(run)
         if isinstance(entry, Outcome):
@@ -330,8 +362,10 @@ class RecoveryEngine(Steps, Finish):
         try:
             state = await self._loop(run, entry)
         except BaseException:
+            self._release_slot(run)
             self._abandon(run)
             raise
+        self._release_slot(run)
         return await self._finish(run, state)
 
     def _new_run(self, unit: str, trigger: Trigger, visited: set[str]) -> Run:

@@ -157,7 +157,8 @@ def status(
         summary = store.summary(name)
         known = records(store, ledger, name, now)
         used, _last = budget(store, ledger, name, policy, now, known)
-        gave_up = given_up(store, ledger, name, now, store.last_incident(name), known) is not None
+        last = store.last_incident(name)
+        gave_up = given_up(store, ledger, name, now, last, known) is not None
         out.append(
             {
                 "unit": name,
@@ -172,6 +173,7 @@ def status(
                 "default_policy": policy.default,
                 "history_degraded_since": gap[0] if gap else None,
                 "history_degraded_reason": gap[1] if gap else "",
+                "group": incident_group(store, last.id) if last is not None else "",
                 "notes": notes + ([store.note] if store.note else []),
             }
         )
@@ -192,6 +194,7 @@ def history(store: Store, unit: str, limit: int = 50) -> list[dict[str, object]]
                 "level": level_of(inc).label,
                 "opened": inc.opened.wall,
                 "closed": inc.closed.wall if inc.closed else None,
+                "group": incident_group(store, inc.id),
                 "attempts": [
                     {
                         "time": a.at.wall,
@@ -206,3 +209,11 @@ def history(store: Store, unit: str, limit: int = 50) -> list[dict[str, object]]
             }
         )
     return out
+
+
+def incident_group(store: Store, incident_id: str) -> str:
+    """The incident group the incident was part of ("group ID: cause"), or ""."""
+    for attempt in store.attempts(incident_id):
+        if attempt.action == "group":
+            return attempt.reason
+    return ""

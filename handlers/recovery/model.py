@@ -185,6 +185,14 @@ class Run:
     call: RestartCall = field(default_factory=RestartCall)
     # Set when this run adopted an incident whose owner died (handlers/adoption.py).
     resumed: adoption.Interrupted | None = None
+    # Incident groups (handlers/correlation.py): the group this unit joined, whether it
+    # holds one of the group's restart slots, whether a dependency was brought back
+    # during this run (so the unit may be back by itself), and dependencies whose own
+    # ladder gave up (nothing to wait for).
+    group: str = ""
+    slot: bool = False
+    dependency_back: bool = False
+    dependencies_gave_up: tuple[str, ...] = ()
 
     @property
     def incident_id(self) -> str:

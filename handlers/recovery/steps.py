@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 # resources at import time, not on the first failure: every incident uses it
 # (docs/recovery.md, "What it costs").
 from handlers import adoption, backoff, ladder, resources
+from handlers.correlation import Cause
 from handlers.diagnose import (
     RESTARTING_SUBSTATES,
     Diagnosis,
@@ -29,7 +30,8 @@ from handlers.diagnose import (
 from handlers.events import EventKind
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS, Level, State, Verdict
 from handlers.recovery import history
-from handlers.recovery.core import Core, Moment
+from handlers.recovery.core import Moment, template_of
+from handlers.recovery.grouping import Grouping
 from handlers.recovery.history import level_of, timeline
 from handlers.recovery.model import UNIT_STATE, Outcome, Run, Trigger
 from handlers.store import IncidentRow, Stamp
@@ -44,7 +46,7 @@ log = logging.getLogger("handlers.recovery")
 _NEVER_FAILED = (".target", ".slice")
 
 
-class Steps(Core):
+class Steps(Grouping):
     """The step actions; :class:`handlers.recovery.RecoveryEngine` runs them in its loop."""
 
     async def _act(self, state: State, run: Run) -> Verdict:
@@ -279,24 +281,39 @@ class Steps(Core):
     async def _check_dependencies(self, run: Run) -> Verdict:
         down: list[str] = []
         details: list[str] = []
-        deps = [
+        gave_up: list[str] = []
+        candidates = [
             d
             for d in self._systemd_dependencies(run)
             # A target or slice has no failed state (systemd's target.c, slice.c): asking
             # about basic.target on every incident would cost a round trip for nothing.
-            if d not in run.visited and not d.endswith(_NEVER_FAILED)
+            if not d.endswith(_NEVER_FAILED)
         ]
+        # Visited ones are being recovered further up this chain: a cycle. Skipped, so
+        # it terminates, and reported, so it is seen.
+        self._report_cycle(run, [d for d in candidates if d in run.visited])
+        deps = [d for d in candidates if d not in run.visited]
         states = await self._active_states(deps)
+        required = set(run.diagnosis.requires + run.diagnosis.binds_to) if run.diagnosis else set()
         for dep in deps:
-            # (visited ones are skipped: a cycle, being recovered further up this chain)
-            if states.get(dep) != "failed":
+            state = states.get(dep)
+            ours = dep in self._running
+            if state != "failed" and not (ours and state != "active"):
+                self._dependency_seen(run, dep, state, dep in required, down, details)
                 continue
+            # The shared cause of everything that needs it: recovered once, first.
+            self._group_join(run, Cause("dependency", dep, dep))
             # Its own run emits events now: ours, made before, go out first.
             self._events_at(run, Moment.WAIT)
-            outcome = await self._recover_dependency(dep, run)
+            outcome = await self._waiting(self._recover_dependency(dep, run))
+            run.dependency_back = True
             details.append(f"{dep}: {outcome.state.value} ({outcome.reason})")
             if outcome.state not in (State.RECOVERED, State.NOT_NEEDED):
                 down.append(dep)
+                if outcome.state is State.GAVE_UP:
+                    gave_up.append(dep)
+        run.dependencies_gave_up = tuple(gave_up)
+        self._group_checked(run.unit)
         if run.policy.depends:
             self._events_at(run, Moment.WAIT)  # probes may take seconds
         for i, probe in enumerate(run.policy.depends):
@@ -310,13 +327,60 @@ class Steps(Core):
             run.diagnosis = dataclasses.replace(run.diagnosis, classification="dependency")
             if run.incident is not None:
                 self.store.update_incident(run.incident.id, classification="dependency")
+        if run.policy.depends and down and self.correlator is not None:
+            for name in down:
+                if name.startswith("depends["):
+                    probe = run.policy.depends[int(name[len("depends[") : -1])]
+                    self._group_join(run, Cause("depends", _probe_key(probe)))
         if down:
             run.detail = "dependency down: " + "; ".join(details)
             return Verdict.DEPENDENCY_DOWN
         run.detail = "; ".join(details) or "dependencies active"
+        if run.dependency_back and await self._back_by_itself(run):
+            return Verdict.HEALTHY
         if run.level is Level.CLEANUP_THEN_RESTART:
             return Verdict.CLEANUP_NEXT
         return Verdict.OK
+
+    def _dependency_seen(
+        self,
+        run: Run,
+        dep: str,
+        state: str | None,
+        required: bool,
+        down: list[str],
+        details: list[str],
+    ) -> None:
+        """A dependency not failed and not ours to recover: grouped, waited for, or fine."""
+        if self.correlator is None:
+            return
+        if state in ("activating", "deactivating"):
+            # systemd is (re)starting it: wait for it rather than restart ahead of it.
+            self._group_join(run, Cause("dependency", dep, dep))
+            down.append(dep)
+            details.append(f"{dep}: {state}")
+        elif self.correlator.caused(dep) is not None or (state == "inactive" and required):
+            # Recovered moments ago by us (the same incident), or a required unit that is
+            # down: the shared cause, though restarting this unit will start it too.
+            self._group_join(run, Cause("dependency", dep, dep))
+
+    async def _back_by_itself(self, run: Run) -> bool:
+        """Once a dependency is back, is the unit too (systemd's Restart=, socket activation)?"""
+        state = (await self._active_states([run.unit])).get(run.unit)
+        if state != "active":
+            return False
+        run.detail += f"; {run.unit} came back with its dependency: not restarted"
+        return True
+
+    def _report_cycle(self, run: Run, looping: list[str]) -> None:
+        for dep in looping:
+            if dep == run.unit:
+                continue
+            note = f"dependency cycle: {run.unit} needs {dep}, which is being recovered for it"
+            if note not in run.notes:
+                run.notes.append(note)
+                log.warning("%s", note)
+                self._record_step(run, "dependency-cycle", "skipped", note, 0.0)
 
     async def _active_states(self, units: list[str]) -> dict[str, str]:
         """ActiveState of each unit, in one ListUnitsByPatterns."""
@@ -335,6 +399,13 @@ class Steps(Core):
 
     async def _wait_for_dependency(self, run: Run) -> Verdict:
         run.dependency_rounds += 1
+        if run.dependencies_gave_up and set(run.dependencies_gave_up) >= set(run.waiting_on):
+            # Its ladder gave up: nothing will bring it back within any wait, and restarting
+            # this unit would only fail again. It waits for its cause (the group's alert
+            # says so) instead of a restart in a loop.
+            names = ", ".join(run.dependencies_gave_up)
+            run.detail = f"waiting for {names}, whose recovery gave up; not restarted"
+            return Verdict.DEPENDENCY_STILL_DOWN
         bound = min(DEPENDENCY_WAIT, run.policy.recovery.start_timeout)
         still: list[str] = []
         for name in run.waiting_on:
@@ -346,13 +417,16 @@ class Steps(Core):
                     still.append(detail)
                 continue
             try:
-                await self._wait_unit(name, lambda p: p.get("ActiveState") == "active", bound)
+                await self._waiting(
+                    self._wait_unit(name, lambda p: p.get("ActiveState") == "active", bound)
+                )
             except SystemdError as exc:
                 still.append(f"{name}: {exc}")
         if still or run.dependency_rounds > MAX_DEPENDENCY_ROUNDS:
             run.detail = "still down after waiting: " + ("; ".join(still) or "flapping")
             return Verdict.DEPENDENCY_STILL_DOWN
         run.detail = "dependencies back: " + ", ".join(run.waiting_on)
+        run.dependency_back = True
         return Verdict.DEPENDENCY_BACK
 
     # --- CLEANING_UP ----------------------------------------------------------------------
@@ -410,6 +484,7 @@ class Steps(Core):
         # /proc/meminfo is generated in memory: reading it cannot block like statvfs can.
         mem = resources.memory_status(policy.memory.min_available)
         if not mem.ok:
+            self._group_join(run, Cause("memory", "host"))
             run.notes.append(f"memory low: {mem.reason}")
             # Recorded and alerted, but not blocking: a restart may still succeed. One
             # memory alert per incident (shared with the oom-kill one).
@@ -450,6 +525,8 @@ class Steps(Core):
                 run.notes.append("no cleanup directory is on the full filesystem")
         if problems:
             run.detail = "; ".join(s.reason for s in problems)
+            for status in problems:
+                self._group_join(run, Cause("disk", status.path))
             return Verdict.DISK_LOW
         run.detail = "disk ok" + (f"; memory low: {mem.reason}" if not mem.ok else "")
         return Verdict.OK
@@ -463,11 +540,14 @@ class Steps(Core):
             return Verdict.OK
         self._events_at(run, Moment.WAIT)  # up to validate_timeout
         ok, run.detail = await validate(argv, run.policy.recovery.validate_timeout)
+        if not ok:
+            self._group_join(run, Cause("config", " ".join(argv)))
         return Verdict.OK if ok else Verdict.CONFIG_INVALID
 
     # --- BACKING_OFF / RESTARTING / VERIFYING ---------------------------------------------
 
     async def _back_off(self, run: Run) -> Verdict:
+        self._group_by_exit_status(run)
         delay = backoff.delay_for(run.used + 1, run.policy.recovery.backoff, self.rng)
         wait = backoff.remaining(delay, run.last_attempt_at, self.clock.monotonic())
         run.detail = f"attempt {run.used + 1}: waiting {wait:.3f}s (delay {delay:.3f}s)"
@@ -479,6 +559,16 @@ class Steps(Core):
         if sleeps:
             await self.clock.sleep(wait)
         return Verdict.OK
+
+    def _group_by_exit_status(self, run: Run) -> None:
+        """Instances of one template failing with the same exit status share a cause."""
+        diag = run.diagnosis
+        template = template_of(run.unit)
+        if self.correlator is None or run.group or diag is None or not template:
+            return
+        if diag.classification == "exit-code" and diag.exec_main_status:
+            status = diag.exec_main_status
+            self._group_join(run, Cause("exit-status", f"{template} status {status}"))
 
     async def _restart(self, run: Run) -> Verdict:
         unit = run.unit
@@ -508,6 +598,9 @@ class Steps(Core):
             self._record_step(run, "restart", "started", run.detail, 0.0, at=at)
         if self._pause is not None:
             await self._pause.reached("restarting", unit, run.used)
+        if run.group or self._rate.per_second > 0:
+            self._events_at(run, Moment.WAIT)  # a slot or the rate may make it wait
+            await self._restart_admission(run)
         try:
             if run.level is Level.RESTART_WITH_DEPENDENCIES:
                 await self._restart_dependencies(run)
@@ -589,6 +682,7 @@ class Steps(Core):
             # The restart has run (or will not): the unit can no longer be unloaded
             # between our calls, so the pin goes, now that it costs the start nothing.
             await self._unpin(run)
+            self._release_slot(run)
         if props.get("SubState") in RESTARTING_SUBSTATES:
             run.detail = "crashed again; systemd's Restart= took over"
             return Verdict.SYSTEMD_RESTARTING
@@ -705,3 +799,9 @@ async def run_probe(probe: Probe, attempts: int) -> tuple[bool, str]:
         return False, str(exc)
     result = await probe_with_backoff(spec, attempts=max(1, attempts), base=0.5, max_delay=5.0)
     return result.ok, result.detail
+
+
+def _probe_key(probe: Probe) -> str:
+    """What identifies a declared external dependency across units: its target."""
+    target = probe.target if isinstance(probe.target, str) else " ".join(probe.target)
+    return f"{probe.kind} {target}"

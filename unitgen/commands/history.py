@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             f"{inc['incident_id']}  {_when(inc['opened'])}  {inc['state']:<10} "
             f"{inc['classification']:<16} level {inc['level']}  {inc['reason']}"
         )
+        if inc.get("group"):
+            print(f"    part of incident {inc['group']}")
         for a in inc["attempts"]:  # type: ignore[attr-defined]
             print(
                 f"    {_when(a['time'])}  {a['action']:<16} {a['result']:<18} "

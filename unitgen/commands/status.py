@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{r['unit']!s:32} {r['state']!s:28} {attempts:>9} {_fmt(r['mttr'], 's'):>8} "
             f"{success:>8}  {r['last_failure_reason'] or '-'}"
+            + (f" [{r['group']}]" if r.get("group") else "")
         )
         if r["default_policy"]:
             notes.append(f"{r['unit']} has no recovery policy; shown with the default policy")

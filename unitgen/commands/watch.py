@@ -108,13 +108,24 @@ async def _main(args: argparse.Namespace) -> int:
     service = None
     engines: list[RecoveryEngine] = []
 
+    from unitgen.policy import load_host_restart_rate
+
+    # Read before anything starts: a broken file fails the start with one line.
+    restart_rate = load_host_restart_rate(paths.policy_dir)
+
     def make_engine(bus: SystemdBus) -> RecoveryEngine:
         from handlers.busretry import RetryingBus
 
         # Operators' and OnFailure= hand-offs still get journal lines in their reply.
         # The ladder outlives a bus restart: the listener attaches each new connection.
+        # Failures sharing a cause are grouped (handlers/correlation.py).
         engine = RecoveryEngine(
-            RetryingBus(bus), paths, events=events, journal_skip=LISTENER_SOURCES
+            RetryingBus(bus),
+            paths,
+            events=events,
+            journal_skip=LISTENER_SOURCES,
+            correlate=True,
+            max_restarts_per_second=restart_rate,
         )
         engines.append(engine)
         return engine

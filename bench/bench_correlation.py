@@ -1,0 +1,241 @@
+"""200 of 1,000 watched units need one service that dies: grouped against per-unit.
+
+A user sandbox runs 1,000 watched units: ``db.service``, 200 ``app@N.service``
+that ``Requires=`` and ``After=`` it, and 799 idle ``idle@N.service``. The service
+holds the write end of a FIFO every app reads, so killing it fails all 200 at the
+same moment (EOF, exit 3), as clients of a dead database do. Each round starts a
+fresh ``unitgen watch --user`` (fresh history), kills the service, and measures
+until every unit is active again and the alerts have settled:
+
+* time to all active (kill -> the last of the 201 active, polled every 50 ms);
+* ladder restarts issued (the history's ``restart`` rows);
+* listener CPU (utime + stime of the daemon from the kill to the end of the settle);
+* alerts sent (POSTs at a local webhook receiver, firing and resolved).
+
+"today" is the daemon from a ``git archive`` of ``--baseline`` (default: the
+merge base with ``main``), "grouped" this checkout; they alternate, round by round.
+
+    /opt/unitgen/bin/python bench/bench_correlation.py --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from unitgen.paths import Scope  # noqa: E402
+from unitgen.sandbox import Sandbox  # noqa: E402
+
+DB = "db.service"
+SETTLE = 8.0  # seconds after all are active: resolutions (a group lingers 5 s) go out
+RUNNER = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import unitgen; "
+    "assert unitgen.__file__.startswith(sys.argv[1]), unitgen.__file__; "
+    "from unitgen.cli import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+class Hook:
+    """A webhook receiver counting what it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    hook.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _active(sb: Sandbox, pattern: str) -> int:
+    res = sb.systemctl("list-units", "--no-legend", "--plain", "--state=active", pattern)
+    return len([line for line in res.stdout.splitlines() if line.strip()])
+
+
+def _policies(policy_dir: Path) -> None:
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    for unit in (DB, "app@.service", "idle@.service"):
+        body = {
+            "unit": unit,
+            "version": 1,
+            "recovery": {"min_uptime": 0.5},
+            "alerts": [{"name": "hook", "type": "webhook", "url_env": "BENCH_HOOK"}],
+        }
+        (policy_dir / f"{unit}.json").write_text(json.dumps(body))
+
+
+def _round(sb: Sandbox, work: Path, code: Path, hook: Hook, dependents: int) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=work))
+    run = Path(tempfile.mkdtemp(prefix="unitgen-bench-run-", dir="/dev/shm"))
+    env = {
+        **os.environ,
+        **sb.env,
+        "UNITGEN_STATE_DIR": str(state),
+        "UNITGEN_RUN_DIR": str(run / "unitgen"),
+        "BENCH_HOOK": hook.url,
+    }
+    log = (work / "watch.log").open("ab")
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(code), "watch", "--user", "--no-health", "--no-export"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    log.close()
+    try:
+        # Ready once it has reconciled: the history database exists and a second passed.
+        deadline = time.monotonic() + 60
+        while not any(state.rglob("*.sqlite3")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)
+        sent_before = len(hook.bodies)
+        cpu0 = _cpu(daemon.pid)
+        killed = time.monotonic()
+        sb.kill_main(DB)
+        while not (
+            _active(sb, "app@*") == dependents
+            and sb.show(DB, "ActiveState")["ActiveState"] == "active"
+        ):
+            if time.monotonic() - killed > 180:
+                raise RuntimeError("not all active again within 180 s")
+            time.sleep(0.05)
+        all_active = time.monotonic() - killed
+        time.sleep(SETTLE)
+        cpu = _cpu(daemon.pid) - cpu0
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        shutil.rmtree(run, ignore_errors=True)
+    bodies = hook.bodies[sent_before:]
+    (database,) = state.rglob("*.sqlite3")
+    with sqlite3.connect(database) as conn:
+        restarts = conn.execute("SELECT count(*) FROM attempts WHERE action = 'restart'").fetchone()
+    return {
+        "all_active_s": all_active,
+        "restarts": float(restarts[0]),
+        "cpu_s": cpu,
+        "alerts_firing": float(sum(b["status"] == "firing" for b in bodies)),
+        "alerts_resolved": float(sum(b["status"] == "resolved" for b in bodies)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--rounds", type=int, default=2, help="rounds of each, alternating")
+    p.add_argument("--dependents", type=int, default=200)
+    p.add_argument("--units", type=int, default=1000, help="watched units in all")
+    p.add_argument("--baseline", default="", help="git ref of today's code (default: merge base)")
+    args = p.parse_args()
+    baseline = (
+        args.baseline
+        or subprocess.run(
+            ["git", "-C", str(REPO), "merge-base", "HEAD", "main"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    work = Path(tempfile.mkdtemp(prefix="unitgen-corr-"))
+    try:
+        today = work / "today"
+        today.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", baseline], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(today)], input=archive, check=True)
+        fifo = work / "db.fifo"
+        os.mkfifo(fifo)
+        hook = Hook()
+        with Sandbox.start(Scope.USER, share=[work]) as sb:
+            _policies(Path(sb.env["UNITGEN_POLICY_DIR"]))
+            idle = args.units - args.dependents - 1
+            sb.install_units(
+                {
+                    DB: f"[Service]\nExecStart=/bin/sh -c 'exec 3<>{fifo}; exec sleep infinity'\n",
+                    "app@.service": f"[Unit]\nRequires={DB}\nAfter={DB}\n[Service]\n"
+                    f"ExecStart=/bin/sh -c 'read x < {fifo}; exit 3'\n",
+                    "idle@.service": "[Service]\nExecStart=/bin/sleep infinity\n",
+                }
+            )
+            names = [DB] + [f"app@{i}.service" for i in range(args.dependents)]
+            names += [f"idle@{i}.service" for i in range(idle)]
+            for i in range(0, len(names), 200):
+                sb.systemctl("start", *names[i : i + 200], check=True, timeout=300)
+            load = os.getloadavg()
+            results: dict[str, list[dict[str, float]]] = {"today": [], "grouped": []}
+            for r in range(args.rounds):
+                order = [("today", today), ("grouped", REPO)]
+                if r % 2:
+                    order.reverse()
+                for name, code in order:
+                    results[name].append(_round(sb, work, code, hook, args.dependents))
+                    print(name, results[name][-1], file=sys.stderr)
+        _table(results, args, baseline, load)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _table(
+    results: dict[str, list[dict[str, float]]],
+    args: argparse.Namespace,
+    baseline: str,
+    load: tuple[float, float, float],
+) -> None:
+    keys = [
+        ("all_active_s", "time to all active (s)"),
+        ("restarts", "ladder restarts issued"),
+        ("cpu_s", "listener CPU, kill to settled (s)"),
+        ("alerts_firing", "alerts sent: firing"),
+        ("alerts_resolved", "alerts sent: resolved"),
+    ]
+    print(
+        f"\n{args.dependents} of {args.units} watched units need {DB}, killed once a round; "
+        f"{args.rounds} round(s) each, alternating; today = {baseline[:10]}; "
+        f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}\n"
+    )
+    print("| measure | today (median) | grouped (median) | grouped / today |")
+    print("|---|---|---|---|")
+    for key, label in keys:
+        a = statistics.median(x[key] for x in results["today"])
+        b = statistics.median(x[key] for x in results["grouped"])
+        ratio = f"{b / a:.2f}" if a else "-"
+        print(f"| {label} | {a:.3g} | {b:.3g} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
