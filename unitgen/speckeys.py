@@ -320,6 +320,11 @@ def smtp_host(value: str) -> str | None:
 INHERITED_HARDENING = Computed("the value of defaults.hardening")
 INHERITED_ALERTS = Computed("the value of defaults.alerts")
 NAME_DEFAULT = Computed('"NAME (unitgen)"')
+AFTER_GIVE_UP_DEFAULT = Computed(
+    '"park" for a unit with depends, a health probe, or a Requires=/BindsTo= dependency; '
+    'else "stop"'
+)
+PARK_INTERVAL_MAX = 86_400.0  # a parked unit is retried at least daily, with its reminder
 
 # -- nodes used in several places ----------------------------------------------------
 
@@ -546,6 +551,18 @@ RECOVERY = Table(
             Duration(positive=True), "how long the validate command may run", "30s"
         ),
         "backoff": Field(BACKOFF, "waits between restarts"),
+        "after_give_up": Field(
+            Choice(("stop", "park")),
+            'once the ladder would give up: "stop" leaves the unit failed until `unitgen '
+            'reset`; "park" retries it every park_interval, and at once when the dependency, '
+            "health probe or disk it waits for is back",
+            AFTER_GIVE_UP_DEFAULT,
+        ),
+        "park_interval": Field(
+            Duration(positive=True, maximum=PARK_INTERVAL_MAX),
+            "how often a parked unit is retried (one bounded ladder run each time)",
+            "10min",
+        ),
     },
     build=lambda d: Recovery(**d),
     doc="The recovery ladder's budget.",
