@@ -286,7 +286,7 @@ def park_instead(t: Transition, mode: str | None) -> Transition:
 
 def after_give_up_mode(configured: str | None, *, has_dependency: bool, has_probe: bool) -> str:
     """``recovery.after_give_up`` as written, or its default: "park" for a unit that
-    has something to wait for (a dependency or a health probe), else "stop"."""
+    has something to wait for (a dependency, or a health probe), else "stop"."""
     if configured in ("stop", "park"):
         return configured
     return "park" if has_dependency or has_probe else "stop"

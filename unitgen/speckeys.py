@@ -321,8 +321,8 @@ INHERITED_HARDENING = Computed("the value of defaults.hardening")
 INHERITED_ALERTS = Computed("the value of defaults.alerts")
 NAME_DEFAULT = Computed('"NAME (unitgen)"')
 AFTER_GIVE_UP_DEFAULT = Computed(
-    '"park" for a unit with depends, a health probe, or a Requires=/BindsTo= dependency; '
-    'else "stop"'
+    '"park" for a unit with depends or a health probe, and for any unit whose dependency '
+    'stayed down; else "stop"'
 )
 PARK_INTERVAL_MAX = 86_400.0  # a parked unit is retried at least daily, with its reminder
 

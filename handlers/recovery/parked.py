@@ -19,15 +19,13 @@ from collections.abc import Callable
 
 from handlers import ladder, parking, resources
 from handlers.events import EventKind
-from handlers.ladder import Level, State, Transition
+from handlers.ladder import GiveUp, Level, State, Transition
 from handlers.ledger import ParkMark
 from handlers.parking import ParkedUnit
 from handlers.recovery.core import Core
 from handlers.recovery.history import level_of, reset_at, timeline
 from handlers.recovery.model import Run
 from handlers.store import IncidentRow, Stamp
-
-_NEVER_FAILED = (".target", ".slice")
 
 ParkingHook = Callable[[str, ParkedUnit | None], None]
 
@@ -39,15 +37,13 @@ class Parks(Core):
     # The listener's handlers.parking.Parking sets it; nothing else needs it.
     on_parking: ParkingHook | None = None
 
-    def _park_mode(self, run: Run) -> str:
-        diag = run.diagnosis
-        hard = (*diag.requires, *diag.binds_to) if diag is not None else ()
-        has_dependency = bool(run.policy.depends) or any(
-            d != run.unit and not d.endswith(_NEVER_FAILED) for d in hard
-        )
+    def _park_mode(self, run: Run, give_up: GiveUp | None) -> str:
+        # A unit whose dependency (a systemd unit or a depends probe) stayed down
+        # through the bounded wait has one, whatever its spec says: that is the
+        # dependent a dead database would otherwise strand.
         return ladder.after_give_up_mode(
             run.policy.recovery.after_give_up,
-            has_dependency=has_dependency,
+            has_dependency=bool(run.policy.depends) or give_up is GiveUp.DEPENDENCY,
             has_probe=run.policy.health is not None,
         )
 
@@ -55,7 +51,7 @@ class Parks(Core):
         """The loop's edge, with GAVE_UP turned into PARKED where the unit parks."""
         if t.target is not State.GAVE_UP or t.give_up not in ladder.PARKABLE:
             return t
-        return ladder.park_instead(t, self._park_mode(run))
+        return ladder.park_instead(t, self._park_mode(run, t.give_up))
 
     def _park_waits(self, run: Run) -> tuple[str, ...]:
         if run.give_up is None:
