@@ -36,15 +36,20 @@ PARK_INTERVAL = 45.0  # long against the resume it must not explain (a few secon
 
 
 def _spec(flag: Path, tmp: Path) -> str:
+    loop = f"while test -e {flag}; do sleep 0.2; done; exit 1"
     apps = "".join(
         f"""
 [service.{name.removesuffix(".service")}]
-exec = ["/bin/sh", "-c", "echo x >> {tmp / name}.starts; while test -e {flag}; do sleep 0.2; done; exit 1"]
+exec = ["/bin/sh", "-c", "echo x >> {tmp / name}.starts; {loop}"]
 wants = ["{DB}"]
 after = ["{DB}"]
 hardening = "off"
 restart = {{ policy = "on-failure", delay = "100ms", burst = 2, interval = "1min" }}
-recovery = {{ min_uptime = "0s", start_timeout = "2s", park_interval = "{PARK_INTERVAL:g}s", backoff = {{ base = "0s" }} }}
+[service.{name.removesuffix(".service")}.recovery]
+min_uptime = "0s"
+start_timeout = "2s"
+park_interval = "{PARK_INTERVAL:g}s"
+backoff = {{ base = "0s" }}
 """
         for name in APPS
     )
@@ -53,7 +58,12 @@ recovery = {{ min_uptime = "0s", start_timeout = "2s", park_interval = "{PARK_IN
 exec = ["/bin/sh", "-c", "test -e {flag} || exit 1; exec sleep infinity"]
 hardening = "off"
 restart = {{ policy = "on-failure", delay = "100ms", burst = 2, interval = "1min" }}
-recovery = {{ max_attempts = 1, after_give_up = "stop", min_uptime = "0s", start_timeout = "3s", backoff = {{ base = "0s" }} }}
+[service.pdb.recovery]
+max_attempts = 1
+after_give_up = "stop"
+min_uptime = "0s"
+start_timeout = "3s"
+backoff = {{ base = "0s" }}
 {apps}"""
 
 
