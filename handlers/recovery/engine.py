@@ -365,6 +365,7 @@ class RecoveryEngine(Steps, Finish):
             return State.RESUMING
         if run.trigger.source == "parked" and self.parked_info(run.unit) is None:
             # Recovered, reset or stopped since it parked: a retry has nothing to do.
+            run.unparked = True  # a stale mark (another process ended it) goes too
             self._parking_ended(run, State.NOT_NEEDED)
             return self._outcome(run, State.NOT_NEEDED, "no longer parked")
         duplicate = self.store.handled_invocation(run.unit, run.trigger.invocation_id)

@@ -192,6 +192,7 @@ class Run:
     resumed: adoption.Interrupted | None = None
     # Set when this run ended parked (handlers/recovery/parked.py).
     parked: ParkedUnit | None = None
+    unparked: bool = False  # this run continued a parked incident
 
     @property
     def incident_id(self) -> str:

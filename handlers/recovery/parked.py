@@ -106,6 +106,8 @@ class Parks(Core):
         )
 
     def _parking_ended(self, run: Run, state: State) -> None:
+        if state is not State.PARKED and run.unparked and not self.dry_run:
+            self.ledger.unpark(run.unit)
         hook = self.on_parking
         if hook is None:
             return

@@ -192,6 +192,7 @@ class Steps(Core):
         if last is not None and last.state == "parked":
             # A parked unit's retry (or a new failure of it): the same incident goes on.
             incident = last
+            run.unparked = True
             self.store.reopen_incident(last.id)
             why = run.trigger.reason or f"a {run.trigger.source} trigger"
             self.store.record_attempt(
