@@ -562,6 +562,8 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
+        if active == "active" and self._parking.waits_on(name, itself=True):
+            self._parking.unit_active(name)
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
         if self._health is not None:

@@ -67,6 +67,9 @@ DAY = 86_400.0
 # How often a parked unit's probes and disk check run: there is no signal for an
 # external service or free space coming back. A dependency unit is a signal, not this.
 CHECK_EVERY = 30.0
+# The least time between two resumes of one unit: a dependency that flaps between
+# active and failed must not turn its dependents' retries into a busy loop.
+RESUME_GAP = 2.0
 
 # Tokens of what a parked unit waits for, besides dependency unit names and the
 # ``depends[i]`` probes: its own health probe, and the disk check.
@@ -153,6 +156,7 @@ class Cue(enum.Enum):
     """What happened to a parked unit."""
 
     DEPENDENCY_ACTIVE = "dependency-active"
+    ACTIVE = "active"  # the parked unit itself is active again (an operator started it)
     PROBE_PASSED = "probe-passed"  # a depends probe, its health probe, or the disk check
     TIMER = "timer"  # park_interval since it was parked last
     PARKED = "parked"  # a run ended parked (again)
@@ -163,6 +167,8 @@ TRANSITIONS: dict[tuple[Phase, Cue], Phase] = {
     # What it waits for is back: try now, not at the next slow retry.
     (Phase.PARKED, Cue.DEPENDENCY_ACTIVE): Phase.RESUMING,
     (Phase.PARKED, Cue.PROBE_PASSED): Phase.RESUMING,
+    # Someone started it: a run sees it active and closes the incident recovered.
+    (Phase.PARKED, Cue.ACTIVE): Phase.RESUMING,
     # Nothing said it is back, but the slow retry is due: one bounded run.
     (Phase.PARKED, Cue.TIMER): Phase.RESUMING,
     # Another trigger's run (a reconciliation, a hand-off) parked it again: the
@@ -177,6 +183,7 @@ TRANSITIONS: dict[tuple[Phase, Cue], Phase] = {
     # A second dependency came back while the run is on: that run checks it anyway.
     (Phase.RESUMING, Cue.DEPENDENCY_ACTIVE): Phase.RESUMING,
     (Phase.RESUMING, Cue.PROBE_PASSED): Phase.RESUMING,
+    (Phase.RESUMING, Cue.ACTIVE): Phase.RESUMING,
     # The resumed run never reported (its trigger was lost): count it as parked again.
     (Phase.RESUMING, Cue.TIMER): Phase.PARKED,
     # Parked again after a release (a new failure ran out of its budget again).
@@ -287,14 +294,20 @@ class Parking:
         if entry.task is not None:
             entry.task.cancel()
 
-    def waits_on(self, name: str) -> bool:
-        """Whether a parked unit waits for ``name`` (cheap: the signal path asks)."""
-        return name in self._waiters
+    def waits_on(self, name: str, *, itself: bool = False) -> bool:
+        """Whether a parked unit waits for ``name`` (``itself``: whether ``name`` is
+        parked). Cheap: the signal path asks."""
+        return name in (self._entries if itself else self._waiters)
 
     def dependency_active(self, name: str) -> None:
         """``name`` became active (a PropertiesChanged signal): resume its waiters now."""
         for unit in sorted(self._waiters.get(name, ())):
             self._cue(unit, Cue.DEPENDENCY_ACTIVE, f"{name} is active")
+
+    def unit_active(self, unit: str) -> None:
+        """The parked unit itself became active (a PropertiesChanged signal)."""
+        if unit in self._entries:
+            self._cue(unit, Cue.ACTIVE, f"{unit} is active")
 
     def cue(self, unit: str, cue: Cue, detail: str) -> None:
         self._cue(unit, cue, detail)
@@ -377,7 +390,11 @@ class Parking:
                     )
                 continue
             if entry.cue is not None:
-                self._go(entry, *entry.cue)
+                gap = entry.resumed + RESUME_GAP - now if entry.resumed else 0.0
+                if gap > 0:
+                    await self._clock.sleep(gap)
+                if entry.cue is not None and entry.phase is Phase.PARKED:
+                    self._go(entry, *entry.cue)
                 continue
             checks = checks_of(info.waiting_for) if self._check is not None else ()
             checked = max(entry.checked, info.at) if checks else None

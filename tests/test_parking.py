@@ -423,3 +423,46 @@ def test_spec_keys_convert_and_bad_values_get_one_line() -> None:
     assert "expected one of stop, park" in bad.message and "\n" not in bad.message
     assert "above zero" in only_problem(with_service(recovery={"park_interval": "0s"})).message
     assert "at most 86400s" in only_problem(with_service(recovery={"park_interval": "2d"})).message
+
+
+@pytest.mark.asyncio
+async def test_a_parked_unit_started_by_hand_is_seen_and_its_incident_closed(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    bus, _db = _down_db(clock)
+    paths = _paths(tmp_path)
+    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
+    _write_policy(paths, Policy(unit=API, recovery=FAST))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover(API, ONFAIL)
+    assert out.state is State.PARKED
+    bus.units[API].props.update(ActiveState="active", SubState="running", Result="success")
+    seen = await engine.recover(API, _resume(f"active: {API} is active"))
+    assert seen.state is State.NOT_NEEDED and API not in bus.restarted()
+    inc = engine.history(API)[0]
+    assert inc["incident_id"] == out.incident_id and inc["state"] == "recovered", inc
+    assert engine.parked_info(API) is None
+    assert Ledger(paths.run_dir / "ledger").entry(API).parked is None
+    await engine.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_unit_itself_active_resumes_and_resumes_are_spaced() -> None:
+    clock, rec = _GateClock(), _Recorder()
+    reg = Parking(resume=rec.resume, remind=rec.remind, check=None, clock=clock)
+    reg.park(_info(clock, (DB,)))
+    assert reg.waits_on(API, itself=True) and not reg.waits_on(API)
+    first = clock.mono
+    reg.unit_active(API)
+    await clock.run_until(first + 0.5)
+    assert [c for _u, c, _d in rec.resumed] == [Cue.ACTIVE]
+    # Parked again at once (a flapping dependency), signalled again at once: the next
+    # resume waits out the gap since the last one instead of looping.
+    reg.park(_info(clock, (DB,)))
+    reg.dependency_active(DB)
+    await clock.run_until(first + parking.RESUME_GAP - 0.5)
+    assert len(rec.resumed) == 1
+    await clock.run_until(first + parking.RESUME_GAP + 0.5)
+    assert [c for _u, c, _d in rec.resumed] == [Cue.ACTIVE, Cue.DEPENDENCY_ACTIVE]
+    await reg.close()

@@ -170,7 +170,9 @@ class Finish(Parks):
             self._close_parked(run, inc, now)
         elif ending.close is Close.SEEN_LATER:
             last = self.store.last_incident(run.unit)
-            if last is not None and last.state == "open":
+            if last is not None and last.state == "parked":
+                run.unparked = True  # started by someone else while parked: it is over
+            if last is not None and last.state in ("open", "parked"):
                 # An incident left open (its process was killed after the restart, or
                 # systemd's Restart= finished the job): the unit is up, so it is over.
                 self.store.close_incident(
