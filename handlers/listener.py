@@ -661,6 +661,11 @@ class Listener:
             await self._recover(engine, unit, self._trigger(source="parked", reason=why))
             return
         if "health" in reasons and not (reasons - {"health"}):
+            if self._parking.waits_on(unit, itself=True):
+                # Parked (its budget spent on an unhealthy unit): its registry checks
+                # the probe and retries it; a run per failed round would only park
+                # it again, and write two history rows each time.
+                return
             self.stats.health_escalations += 1
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)

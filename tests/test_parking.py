@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -466,3 +467,37 @@ async def test_the_unit_itself_active_resumes_and_resumes_are_spaced() -> None:
     await clock.run_until(first + parking.RESUME_GAP + 0.5)
     assert [c for _u, c, _d in rec.resumed] == [Cue.ACTIVE, Cue.DEPENDENCY_ACTIVE]
     await reg.close()
+
+
+# --- the listener's side ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path: Path) -> None:
+    from test_listener import _changed, _listener, _settle
+
+    listener, _bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    # The engine reports a parking; the dependency is not even a watched unit.
+    listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
+    listener.watch.rescan()
+    now = time.monotonic()
+    listener._parking_changed(API, ParkedUnit(API, "inc", ("other.target",), "r", now, now, 600))
+    await _settle(listener)
+    assert engine.calls == []  # the one look found it inactive: nothing to do
+    # Signals of units nobody waits for, and non-active states, do nothing.
+    listener._on_signal(_changed("else.service", "active", "running"))
+    listener._on_signal(_changed("other.target", "activating", "start"))
+    await _settle(listener)
+    assert engine.calls == []
+    listener._on_signal(_changed("other.target", "active", "active"))
+    await _settle(listener)
+    assert [(u, t["source"]) for u, t in engine.calls] == [(API, "parked")]
+    assert engine.calls[0][1]["reason"] == "dependency-active: other.target is active"
+    # A health round failing for a parked unit starts no run: its registry checks.
+    listener._enqueue(API, "health")
+    await _settle(listener)
+    assert len(engine.calls) == 1
+    listener._stop.set()
+    await listener._teardown()
