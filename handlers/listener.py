@@ -259,6 +259,8 @@ class Listener:
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
         self._status_handle: asyncio.TimerHandle | None = None
         self._parking = self._new_parking()
+        # Live views, for the signal path (bench/bench_parking.py).
+        self._park_deps, self._parked_units = self._parking.watched()
         self._unpark_why: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -536,7 +538,7 @@ class Listener:
             if len(self._names) > 200_000:
                 self._names.clear()
             self._names[path] = name
-        if self._parking.waits_on(name):
+        if name in self._park_deps:
             # A dependency a parked unit waits for; it need not be watched itself.
             self._parked_dependency(name, msg.body)
         if name not in self.watch:
@@ -562,7 +564,7 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
-        if active == "active" and self._parking.waits_on(name, itself=True):
+        if active == "active" and name in self._parked_units:
             self._parking.unit_active(name)
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))

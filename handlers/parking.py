@@ -32,7 +32,7 @@ import asyncio
 import enum
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, KeysView
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -293,6 +293,11 @@ class Parking:
         self._unindex(entry)
         if entry.task is not None:
             entry.task.cancel()
+
+    def watched(self) -> tuple[KeysView[str], KeysView[str]]:
+        """Live views of (the units parked units wait for, the parked units): the
+        signal path tests membership in them without a method call."""
+        return self._waiters.keys(), self._entries.keys()
 
     def waits_on(self, name: str, *, itself: bool = False) -> bool:
         """Whether a parked unit waits for ``name`` (``itself``: whether ``name`` is
