@@ -29,6 +29,7 @@ alert); this registry only decides *when* to try again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import math
@@ -266,6 +267,9 @@ class Parking:
     # --- what the listener and the engine tell it --------------------------------------
 
     def park(self, info: ParkedUnit) -> None:
+        if info.interval < RESUME_GAP:
+            # A hand-written policy's tiny interval must not make the retries a loop.
+            info = dataclasses.replace(info, interval=RESUME_GAP)
         entry = self._entries.get(info.unit)
         if entry is None:
             entry = _Entry(info)

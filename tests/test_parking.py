@@ -424,6 +424,8 @@ def test_spec_keys_convert_and_bad_values_get_one_line() -> None:
     assert "expected one of stop, park" in bad.message and "\n" not in bad.message
     assert "above zero" in only_problem(with_service(recovery={"park_interval": "0s"})).message
     assert "at most 86400s" in only_problem(with_service(recovery={"park_interval": "2d"})).message
+    tiny = only_problem(with_service(recovery={"park_interval": "100ms"}))
+    assert tiny.key == "service.api.recovery.park_interval" and "at least 1s" in tiny.message
 
 
 @pytest.mark.asyncio

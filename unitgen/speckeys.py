@@ -325,6 +325,7 @@ AFTER_GIVE_UP_DEFAULT = Computed(
     'stayed down; else "stop"'
 )
 PARK_INTERVAL_MAX = 86_400.0  # a parked unit is retried at least daily, with its reminder
+PARK_INTERVAL_MIN = 1.0
 
 # -- nodes used in several places ----------------------------------------------------
 
@@ -534,6 +535,20 @@ BACKOFF = Table(
     doc="Waits between the ladder's restarts.",
 )
 
+
+def _park_interval_rule(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    """A parked unit retried more often than every second would be a restart loop."""
+    interval = d.get("park_interval", Recovery.park_interval)
+    if interval < PARK_INTERVAL_MIN:
+        out.add(
+            f"{key}.park_interval",
+            f"expected a duration of at least {PARK_INTERVAL_MIN:g}s (a parked unit is "
+            f"retried this often), got {interval:g}s",
+        )
+        return False
+    return True
+
+
 RECOVERY = Table(
     {
         "max_attempts": Field(
@@ -564,6 +579,7 @@ RECOVERY = Table(
             "10min",
         ),
     },
+    checks=[_park_interval_rule],
     build=lambda d: Recovery(**d),
     doc="The recovery ladder's budget.",
 )
