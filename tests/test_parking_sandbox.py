@@ -135,6 +135,7 @@ def test_dependents_park_while_the_dependency_is_down_and_resume_when_it_is_back
     text = _cli(sb, "status", "--user", APPS[0])
     assert f"parked, waiting for {DB}" in text, text
     before = {app: _starts(tmp_path, app) for app in APPS}
+    n_restarts = {app: sb.show(app, "NRestarts")["NRestarts"] for app in APPS}
 
     # Parked state survives the listener: a new daemon takes the parked units over.
     sb.systemctl("restart", DAEMON, check=True)
@@ -144,6 +145,7 @@ def test_dependents_park_while_the_dependency_is_down_and_resume_when_it_is_back
     for app in APPS:
         assert sb.show(app, "ActiveState")["ActiveState"] == "failed"
         assert _starts(tmp_path, app) == before[app], "started while parked"
+        assert sb.show(app, "NRestarts")["NRestarts"] == n_restarts[app], "systemd restarted it"
     next_retry = min(float(_status(sb)[a]["parked"]["next_retry"]) for a in APPS)
 
     # An operator brings the database back; nothing is done to the dependents.
