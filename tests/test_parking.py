@@ -503,3 +503,32 @@ async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path:
     assert len(engine.calls) == 1
     listener._stop.set()
     await listener._teardown()
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_parks_and_the_disk_check_passing_is_seen(tmp_path: Path) -> None:
+    from unitgen.model import Disk, Threshold
+
+    clock = FakeClock()
+    bus = FakeBus(FakeUnit(API), clock=clock)
+    data = tmp_path / "data"
+    data.mkdir()
+    paths = _paths(tmp_path)
+    # 100 % free can never hold on a real filesystem: always "low".
+    full = Disk(paths=(str(data),), min_free=Threshold(percent=100.0))
+    policy = Policy(unit=API, recovery=dataclasses.replace(FAST, after_give_up="park"), disk=full)
+    _write_policy(paths, policy)
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover(API, ONFAIL)
+    assert out.state is State.PARKED and out.waiting_for == (parking.DISK,)
+    assert out.reason.startswith("parked, waiting for free disk space; disk: "), out.reason
+    assert bus.restarted() == []
+    ok, detail = await engine.check_parked(API, (parking.DISK,))
+    assert not ok and detail
+    # Space freed (here: the floor lowered): the check passes, and the retry restarts it.
+    _write_policy(paths, dataclasses.replace(policy, disk=Disk(paths=(str(data),))))
+    ok, _detail = await engine.check_parked(API, (parking.DISK,))
+    assert ok
+    back = await engine.recover(API, _resume("probe-passed: disk ok"))
+    assert back.state is State.RECOVERED and bus.restarted() == [API]
+    await engine.aclose()
