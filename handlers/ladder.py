@@ -26,6 +26,10 @@ The diagram (docs/recovery.md has the prose)::
                         ▼ ok
                     VERIFYING ──active + healthy──▶ RECOVERED
                         └──not active or unhealthy──▶ DIAGNOSING (next level) or GAVE_UP
+
+    With ``recovery.after_give_up = "park"`` an edge into GAVE_UP whose reason
+    has a way back (:data:`PARKABLE`) goes to PARKED instead (:func:`park_instead`):
+    the run ends, and handlers/parking.py resumes the unit later with a fresh run.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "ENTRY_STATES",
     "JOIN_CAP",
     "MAX_DEPENDENCY_ROUNDS",
+    "PARKABLE",
     "TRANSITIONS",
     "GiveUp",
     "Level",
@@ -49,6 +54,7 @@ __all__ = [
     "count_start",
     "level_budget",
     "level_for",
+    "park_instead",
     "transition",
 ]
 
@@ -74,6 +80,9 @@ class State(enum.Enum):
     VERIFYING = "verifying"
     RECOVERED = "recovered"  # terminal
     GAVE_UP = "gave-up"  # terminal: the unit is left as it is until `unitgen reset`
+    # terminal: like GAVE_UP, but the unit is retried slowly and at once when what it
+    # waits for is back (handlers/parking.py); each retry is a fresh, bounded run.
+    PARKED = "parked"
     # First state of a run that adopted an incident its owner left open (the owner
     # died: its flock is free). Decides where the incident goes on (handlers/adoption.py).
     RESUMING = "resuming"
@@ -87,7 +96,9 @@ class State(enum.Enum):
 # whose owner died at RESUMING.
 ENTRY_STATES = frozenset({State.DIAGNOSING, State.RESUMING})
 
-_TERMINAL = frozenset({State.WAITING_FOR_SYSTEMD, State.NOT_NEEDED, State.RECOVERED, State.GAVE_UP})
+_TERMINAL = frozenset(
+    {State.WAITING_FOR_SYSTEMD, State.NOT_NEEDED, State.RECOVERED, State.GAVE_UP, State.PARKED}
+)
 
 
 class Level(enum.IntEnum):
@@ -243,6 +254,45 @@ def transition(state: State, verdict: Verdict) -> Transition:
         raise InvalidTransitionError(
             f"no transition from {state.value} on {verdict.value}"
         ) from None
+
+
+# --- parking instead of giving up ----------------------------------------------------
+
+# The give-up reasons a parked unit can come back from, each with what it waits for.
+# The others have no way back worth waiting for: GIVEN_UP is an earlier "stop" nobody
+# re-armed, NOT_FOUND has no unit to start, UNCOUNTED could not count the retries.
+PARKABLE: dict[GiveUp, str] = {
+    # A dependency stayed down through the bounded wait: wait for it to be active
+    # (its PropertiesChanged) or its probe to pass, not for ever and not in a loop.
+    GiveUp.DEPENDENCY: "dependency",
+    # Too little space even after freeing: wait for the disk check to pass again.
+    GiveUp.DISK: "disk",
+    # The budget is spent: the window frees attempts with time; a health probe
+    # passing again (a unit active but unhealthy) ends it sooner.
+    GiveUp.BUDGET: "budget",
+    # The validate command failed: an operator's fix is seen at the next retry.
+    GiveUp.CONFIG: "config",
+}
+
+
+def park_instead(t: Transition, mode: str | None) -> Transition:
+    """The edge the run takes when the unit's ``after_give_up`` is ``mode``.
+
+    ``mode`` is already resolved ("stop" or "park"; see :func:`after_give_up_mode`).
+    Only an edge into GAVE_UP with a parkable reason changes: to PARKED, with the
+    same reason (what it waits for follows from it) and the same attempt accounting.
+    """
+    if mode != "park" or t.target is not State.GAVE_UP or t.give_up not in PARKABLE:
+        return t
+    return Transition(State.PARKED, t.give_up, t.attempt_failed)
+
+
+def after_give_up_mode(configured: str | None, *, has_dependency: bool, has_probe: bool) -> str:
+    """``recovery.after_give_up`` as written, or its default: "park" for a unit that
+    has something to wait for (a dependency, or a health probe), else "stop"."""
+    if configured in ("stop", "park"):
+        return configured
+    return "park" if has_dependency or has_probe else "stop"
 
 
 # --- the budget: window, decay, levels ------------------------------------------------

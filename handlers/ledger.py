@@ -10,7 +10,10 @@ cleared at boot like the monotonic clock the windows use):
 * the unit's restart attempts within the budget's horizon,
 * its give-up (incident, reason, time), until ``unitgen reset``,
 * the last reset (a time, so an older give-up anywhere stays forgiven),
-* whether this unit's operators were already told about the history gap.
+* whether this unit's operators were already told about the history gap,
+* whether it is parked (handlers/parking.py): its incident, what it waits for,
+  since when and when it was last parked, so a restarted listener resumes it on
+  the same schedule even when the history database is gone.
 
 The engine takes the union of what the database and the ledger know (attempts
 deduplicated by their exact timestamps, which both records share), so losing
@@ -51,7 +54,7 @@ from handlers.locks import check_unit_name, open_private_dir
 from handlers.store import Stamp
 from unitgen.errors import UsageError
 
-__all__ = ["Entry", "Gap", "GiveUpMark", "Ledger", "LedgerError"]
+__all__ = ["Entry", "Gap", "GiveUpMark", "Ledger", "LedgerError", "ParkMark"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,20 @@ class GiveUpMark:
 
 
 @dataclass(frozen=True)
+class ParkMark:
+    """A parked unit: the incident, what it waits for, first and latest parking."""
+
+    incident_id: str
+    waiting_for: tuple[str, ...]
+    reason: str
+    since: Stamp  # first parked (the daily reminder counts from here)
+    at: Stamp  # parked last (the slow retry counts from here)
+
+
+MAX_WAITS_KEPT = 64
+
+
+@dataclass(frozen=True)
 class Gap:
     """The history database is not being written: since when, and why."""
 
@@ -89,6 +106,7 @@ class Entry:
     gave_up: GiveUpMark | None = None
     reset: Stamp | None = None
     gap_alerted: float | None = None  # the Gap.since this unit's alert was sent for
+    parked: ParkMark | None = None
 
     def merged(self, other: Entry) -> Entry:
         """The union of two accounts: every attempt of either, the later give-up/reset."""
@@ -100,10 +118,17 @@ class Entry:
             gap_alerted=max(
                 (g for g in (self.gap_alerted, other.gap_alerted) if g is not None), default=None
             ),
+            parked=_later_park(self.parked, other.parked),
         )
 
 
 def _later(a: GiveUpMark | None, b: GiveUpMark | None) -> GiveUpMark | None:
+    if a is None or b is None:
+        return a or b
+    return a if a.at.wall >= b.at.wall else b
+
+
+def _later_park(a: ParkMark | None, b: ParkMark | None) -> ParkMark | None:
     if a is None or b is None:
         return a or b
     return a if a.at.wall >= b.at.wall else b
@@ -182,6 +207,16 @@ class Ledger:
         """Forget attempts and the give-up; remember when, so no older record revives them."""
         self._memory[unit] = Entry(reset=at)
         return self._update(unit, lambda e: Entry(reset=at, gap_alerted=e.gap_alerted), merge=False)
+
+    def park(self, unit: str, mark: ParkMark) -> bool:
+        return self._update(unit, lambda e: replace(e, parked=mark))
+
+    def unpark(self, unit: str) -> bool:
+        """Forget the park mark (the unit recovered, or stopped for good)."""
+        self._memory[unit] = replace(self._memory.get(unit, Entry()), parked=None)
+        if self.entry(unit).parked is None:
+            return True
+        return self._update(unit, lambda e: replace(e, parked=None))
 
     def gap_alerted(self, unit: str, since: float) -> bool:
         return self._update(unit, lambda e: replace(e, gap_alerted=since))
@@ -371,6 +406,7 @@ def _parse(raw: bytes | None) -> Entry:
         gave_up = GiveUpMark(g["incident"][:64], reason[:1000], _stamp(g.get("at")))
     reset = data.get("reset")
     alerted = data.get("gap_alerted")
+    parked = _park_mark(data.get("parked"))
     return Entry(
         attempts=tuple(_stamp(a) for a in attempts[-MAX_ATTEMPTS_KEPT:]),
         gave_up=gave_up,
@@ -378,6 +414,29 @@ def _parse(raw: bytes | None) -> Entry:
         gap_alerted=float(alerted)
         if isinstance(alerted, int | float) and _number(alerted)
         else None,
+        parked=parked,
+    )
+
+
+def _park_mark(p: object) -> ParkMark | None:
+    if p is None:
+        return None
+    if not isinstance(p, dict) or not isinstance(p.get("incident"), str):
+        raise LedgerError(errno.EINVAL, "bad parked")
+    waits, reason = p.get("waiting_for"), p.get("reason")
+    if (
+        not isinstance(waits, list)
+        or len(waits) > MAX_WAITS_KEPT
+        or not all(isinstance(w, str) for w in waits)
+        or not isinstance(reason, str)
+    ):
+        raise LedgerError(errno.EINVAL, "bad parked waits")
+    return ParkMark(
+        p["incident"][:64],
+        tuple(w[:256] for w in waits),
+        reason[:1000],
+        _stamp(p.get("since")),
+        _stamp(p.get("at")),
     )
 
 
@@ -386,6 +445,7 @@ def _dump(e: Entry) -> str:
         return [at.mono, at.wall, at.boot]
 
     g = e.gave_up
+    p = e.parked
 
     return json.dumps(
         {
@@ -398,6 +458,17 @@ def _dump(e: Entry) -> str:
             ),
             "reset": s(e.reset) if e.reset is not None else None,
             "gap_alerted": e.gap_alerted,
+            "parked": (
+                {
+                    "incident": p.incident_id,
+                    "waiting_for": list(p.waiting_for),
+                    "reason": p.reason,
+                    "since": s(p.since),
+                    "at": s(p.at),
+                }
+                if p is not None
+                else None
+            ),
         },
         separators=(",", ":"),
     )

@@ -60,6 +60,7 @@ from handlers.diagnose import (
 from handlers.events import EventSink, NullSink
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
+from handlers.parking import Cue, ParkedUnit, Parking, units_of
 from handlers.watchset import WatchSet
 from unitgen.errors import PolicyError, SystemdError, UnitgenError, UnitNotFoundError
 from unitgen.model import Health
@@ -263,6 +264,10 @@ class Listener:
         # run), and the extra workers standing in for them (_on_cause_wait).
         self._cause_waits = 0
         self._extra_workers = 0
+        self._parking = self._new_parking()
+        # Live views, for the signal path (bench/bench_parking.py).
+        self._park_deps, self._parked_units = self._parking.watched()
+        self._unpark_why: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -312,6 +317,7 @@ class Listener:
         self.connected.clear()
         if self._health is not None:
             await self._health.close()
+        await self._parking.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -366,6 +372,9 @@ class Listener:
                 hook = getattr(self._engine, "set_wait_hook", None)
                 if hook is not None:
                     hook(self._on_cause_wait)
+                if hasattr(self._engine, "on_parking"):
+                    # The engine says how each run ended: parked, or not (any more).
+                    self._engine.on_parking = self._parking_changed
             else:
                 # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
                 # lost connection failed over to this one; anything else is replaced.
@@ -439,6 +448,7 @@ class Listener:
                 self._enqueue(row.name, "failed")
         self._adopt_interrupted()
         self._health_parsed = parsed
+        self._register_parked()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -548,6 +558,9 @@ class Listener:
             if len(self._names) > 200_000:
                 self._names.clear()
             self._names[path] = name
+        if name in self._park_deps:
+            # A dependency a parked unit waits for; it need not be watched itself.
+            self._parked_dependency(name, msg.body)
         if name not in self.watch:
             return
         interface, changed = msg.body[0], msg.body[1]
@@ -571,6 +584,8 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
+        if active == "active" and name in self._parked_units:
+            self._parking.unit_active(name)
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
         if self._health is not None:
@@ -684,7 +699,18 @@ class Listener:
         if bus is None or engine is None:
             state.reasons |= reasons
             return
+        if "unpark" in reasons:
+            # A parked unit's retry: a fresh, bounded run of the ladder, which also
+            # sees any failure coalesced with it.
+            why = self._unpark_why.pop(unit, "")
+            await self._recover(engine, unit, self._trigger(source="parked", reason=why))
+            return
         if "health" in reasons and not (reasons - {"health"}):
+            if self._parking.waits_on(unit, itself=True):
+                # Parked (its budget spent on an unhealthy unit): its registry checks
+                # the probe and retries it; a run per failed round would only park
+                # it again, and write two history rows each time.
+                return
             self.stats.health_escalations += 1
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
@@ -814,6 +840,88 @@ class Listener:
     def _status_now(self) -> None:
         self._status_handle = None
         self._notifier.status(self._status_line())
+
+    # -- parked units (handlers/parking.py) -----------------------------------------
+
+    def _new_parking(self) -> Parking:
+        from handlers.recovery.model import SystemClock
+
+        return Parking(
+            resume=self._resume_parked,
+            remind=self._remind_parked,
+            check=self._check_parked,
+            clock=SystemClock(),
+        )
+
+    def _parking_changed(self, unit: str, info: ParkedUnit | None) -> None:
+        """Called by the engine at the end of every run of ``unit``."""
+        if info is None:
+            self._parking.release(unit)
+            return
+        self._parking.park(info)
+        if units_of(info.waiting_for):
+            # It may have come back between the run's last look and now: no signal
+            # would come for that, so look once.
+            self._spawn(self._look_at_dependencies(info), f"parked {unit}: look")
+
+    def _register_parked(self) -> None:
+        """Parked units (from the history and the ledger), at every reconciliation.
+
+        A restarted listener picks up the schedule where the last one left it:
+        the retry is due park_interval after the last parking, not after this start.
+        """
+        engine = self._engine
+        parked_units = getattr(engine, "parked_units", None)
+        if parked_units is None:
+            return
+        try:
+            found: list[ParkedUnit] = parked_units()
+        except UnitgenError as exc:
+            log.warning("reading parked units failed: %s", exc)
+            return
+        known = self._parking.parked()
+        for info in found:
+            if info.unit not in self.watch or known.get(info.unit) == info:
+                continue
+            if self._parking.phase(info.unit).value == "resuming":
+                continue  # its run is on; that run's end registers it again
+            self._parking_changed(info.unit, info)
+
+    async def _look_at_dependencies(self, info: ParkedUnit) -> None:
+        bus = self._bus
+        if bus is None:
+            return
+        for dep in units_of(info.waiting_for):
+            try:
+                state = await bus.get_property(dep, "ActiveState")
+            except SystemdError:
+                continue
+            if state == "active":
+                self._parking.dependency_active(dep)
+
+    def _parked_dependency(self, name: str, body: Any) -> None:
+        interface, changed = body[0], body[1]
+        if interface != busmod.UNIT:
+            return
+        value = changed.get("ActiveState")
+        if value is not None and value.value == "active":
+            self._parking.dependency_active(name)
+
+    def _resume_parked(self, unit: str, cue: Cue, detail: str) -> None:
+        self._unpark_why[unit] = f"{cue.value}: {detail}"[:500]
+        self._enqueue(unit, "unpark")
+
+    def _remind_parked(self, unit: str, day: int) -> None:
+        remind = getattr(self._engine, "remind_parked", None)
+        if remind is not None:
+            remind(unit, day)
+
+    async def _check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]:
+        check = getattr(self._engine, "check_parked", None)
+        if check is None:
+            return False, "no engine"
+        result: tuple[bool, str] = await check(unit, checks)
+        return result
 
     def _unhealthy(self, unit: str, detail: str) -> None:
         log.warning("%s: unhealthy: %s", unit, detail)

@@ -136,7 +136,7 @@ class IncidentRow:
     source: str
     invocation_id: str
     classification: str
-    state: str  # open | recovered | gave-up | stood-down | reset
+    state: str  # open | recovered | gave-up | parked | stood-down | reset
     reason: str
     level: int
     opened: Stamp
@@ -470,6 +470,11 @@ class Store:
     def open_incidents(self) -> list[IncidentRow]:
         """Every incident still open, of any unit (candidates for adoption)."""
         rows = self._query("SELECT * FROM incidents WHERE state = 'open' ORDER BY opened_wall")
+        return [_incident(r) for r in rows]
+
+    def parked_incidents(self) -> list[IncidentRow]:
+        """Every incident left parked (handlers/parking.py), of any unit, oldest first."""
+        rows = self._query("SELECT * FROM incidents WHERE state = 'parked' ORDER BY opened_wall")
         return [_incident(r) for r in rows]
 
     def incident(self, incident_id: str) -> IncidentRow | None:

@@ -18,6 +18,7 @@ from handlers.ladder import (
     count_start,
     level_budget,
     level_for,
+    park_instead,
     transition,
 )
 
@@ -28,9 +29,11 @@ def _reachable() -> set[State]:
     while frontier:
         s = frontier.pop()
         for (src, _v), t in TRANSITIONS.items():
-            if src is s and t.target not in seen:
-                seen.add(t.target)
-                frontier.append(t.target)
+            # With after_give_up = "park", a parkable give-up edge leads to PARKED.
+            for target in {t.target, park_instead(t, "park").target}:
+                if src is s and target not in seen:
+                    seen.add(target)
+                    frontier.append(target)
     return seen
 
 

@@ -432,7 +432,9 @@ async def test_dependency_that_stays_down_blocks_restart_with_reason(tmp_path: P
     _write_policy(
         paths, Policy(unit="db.service", recovery=dataclasses.replace(FAST, max_attempts=2))
     )
-    _write_policy(paths, Policy(unit="api.service", recovery=FAST))
+    # "stop" as written: a Requires= dependency would make it park by default.
+    stop = dataclasses.replace(FAST, after_give_up="stop")
+    _write_policy(paths, Policy(unit="api.service", recovery=stop))
     engine, _sink, _alerter = _engine(tmp_path, bus, clock)
     out = await engine.recover("api.service", ONFAIL)
     await engine.aclose()
@@ -885,7 +887,8 @@ async def test_external_dependency_down_waits_then_gives_up_without_restart(
     clock = FakeClock()
     bus = FakeBus(FakeUnit("api.service"), clock=clock)
     probe = Probe("tcp", "127.0.0.1:1", timeout=0.2)
-    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=FAST, depends=(probe,)))
+    stop = dataclasses.replace(FAST, after_give_up="stop")  # depends would park by default
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=stop, depends=(probe,)))
     calls: list[int] = []
 
     async def down(p: Probe, attempts: int) -> tuple[bool, str]:

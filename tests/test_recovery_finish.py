@@ -20,12 +20,19 @@ UNIT = "api.service"
 
 
 def test_every_edge_into_a_terminal_state_has_its_ending() -> None:
-    ends = {(t.target, t.give_up) for t in ladder.TRANSITIONS.values() if t.target.terminal}
+    edges = list(ladder.TRANSITIONS.values())
+    # after_give_up = "park" turns each parkable give-up edge into one into PARKED.
+    edges += [ladder.park_instead(t, "park") for t in edges]
+    ends = {(t.target, t.give_up) for t in edges if t.target.terminal}
     # The dry run's stop before the restart is the one non-terminal ending.
     assert set(ENDINGS) == ends | {(State.RESTARTING, None)}
     assert {why for state, why in ENDINGS if state is State.GAVE_UP} == set(GiveUp)
+    assert {why for state, why in ENDINGS if state is State.PARKED} == set(ladder.PARKABLE)
     # Only a give-up closes an incident given up; the earlier give-up touches nothing.
     for (state, why), ending in ENDINGS.items():
+        if state is State.PARKED:
+            assert ending.close is Close.PARKED
+            continue
         assert (ending.close is Close.GAVE_UP) == (why not in (None, GiveUp.GIVEN_UP)), state
 
 

@@ -24,6 +24,10 @@ from unitgen.errors import PolicyError
 HardeningProfile = Literal["strict", "standard", "minimal", "off"]
 ProbeKind = Literal["http", "tcp", "command"]
 ServiceType = Literal["simple", "exec", "notify", "forking"]
+# What the ladder does once it would give up: "stop" leaves the unit failed until
+# `unitgen reset`; "park" keeps retrying it slowly and at once when what it waits for
+# is back. None: decided per failure (handlers.ladder.after_give_up_mode).
+AfterGiveUp = Literal["stop", "park"]
 RestartPolicy = Literal[
     "no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"
 ]
@@ -198,6 +202,8 @@ class Recovery:
     start_timeout: float = 90.0  # bounded wait for "active" after RestartUnit
     validate_timeout: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    after_give_up: AfterGiveUp | None = None
+    park_interval: float = 600.0  # a parked unit's slow retry; sooner when its cause is back
 
 
 @dataclass(frozen=True)

@@ -327,6 +327,12 @@ def smtp_host(value: str) -> str | None:
 INHERITED_HARDENING = Computed("the value of defaults.hardening")
 INHERITED_ALERTS = Computed("the value of defaults.alerts")
 NAME_DEFAULT = Computed('"NAME (unitgen)"')
+AFTER_GIVE_UP_DEFAULT = Computed(
+    '"park" for a unit with depends or a health probe, and for any unit whose dependency '
+    'stayed down; else "stop"'
+)
+PARK_INTERVAL_MAX = 86_400.0  # a parked unit is retried at least daily, with its reminder
+PARK_INTERVAL_MIN = 1.0
 
 # -- nodes used in several places ----------------------------------------------------
 
@@ -682,6 +688,20 @@ BACKOFF = Table(
     doc="Waits between the ladder's restarts.",
 )
 
+
+def _park_interval_rule(d: Mapping[str, Any], key: str, out: Collector) -> bool:
+    """A parked unit retried more often than every second would be a restart loop."""
+    interval = d.get("park_interval", Recovery.park_interval)
+    if interval < PARK_INTERVAL_MIN:
+        out.add(
+            f"{key}.park_interval",
+            f"expected a duration of at least {PARK_INTERVAL_MIN:g}s (a parked unit is "
+            f"retried this often), got {interval:g}s",
+        )
+        return False
+    return True
+
+
 RECOVERY = Table(
     {
         "max_attempts": Field(
@@ -699,7 +719,20 @@ RECOVERY = Table(
             Duration(positive=True), "how long the validate command may run", "30s"
         ),
         "backoff": Field(BACKOFF, "waits between restarts"),
+        "after_give_up": Field(
+            Choice(("stop", "park")),
+            'once the ladder would give up: "stop" leaves the unit failed until `unitgen '
+            'reset`; "park" retries it every park_interval, and at once when the dependency, '
+            "health probe or disk it waits for is back",
+            AFTER_GIVE_UP_DEFAULT,
+        ),
+        "park_interval": Field(
+            Duration(positive=True, maximum=PARK_INTERVAL_MAX),
+            "how often a parked unit is retried (one bounded ladder run each time)",
+            "10min",
+        ),
     },
+    checks=[_park_interval_rule],
     build=lambda d: Recovery(**d),
     doc="The recovery ladder's budget.",
 )

@@ -203,7 +203,7 @@ class RecoveryEngine(Steps, Finish):
                 result="ok",
                 reason="re-armed by unitgen reset",
             )
-            if last.state == "open":
+            if last.state in ("open", "parked"):
                 self.store.close_incident(last.id, state="reset", reason="re-armed", at=now)
             if healthy:
                 await self.alerting.resolve_reset(unit, self._policy(unit, notes))
@@ -225,7 +225,9 @@ class RecoveryEngine(Steps, Finish):
         else:
             # With the history degraded, the ledger may be all that knows a unit.
             units = sorted({*self.store.units(), *self.ledger.units()})
-        return history.status(self.store, self.ledger, units, self._stamp(), self._policy)
+        return history.status(
+            self.store, self.ledger, units, self._stamp(), self._policy, self.parked_info
+        )
 
     def history(self, unit: str, limit: int = 50) -> list[dict[str, object]]:
         check_unit_name(unit)
@@ -396,6 +398,11 @@ class RecoveryEngine(Steps, Finish):
         if interrupted is not None:
             self._adopt(run, interrupted)
             return State.RESUMING
+        if run.trigger.source == "parked" and self.parked_info(run.unit) is None:
+            # Recovered, reset or stopped since it parked: a retry has nothing to do.
+            run.unparked = True  # a stale mark (another process ended it) goes too
+            self._parking_ended(run, State.NOT_NEEDED)
+            return self._outcome(run, State.NOT_NEEDED, "no longer parked")
         duplicate = self.store.handled_invocation(run.unit, run.trigger.invocation_id)
         if duplicate is not None:
             inc = self.store.incident(duplicate)
@@ -415,7 +422,7 @@ class RecoveryEngine(Steps, Finish):
             self._events_at(run, Moment.ENTERING, state)
             verdict = await self._act(state, run)
             took = self.clock.monotonic() - step_started
-            t = ladder.transition(state, verdict)
+            t = self._park_instead(run, ladder.transition(state, verdict))
             self._emit(
                 run,
                 EventKind.STEP_FINISHED,

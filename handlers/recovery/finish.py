@@ -11,14 +11,16 @@ builds the :class:`Outcome`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from handlers.events import EventKind
 from handlers.ladder import GiveUp, Level, State
-from handlers.recovery.core import Core, Moment
+from handlers.recovery.core import Moment
 from handlers.recovery.model import Outcome, Run
+from handlers.recovery.parked import Parks
 
 DRY_RUN_STOP = "dry run: would reset-failed and restart"
 
@@ -30,6 +32,7 @@ class Close(enum.Enum):
     GAVE_UP = "gave-up"  # close it given up: ledger mark, GaveUp event, the last alert
     SEEN_LATER = "seen-later"  # no incident of ours; one left open by a dead run is over
     NOTHING = "nothing"  # left as it is (open for systemd's Restart=, or given up before)
+    PARKED = "parked"  # left parked: retried later (handlers/recovery/parked.py)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ ENDINGS: dict[tuple[State, GiveUp | None], Ending] = {
     # The trigger is recorded (ignored-given-up), but consumers see no incident
     # activity after the GaveUp that ended it.
     (State.GAVE_UP, GiveUp.GIVEN_UP): Ending(Close.NOTHING, _given_up_earlier, quiet=True),
+    # after_give_up = "park": the same reasons, left parked; Finish._finish puts what
+    # it waits for in front ("parked, waiting for db.service; dependency: ...").
+    (State.PARKED, GiveUp.BUDGET): Ending(Close.PARKED, _plain(GiveUp.BUDGET)),
+    (State.PARKED, GiveUp.DISK): Ending(Close.PARKED, _with_detail(GiveUp.DISK)),
+    (State.PARKED, GiveUp.CONFIG): Ending(Close.PARKED, _with_detail(GiveUp.CONFIG)),
+    (State.PARKED, GiveUp.DEPENDENCY): Ending(Close.PARKED, _dependency),
     # A dry run stops where it would restart.
     (State.RESTARTING, None): Ending(Close.NOTHING, lambda run: DRY_RUN_STOP),
 }
@@ -98,7 +107,7 @@ def ending_of(state: State, run: Run) -> tuple[State, Ending]:
     return state, ENDINGS[(state, run.give_up)]
 
 
-class Finish(Core):
+class Finish(Parks):
     """The terminal states' effects on the history, the ledger, the events and the alerts."""
 
     async def _finish(self, run: Run, state: State) -> Outcome:
@@ -107,7 +116,9 @@ class Finish(Core):
         state, ending = ending_of(state, run)
         inc = run.incident
         run.reason = ending.reason(run)
-        if ending.close is not Close.RECOVERED or inc is None:
+        if ending.close is Close.PARKED:
+            run.reason = self._parked_reason(run, run.reason)
+        if ending.close not in (Close.RECOVERED, Close.PARKED) or inc is None:
             # A recovered incident's last rows go with its close, in one transaction.
             self._flush_rows(run)
         self._events_at(run, Moment.END, quiet=ending.quiet)
@@ -155,9 +166,13 @@ class Finish(Core):
                 f"{run.unit} left failed: {run.reason} ({run.used} restart attempt(s) in "
                 f"{run.policy.recovery.window:g}s); run `unitgen reset {run.unit}` when fixed",
             )
+        elif ending.close is Close.PARKED and inc is not None:
+            self._close_parked(run, inc, now)
         elif ending.close is Close.SEEN_LATER:
             last = self.store.last_incident(run.unit)
-            if last is not None and last.state == "open":
+            if last is not None and last.state == "parked":
+                run.unparked = True  # started by someone else while parked: it is over
+            if last is not None and last.state in ("open", "parked"):
                 # An incident left open (its process was killed after the restart, or
                 # systemd's Restart= finished the job): the unit is up, so it is over.
                 self.store.close_incident(
@@ -173,4 +188,8 @@ class Finish(Core):
             await self.alerting.resolve_reset(run.unit, run.policy)
         self._history_gap(run)
         self.alerting.flush()
-        return self._outcome(run, state, run.reason or run.detail, journal)
+        self._parking_ended(run, state)
+        outcome = self._outcome(run, state, run.reason or run.detail, journal)
+        if run.parked is not None:
+            return dataclasses.replace(outcome, waiting_for=run.parked.waiting_for)
+        return outcome

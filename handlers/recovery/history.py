@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from handlers import ladder
 from handlers.ladder import Level, State
 from handlers.ledger import Entry, Ledger
+from handlers.parking import ParkedUnit, describe
 from handlers.store import IncidentRow, Stamp, Store, UnitSummary
 from unitgen.policy import Policy
 
@@ -129,13 +130,16 @@ def state_of(inc: IncidentRow | None) -> tuple[State, str]:
         "gave-up": State.GAVE_UP,
         "open": State.DIAGNOSING,
         "reset": State.NOT_NEEDED,
+        "parked": State.PARKED,
     }
     return mapping.get(inc.state, State.DIAGNOSING), inc.reason or inc.state
 
 
 def failure_reason(summary: UnitSummary) -> str:
-    """What failed last, and, if the ladder gave up, why it stopped."""
+    """What failed last, and, if the ladder gave up or parked, why it stopped."""
     what = summary.last_classification or "unknown"
+    if summary.state == "parked" and summary.last_reason:
+        return f"{what}; {summary.last_reason}"
     if summary.state == "gave-up" and summary.last_reason:
         return f"{what}; gave up: {summary.last_reason}"
     return what if summary.incidents else ""
@@ -147,6 +151,7 @@ def status(
     units: Iterable[str],
     now: Stamp,
     policy_for: Callable[[str, list[str]], Policy],
+    parked_for: Callable[[str, Stamp], ParkedUnit | None] | None = None,
 ) -> list[dict[str, object]]:
     """One row a unit: its state, budget, last failure and the history's health."""
     gap = history_gap(store, ledger, now.wall)
@@ -159,10 +164,15 @@ def status(
         used, _last = budget(store, ledger, name, policy, now, known)
         last = store.last_incident(name)
         gave_up = given_up(store, ledger, name, now, last, known) is not None
+        parked = parked_for(name, now) if parked_for is not None else None
+        state = "gave-up (run unitgen reset)" if gave_up else summary.state
+        if parked is not None and not gave_up:
+            state = "parked, waiting for " + describe(parked.waiting_for, policy.depends)
         out.append(
             {
                 "unit": name,
-                "state": "gave-up (run unitgen reset)" if gave_up else summary.state,
+                "state": state,
+                "parked": _parked_json(parked, now, policy) if not gave_up else None,
                 "attempts_in_window": used,
                 "max_attempts": policy.recovery.max_attempts,
                 "window": policy.recovery.window,
@@ -178,6 +188,22 @@ def status(
             }
         )
     return out
+
+
+def _parked_json(parked: ParkedUnit | None, now: Stamp, policy: Policy) -> dict[str, object] | None:
+    """A parked unit, for `unitgen status --json`: what it waits for and when it retries."""
+    if parked is None:
+        return None
+    return {
+        "waiting_for": list(parked.waiting_for),
+        "waiting_for_text": describe(parked.waiting_for, policy.depends),
+        "reason": parked.reason,
+        "incident_id": parked.incident_id,
+        "since": now.wall - (now.mono - parked.since),
+        "parked_at": now.wall - (now.mono - parked.at),
+        "next_retry": now.wall + max(0.0, parked.at + parked.interval - now.mono),
+        "interval": parked.interval,
+    }
 
 
 def history(store: Store, unit: str, limit: int = 50) -> list[dict[str, object]]:

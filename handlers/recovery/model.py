@@ -22,13 +22,19 @@ if TYPE_CHECKING:
     from handlers.bus import Expectation
     from handlers.diagnose import Diagnosis
     from handlers.events import Event
+    from handlers.parking import ParkedUnit
     from handlers.store import AttemptRow, IncidentRow, Stamp
     from unitgen.model import Probe
     from unitgen.policy import Policy
 
-TriggerSource = Literal["onfailure", "listener", "health", "manual", "reconcile", "dependency"]
+TriggerSource = Literal[
+    "onfailure", "listener", "health", "manual", "reconcile", "dependency", "parked"
+]
 # The triggers a listener makes itself: their Outcome is logged as one line, never shown.
-LISTENER_SOURCES: frozenset[str] = frozenset({"listener", "health", "reconcile", "dependency"})
+# ("parked": a parked unit's retry, handlers/parking.py.)
+LISTENER_SOURCES: frozenset[str] = frozenset(
+    {"listener", "health", "reconcile", "dependency", "parked"}
+)
 LockMode = Literal["join", "drop"]
 
 
@@ -100,6 +106,7 @@ class Outcome:
     duration: float = 0.0
     notes: tuple[str, ...] = ()
     journal: tuple[str, ...] = ()
+    waiting_for: tuple[str, ...] = ()  # a parked unit's dependencies, probes, disk
 
     @property
     def ok(self) -> bool:
@@ -122,6 +129,7 @@ class Outcome:
             "duration": round(self.duration, 6),
             "notes": list(self.notes),
             "journal": list(self.journal),
+            "waiting_for": list(self.waiting_for),
         }
 
 
@@ -193,6 +201,9 @@ class Run:
     slot: bool = False
     dependency_back: bool = False
     dependencies_gave_up: tuple[str, ...] = ()
+    # Set when this run ended parked (handlers/recovery/parked.py).
+    parked: ParkedUnit | None = None
+    unparked: bool = False  # this run continued a parked incident
 
     @property
     def incident_id(self) -> str:

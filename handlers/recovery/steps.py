@@ -191,7 +191,23 @@ class Steps(Grouping):
     ) -> None:
         unit, trigger = run.unit, run.trigger
         incident = None
-        if last is not None and last.state == "open":
+        if last is not None and last.state == "parked":
+            # A parked unit's retry (or a new failure of it): the same incident goes on.
+            incident = last
+            run.unparked = True
+            self.store.reopen_incident(last.id)
+            why = run.trigger.reason or f"a {run.trigger.source} trigger"
+            self.store.record_attempt(
+                last.id,
+                unit,
+                at=now,
+                level=last.level,
+                action="unpark",
+                result=run.trigger.source,
+                reason=why,
+            )
+            run.notes.append(f"resuming a parked unit ({why})")
+        elif last is not None and last.state == "open":
             # A previous process (a kill -9'd listener) left it open: carry on with it.
             incident = last
             run.notes.append("continuing an interrupted incident")

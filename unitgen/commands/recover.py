@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     print_outcome(outcome, args.json)
     from handlers.ladder import State
 
-    return 1 if outcome.state is State.GAVE_UP else 0
+    # Parked is not recovered either: it is retried later, by the listener.
+    return 1 if outcome.state in (State.GAVE_UP, State.PARKED) else 0
 
 
 async def _recover(args: argparse.Namespace, unit: str) -> Outcome:
