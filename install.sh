@@ -77,6 +77,11 @@ else
     DBUS_DIR=/etc/dbus-1/system.d
 fi
 plain_path "$POLICY_DIR" || die "policy dir must be a plain absolute path: $POLICY_DIR"
+# The journal message catalog (journalctl -x). systemd reads catalogs only from
+# /usr/lib/systemd/catalog (the distro package's place) and /usr/local/lib/systemd/catalog
+# (the admin's, for software installed without a package), never from /etc.
+CATALOG_DIR="${UNITGEN_CATALOG_DIR:-/usr/local/lib/systemd/catalog}"
+plain_path "$CATALOG_DIR" || die "catalog dir must be a plain absolute path: $CATALOG_DIR"
 MANIFEST_DIR="$PREFIX/share/unitgen"
 MANIFEST="$MANIFEST_DIR/installed-files"
 
@@ -316,6 +321,7 @@ install_units() {
             fi
         done
     fi
+    install_catalog
     # Enable (and start) the plain units that have an [Install] section.
     local enable=()
     for f in "${units[@]}"; do
@@ -344,6 +350,19 @@ install_units() {
     else
         say "no $SCOPE manager reachable: units are installed but not enabled or started"
     fi
+}
+
+install_catalog() {  # system scope only: the catalog database is the system's
+    local f="$REPO/units/unitgen.catalog"
+    [ "$SCOPE" = system ] && [ -f "$f" ] || return 0
+    if ! mkdir -p "$DEST$CATALOG_DIR" 2>/dev/null || [ ! -w "$DEST$CATALOG_DIR" ]; then
+        say "$CATALOG_DIR is not writable: journal catalog not installed (journalctl -x)"
+        return 0
+    fi
+    if put "$f" "$CATALOG_DIR/unitgen.catalog" 0644 && [ -z "$DEST" ]; then
+        journalctl --update-catalog || say "journalctl --update-catalog failed"
+    fi
+    return 0
 }
 
 do_install() {
@@ -376,10 +395,12 @@ do_uninstall() {
                 "${SYSTEMCTL[@]}" disable --now --quiet "${plain[@]}" 2>/dev/null || true
             fi
         fi
+        local catalog=0
         while IFS= read -r f; do
             [ -n "$f" ] || continue
             if [ -e "$DEST$f" ] || [ -L "$DEST$f" ]; then
                 rm -f "$DEST$f"; say "removed $f"
+                case "$f" in *.catalog) catalog=1 ;; esac
                 # Only directories install.sh itself makes: drop-in dirs and specs/.
                 case "$(dirname "$f")" in
                     "$UNIT_DIR"/*.d|"$MANIFEST_DIR"/specs) rmdir "$(dirname "$DEST$f")" 2>/dev/null || true ;;
@@ -387,6 +408,9 @@ do_uninstall() {
             fi
         done < "$DEST$MANIFEST"
         has_manager && "${SYSTEMCTL[@]}" daemon-reload || true
+        if [ "$catalog" = 1 ] && [ -z "$DEST" ]; then
+            journalctl --update-catalog || say "journalctl --update-catalog failed"
+        fi
     fi
     if [ -f "$DEST$PREFIX/.created-by-unitgen-install" ]; then
         rm -rf "$DEST$PREFIX"

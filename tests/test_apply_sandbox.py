@@ -101,6 +101,14 @@ def test_apply_good_change_then_no_change_then_broken_is_rolled_back(
     assert str(link.readlink()) == "/var/lib/unitgen/generations/current/units/h15web.service"
     assert "Description=v2" in sb.run(["cat", "/etc/systemd/system/h15web.service"]).stdout
 
+    # One journal entry says so, with the catalog's MESSAGE_ID.
+    entry = sb.run(["journalctl", "--no-pager", "-o", "json", "-n", "1",
+                    "MESSAGE_ID=c3dadebf4df84bd096f8a06854e42450"], check=True).stdout
+    fields = json.loads(entry)
+    assert (fields["UNITGEN_UNIT"], fields["UNITGEN_GENERATION"], fields["UNITGEN_PREVIOUS"]) == (
+        "h15web.service", "3", "2"
+    )
+
     res = sb.run([UNITGEN, "generations", "--json"])
     gens = json.loads(res.stdout)["generations"]
     assert [(g["generation"], g["status"], g["current"]) for g in gens] == [

@@ -350,3 +350,57 @@ def owner(spec: Spec, unit: str) -> Service | Override | None:
 
 def owned(spec: Spec, unit: str) -> bool:
     return _owned(spec, unit)
+
+
+# -- the journal ---------------------------------------------------------------------
+
+# Stable per outcome, explained by units/unitgen.catalog (journalctl -x).
+APPLY_MESSAGE_IDS: dict[str, str] = {
+    "applied": "a2826753e4aa4e4b9b7710ad255728c1",
+    "rolled-back": "c3dadebf4df84bd096f8a06854e42450",
+    "rollback-failed": "c3dadebf4df84bd096f8a06854e42450",
+}
+
+
+def journal_fields(out: Outcome) -> list[tuple[str, str]] | None:
+    """The journal entry of an apply's outcome, or None when nothing happened."""
+    message_id = APPLY_MESSAGE_IDS.get(out.outcome)
+    if message_id is None:
+        return None
+    failed = next((r for r in out.restarted if not r.get("ok", True)), None)
+    fields = [
+        ("SYSLOG_IDENTIFIER", "unitgen"),
+        ("MESSAGE_ID", message_id),
+        ("UNITGEN_EVENT", "Apply"),
+        ("UNITGEN_OUTCOME", out.outcome),
+        ("UNITGEN_GENERATION", str(out.generation)),
+        ("UNITGEN_PREVIOUS", str(out.previous) if out.previous is not None else "none"),
+    ]
+    if failed is None:
+        units = ", ".join(str(r["unit"]) for r in out.restarted) or "none"
+        fields += [("PRIORITY", "5"), ("MESSAGE", f"unitgen apply: generation {out.generation} "
+                                                  f"live; restarted: {units}")]
+    else:
+        unit = str(failed["unit"])
+        fields += [
+            ("PRIORITY", "3"),
+            ("MESSAGE", f"unitgen apply: generation {out.generation} failed on {unit}; "
+                        f"back on generation {out.previous}"),
+            ("UNITGEN_UNIT", unit),
+            ("UNITGEN_REASON", str(failed.get("detail", ""))),
+        ]
+    return fields
+
+
+def log_to_journal(out: Outcome) -> None:
+    """One entry per apply that changed something; silently nothing without journald."""
+    import socket
+
+    from handlers.journal import JOURNAL_SOCKET, encode_entry
+
+    fields = journal_fields(out)
+    if fields is None:
+        return
+    # No journald here: the exit status and the report still say it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(encode_entry(fields), JOURNAL_SOCKET)

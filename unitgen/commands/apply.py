@@ -348,6 +348,9 @@ async def _alert(
 
 
 def _print(out: Outcome, as_json: bool) -> None:
+    from unitgen.rollout import log_to_journal
+
+    log_to_journal(out)
     if as_json:
         print(json.dumps(out.as_dict()))
         return
