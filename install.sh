@@ -95,6 +95,8 @@ declare -A DEV_PKG_OF=(
     [systemd-nspawn]=systemd-container [redis-server]=redis-server [nginx]=nginx-light
     [unshare]=util-linux [nsenter]=util-linux [setpriv]=util-linux [journalctl]=systemd
     [git]=git
+    # the generated man pages are checked with groff's warnings on
+    [groff]=groff-base [man]=man-db
     # the alert tests: a throw-away TLS certificate, and a real Alertmanager to resolve against
     [openssl]=openssl [prometheus-alertmanager]=prometheus-alertmanager
 )
