@@ -105,6 +105,12 @@ declare -A DEV_PKG_OF=(
 declare -A DEV_FILE_PKG=(
     [/usr/lib/systemd/user/dbus.socket]=dbus-user-session
 )
+# --dev only: the Debian package's dependencies, for the test that installs it in a container.
+declare -A DEV_DEB_PKG=(
+    [/usr/lib/python3/dist-packages/dbus_next]=python3-dbus-next
+    [/usr/lib/python3/dist-packages/jinja2]=python3-jinja2
+    [/usr/lib/python3/dist-packages/requests]=python3-requests
+)
 
 missing_files() {
     local -n files=$1
@@ -139,6 +145,7 @@ need_packages() {
             if [ "$DEV" = 1 ] || [ "$ACTION" = demo ]; then
                 missing_packages DEV_PKG_OF
                 missing_files DEV_FILE_PKG
+                if [ "$DEV" = 1 ]; then missing_files DEV_DEB_PKG; fi
             elif [ "$SCOPE" = user ]; then
                 missing_files DEV_FILE_PKG
             fi
