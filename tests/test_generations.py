@@ -32,13 +32,13 @@ def test_switch_links_every_file_through_current_and_swaps_atomically(tmp_path: 
     assert (tmp_path / "units/a.service").read_text() == "A1"
     assert (tmp_path / "units/a.service").is_symlink()
     g2 = store.create(
-        files(**{"a.service": "A2", "nginx.service.d/50-unitgen.conf": "D"}), {}
+        files(**{"a.service": "A2", "nginx.service.d/70-unitgen.conf": "D"}), {}
     )
     store.switch(g1, g2)
     assert (tmp_path / "units/a.service").read_text() == "A2"
     assert not (tmp_path / "units/b.service").exists()
     assert not (tmp_path / "policy/b.service.json").exists()
-    assert (tmp_path / "units/nginx.service.d/50-unitgen.conf").read_text() == "D"
+    assert (tmp_path / "units/nginx.service.d/70-unitgen.conf").read_text() == "D"
     store.switch(g2, g1)
     assert (tmp_path / "units/b.service").read_text() == "B1"
     assert not (tmp_path / "units/nginx.service.d").exists()  # the drop-in dir it made

@@ -58,9 +58,13 @@ __all__ = [
 
 RECOVER_UNIT = RECOVER_TEMPLATE
 # Drop-ins of all directories are applied in lexical order of their file names, and
-# for single-valued settings the last one wins: 50 lands after vendor drop-ins
-# numbered below it and before an operator's own 90-local.conf.
-DROPIN_NAME = "50-unitgen.conf"
+# for single-valued settings the last one wins. systemd recommends 10-40 for files in
+# /usr (vendors) and 60-90 for /etc and /run (the administrator's side, where we
+# write): 70 lands after every vendor drop-in, leaves 60-69 below us and 71-90 (and
+# `systemctl edit`'s override.conf, which sorts after digits) above us.
+DROPIN_NAME = "70-unitgen.conf"
+# Names an older unitgen used: unitgen.dropins removes them once the new one is written.
+LEGACY_DROPIN_NAMES = ("50-unitgen.conf",)
 SYSTEM_POLICY_DIR = Path("/etc/unitgen/policy.d")
 
 

@@ -28,8 +28,10 @@ import difflib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unitgen.dropins import stale_dropins
 from unitgen.errors import BusConnectionLostError, SystemdError
 from unitgen.generations import KINDS, Generation, Store
 
@@ -54,6 +56,7 @@ class Plan:
     restart: list[str]  # units to restart, in dependency order
     removed_units: list[str]  # units whose unit file the new generation drops
     current: Generation | None
+    stale: list[Path] = field(default_factory=list)  # an older unitgen's drop-ins (dropins.py)
 
     @property
     def changed(self) -> bool:
@@ -143,6 +146,13 @@ def plan(store: Store, files: Mapping[str, Mapping[str, str]], spec: Spec) -> Pl
                     touched.add(unit)  # a drop-in gone: the unit runs on its vendor's file
                 elif unit not in removed_units:
                     removed_units.append(unit)
+    stale = stale_dropins(store.trees.units, files.get("units", {}))
+    for path in stale:
+        changes.append(Change(str(path), "removed"))
+        rel = path.relative_to(store.trees.units).as_posix()
+        unit = unit_of(rel)
+        if unit is not None:
+            touched.add(unit)
     touched -= set(removed_units)
     return Plan(
         files={k: dict(v) for k, v in files.items()},
@@ -151,6 +161,7 @@ def plan(store: Store, files: Mapping[str, Mapping[str, str]], spec: Spec) -> Pl
         restart=dependency_order(sorted(touched), spec),
         removed_units=sorted(removed_units),
         current=current,
+        stale=stale,
     )
 
 

@@ -235,6 +235,7 @@ async def _rollout(
             out.restarted.append(_row(await stop_and_wait(bus, unit, args.timeout)))
         await disable(bus, p.removed_units)
         store.switch(old, new)
+        kept = _keep_stale(store, p, new)
         await daemon_reload(bus)
         added = [u for u in restart if u not in old_units]
         await enable(bus, [u for u in restart if owned(spec, u) and installable(units, u)])
@@ -267,6 +268,7 @@ async def _rollout(
             store.switch(new, old)
         else:
             retire(store, new)
+        _restore_stale(kept)
         await daemon_reload(bus)
         old_spec = _old_spec(old)
         back = [u for u in touched if u not in added]
@@ -289,6 +291,27 @@ async def _rollout(
         return out
     finally:
         await bus.close()
+
+
+def _keep_stale(store: Store, p: Plan, new: Generation) -> list[tuple[Path, Path]]:
+    """Move an older unitgen's drop-ins into the new generation (a rollback puts them back)."""
+    import shutil
+
+    kept: list[tuple[Path, Path]] = []
+    for path in p.stale:
+        keep = new.path / "legacy" / path.relative_to(store.trees.units)
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, keep)
+        kept.append((path, keep))
+    return kept
+
+
+def _restore_stale(kept: list[tuple[Path, Path]]) -> None:
+    import shutil
+
+    for path, keep in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(keep, path)
 
 
 def _old_spec(old: Generation | None) -> Spec | None:
