@@ -31,6 +31,7 @@ import jinja2
 
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
+from unitgen.credentials import credential_units, load_credentials
 from unitgen.errors import RenderError
 from unitgen.model import Limits, Override, Recovery, Restart, Service, Spec
 from unitgen.paths import LISTENING_DIR, LISTENING_MARKER, Scope, paths_for
@@ -407,6 +408,7 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
         "hardening": tuple(directives),
         # systemd's %t is /run or $XDG_RUNTIME_DIR, the scope's runtime root.
         "listening": f"%t/{LISTENING_DIR}/{LISTENING_MARKER}",
+        "credentials": load_credentials(spec, options),
     }
 
 
@@ -438,6 +440,7 @@ def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
         {"r": SimpleNamespace(**_recover_view(spec, options))},
         RECOVER_UNIT,
     )
+    out.update(credential_units(spec, options))
     return out
 
 
