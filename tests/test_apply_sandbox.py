@@ -14,15 +14,31 @@ from typing import Any
 from unitgen.sandbox import Sandbox
 
 UNITGEN = str(Path(sys.executable).with_name("unitgen"))
-GOOD = ["/usr/bin/python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1",
-        "--directory", "/usr/share/doc"]
+GOOD = [
+    "/usr/bin/python3",
+    "-m",
+    "http.server",
+    "{port}",
+    "--bind",
+    "127.0.0.1",
+    "--directory",
+    "/usr/share/doc",
+]
 BROKEN = ["/usr/bin/python3", "-c", "import sys; sys.exit(3)"]
 
 
 def spec_text(description: str, exec_: list[str], port: int = 8471, *, health: bool = True) -> str:
     argv = ", ".join(json.dumps(a.format(port=port)) for a in exec_)
     lines = [
+        # The rollback's alert: a command target that leaves the summary in a file.
+        "[alert.drill]",
+        'type = "command"',
+        'command = ["/usr/bin/python3", "-c", "import os; open(\'/run/h15-alert\', \'w\')'
+        ".write(os.environ['UNITGEN_ALERT_REASON'] + ' ' + "
+        "os.environ['UNITGEN_ALERT_SUMMARY'])\"]",
+        "",
         "[service.h15web]",
+        'alerts = ["drill"]',
         f"description = {json.dumps(description)}",
         f"exec = [{argv}]",
         'type = "exec"',
@@ -37,17 +53,24 @@ def spec_text(description: str, exec_: list[str], port: int = 8471, *, health: b
 
 
 def apply(sb: Sandbox, spec: Path, *extra: str) -> tuple[int, dict[str, Any]]:
-    res = sb.run([UNITGEN, "apply", str(spec), "--json", "--settle", "1", "--timeout", "20",
-                  *extra], timeout=90)
+    res = sb.run(
+        [UNITGEN, "apply", str(spec), "--json", "--settle", "1", "--timeout", "20", *extra],
+        timeout=90,
+    )
     assert res.stdout, res.stderr
     return res.returncode, json.loads(res.stdout)
 
 
 def serving(sb: Sandbox, port: int = 8471) -> bool:
-    res = sb.run(["/usr/bin/python3", "-c",
-                  "import urllib.request,sys; "
-                  f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2)"
-                  ".status == 200 else 1)"])
+    res = sb.run(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import urllib.request,sys; "
+            f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2)"
+            ".status == 200 else 1)",
+        ]
+    )
     return res.returncode == 0
 
 
@@ -62,6 +85,7 @@ def test_apply_good_change_then_no_change_then_broken_is_rolled_back(
     rc, out = apply(sb, spec)
     assert (rc, out["outcome"], out["generation"]) == (0, "applied", 1), out
     assert [r["unit"] for r in out["restarted"]] == ["h15web.service"]
+    assert sb.run(["test", "-e", "/run/h15-alert"]).returncode != 0  # no alert when it works
     assert serving(sb)
     assert sb.systemctl("is-enabled", "h15web.service").stdout.strip() == "enabled"
     pid1 = sb.systemctl("show", "-P", "MainPID", "h15web.service").stdout.strip()
@@ -95,6 +119,9 @@ def test_apply_good_change_then_no_change_then_broken_is_rolled_back(
     assert sb.systemctl("show", "-P", "Description", "h15web.service").stdout.strip() == "v2"
     assert sb.systemctl("is-active", "h15web.service").stdout.strip() == "active"
     assert serving(sb)
+    alert = sb.run(["cat", "/run/h15-alert"], check=True).stdout
+    assert alert.startswith("apply-rolled-back unitgen apply: generation 3 failed on h15web")
+    assert [a["ok"] for a in out["alerts"]] == [True]
     # The unit file is a link through the live generation (absolute inside the container).
     link = sb.unit_dir / "h15web.service"
     assert link.is_symlink()
@@ -102,17 +129,31 @@ def test_apply_good_change_then_no_change_then_broken_is_rolled_back(
     assert "Description=v2" in sb.run(["cat", "/etc/systemd/system/h15web.service"]).stdout
 
     # One journal entry says so, with the catalog's MESSAGE_ID.
-    entry = sb.run(["journalctl", "--no-pager", "-o", "json", "-n", "1",
-                    "MESSAGE_ID=c3dadebf4df84bd096f8a06854e42450"], check=True).stdout
+    entry = sb.run(
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "json",
+            "-n",
+            "1",
+            "MESSAGE_ID=c3dadebf4df84bd096f8a06854e42450",
+        ],
+        check=True,
+    ).stdout
     fields = json.loads(entry)
     assert (fields["UNITGEN_UNIT"], fields["UNITGEN_GENERATION"], fields["UNITGEN_PREVIOUS"]) == (
-        "h15web.service", "3", "2"
+        "h15web.service",
+        "3",
+        "2",
     )
 
     res = sb.run([UNITGEN, "generations", "--json"])
     gens = json.loads(res.stdout)["generations"]
     assert [(g["generation"], g["status"], g["current"]) for g in gens] == [
-        (1, "superseded", False), (2, "active", True), (3, "failed", False)
+        (1, "superseded", False),
+        (2, "active", True),
+        (3, "failed", False),
     ]
 
     # Rollback to generation 1 by hand, then the same spec (v2) again is a change.
@@ -123,9 +164,7 @@ def test_apply_good_change_then_no_change_then_broken_is_rolled_back(
     assert serving(sb)
 
 
-def test_apply_refuses_a_unit_file_it_does_not_own(
-    system_sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_apply_refuses_a_unit_file_it_does_not_own(system_sandbox: Sandbox, tmp_path: Path) -> None:
     sb = system_sandbox
     (sb.unit_dir / "h15theirs.service").write_text("[Service]\nExecStart=/bin/true\n")
     spec = tmp_path / "s.toml"

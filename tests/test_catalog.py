@@ -57,7 +57,9 @@ def test_journalctl_compiles_it_and_lists_every_id(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     res = subprocess.run(
         ["journalctl", f"--root={root}", "--list-catalog", "--no-pager"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     listed = {line.split()[0] for line in res.stdout.splitlines() if line.strip()}
     assert listed == all_ids()
@@ -65,8 +67,9 @@ def test_journalctl_compiles_it_and_lists_every_id(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_journalctl_x_explains_a_gave_up_entry(fresh_system_sandbox: Sandbox,
-                                                tmp_path: Path) -> None:
+def test_journalctl_x_explains_a_gave_up_entry(
+    fresh_system_sandbox: Sandbox, tmp_path: Path
+) -> None:
     """journalctl -x in a booted container, on an entry sent over journald's native socket."""
     from handlers.events import EventKind
 
@@ -74,13 +77,18 @@ def test_journalctl_x_explains_a_gave_up_entry(fresh_system_sandbox: Sandbox,
     root = make_root(tmp_path)  # tmp_path is shared into the sandbox at the same path
     # /usr is the host's, read-only: the compiled database goes where journalctl reads it.
     sb.run(["mkdir", "-p", "/var/lib/systemd/catalog"], check=True)
-    sb.run(["cp", str(root / "var/lib/systemd/catalog/database"),
-            "/var/lib/systemd/catalog/database"], check=True)
+    sb.run(
+        ["cp", str(root / "var/lib/systemd/catalog/database"), "/var/lib/systemd/catalog/database"],
+        check=True,
+    )
     mid = MESSAGE_IDS[EventKind.GAVE_UP]
-    sb.run(["logger", "--journald"], check=True,
-           input=f"MESSAGE_ID={mid}\nMESSAGE=h15cat.service: gave up\n"
-                 "UNITGEN_UNIT=h15cat.service\nUNITGEN_REASON=exit-code\n"
-                 "SYSLOG_IDENTIFIER=unitgen\n")
+    sb.run(
+        ["logger", "--journald"],
+        check=True,
+        input=f"MESSAGE_ID={mid}\nMESSAGE=h15cat.service: gave up\n"
+        "UNITGEN_UNIT=h15cat.service\nUNITGEN_REASON=exit-code\n"
+        "SYSLOG_IDENTIFIER=unitgen\n",
+    )
     res = sb.run(["journalctl", "--no-pager", "-x", f"MESSAGE_ID={mid}"], check=True)
     assert "h15cat.service: gave up" in res.stdout
     # The explanation's lines carry a prefix ("-- " or "░░ " by locale); join them.

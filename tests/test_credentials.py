@@ -51,9 +51,14 @@ def test_recovery_unit_and_listener_load_the_named_credentials() -> None:
 
 
 def test_no_credential_no_dropin_and_no_line() -> None:
-    files = render(parse_spec(SPEC.replace('url_credential = "ops-url"', 'url_env = "OPS"')
-                              .split("[alert.mail]")[0] + '[service.api]\nexec = ["/bin/true"]\n',
-                              "s.toml"), OPTIONS)
+    files = render(
+        parse_spec(
+            SPEC.replace('url_credential = "ops-url"', 'url_env = "OPS"').split("[alert.mail]")[0]
+            + '[service.api]\nexec = ["/bin/true"]\n',
+            "s.toml",
+        ),
+        OPTIONS,
+    )
     assert LISTENER_DROPIN not in files
     assert "LoadCredential" not in files[RECOVER_UNIT]
 
@@ -112,25 +117,50 @@ def test_a_webhook_url_from_a_credential_reaches_the_receiver(
     (creds / "ops-url").write_text("http://127.0.0.1:8479/hook/secret-path\n")
     (creds / "ops-url").chmod(0o600)
     (line,) = [
-        ln for ln in render(parse_spec(SPEC, "s.toml"), OPTIONS)[RECOVER_UNIT].splitlines()
+        ln
+        for ln in render(parse_spec(SPEC, "s.toml"), OPTIONS)[RECOVER_UNIT].splitlines()
         if ln.startswith("LoadCredential=ops-url:")
     ]
     res = sb.run(
-        ["systemd-run", "--quiet", "--wait", "--pipe", "-p", line,
-         "-p", "DynamicUser=yes",  # an unprivileged user: only the credential gives it the URL
-         sys.executable, "-c", RECEIVER_AND_SEND],
+        [
+            "systemd-run",
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "-p",
+            line,
+            "-p",
+            "DynamicUser=yes",  # an unprivileged user: only the credential gives it the URL
+            sys.executable,
+            "-c",
+            RECEIVER_AND_SEND,
+        ],
         timeout=50,
     )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out == {
-        "ok": True, "error": None, "paths": ["/hook/secret-path"], "env_has_url": False,
+        "ok": True,
+        "error": None,
+        "paths": ["/hook/secret-path"],
+        "env_has_url": False,
         "dir": out["dir"],
     }
     assert out["dir"].startswith("/run/credentials/")
     # The source file is root's alone: the same user without the credential cannot read it.
-    denied = sb.run(["systemd-run", "--quiet", "--wait", "--pipe", "-p", "DynamicUser=yes",
-                     "cat", "/etc/unitgen/credentials/ops-url"], timeout=30)
+    denied = sb.run(
+        [
+            "systemd-run",
+            "--quiet",
+            "--wait",
+            "--pipe",
+            "-p",
+            "DynamicUser=yes",
+            "cat",
+            "/etc/unitgen/credentials/ops-url",
+        ],
+        timeout=30,
+    )
     assert denied.returncode != 0
 
 

@@ -32,8 +32,11 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deb")
     res = subprocess.run(
         [str(REPO / "packaging" / "build-deb"), str(out)],
-        capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
-        timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+        check=False,
     )
     assert res.returncode == 0, res.stderr
     path = Path(res.stdout.strip().splitlines()[-1])
@@ -42,8 +45,9 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_package_layout(deb: Path) -> None:
-    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        ["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
     for path in (
         "./usr/bin/unitgen",
         "./usr/lib/python3/dist-packages/unitgen/cli.py",
@@ -68,16 +72,22 @@ def test_install_runs_the_listener_and_purge_leaves_nothing(
 ) -> None:
     sb = fresh_system_sandbox
     shutil.copytree("/var/lib/dpkg", sb.root / "skel/var/lib/dpkg", symlinks=True)
-    sb.run(["sh", "-ec", "mkdir -p /run/usr-ovl/upper /run/usr-ovl/work; "
+    sb.run(
+        [
+            "sh",
+            "-ec",
+            "mkdir -p /run/usr-ovl/upper /run/usr-ovl/work; "
             "mount -t overlay overlay -o lowerdir=/usr,upperdir=/run/usr-ovl/upper,"
-            "workdir=/run/usr-ovl/work /usr"], check=True)
+            "workdir=/run/usr-ovl/work /usr",
+        ],
+        check=True,
+    )
     # A build or CI image may forbid starting services from maintainer scripts
     # (policy-rc.d exit 101); a booted host has none. Removed in the overlay only.
     sb.run(["rm", "-f", "/usr/sbin/policy-rc.d"], check=True)
     before = sb.run(["sh", "-c", SNAPSHOT], check=True).stdout
 
-    env = {"DEBIAN_FRONTEND": "noninteractive",
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     res = sb.run(["dpkg", "--log=/dev/null", "-i", str(deb)], env=env, timeout=90)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -90,16 +100,14 @@ def test_install_runs_the_listener_and_purge_leaves_nothing(
     assert version == f"unitgen {__version__}"
     catalog = sb.run(["journalctl", "--list-catalog"], check=True).stdout
     assert "b97d6ffb264d45e3b0713a5933b2bed0" in catalog
-    assert sb.run(["test", "-d", "/usr/lib/python3/dist-packages/unitgen/__pycache__"]
-                  ).returncode == 0  # py3compile ran
+    assert (
+        sb.run(["test", "-d", "/usr/lib/python3/dist-packages/unitgen/__pycache__"]).returncode == 0
+    )  # py3compile ran
 
     res = sb.run(["dpkg", "--log=/dev/null", "--purge", "unitgen"], env=env, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     load = sb.systemctl("show", "-P", "LoadState", "unitgen-watch.service").stdout.strip()
     assert load == "not-found"
     after = sb.run(["sh", "-c", SNAPSHOT], check=True).stdout
-    assert after == before, "\n".join(
-        sorted(set(after.splitlines()) ^ set(before.splitlines()))
-    )
-    assert "b97d6ffb264d45e3b0713a5933b2bed0" not in sb.run(
-        ["journalctl", "--list-catalog"]).stdout
+    assert after == before, "\n".join(sorted(set(after.splitlines()) ^ set(before.splitlines())))
+    assert "b97d6ffb264d45e3b0713a5933b2bed0" not in sb.run(["journalctl", "--list-catalog"]).stdout

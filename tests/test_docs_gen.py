@@ -20,7 +20,9 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("docs")
     subprocess.run(
         [sys.executable, str(REPO / "packaging" / "gen_docs.py"), str(out)],
-        check=True, capture_output=True, env={"SOURCE_DATE_EPOCH": "0", "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        env={"SOURCE_DATE_EPOCH": "0", "PATH": "/usr/bin:/bin"},
     )
     return out
 
@@ -32,7 +34,10 @@ def rendered(page: Path) -> str:
     )
     assert res.returncode == 0 and not res.stderr, res.stderr
     return subprocess.run(
-        ["man", "-l", str(page)], capture_output=True, text=True, check=True,
+        ["man", "-l", str(page)],
+        capture_output=True,
+        text=True,
+        check=True,
         env={"MANWIDTH": "200", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
     ).stdout
 
@@ -63,11 +68,16 @@ def test_bash_completion_completes_commands_and_options(generated: Path) -> None
     def complete(*words: str) -> list[str]:
         line = " ".join(words)
         res = subprocess.run(
-            ["bash", "-c",
-             f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
-             'COMP_LINE="' + line + '"; COMP_POINT=${#COMP_LINE}; _shtab_unitgen; '
-             'printf "%s\\n" "${COMPREPLY[@]}"'],
-            capture_output=True, text=True, check=True,
+            [
+                "bash",
+                "-c",
+                f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+                'COMP_LINE="' + line + '"; COMP_POINT=${#COMP_LINE}; _shtab_unitgen; '
+                'printf "%s\\n" "${COMPREPLY[@]}"',
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return res.stdout.split()
 

@@ -28,8 +28,20 @@ def test_render_removes_an_older_unitgen_dropin_but_not_someone_elses(
     (out / "nginx.service.d/50-unitgen.conf").write_text(OURS)
     theirs = "[Service]\nRestart=always\n"
     (out / "redis-server.service.d/50-unitgen.conf").write_text(theirs)
-    rc = main(["render", str(GOLDEN_SPEC), "--out", str(out), "--systemd-version", "252",
-               "--policy-dir", str(tmp_path / "policy"), "--unitgen-bin", "/usr/bin/unitgen"])
+    rc = main(
+        [
+            "render",
+            str(GOLDEN_SPEC),
+            "--out",
+            str(out),
+            "--systemd-version",
+            "252",
+            "--policy-dir",
+            str(tmp_path / "policy"),
+            "--unitgen-bin",
+            "/usr/bin/unitgen",
+        ]
+    )
     assert rc == 0
     assert not (out / "nginx.service.d/50-unitgen.conf").exists()
     assert (out / f"nginx.service.d/{DROPIN_NAME}").is_file()

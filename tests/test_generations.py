@@ -21,8 +21,7 @@ def files(**units: str) -> dict[str, dict[str, str]]:
 
 
 def svc(name: str, **kw: object) -> Service:
-    return Service(name=name, unit=f"{name}.service", description=name, exec=("/bin/true",),
-                   **kw)  # type: ignore[arg-type]
+    return Service(name=name, unit=f"{name}.service", description=name, exec=("/bin/true",), **kw)  # type: ignore[arg-type]
 
 
 def test_switch_links_every_file_through_current_and_swaps_atomically(tmp_path: Path) -> None:
@@ -31,9 +30,7 @@ def test_switch_links_every_file_through_current_and_swaps_atomically(tmp_path: 
     store.switch(None, g1)
     assert (tmp_path / "units/a.service").read_text() == "A1"
     assert (tmp_path / "units/a.service").is_symlink()
-    g2 = store.create(
-        files(**{"a.service": "A2", "nginx.service.d/70-unitgen.conf": "D"}), {}
-    )
+    g2 = store.create(files(**{"a.service": "A2", "nginx.service.d/70-unitgen.conf": "D"}), {})
     store.switch(g1, g2)
     assert (tmp_path / "units/a.service").read_text() == "A2"
     assert not (tmp_path / "units/b.service").exists()
@@ -71,8 +68,10 @@ def test_plan_is_empty_when_the_host_has_it_and_names_what_restarts(tmp_path: Pa
     p = plan(store, second, spec)
     assert p.restart == ["a.service"] and p.removed_units == ["b.service"]
     assert {(Path(c.path).name, c.status) for c in p.changes} == {
-        ("a.service", "changed"), ("unitgen-recover@.service", "changed"),
-        ("b.service", "removed"), ("b.service.json", "removed"),
+        ("a.service", "changed"),
+        ("unitgen-recover@.service", "changed"),
+        ("b.service", "removed"),
+        ("b.service.json", "removed"),
     }
     # Drift: the host's file edited behind our back is a change again.
     (tmp_path / "units/a.service").unlink()
@@ -93,10 +92,15 @@ def test_dependency_order_follows_after_before_and_requires() -> None:
     )
     units = ["web.service", "db.service", "cache.service", "early.service"]
     assert dependency_order(units, spec) == [
-        "early.service", "db.service", "cache.service", "web.service"
+        "early.service",
+        "db.service",
+        "cache.service",
+        "web.service",
     ]
-    cyclic = Spec(path="s", services={"x": svc("x", after=("y.service",)),
-                                      "y": svc("y", after=("x.service",))})
+    cyclic = Spec(
+        path="s",
+        services={"x": svc("x", after=("y.service",)), "y": svc("y", after=("x.service",))},
+    )
     assert dependency_order(["y.service", "x.service"], cyclic) == ["x.service", "y.service"]
 
 

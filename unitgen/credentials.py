@@ -24,8 +24,13 @@ if TYPE_CHECKING:
     from unitgen.model import Spec
     from unitgen.render import RenderOptions
 
-__all__ = ["CREDENTIAL_KEYS", "LISTENER_DROPIN", "credential_dir", "credential_units",
-           "load_credentials"]
+__all__ = [
+    "CREDENTIAL_KEYS",
+    "LISTENER_DROPIN",
+    "credential_dir",
+    "credential_units",
+    "load_credentials",
+]
 
 CREDENTIAL_KEYS = ("url_credential", "password_credential")
 LISTENER_UNIT = "unitgen-watch.service"

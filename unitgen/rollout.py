@@ -135,7 +135,9 @@ def plan(store: Store, files: Mapping[str, Mapping[str, str]], spec: Spec) -> Pl
                 changes.append(Change(str(base / name), "removed"))
                 chunks.extend(
                     difflib.unified_diff(
-                        text.splitlines(keepends=True), [], fromfile=str(base / name),
+                        text.splitlines(keepends=True),
+                        [],
+                        fromfile=str(base / name),
                         tofile="/dev/null",
                     )
                 )
@@ -285,8 +287,9 @@ async def restart_and_wait(
         ok, detail = await _healthy(health, remaining)
         if not ok:
             return UnitResult(unit, False, f"unhealthy: {detail}", time.monotonic() - start)
-    return UnitResult(unit, True, "active" + (", healthy" if health else ""),
-                      time.monotonic() - start)
+    return UnitResult(
+        unit, True, "active" + (", healthy" if health else ""), time.monotonic() - start
+    )
 
 
 def _why(props: Mapping[str, Any]) -> str:
@@ -340,7 +343,8 @@ async def stop_and_wait(bus: SystemdBus, unit: str, timeout: float) -> UnitResul
     try:
         await bus.stop(unit)
         await bus.wait_for(
-            unit, lambda p: p.get("ActiveState") in ("inactive", "failed") and _job_idle(p),
+            unit,
+            lambda p: p.get("ActiveState") in ("inactive", "failed") and _job_idle(p),
             timeout,
         )
     except BusConnectionLostError:
@@ -389,14 +393,19 @@ def journal_fields(out: Outcome) -> list[tuple[str, str]] | None:
     ]
     if failed is None:
         units = ", ".join(str(r["unit"]) for r in out.restarted) or "none"
-        fields += [("PRIORITY", "5"), ("MESSAGE", f"unitgen apply: generation {out.generation} "
-                                                  f"live; restarted: {units}")]
+        fields += [
+            ("PRIORITY", "5"),
+            ("MESSAGE", f"unitgen apply: generation {out.generation} live; restarted: {units}"),
+        ]
     else:
         unit = str(failed["unit"])
         fields += [
             ("PRIORITY", "3"),
-            ("MESSAGE", f"unitgen apply: generation {out.generation} failed on {unit}; "
-                        f"back on generation {out.previous}"),
+            (
+                "MESSAGE",
+                f"unitgen apply: generation {out.generation} failed on {unit}; "
+                f"back on generation {out.previous}",
+            ),
             ("UNITGEN_UNIT", unit),
             ("UNITGEN_REASON", str(failed.get("detail", ""))),
         ]

@@ -151,7 +151,10 @@ def _changes(p: Plan) -> list[dict[str, str]]:
 
 
 def _create(
-    store: Store, files: dict[str, dict[str, str]], spec_text: bytes, spec_path: str,
+    store: Store,
+    files: dict[str, dict[str, str]],
+    spec_text: bytes,
+    spec_path: str,
     options: RenderOptions,
 ) -> Generation:
     from unitgen.generations import spec_digest
@@ -222,8 +225,12 @@ async def _rollout(
 
     old = p.current
     out = Outcome(
-        "applied", True, generation=new.number, previous=old.number if old else None,
-        changes=_changes(p), diff=p.diff,
+        "applied",
+        True,
+        generation=new.number,
+        previous=old.number if old else None,
+        changes=_changes(p),
+        diff=p.diff,
     )
     units = new.files("units")
     old_units = old.files("units") if old else {}
@@ -328,7 +335,10 @@ def _old_spec(old: Generation | None) -> Spec | None:
 
 def _row(r: UnitResult) -> dict[str, Any]:
     return {
-        "unit": r.unit, "action": r.action, "ok": r.ok, "detail": r.detail,
+        "unit": r.unit,
+        "action": r.action,
+        "ok": r.ok,
+        "detail": r.detail,
         "seconds": round(r.seconds, 3),
     }
 
@@ -400,4 +410,3 @@ async def rollout_to(
     store: Store, spec: Spec, p: Plan, target: Generation, args: argparse.Namespace, scope: Any
 ) -> Outcome:
     return await _rollout(store, spec, p, target, args, scope)
-
