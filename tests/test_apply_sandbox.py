@@ -178,6 +178,13 @@ def test_apply_refuses_a_unit_file_it_does_not_own(system_sandbox: Sandbox, tmp_
             "unitgen apply (move it aside first; nothing was changed)"
         )
         assert (sb.unit_dir / "h15theirs.service").read_text().startswith("[Service]")
+        check = sb.run(
+            [UNITGEN, "apply", str(spec), "--check", "--json", "--generations", str(gens)],
+            timeout=60,
+        )
+        problems = json.loads(check.stdout)["problems"]
+        assert check.returncode == 1
+        assert "/etc/systemd/system/h15theirs.service: exists and is not managed" in problems[-1]
         assert not gens.exists() or not any(p.name.isdigit() for p in gens.iterdir())
     finally:
         (sb.unit_dir / "h15theirs.service").unlink()

@@ -238,13 +238,19 @@ async def restart_and_wait(
 ) -> UnitResult:
     """Restart ``unit`` and wait until it runs on its new files, or say why not."""
     start = time.monotonic()
-    before = await bus.unit_properties(unit)
-    entered = _mono(before, "ActiveEnterTimestampMonotonic")
-    restarts = _mono(before, "NRestarts")
-    with contextlib.suppress(SystemdError):
-        # Not failed, or not loaded yet: the restart says what matters.
-        await bus.reset_failed(unit)
-    await bus.restart(unit)
+    try:
+        before = await bus.unit_properties(unit)
+        entered = _mono(before, "ActiveEnterTimestampMonotonic")
+        with contextlib.suppress(SystemdError):
+            # Not failed, or not loaded yet: the restart says what matters.
+            await bus.reset_failed(unit)
+        await bus.restart(unit)
+    except BusConnectionLostError:
+        raise
+    except SystemdError as exc:
+        # systemd refused the restart (a unit file it cannot load, a bad setting):
+        # that unit did not come up, which is what a rollback is for.
+        return UnitResult(unit, False, f"restart refused: {exc}", time.monotonic() - start)
 
     def finished(p: dict[str, Any]) -> bool:
         if not _job_idle(p):

@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         p = plan(store, files, spec)
         problems = _gate(spec, options, files["units"], args.max_exposure) if p.changed else []
+        problems += [
+            f"{path}: exists and is not managed by unitgen apply" for path in store.conflicts(files)
+        ]
         out = Outcome(
             "would-change" if p.changed else "unchanged",
             p.changed,
