@@ -188,3 +188,53 @@ def test_apply_refuses_a_unit_file_it_does_not_own(system_sandbox: Sandbox, tmp_
         assert not gens.exists() or not any(p.name.isdigit() for p in gens.iterdir())
     finally:
         (sb.unit_dir / "h15theirs.service").unlink()
+
+
+def two_services(*, with_first: bool, description: str) -> str:
+    """h15b is ordered after h15a: a change to both restarts h15a first."""
+    out = []
+    if with_first:
+        out += [
+            "[service.h15a]",
+            f"description = {json.dumps(description)}",
+            'exec = ["/usr/bin/sleep", "infinity"]',
+            'type = "exec"',
+            "dynamic_user = true",
+            "",
+        ]
+    out += [
+        "[service.h15b]",
+        f"description = {json.dumps(description)}",
+        'exec = ["/usr/bin/sleep", "infinity"]',
+        'type = "exec"',
+        "dynamic_user = true",
+    ]
+    if with_first:
+        out.append('after = ["h15a.service"]')
+    return "\n".join(out) + "\n"
+
+
+def test_apply_restarts_in_dependency_order_and_removes_a_dropped_unit(
+    fresh_system_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sb = fresh_system_sandbox
+    spec = tmp_path / "two.toml"
+    spec.write_text(two_services(with_first=True, description="one"))
+    rc, out = apply(sb, spec)
+    assert (rc, out["outcome"]) == (0, "applied"), out
+    spec.write_text(two_services(with_first=True, description="two"))
+    rc, out = apply(sb, spec)
+    assert [r["unit"] for r in out["restarted"]] == ["h15a.service", "h15b.service"]
+
+    spec.write_text(two_services(with_first=False, description="two"))
+    rc, out = apply(sb, spec)
+    assert (rc, out["outcome"]) == (0, "applied"), out
+    assert [(r["unit"], r["action"]) for r in out["restarted"]] == [
+        ("h15a.service", "stop"),
+        ("h15b.service", "restart"),  # its After= line went
+    ]
+    assert not (sb.unit_dir / "h15a.service").is_symlink()
+    assert not (sb.unit_dir / "multi-user.target.wants" / "h15a.service").exists()
+    load = sb.systemctl("show", "-P", "LoadState", "h15a.service").stdout.strip()
+    assert load == "not-found"
+    assert sb.systemctl("is-active", "h15b.service").stdout.strip() == "active"
