@@ -77,6 +77,11 @@ else
     DBUS_DIR=/etc/dbus-1/system.d
 fi
 plain_path "$POLICY_DIR" || die "policy dir must be a plain absolute path: $POLICY_DIR"
+# The journal message catalog (journalctl -x). systemd reads catalogs only from
+# /usr/lib/systemd/catalog (the distro package's place) and /usr/local/lib/systemd/catalog
+# (the admin's, for software installed without a package), never from /etc.
+CATALOG_DIR="${UNITGEN_CATALOG_DIR:-/usr/local/lib/systemd/catalog}"
+plain_path "$CATALOG_DIR" || die "catalog dir must be a plain absolute path: $CATALOG_DIR"
 MANIFEST_DIR="$PREFIX/share/unitgen"
 MANIFEST="$MANIFEST_DIR/installed-files"
 
@@ -90,6 +95,8 @@ declare -A DEV_PKG_OF=(
     [systemd-nspawn]=systemd-container [redis-server]=redis-server [nginx]=nginx-light
     [unshare]=util-linux [nsenter]=util-linux [setpriv]=util-linux [journalctl]=systemd
     [git]=git
+    # the generated man pages are checked with groff's warnings on
+    [groff]=groff-base [man]=man-db
     # the alert tests: a throw-away TLS certificate, and a real Alertmanager to resolve against
     [openssl]=openssl [prometheus-alertmanager]=prometheus-alertmanager
 )
@@ -97,6 +104,12 @@ declare -A DEV_PKG_OF=(
 # file -> Debian package, for what is not a command: the user manager's session bus.
 declare -A DEV_FILE_PKG=(
     [/usr/lib/systemd/user/dbus.socket]=dbus-user-session
+)
+# --dev only: the Debian package's dependencies, for the test that installs it in a container.
+declare -A DEV_DEB_PKG=(
+    [/usr/lib/python3/dist-packages/dbus_next]=python3-dbus-next
+    [/usr/lib/python3/dist-packages/jinja2]=python3-jinja2
+    [/usr/lib/python3/dist-packages/requests]=python3-requests
 )
 
 missing_files() {
@@ -132,6 +145,7 @@ need_packages() {
             if [ "$DEV" = 1 ] || [ "$ACTION" = demo ]; then
                 missing_packages DEV_PKG_OF
                 missing_files DEV_FILE_PKG
+                if [ "$DEV" = 1 ]; then missing_files DEV_DEB_PKG; fi
             elif [ "$SCOPE" = user ]; then
                 missing_files DEV_FILE_PKG
             fi
@@ -316,6 +330,7 @@ install_units() {
             fi
         done
     fi
+    install_catalog
     # Enable (and start) the plain units that have an [Install] section.
     local enable=()
     for f in "${units[@]}"; do
@@ -344,6 +359,19 @@ install_units() {
     else
         say "no $SCOPE manager reachable: units are installed but not enabled or started"
     fi
+}
+
+install_catalog() {  # system scope only: the catalog database is the system's
+    local f="$REPO/units/unitgen.catalog"
+    [ "$SCOPE" = system ] && [ -f "$f" ] || return 0
+    if ! mkdir -p "$DEST$CATALOG_DIR" 2>/dev/null || [ ! -w "$DEST$CATALOG_DIR" ]; then
+        say "$CATALOG_DIR is not writable: journal catalog not installed (journalctl -x)"
+        return 0
+    fi
+    if put "$f" "$CATALOG_DIR/unitgen.catalog" 0644 && [ -z "$DEST" ]; then
+        journalctl --update-catalog || say "journalctl --update-catalog failed"
+    fi
+    return 0
 }
 
 do_install() {
@@ -376,10 +404,12 @@ do_uninstall() {
                 "${SYSTEMCTL[@]}" disable --now --quiet "${plain[@]}" 2>/dev/null || true
             fi
         fi
+        local catalog=0
         while IFS= read -r f; do
             [ -n "$f" ] || continue
             if [ -e "$DEST$f" ] || [ -L "$DEST$f" ]; then
                 rm -f "$DEST$f"; say "removed $f"
+                case "$f" in *.catalog) catalog=1 ;; esac
                 # Only directories install.sh itself makes: drop-in dirs and specs/.
                 case "$(dirname "$f")" in
                     "$UNIT_DIR"/*.d|"$MANIFEST_DIR"/specs) rmdir "$(dirname "$DEST$f")" 2>/dev/null || true ;;
@@ -387,6 +417,9 @@ do_uninstall() {
             fi
         done < "$DEST$MANIFEST"
         has_manager && "${SYSTEMCTL[@]}" daemon-reload || true
+        if [ "$catalog" = 1 ] && [ -z "$DEST" ]; then
+            journalctl --update-catalog || say "journalctl --update-catalog failed"
+        fi
     fi
     if [ -f "$DEST$PREFIX/.created-by-unitgen-install" ]; then
         rm -rf "$DEST$PREFIX"

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.outbound import HttpOutcome, http_once, load_requests, run_blocking
 from handlers.procs import run_command
-from handlers.secrets import describe_exception, endpoint, read_secret
+from handlers.secrets import credential_file, describe_exception, endpoint, read_secret
 from unitgen.alertconfig import alert_config
 from unitgen.errors import AlertError
 
@@ -110,6 +110,7 @@ class AlertTarget:
     send_resolved: bool
     url_file: str | None = None
     url_env: str | None = None
+    url_credential: str | None = None  # a systemd credential: $CREDENTIALS_DIRECTORY/NAME
     labels: Mapping[str, str] = field(default_factory=dict)
     smtp_host: str | None = None
     smtp_port: int = 25
@@ -119,6 +120,7 @@ class AlertTarget:
     username: str | None = None
     password_file: str | None = None
     password_env: str | None = None
+    password_credential: str | None = None
     command: tuple[str, ...] = ()
 
     @classmethod
@@ -532,17 +534,28 @@ class Alerter:
         return delivery
 
     async def _secret(
-        self, target: AlertTarget, kind: str, file: str | None, env_name: str | None
+        self,
+        target: AlertTarget,
+        kind: str,
+        file: str | None,
+        env_name: str | None,
+        credential: str | None = None,
     ) -> str:
-        """The secret from its file (read in a thread, bounded) or its variable."""
+        """The secret from its file (read in a thread, bounded), credential or variable."""
+        environ = os.environ if self._env is None else self._env
+        key_file = f"{kind}_file"
+        if credential is not None:
+            # A credential is a file systemd put in the unit's private credentials dir.
+            file = credential_file(target.where, f"{kind}_credential", credential, environ)
+            key_file = f"{kind}_credential"
         read = partial(
             read_secret,
             owner=target.where,
-            key_file=f"{kind}_file",
+            key_file=key_file,
             key_env=f"{kind}_env",
             file=file,
             env_name=env_name,
-            environ=os.environ if self._env is None else self._env,
+            environ=environ,
         )
         if file is None:
             return read()
@@ -553,7 +566,7 @@ class Alerter:
             )
         except TimeoutError as exc:
             raise AlertError(
-                f"{target.where}: {kind}_file {file}: not readable within {target.timeout:g}s"
+                f"{target.where}: {key_file} {file}: not readable within {target.timeout:g}s"
             ) from exc
 
     async def _prepare(
@@ -561,7 +574,9 @@ class Alerter:
     ) -> Callable[[], Awaitable[_Attempt]]:
         """Read secrets and build the payload once; return the attempt to repeat."""
         if target.type in _HTTP_TYPES:
-            url = await self._secret(target, "url", target.url_file, target.url_env)
+            url = await self._secret(
+                target, "url", target.url_file, target.url_env, target.url_credential
+            )
             if not url.lower().startswith(("http://", "https://")):
                 raise AlertError(f"{target.where}: the configured URL is not http(s)")
             host = endpoint(url)
@@ -593,7 +608,11 @@ class Alerter:
             password = None
             if target.username is not None:
                 password = await self._secret(
-                    target, "password", target.password_file, target.password_env
+                    target,
+                    "password",
+                    target.password_file,
+                    target.password_env,
+                    target.password_credential,
                 )
             # The message is built in the thread too: the email package is slow to import.
             smtp_call = partial(_smtp_once, target, alert, password, self._ssl_context)

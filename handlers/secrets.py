@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from unitgen.errors import AlertError
 
 __all__ = [
+    "credential_file",
     "describe_exception",
     "endpoint",
     "install_log_redaction",
@@ -69,6 +70,23 @@ def read_secret(
             raise AlertError(f"{owner}: {key_env} {env_name}: variable is unset or empty")
         return value
     raise AlertError(f"{owner}: neither {key_file} nor {key_env} is set")
+
+
+def credential_file(owner: str, key: str, name: str, environ: Mapping[str, str]) -> str:
+    """Where systemd put credential ``name`` for this process (LoadCredential=).
+
+    systemd copies the credential into a private, non-swappable directory only
+    this unit can read and names it in ``$CREDENTIALS_DIRECTORY``; the source file
+    itself can then be readable by root alone.
+    """
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory.startswith("/"):
+        raise AlertError(
+            f"{owner}: {key} {name}: $CREDENTIALS_DIRECTORY is not set; the unit needs "
+            f"LoadCredential={name}:PATH (unitgen render adds it to the recovery unit "
+            "and the listener)"
+        )
+    return f"{directory.rstrip('/')}/{name}"
 
 
 def _read_regular_file(owner: str, key: str, file: str) -> bytes:

@@ -151,7 +151,8 @@ def test_from_mapping_defaults_and_types(tmp_path: Path) -> None:
         ({"name": "a", "type": "webhook"}, "alert.a: expected exactly one of url_file or url_env"),
         (
             {"name": "a", "type": "webhook", "url_env": "X", "url_file": "/x"},
-            "alert.a: expected exactly one of url_file or url_env, got url_file, url_env",
+            "alert.a: expected exactly one of url_file or url_env or url_credential, "
+            "got url_file, url_env",
         ),
         ({"name": "a", "type": "webhook", "url_file": "rel/path"}, "alert.a.url_file"),
         ({"name": "a", "type": "webhook", "url_env": "BAD-NAME"}, "alert.a.url_env"),

@@ -48,7 +48,7 @@ def test_render_lists_what_it_wrote(
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"wrote {out}/web.service",
-        f"wrote {out}/nginx.service.d/50-unitgen.conf",
+        f"wrote {out}/nginx.service.d/70-unitgen.conf",
         f"wrote {out}/unitgen-recover@.service",
         f"wrote {pol}/web.service.json",
         f"wrote {pol}/nginx.service.json",
@@ -140,7 +140,7 @@ def test_check_passes_a_good_spec(spec: Path, capsys: pytest.CaptureFixture[str]
     units = {u["file"]: u for u in payload["units"]}
     assert units["web.service"]["exposure"] <= 1.5
     assert units["web.service"]["limit"] == 1.5
-    assert units["nginx.service.d/50-unitgen.conf"]["limit"] == 5.0
+    assert units["nginx.service.d/70-unitgen.conf"]["limit"] == 5.0
     assert units["unitgen-recover@.service"]["limit"] is None
     assert all(u["ok"] and not u["verify"] for u in payload["units"])
     assert units["web.service"]["worst_case"]  # handlers.budget's figure

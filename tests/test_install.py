@@ -184,6 +184,8 @@ def test_install_dest_stages_without_touching_a_manager(tmp_path: Path, wheelhou
     )
     assert (dest / "etc/systemd/system/multi-user.target.wants/demo-web.service").is_symlink()
     assert (dest / "etc/unitgen/policy.d/demo-web.service.json").is_file()
+    # The journal catalog goes where systemd reads an unpackaged install's catalogs.
+    assert (dest / "usr/local/lib/systemd/catalog/unitgen.catalog").is_file()
     recover = (dest / "etc/systemd/system/unitgen-recover@.service").read_text()
     assert str(dest) not in recover and "/tmp/" not in recover.split("[Service]")[1]
     assert not Path("/opt/unitgen-staged").exists()

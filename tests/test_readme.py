@@ -20,5 +20,5 @@ def test_readme_spec_example_loads_and_renders() -> None:
     assert set(spec.overrides) == {"nginx.service"}
     files = render(spec, RenderOptions(systemd_version=252))
     assert "api.service" in files
-    assert "nginx.service.d/50-unitgen.conf" in files
+    assert "nginx.service.d/70-unitgen.conf" in files
     assert "OnFailure=unitgen-recover@%n.service" in files["api.service"]

@@ -226,18 +226,18 @@ def test_versions_filter_directives() -> None:
 
 def test_dropin_has_only_what_the_override_sets() -> None:
     ovr = Override(unit="nginx.service")
-    text = render(spec_of(overrides=(ovr,)), OPTIONS)["nginx.service.d/50-unitgen.conf"]
+    text = render(spec_of(overrides=(ovr,)), OPTIONS)["nginx.service.d/70-unitgen.conf"]
     assert [(s, k) for s, k, _ in parse_unit(text)] == [
         ("Unit", "OnFailure"),
         ("Unit", "OnFailureJobMode"),
     ]
     quiet = dataclasses.replace(ovr, on_failure=False, restart=Restart(delay=2.0))
-    text = render(spec_of(overrides=(quiet,)), OPTIONS)["nginx.service.d/50-unitgen.conf"]
+    text = render(spec_of(overrides=(quiet,)), OPTIONS)["nginx.service.d/70-unitgen.conf"]
     keys = [k for _, k, _ in parse_unit(text)]
     assert "OnFailure" not in keys
     assert keys == ["StartLimitIntervalSec", "StartLimitBurst", "Restart", "RestartSec"]
     hardened = dataclasses.replace(ovr, hardening=Hardening(profile="strict"))
-    text = render(spec_of(overrides=(hardened,)), OPTIONS)["nginx.service.d/50-unitgen.conf"]
+    text = render(spec_of(overrides=(hardened,)), OPTIONS)["nginx.service.d/70-unitgen.conf"]
     assert "DynamicUser" not in text  # the vendor's unit decides its user
 
 
@@ -278,10 +278,10 @@ def test_recovery_name_is_reserved() -> None:
 
 def test_write_replaces_and_leaves_no_stage(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    write_trees([(out, {"a.service": "one\n", "b.service.d/50-unitgen.conf": "x\n"})])
+    write_trees([(out, {"a.service": "one\n", "b.service.d/70-unitgen.conf": "x\n"})])
     write_trees([(out, {"a.service": "two\n"})])
     assert (out / "a.service").read_text() == "two\n"
-    assert (out / "b.service.d" / "50-unitgen.conf").read_text() == "x\n"
+    assert (out / "b.service.d" / "70-unitgen.conf").read_text() == "x\n"
     assert sorted(p.name for p in out.iterdir()) == ["a.service", "b.service.d"]
 
 

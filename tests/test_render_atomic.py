@@ -185,7 +185,7 @@ def test_a_successful_render_after_a_failed_one(installed: tuple[Path, Path, Pat
     assert "new.toml" in (out / "a.service").read_text()
     assert stat.S_IMODE((out / "a.service").stat().st_mode) == 0o644
     assert (out / "d.service").is_file() and not (out / "d.service").is_symlink()
-    assert (out / "redis.service.d" / "50-unitgen.conf").is_file()
+    assert (out / "redis.service.d" / "70-unitgen.conf").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".unitgen-stage-")]
 
 
@@ -352,7 +352,7 @@ def test_out_of_inodes_leaves_the_tree_as_it_was(tmp_path: Path) -> None:
     results = json.loads(proc.stdout)
     complete = {
         "system/a.service", "system/b.service", "system/c.service", "system/d.service",
-        "system/nginx.service.d/50-unitgen.conf", "system/redis.service.d/50-unitgen.conf",
+        "system/nginx.service.d/70-unitgen.conf", "system/redis.service.d/70-unitgen.conf",
         "system/unitgen-recover@.service", "policy.d/a.service.json", "policy.d/b.service.json",
         "policy.d/c.service.json", "policy.d/d.service.json", "policy.d/nginx.service.json",
         "policy.d/redis.service.json",
@@ -375,7 +375,7 @@ def test_out_of_inodes_leaves_the_tree_as_it_was(tmp_path: Path) -> None:
 
 # -- any starting tree, any single failure: all or nothing ----------------------------
 
-_UNITS = ["a.service", "b.service", "x.service.d/50-unitgen.conf", "y.service.d/50-unitgen.conf"]
+_UNITS = ["a.service", "b.service", "x.service.d/70-unitgen.conf", "y.service.d/70-unitgen.conf"]
 _POLICIES = ["a.service.json", "x.service.json"]
 # What may already sit where a file goes: nothing, an old file (content, mode), a
 # symlink, a directory (holding a foreign file).

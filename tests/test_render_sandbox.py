@@ -292,7 +292,7 @@ def test_dropins_harden_real_debian_daemons(system_sandbox: Sandbox, tmp_path: P
         props = sb.wait_for(ovr.unit, "running", prop="SubState", timeout=20)
         assert props["ActiveState"] == "active", sb.journal(ovr.unit)
         dropins = sb.show(ovr.unit, "DropInPaths")["DropInPaths"]
-        assert "50-unitgen.conf" in dropins
+        assert "70-unitgen.conf" in dropins
     assert sb.show("nginx.service", "ProtectSystem")["ProtectSystem"] == "full"
     assert sb.show("redis-server.service", "ProtectSystem")["ProtectSystem"] == "strict"
     for ovr in overrides:

@@ -115,7 +115,7 @@ def test_example_loads_into_the_model() -> None:
     nginx = spec.overrides["nginx.service"]
     assert nginx.restart == Restart(policy="on-failure", delay=2.0)
     assert nginx.hardening == Hardening(profile="standard")
-    assert set(spec.alerts) == {"ops", "chat", "am", "mail", "pager"}
+    assert set(spec.alerts) == {"ops", "chat", "hook", "am", "mail", "pager"}
     mail = spec.alerts["mail"]
     assert mail.type == "email"
     assert mail.config["name"] == "mail"
@@ -502,7 +502,11 @@ def test_inline_url_refused_even_without_type() -> None:
     ("alert", "key", "fragment"),
     [
         ({"type": "pigeon"}, "alert.ops.type", "expected one of webhook"),
-        ({"type": "webhook"}, "alert.ops", "exactly one of url_file or url_env, got none"),
+        (
+            {"type": "webhook"},
+            "alert.ops",
+            "exactly one of url_file or url_env or url_credential, got none",
+        ),
         ({"type": "slack", "url_file": "/a", "url_env": "B"}, "alert.ops", "got url_file, url_env"),
         ({"type": "webhook", "url_file": "rel"}, "alert.ops.url_file", "absolute"),
         ({"type": "webhook", "url_env": "1X"}, "alert.ops.url_env", "variable name"),

@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("unitgen.commands.render", "render hardened units from a spec"),
     "check": ("unitgen.commands.check", "validate a spec and verify its units with systemd"),
     "diff": ("unitgen.commands.diff", "show what rendering would change in an installed tree"),
+    "apply": ("unitgen.commands.apply", "switch to a spec's units; restart what changed"),
+    "rollback": ("unitgen.commands.rollback", "go back to an earlier generation of applied units"),
+    "generations": ("unitgen.commands.generations", "list the generations unitgen apply kept"),
     "schema": ("unitgen.commands.schema", "print the JSON Schema of the spec"),
     "sandbox": ("unitgen.commands.sandbox", "run a command against a disposable real systemd"),
     "recover": ("unitgen.commands.recover", "run the recovery ladder for a failed unit"),
@@ -102,3 +105,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """The parser with every command's arguments: for man pages and shell completion.
+
+    ``main`` imports only the chosen command; the generators need them all, so
+    this one pays for every import (packaging/gen-docs, at build time only).
+    """
+    parser = argparse.ArgumentParser(
+        prog="unitgen",
+        description="Hardened systemd units from one spec, and event-driven recovery.",
+    )
+    parser.add_argument("--version", action="version", version=f"unitgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (modname, helptext) in COMMANDS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        cast(CommandModule, importlib.import_module(modname)).add_arguments(p)
+    return parser

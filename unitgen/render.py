@@ -31,6 +31,7 @@ import jinja2
 
 from handlers.ladder import DEPENDENCY_WAIT, MAX_DEPENDENCY_ROUNDS
 from unitgen import hardening
+from unitgen.credentials import credential_units, load_credentials
 from unitgen.errors import RenderError
 from unitgen.model import Health, Limits, Override, Recovery, Restart, Service, Spec
 from unitgen.paths import LISTENING_DIR, LISTENING_MARKER, Scope, paths_for
@@ -58,9 +59,13 @@ __all__ = [
 
 RECOVER_UNIT = RECOVER_TEMPLATE
 # Drop-ins of all directories are applied in lexical order of their file names, and
-# for single-valued settings the last one wins: 50 lands after vendor drop-ins
-# numbered below it and before an operator's own 90-local.conf.
-DROPIN_NAME = "50-unitgen.conf"
+# for single-valued settings the last one wins. systemd recommends 10-40 for files in
+# /usr (vendors) and 60-90 for /etc and /run (the administrator's side, where we
+# write): 70 lands after every vendor drop-in, leaves 60-69 below us and 71-90 (and
+# `systemctl edit`'s override.conf, which sorts after digits) above us.
+DROPIN_NAME = "70-unitgen.conf"
+# Names an older unitgen used: unitgen.dropins removes them once the new one is written.
+LEGACY_DROPIN_NAMES = ("50-unitgen.conf",)
 SYSTEM_POLICY_DIR = Path("/etc/unitgen/policy.d")
 
 
@@ -433,6 +438,7 @@ def _recover_view(spec: Spec, options: RenderOptions) -> dict[str, Any]:
         "hardening": tuple(directives),
         # systemd's %t is /run or $XDG_RUNTIME_DIR, the scope's runtime root.
         "listening": f"%t/{LISTENING_DIR}/{LISTENING_MARKER}",
+        "credentials": load_credentials(spec, options),
     }
 
 
@@ -464,6 +470,7 @@ def render(spec: Spec, options: RenderOptions) -> dict[str, str]:
         {"r": SimpleNamespace(**_recover_view(spec, options))},
         RECOVER_UNIT,
     )
+    out.update(credential_units(spec, options))
     return out
 
 

@@ -958,17 +958,37 @@ def secret_env(value: str) -> str | None:
     return "an environment variable name like 'SLACK_URL'; the value is not shown"
 
 
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def credential_name(value: str) -> str | None:
+    """A systemd credential name: a plain file name (its value lives in a file, not here)."""
+    if _CREDENTIAL.fullmatch(value):
+        return None
+    if _looks_like_a_secret(value):
+        return "the name of a systemd credential holding the secret, not the secret itself"
+    return "a credential name like 'ops-url' (letters, digits, '_', '.', '-'; at most 64)"
+
+
 SECRET_FILE = Text(secret_file, type_doc="absolute path", pattern="^/")
 SECRET_ENV = Text(secret_env, type_doc="variable name", pattern="^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_CREDENTIAL = Text(
+    credential_name, type_doc="credential name", pattern="^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+)
 
 _URL_SOURCE: dict[str, Field] = {
     "url_file": Field(SECRET_FILE, "file holding the URL (the URL is the credential)"),
     "url_env": Field(SECRET_ENV, "environment variable holding the URL"),
+    "url_credential": Field(
+        SECRET_CREDENTIAL,
+        "systemd credential holding the URL: unitgen's units get LoadCredential=NAME:"
+        "/etc/unitgen/credentials/NAME (docs/alerts.md)",
+    ),
 }
 
 
 def _email_rules(d: Mapping[str, Any], key: str, out: Collector) -> bool:
-    has_password = "password_file" in d or "password_env" in d
+    has_password = "password_file" in d or "password_env" in d or "password_credential" in d
     if "username" not in d:
         if has_password:
             out.add(f"{key}.username", "missing: a password was given without a username")
@@ -990,8 +1010,8 @@ def _alert_table(fields: Mapping[str, Field], **kwargs: Any) -> Table:
 ALERT = Tagged(
     "type",
     {
-        "webhook": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env")]),
-        "slack": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env")]),
+        "webhook": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env", "url_credential")]),
+        "slack": _alert_table(_URL_SOURCE, one_of=[("url_file", "url_env", "url_credential")]),
         "alertmanager": _alert_table(
             {
                 **_URL_SOURCE,
@@ -1001,7 +1021,7 @@ ALERT = Tagged(
                     {},
                 ),
             },
-            one_of=[("url_file", "url_env")],
+            one_of=[("url_file", "url_env", "url_credential")],
         ),
         "email": _alert_table(
             {
@@ -1024,8 +1044,11 @@ ALERT = Tagged(
                 ),
                 "password_file": Field(SECRET_FILE, "file holding the SMTP password"),
                 "password_env": Field(SECRET_ENV, "environment variable holding the SMTP password"),
+                "password_credential": Field(
+                    SECRET_CREDENTIAL, "systemd credential holding the SMTP password"
+                ),
             },
-            at_most_one=[("password_file", "password_env")],
+            at_most_one=[("password_file", "password_env", "password_credential")],
             checks=[_email_rules],
         ),
         "command": _alert_table(

@@ -774,7 +774,10 @@ class Table(Node):
         for group in self.one_of:
             constraints.append({"oneOf": [{"required": [k]} for k in group]})
         for group in self.at_most_one:
-            constraints.append({"not": {"required": list(group)}})
+            # Any two of the group are one too many (a group may hold three or more).
+            for i, first in enumerate(group):
+                for second in group[i + 1 :]:
+                    constraints.append({"not": {"required": [first, second]}})
         if constraints:
             s["allOf"] = constraints
         if self.doc:

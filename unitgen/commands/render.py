@@ -69,18 +69,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unitgen.render import render, render_policies, write_trees
+    from unitgen.render import DROPIN_NAME, render, render_policies, write_trees
 
     spec, options = prepare(args)
     units = render(spec, options)
     policies = render_policies(spec, options)
     written = write_trees([(args.out, units), (options.policy_dir, policies)])
+    # Only once the new drop-ins are in place: the old ones never go missing first.
+    from unitgen.dropins import remove_stale, stale_dropins
+
+    removed = remove_stale(stale_dropins(args.out, units))
     if args.json:
         print(
             json.dumps(
                 {
                     "units": [str(args.out / n) for n in units],
                     "policies": [str(options.policy_dir / n) for n in policies],
+                    "removed": [str(p) for p in removed],
                     "scope": options.scope.value,
                     "systemd_version": options.systemd_version,
                 }
@@ -89,4 +94,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         for path in written:
             print(f"wrote {path}")
+        for path in removed:
+            print(f"removed {path} (replaced by {path.with_name(DROPIN_NAME)})")
     return 0
