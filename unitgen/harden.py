@@ -1,0 +1,472 @@
+"""``unitgen harden``: the strictest drop-in an installed unit survives, found by trying.
+
+One booted container (``unitgen.sandbox``, system scope) with the host's /usr,
+/etc and /var, the last two overlaid so that nothing the daemon writes reaches
+the host. The operator's own files for the unit in /etc/systemd/system (a
+full override, drop-ins) are copied in, so the unit runs as it does on the host.
+
+A *trial* writes one candidate drop-in, starts the unit (``settle`` of
+``unitgen.sandbox.hardening_probe``, so "started" is systemd's word), watches
+that it stays up for the settle time (same main process, no restart), runs the
+probe (``handlers.probes``, inside the container's network namespace), reloads
+it when the unit has ``ExecReload=`` and checks again, then stops it. The
+candidates come from ``unitgen.hardensearch``; each is rendered from a spec
+override by ``unitgen.render`` itself, so the ``[override."UNIT"]`` snippet
+printed at the end renders exactly the drop-in that was tested.
+
+The baseline (no drop-in) runs first. A unit that does not start or whose
+probe never passes without any hardening is bad input: exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from unitgen import hardening
+from unitgen.errors import SandboxError, UnitNotFoundError, UsageError
+from unitgen.hardensearch import SearchResult, Trial, Verdict, order_items, search
+from unitgen.model import Hardening, Override, Spec
+from unitgen.paths import Scope
+from unitgen.render import DROPIN_NAME, RenderOptions, render
+from unitgen.sandbox import Sandbox
+from unitgen.sandbox.hardening_probe import ProbeManager, settle
+from unitgen.speckeys import CAPABILITIES
+
+__all__ = ["HARDEN_DROPIN", "HardenOptions", "HardenResult", "ProbeArg", "harden", "parse_probe"]
+
+HARDEN_DROPIN = "50-unitgen-harden.conf"
+HOST_UNIT_DIR = Path("/etc/systemd/system")
+_POLL = 0.1
+_TIMESTAMP = re.compile(
+    r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d "
+)  # nginx's own, say  # seconds between state reads while a unit settles
+# A line from the daemon that says why it failed, preferred over the manager's summary.
+_TELLING = (
+    "emerg",
+    "error",
+    "fail",
+    "denied",
+    "not permitted",
+    "read-only",
+    "cannot",
+    "can't",
+    "fatal",
+    "invalid",
+)
+
+
+@dataclass(frozen=True)
+class ProbeArg:
+    """``--probe`` as given: the mapping ``handlers.probes.ProbeSpec.from_mapping`` reads."""
+
+    kind: str
+    target: str | tuple[str, ...]
+    timeout: float = 2.0
+
+    def mapping(self) -> dict[str, object]:
+        target = self.target if isinstance(self.target, str) else list(self.target)
+        return {"kind": self.kind, "target": target, "timeout": self.timeout}
+
+
+def parse_probe(text: str) -> ProbeArg:
+    """``http(s)://...``, ``tcp:HOST:PORT`` or ``cmd ARGV...`` (shell words)."""
+    import shlex
+
+    from handlers.probes import ProbeSpec
+    from unitgen.errors import PolicyError
+
+    if text.startswith(("http://", "https://")):
+        arg = ProbeArg("http", text)
+    elif text.startswith("tcp:"):
+        arg = ProbeArg("tcp", text.removeprefix("tcp:"))
+    elif text.startswith("cmd ") or text.startswith("cmd:"):
+        try:
+            argv = tuple(shlex.split(text[4:]))
+        except ValueError as exc:
+            raise UsageError(f"--probe {text!r}: {exc}") from exc
+        arg = ProbeArg("command", argv)
+    else:
+        raise UsageError(
+            f"--probe {text!r}: expected http://..., https://..., tcp:HOST:PORT or 'cmd ARGV...'"
+        )
+    try:
+        ProbeSpec.from_mapping(arg.mapping(), where="--probe")
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from exc
+    return arg
+
+
+@dataclass(frozen=True)
+class HardenOptions:
+    settle: float = 2.0  # seconds the unit must stay up after starting
+    start_timeout: float = 30.0
+    # A trial's probe may retry this long. It runs after the settle time, so the daemon
+    # has had that long already; a failing probe costs this window plus one timeout.
+    probe_window: float = 1.0
+    baseline_probe_window: float = 15.0
+    confirm: bool = True
+
+
+@dataclass
+class HardenResult:
+    unit: str
+    hardening: Hardening  # the spec's view of the result
+    dropin: str  # 50-unitgen-harden.conf
+    snippet: str  # [override."UNIT"] for the spec
+    search: SearchResult
+    items: list[str]
+    capability_items: list[str]
+    before: float
+    after: float
+    seconds: float
+    has_reload: bool
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "unit": self.unit,
+            "exposure_before": self.before,
+            "exposure_after": self.after,
+            "disable": list(self.hardening.disable),
+            "capabilities": (
+                None if self.hardening.capabilities is None else list(self.hardening.capabilities)
+            ),
+            "off": self.search.dropped,
+            "trials": [
+                {
+                    "number": t.number,
+                    "change": t.change,
+                    "ok": t.verdict.ok,
+                    "reason": t.verdict.reason,
+                    "seconds": round(t.seconds, 3),
+                }
+                for t in self.search.trials
+            ],
+            "seconds": round(self.seconds, 3),
+            "reload_checked": self.has_reload,
+            "dropin_name": f"{self.unit}.d/{HARDEN_DROPIN}",
+            "dropin": self.dropin,
+            "spec": self.snippet,
+        }
+
+
+# -- what a set of items means --------------------------------------------------------
+
+
+def profile_directives(systemd_version: int) -> list[str]:
+    """The strict profile's directive names this systemd understands, in profile order."""
+    lines = hardening.directives_for("strict", scope=Scope.SYSTEM, systemd_version=systemd_version)
+    return list(dict.fromkeys(name for name, _ in lines))
+
+
+def to_hardening(
+    enabled: frozenset[str], directives: list[str], capability_items: list[str]
+) -> Hardening:
+    """The spec's hardening table for ``enabled`` (capability items drop a capability)."""
+    disable = [d for d in directives if d not in enabled]
+    capabilities: tuple[str, ...] | None = None
+    if capability_items:
+        kept = [c for c in capability_items if c not in enabled]
+        if len(kept) == len(capability_items):
+            disable.append("CapabilityBoundingSet")
+        elif kept:
+            capabilities = tuple(sorted(kept))
+    return Hardening(profile="strict", disable=tuple(sorted(disable)), capabilities=capabilities)
+
+
+def render_dropin(unit: str, hard: Hardening, systemd_version: int) -> str:
+    """The [Service] lines unitgen renders for ``[override."UNIT"] hardening = hard``."""
+    spec = Spec(
+        path="unitgen harden",
+        overrides={unit: Override(unit=unit, hardening=hard, on_failure=False)},
+    )
+    text = render(spec, RenderOptions(systemd_version=systemd_version))[f"{unit}.d/{DROPIN_NAME}"]
+    # The template's first line names a spec file; this drop-in has none.
+    return "\n".join(line for line in text.splitlines() if not line.startswith("# Generated by"))
+
+
+def snippet(unit: str, hard: Hardening, note: str) -> str:
+    def toml_list(values: tuple[str, ...]) -> str:
+        return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+    parts = ['profile = "strict"']
+    if hard.disable:
+        parts.append(f"disable = {toml_list(hard.disable)}")
+    if hard.capabilities is not None:
+        parts.append(f"capabilities = {toml_list(hard.capabilities)}")
+    return f"[override.{json.dumps(unit)}]\n# {note}\nhardening = {{ {', '.join(parts)} }}\n"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def dropin_text(
+    unit: str, hard: Hardening, result: SearchResult, body: str, before: float, after: float
+) -> str:
+    lines = [
+        f"# {unit}: the strictest hardening it survived, found by `unitgen harden`",
+        f"# ({len(result.trials)} trials in a disposable container; exposure "
+        f"{before:.1f} -> {after:.1f}).",
+    ]
+    if result.dropped:
+        lines.append("# Left off, each because adding it to this set broke the unit:")
+        for item, reason in result.dropped.items():
+            what = f"capability {item} kept" if item.startswith("CAP_") else f"{item}= off"
+            lines.append(f"#   {what}: {_one_line(reason)}")
+    lines.append(
+        f'# In a spec: [override."{unit}"] hardening = the table `unitgen harden` printed.'
+    )
+    return "\n".join(lines) + "\n" + body.lstrip("\n").rstrip("\n") + "\n"
+
+
+# -- the container ---------------------------------------------------------------------
+
+
+_PROBE_SCRIPT = """
+import asyncio, json, sys, time
+from handlers.probes import ProbeSpec, probe
+spec = ProbeSpec.from_mapping(json.loads(sys.argv[1]))
+deadline = time.monotonic() + float(sys.argv[2])
+async def main():
+    while True:
+        r = await probe(spec)
+        if r.ok or time.monotonic() >= deadline:
+            return r
+        await asyncio.sleep(0.1)
+r = asyncio.run(main())
+print(json.dumps({"ok": r.ok, "detail": r.detail}))
+"""
+
+
+class Bench:
+    """The container one unit is hardened in, and one trial."""
+
+    def __init__(
+        self, sb: Sandbox, unit: str, probe: ProbeArg | None, options: HardenOptions
+    ) -> None:
+        self.sb = sb
+        self.unit = unit
+        self.probe = probe
+        self.options = options
+        self.mgr = ProbeManager(sb)
+        self.dropin = sb.unit_dir / f"{unit}.d" / HARDEN_DROPIN
+        self.has_reload = False
+
+    def load(self) -> dict[str, str]:
+        """Copy the host's own files for the unit in, load it; its properties."""
+        for path in (HOST_UNIT_DIR / self.unit, HOST_UNIT_DIR / f"{self.unit}.d"):
+            if path.is_symlink() and path.resolve() == Path("/dev/null"):
+                raise UsageError(f"{self.unit}: masked on this host ({path} -> /dev/null)")
+            target = self.sb.unit_dir / path.name
+            if path.is_dir():
+                shutil.copytree(path, target, symlinks=False)
+            elif path.is_file():
+                shutil.copyfile(path, target)
+        self.sb.daemon_reload()
+        props = self.sb.show(
+            self.unit, "LoadState", "Type", "ExecReload", "CapabilityBoundingSet", "FragmentPath"
+        )
+        if props.get("LoadState") != "loaded":
+            raise UnitNotFoundError(
+                f"{self.unit}: no such unit on this host (systemd says {props.get('LoadState')!r})"
+            )
+        if self.mgr.starts_at_fork(self.unit):
+            self.mgr.install_exec_dropin(self.unit)
+        self.has_reload = bool(props.get("ExecReload", "").strip())
+        return props
+
+    def _journal_reason(self, since: float, what: str) -> str:
+        """``what``, the manager's word on the exit, and the daemon's first telling line."""
+        res = self.sb.run(
+            [
+                "journalctl",
+                "--no-pager",
+                "--quiet",
+                "-o",
+                "json",
+                "--output-fields=MESSAGE,_SYSTEMD_UNIT",
+                f"--since=@{since:.6f}",
+                f"_SYSTEMD_UNIT={self.unit}",
+                "+",
+                f"UNIT={self.unit}",
+            ]
+        )
+        own: list[str] = []
+        manager: list[str] = []
+        for line in res.stdout.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = entry.get("MESSAGE")
+            if not isinstance(message, str) or not message.strip():
+                continue  # binary or empty
+            (own if entry.get("_SYSTEMD_UNIT") == self.unit else manager).append(message)
+        exits = [m for m in manager if "status=" in m or "Failed at step" in m]
+        if exits:
+            what = f"{what}; {exits[0].removeprefix(self.unit + ': ')}"
+        telling = [m for m in own if any(w in m.lower() for w in _TELLING)]
+        if telling:
+            return f"{what}: {_TIMESTAMP.sub('', telling[0]).strip()}"
+        return what
+
+    def _run_probe(self, window: float) -> tuple[bool, str]:
+        if self.probe is None:
+            return True, ""
+        res = self.sb.run(
+            [sys.executable, "-c", _PROBE_SCRIPT, json.dumps(self.probe.mapping()), str(window)],
+            timeout=window + self.probe.timeout + 30.0,
+        )
+        try:
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            return bool(out["ok"]), str(out["detail"])
+        except (ValueError, IndexError, KeyError, TypeError):
+            return False, "the probe did not run: " + _one_line(res.stderr or res.stdout, 160)
+
+    def _stays_up(self, seconds: float, since: float) -> Verdict:
+        first = self.sb.show(self.unit, "MainPID", "NRestarts")
+        deadline = time.monotonic() + seconds
+        while True:
+            now = self.sb.show(self.unit, "ActiveState", "MainPID", "NRestarts", "ExecMainStatus")
+            if now.get("ActiveState") != "active" or now.get("NRestarts") != first.get("NRestarts"):
+                return Verdict(
+                    False,
+                    self._journal_reason(since, "did not stay up"),
+                )
+            if now.get("MainPID") != first.get("MainPID"):
+                return Verdict(False, self._journal_reason(since, "its main process changed"))
+            if time.monotonic() >= deadline:
+                return Verdict(True)
+            time.sleep(_POLL)
+
+    def trial(self, dropin: str | None, *, probe_window: float) -> Verdict:
+        """Start the unit under ``dropin`` (None: the vendor's unit alone), judge, stop it."""
+        if dropin is None:
+            self.dropin.unlink(missing_ok=True)
+        else:
+            self.dropin.parent.mkdir(parents=True, exist_ok=True)
+            self.dropin.write_text(dropin, encoding="utf-8")
+        self.sb.daemon_reload()
+        self.sb.systemctl("reset-failed", self.unit)
+        since = time.time()
+        try:
+            return self._judge(since, probe_window)
+        finally:
+            self.sb.systemctl("stop", self.unit, timeout=self.options.start_timeout + 30.0)
+
+    def _judge(self, since: float, probe_window: float) -> Verdict:
+        started, _status = settle(self.mgr, [self.unit], self.options.start_timeout)[self.unit]
+        if not started:
+            return Verdict(False, self._journal_reason(since, "did not start"))
+        verdict = self._stays_up(self.options.settle, since)
+        if not verdict.ok:
+            return verdict
+        ok, detail = self._run_probe(probe_window)
+        if not ok:
+            return Verdict(False, self._journal_reason(since, f"probe failed: {detail}"))
+        if not self.has_reload:
+            return Verdict(True)
+        res = self.sb.systemctl("reload", self.unit, timeout=self.options.start_timeout)
+        if res.returncode != 0:
+            return Verdict(False, self._journal_reason(since, "ExecReload= failed"))
+        verdict = self._stays_up(min(self.options.settle, 1.0), since)
+        if not verdict.ok:
+            return Verdict(False, "after ExecReload=: " + verdict.reason)
+        ok, detail = self._run_probe(probe_window)
+        return Verdict(True) if ok else Verdict(False, f"probe failed after ExecReload=: {detail}")
+
+
+def exposure_with(unit: str, dropin: str | None) -> float:
+    """``systemd-analyze security --offline=yes`` of the host's unit, plus ``dropin``."""
+    from unitgen.verify import exposure
+
+    with tempfile.TemporaryDirectory(prefix="unitgen-harden-") as tmp:
+        name = unit
+        if dropin is not None:
+            path = Path(tmp) / f"{unit}.d" / HARDEN_DROPIN
+            path.parent.mkdir()
+            path.write_text(dropin, encoding="utf-8")
+            name = f"{unit}.d/{HARDEN_DROPIN}"
+        else:
+            name = f"{unit}.d/none"  # the unit as installed: nothing added in front
+        return exposure(Path(tmp), name, Scope.SYSTEM)
+
+
+def harden(
+    unit: str,
+    probe: ProbeArg | None,
+    *,
+    systemd_version: int,
+    options: HardenOptions = HardenOptions(),
+    on_trial: Callable[[Trial], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> HardenResult:
+    """Find the strictest drop-in ``unit`` survives; see the module's doc."""
+    from unitgen.unitnames import managed_unit_problem
+
+    problem = managed_unit_problem(unit, types=frozenset({"service"}))
+    if problem is not None:
+        raise UsageError(f"unit {unit!r}: expected {problem}")
+    note = on_note or (lambda _: None)
+    started = time.monotonic()
+    before = exposure_with(unit, None)
+    directives = profile_directives(systemd_version)
+    try:
+        sb = Sandbox.start(Scope.SYSTEM, host_var=True)
+    except SandboxError as exc:
+        raise SandboxError(f"unitgen harden needs the system sandbox: {exc}") from exc
+    with sb:
+        bench = Bench(sb, unit, probe, options)
+        props = bench.load()
+        vendor_caps = props.get("CapabilityBoundingSet", "").upper().split()
+        capability_items = [c for c in vendor_caps if c in CAPABILITIES]
+        if capability_items:
+            directives = [d for d in directives if d != "CapabilityBoundingSet"]
+        baseline = bench.trial(None, probe_window=options.baseline_probe_window)
+        if not baseline.ok:
+            raise UsageError(
+                f"{unit} fails without any hardening, so there is nothing to harden: "
+                f"{_one_line(baseline.reason)}"
+            )
+        note(
+            f"{unit}: starts as installed"
+            + (", probe passes" if probe else "")
+            + (", ExecReload= works" if bench.has_reload else "")
+        )
+        items = order_items(directives, capability_items)
+
+        def oracle(enabled: frozenset[str]) -> Verdict:
+            hard = to_hardening(enabled, directives, capability_items)
+            return bench.trial(
+                render_dropin(unit, hard, systemd_version), probe_window=options.probe_window
+            )
+
+        result = search(items, oracle, confirm=options.confirm, on_trial=on_trial)
+    hard = to_hardening(result.enabled, directives, capability_items)
+    body = render_dropin(unit, hard, systemd_version)
+    after = exposure_with(unit, body)
+    seconds = time.monotonic() - started
+    text = dropin_text(unit, hard, result, body, before, after)
+    spec_note = f"unitgen harden: {len(result.trials)} trials, exposure {before:.1f} -> {after:.1f}"
+    return HardenResult(
+        unit=unit,
+        hardening=hard,
+        dropin=text,
+        snippet=snippet(unit, hard, spec_note),
+        search=result,
+        items=items,
+        capability_items=capability_items,
+        before=before,
+        after=after,
+        seconds=seconds,
+        has_reload=bench.has_reload,
+    )
