@@ -292,9 +292,7 @@ def _user_env(home: str, runtime: str) -> dict[str, str]:
     }
 
 
-def _plan_system(
-    root: Path, cgroup_id: str, shared: list[str], *, host_var: bool = False
-) -> _Plan:
+def _plan_system(root: Path, cgroup_id: str, shared: list[str], *, host_var: bool = False) -> _Plan:
     """A booted systemd-nspawn container over the host's /usr (init/system.sh)."""
     # Non-root callers must reach the bus socket below root.
     root.chmod(0o755)
