@@ -43,7 +43,8 @@ from unitgen.speckeys import CAPABILITIES
 __all__ = ["HARDEN_DROPIN", "HardenOptions", "HardenResult", "ProbeArg", "harden", "parse_probe"]
 
 HARDEN_DROPIN = "50-unitgen-harden.conf"
-HOST_UNIT_DIR = Path("/etc/systemd/system")
+HOST_UNIT_DIR = Path("/etc/systemd/system")  # the operator's own unit files (tests move it)
+_SEARCHED_BY_SYSTEMD = Path("/etc/systemd/system")
 _POLL = 0.1
 _TIMESTAMP = re.compile(
     r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d "
@@ -228,6 +229,18 @@ def dropin_text(
     return "\n".join(lines) + "\n" + body.lstrip("\n").rstrip("\n") + "\n"
 
 
+def _copy_unit_files(source: Path, unit: str, dest: Path) -> None:
+    """The operator's files for ``unit`` in ``source`` (an override, drop-ins) to ``dest``."""
+    for path in (source / unit, source / f"{unit}.d"):
+        if path.is_symlink() and path.resolve() == Path("/dev/null"):
+            raise UsageError(f"{unit}: masked on this host ({path} -> /dev/null)")
+        target = dest / path.name
+        if path.is_dir():
+            shutil.copytree(path, target, symlinks=False)
+        elif path.is_file():
+            shutil.copyfile(path, target)
+
+
 # -- the container ---------------------------------------------------------------------
 
 
@@ -261,19 +274,12 @@ class Bench:
         self.dropin = sb.unit_dir / f"{unit}.d" / HARDEN_DROPIN
         self.has_reload = False
 
-    def load(self) -> dict[str, str]:
+    def load(self, host_unit_dir: Path) -> dict[str, str]:
         """Copy the host's own files for the unit in, load it; its properties."""
-        for path in (HOST_UNIT_DIR / self.unit, HOST_UNIT_DIR / f"{self.unit}.d"):
-            if path.is_symlink() and path.resolve() == Path("/dev/null"):
-                raise UsageError(f"{self.unit}: masked on this host ({path} -> /dev/null)")
-            target = self.sb.unit_dir / path.name
-            if path.is_dir():
-                shutil.copytree(path, target, symlinks=False)
-            elif path.is_file():
-                shutil.copyfile(path, target)
+        _copy_unit_files(host_unit_dir, self.unit, self.sb.unit_dir)
         self.sb.daemon_reload()
         props = self.sb.show(
-            self.unit, "LoadState", "Type", "ExecReload", "CapabilityBoundingSet", "FragmentPath"
+            self.unit, "LoadState", "ExecReload", "CapabilityBoundingSet", "DropInPaths"
         )
         if props.get("LoadState") != "loaded":
             raise UnitNotFoundError(
@@ -348,22 +354,8 @@ class Bench:
                 return Verdict(True)
             time.sleep(_POLL)
 
-    def trial(self, dropin: str | None, *, probe_window: float) -> Verdict:
-        """Start the unit under ``dropin`` (None: the vendor's unit alone), judge, stop it."""
-        if dropin is None:
-            self.dropin.unlink(missing_ok=True)
-        else:
-            self.dropin.parent.mkdir(parents=True, exist_ok=True)
-            self.dropin.write_text(dropin, encoding="utf-8")
-        self.sb.daemon_reload()
-        self.sb.systemctl("reset-failed", self.unit)
-        since = time.time()
-        try:
-            return self._judge(since, probe_window)
-        finally:
-            self.sb.systemctl("stop", self.unit, timeout=self.options.start_timeout + 30.0)
-
-    def _judge(self, since: float, probe_window: float) -> Verdict:
+    def judge(self, since: float, probe_window: float) -> Verdict:
+        """Start the unit, watch it settle, probe, reload and probe again."""
         started, _status = settle(self.mgr, [self.unit], self.options.start_timeout)[self.unit]
         if not started:
             return Verdict(False, self._journal_reason(since, "did not start"))
@@ -385,11 +377,42 @@ class Bench:
         return Verdict(True) if ok else Verdict(False, f"probe failed after ExecReload=: {detail}")
 
 
-def exposure_with(unit: str, dropin: str | None) -> float:
+def fresh_trial(
+    unit: str,
+    probe: ProbeArg | None,
+    options: HardenOptions,
+    host_unit_dir: Path,
+    dropin: str | None,
+    *,
+    probe_window: float,
+) -> tuple[Verdict, dict[str, str]]:
+    """Judge ``unit`` under ``dropin`` (None: as installed) in a container of its own.
+
+    Its own, because daemons change their state on a first start (nginx creates and
+    chowns /var/lib/nginx/body as root): in a container shared by all trials, a
+    later trial would find that done and pass without the capability it needs on
+    the host's first start after installing the drop-in. Returns the unit's
+    properties as loaded, too.
+    """
+    try:
+        sb = Sandbox.start(Scope.SYSTEM, host_var=True)
+    except SandboxError as exc:
+        raise SandboxError(f"unitgen harden needs the system sandbox: {exc}") from exc
+    with sb:
+        if dropin is not None:
+            sb.install_units({f"{unit}.d/{HARDEN_DROPIN}": dropin}, reload=False)
+        bench = Bench(sb, unit, probe, options)
+        props = bench.load(host_unit_dir)
+        return bench.judge(time.time(), probe_window), props
+
+
+def exposure_with(unit: str, dropin: str | None, unit_dir: Path) -> float:
     """``systemd-analyze security --offline=yes`` of the host's unit, plus ``dropin``."""
     from unitgen.verify import exposure
 
     with tempfile.TemporaryDirectory(prefix="unitgen-harden-") as tmp:
+        if unit_dir != _SEARCHED_BY_SYSTEMD:
+            _copy_unit_files(unit_dir, unit, Path(tmp))
         name = unit
         if dropin is not None:
             path = Path(tmp) / f"{unit}.d" / HARDEN_DROPIN
@@ -409,6 +432,7 @@ def harden(
     options: HardenOptions = HardenOptions(),
     on_trial: Callable[[Trial], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    host_unit_dir: Path | None = None,
 ) -> HardenResult:
     """Find the strictest drop-in ``unit`` survives; see the module's doc."""
     from unitgen.unitnames import managed_unit_problem
@@ -417,43 +441,47 @@ def harden(
     if problem is not None:
         raise UsageError(f"unit {unit!r}: expected {problem}")
     note = on_note or (lambda _: None)
+    host_unit_dir = host_unit_dir or HOST_UNIT_DIR
     started = time.monotonic()
-    before = exposure_with(unit, None)
     directives = profile_directives(systemd_version)
-    try:
-        sb = Sandbox.start(Scope.SYSTEM, host_var=True)
-    except SandboxError as exc:
-        raise SandboxError(f"unitgen harden needs the system sandbox: {exc}") from exc
-    with sb:
-        bench = Bench(sb, unit, probe, options)
-        props = bench.load()
-        vendor_caps = props.get("CapabilityBoundingSet", "").upper().split()
-        capability_items = [c for c in vendor_caps if c in CAPABILITIES]
-        if capability_items:
-            directives = [d for d in directives if d != "CapabilityBoundingSet"]
-        baseline = bench.trial(None, probe_window=options.baseline_probe_window)
-        if not baseline.ok:
-            raise UsageError(
-                f"{unit} fails without any hardening, so there is nothing to harden: "
-                f"{_one_line(baseline.reason)}"
-            )
-        note(
-            f"{unit}: starts as installed"
-            + (", probe passes" if probe else "")
-            + (", ExecReload= works" if bench.has_reload else "")
+    baseline, props = fresh_trial(
+        unit, probe, options, host_unit_dir, None, probe_window=options.baseline_probe_window
+    )
+    has_reload = bool(props.get("ExecReload", "").strip())
+    vendor_caps = props.get("CapabilityBoundingSet", "").upper().split()
+    capability_items = [c for c in vendor_caps if c in CAPABILITIES]
+    if capability_items:
+        directives = [d for d in directives if d != "CapabilityBoundingSet"]
+    if not baseline.ok and baseline.reason.startswith("probe failed"):
+        raise UsageError(
+            f"--probe never passed against {unit} as installed, without any hardening: "
+            f"{_one_line(baseline.reason)}"
         )
-        items = order_items(directives, capability_items)
+    if not baseline.ok:
+        raise UsageError(
+            f"{unit} fails without any hardening, so there is nothing to harden: "
+            f"{_one_line(baseline.reason)}"
+        )
+    before = exposure_with(unit, None, host_unit_dir)
+    note(
+        f"{unit}: starts as installed"
+        + (", probe passes" if probe else "")
+        + (", ExecReload= works" if has_reload else "")
+    )
+    items = order_items(directives, capability_items)
 
-        def oracle(enabled: frozenset[str]) -> Verdict:
-            hard = to_hardening(enabled, directives, capability_items)
-            return bench.trial(
-                render_dropin(unit, hard, systemd_version), probe_window=options.probe_window
-            )
+    def oracle(enabled: frozenset[str]) -> Verdict:
+        hard = to_hardening(enabled, directives, capability_items)
+        dropin = render_dropin(unit, hard, systemd_version)
+        verdict, _ = fresh_trial(
+            unit, probe, options, host_unit_dir, dropin, probe_window=options.probe_window
+        )
+        return verdict
 
-        result = search(items, oracle, confirm=options.confirm, on_trial=on_trial)
+    result = search(items, oracle, confirm=options.confirm, on_trial=on_trial)
     hard = to_hardening(result.enabled, directives, capability_items)
     body = render_dropin(unit, hard, systemd_version)
-    after = exposure_with(unit, body)
+    after = exposure_with(unit, body, host_unit_dir)
     seconds = time.monotonic() - started
     text = dropin_text(unit, hard, result, body, before, after)
     spec_note = f"unitgen harden: {len(result.trials)} trials, exposure {before:.1f} -> {after:.1f}"
@@ -468,5 +496,5 @@ def harden(
         before=before,
         after=after,
         seconds=seconds,
-        has_reload=bench.has_reload,
+        has_reload=has_reload,
     )
