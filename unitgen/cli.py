@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("unitgen.commands.watch", "run the D-Bus listener daemon"),
     "events": ("unitgen.commands.events", "follow the recovery event stream"),
     "harden": ("unitgen.commands.harden", "find the strictest drop-in an installed unit survives"),
+    "import": ("unitgen.commands.import_units", "turn existing unit files into spec entries"),
 }
 
 
