@@ -1,18 +1,21 @@
 """``unitgen harden``: the strictest drop-in an installed unit survives, found by trying.
 
-One booted container (``unitgen.sandbox``, system scope) with the host's /usr,
-/etc and /var, the last two overlaid so that nothing the daemon writes reaches
-the host. The operator's own files for the unit in /etc/systemd/system (a
-full override, drop-ins) are copied in, so the unit runs as it does on the host.
+Every *trial* boots its own container (``unitgen.sandbox``, system scope) with the
+host's /usr, /etc and /var, the last two overlaid so that nothing the daemon
+writes reaches the host, and copies the operator's own files for the unit in
+/etc/systemd/system (a full override, drop-ins) in, so the unit runs as it does
+on the host. One container per trial, because daemons change their state on a
+first start (``fresh_trial`` says which); each trial then judges the first start
+after installing the drop-in, which is the start that matters.
 
-A *trial* writes one candidate drop-in, starts the unit (``settle`` of
+A trial writes the candidate drop-in, starts the unit (``settle`` of
 ``unitgen.sandbox.hardening_probe``, so "started" is systemd's word), watches
 that it stays up for the settle time (same main process, no restart), runs the
 probe (``handlers.probes``, inside the container's network namespace), reloads
-it when the unit has ``ExecReload=`` and checks again, then stops it. The
-candidates come from ``unitgen.hardensearch``; each is rendered from a spec
-override by ``unitgen.render`` itself, so the ``[override."UNIT"]`` snippet
-printed at the end renders exactly the drop-in that was tested.
+it when the unit has ``ExecReload=`` and checks again. The candidates come from
+``unitgen.hardensearch``; each is rendered from a spec override by
+``unitgen.render`` itself, so the ``[override."UNIT"]`` snippet printed at the
+end renders exactly the drop-in that was tested.
 
 The baseline (no drop-in) runs first. A unit that does not start or whose
 probe never passes without any hardening is bad input: exit 2, nothing written.
