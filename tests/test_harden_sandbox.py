@@ -8,6 +8,7 @@ start happens under the drop-in, and the daemon must serve.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -149,15 +150,30 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not out.exists()  # nothing written
 
 
+def _mounts() -> list[str]:
+    # mount ids and peer groups change with every mount; compare where and what
+    return sorted(
+        " ".join(line.split()[4:5] + line.split(" - ")[1:])
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
+
+
 def test_out_is_the_only_thing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """redis-server: the drop-in lands in --out; the host's /var and unit dirs are untouched."""
+    """redis-server: the drop-in lands in --out; the host's /var, unit dirs and mounts
+    are as they were; --json says what was tried."""
     _need("redis-server.service")
     watched = [Path("/var/lib/redis"), Path("/var/log/redis"), Path("/etc/systemd/system")]
     before = {p: sorted(x.name for x in p.iterdir()) for p in watched if p.is_dir()}
+    mounts = _mounts()
     out = tmp_path / "out"
-    code = main(["harden", "redis-server.service", "--settle", "0.5", "--out", str(out)])
+    code = main(["harden", "redis-server.service", "--settle", "0.5", "--out", str(out), "--json"])
     assert code == 0
     assert sorted(p.name for p in out.rglob("*")) == [HARDEN_DROPIN, "redis-server.service.d"]
     assert {p: sorted(x.name for x in p.iterdir()) for p in before} == before
-    assert '[override."redis-server.service"]' in capsys.readouterr().out
+    assert _mounts() == mounts
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["written"] == [str(out / "redis-server.service.d" / HARDEN_DROPIN)]
+    assert payload["trials"][0]["ok"] is True
+    assert payload["dropin"] == (out / "redis-server.service.d" / HARDEN_DROPIN).read_text()
+    assert payload["exposure_after"] <= payload["exposure_before"]
     shutil.rmtree(out)
