@@ -194,3 +194,43 @@ def test_bad_input_is_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
+
+
+_LINE = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda k, v: f"{k}={v}", _KEYS, st.text(max_size=30)),
+    st.sampled_from(["[Unit]", "[Service]", "[Install]", "\\", "#c", "ExecStart=", "Type="]),
+)
+
+
+@given(start=st.booleans(), lines=st.lists(_LINE, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_any_unit_text_imports_or_is_refused_in_one_line(
+    start: bool, lines: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from unitgen.errors import UsageError
+
+    head = "[Service]\nExecStart=/bin/true\n" if start else ""
+    text = head + "\n".join(lines)
+    unit = _write(tmp_path_factory.mktemp("h"), "h.service", text)
+    try:
+        imported = import_unit(unit)
+    except UsageError as exc:
+        assert "\n" not in str(exc).strip()
+        return
+    parse_spec(to_toml([imported]), "t.toml")
+
+
+def test_json_lists_what_is_not_carried(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    if not (VENDOR / "nginx.service").exists():
+        pytest.skip("nginx is not installed here")
+    assert main(["import", str(VENDOR / "nginx.service"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    (unit,) = payload["units"]
+    assert unit["service"] == "nginx"
+    assert {"line": "Service: KillMode=mixed", "why": "the spec has no key for it"} in unit[
+        "unrepresented"
+    ]
+    assert parse_spec(payload["spec"], "t.toml").services["nginx"].type == "forking"
