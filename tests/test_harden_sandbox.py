@@ -177,3 +177,27 @@ def test_out_is_the_only_thing_written(tmp_path: Path, capsys: pytest.CaptureFix
     assert payload["dropin"] == (out / "redis-server.service.d" / HARDEN_DROPIN).read_text()
     assert payload["exposure_after"] <= payload["exposure_before"]
     shutil.rmtree(out)
+
+
+def test_a_oneshot_is_judged_by_its_result(tmp_path: Path) -> None:
+    """A oneshot is done, not down, when it has run: success is its verdict.
+
+    Under strict it cannot write /etc (ProtectSystem=strict): that directive, and
+    only that one, stays off, with the shell's complaint as the reason.
+    """
+    _need("redis-server.service")
+    units = tmp_path / "etc-systemd-system"
+    units.mkdir()
+    (units / "ugh-once.service").write_text(
+        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo x > /etc/ugh-once'\n"
+    )
+    result = harden(
+        "ugh-once.service",
+        None,
+        systemd_version=systemd_version.resolve(None),
+        options=HardenOptions(settle=0.5),
+        host_unit_dir=units,
+    )
+    assert list(result.search.dropped) == ["ProtectSystem"]
+    assert "Read-only file system" in result.search.dropped["ProtectSystem"]
+    assert not Path("/etc/ugh-once").exists()

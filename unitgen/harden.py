@@ -276,13 +276,20 @@ class Bench:
         self.mgr = ProbeManager(sb)
         self.dropin = sb.unit_dir / f"{unit}.d" / HARDEN_DROPIN
         self.has_reload = False
+        self.one_shot = False
 
     def load(self, host_unit_dir: Path) -> dict[str, str]:
         """Copy the host's own files for the unit in, load it; its properties."""
         _copy_unit_files(host_unit_dir, self.unit, self.sb.unit_dir)
         self.sb.daemon_reload()
         props = self.sb.show(
-            self.unit, "LoadState", "ExecReload", "CapabilityBoundingSet", "DropInPaths"
+            self.unit,
+            "LoadState",
+            "ExecReload",
+            "CapabilityBoundingSet",
+            "DropInPaths",
+            "Type",
+            "RemainAfterExit",
         )
         if props.get("LoadState") != "loaded":
             raise UnitNotFoundError(
@@ -291,6 +298,8 @@ class Bench:
         if self.mgr.starts_at_fork(self.unit):
             self.mgr.install_exec_dropin(self.unit)
         self.has_reload = bool(props.get("ExecReload", "").strip())
+        # A oneshot without RemainAfterExit= is inactive again once it succeeded.
+        self.one_shot = props.get("Type") == "oneshot" and props.get("RemainAfterExit") != "yes"
         return props
 
     def _journal_reason(self, since: float, what: str) -> str:
@@ -360,6 +369,14 @@ class Bench:
     def judge(self, since: float, probe_window: float) -> Verdict:
         """Start the unit, watch it settle, probe, reload and probe again."""
         started, _status = settle(self.mgr, [self.unit], self.options.start_timeout)[self.unit]
+        if self.one_shot:
+            # Done when its start job is: it ran to the end, with success or not.
+            result = self.sb.show(self.unit, "Result", "ExecMainStatus")
+            if result.get("Result") != "success":
+                what = f"did not run to success (result {result.get('Result')})"
+                return Verdict(False, self._journal_reason(since, what))
+            ok, detail = self._run_probe(probe_window)
+            return Verdict(True) if ok else Verdict(False, f"probe failed: {detail}")
         if not started:
             return Verdict(False, self._journal_reason(since, "did not start"))
         verdict = self._stays_up(self.options.settle, since)
