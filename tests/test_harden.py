@@ -66,13 +66,18 @@ def test_any_probe_text_parses_or_is_refused_in_one_line(text: str) -> None:
 @given(
     enabled=st.sets(st.sampled_from(DIRECTIVES + CAPS)),
     with_caps=st.booleans(),
+    paths=st.sampled_from([(), ("/var/lib/ugh",), ("/var/lib/ugh", "/run/ugh x")]),
 )
 @settings(max_examples=60, deadline=None)
-def test_the_spec_snippet_renders_the_tested_dropin(enabled: set[str], with_caps: bool) -> None:
+def test_the_spec_snippet_renders_the_tested_dropin(
+    enabled: set[str], with_caps: bool, paths: tuple[str, ...]
+) -> None:
     """For any set the search may try, the printed spec table renders the same lines."""
     caps = CAPS if with_caps else []
     directives = [d for d in DIRECTIVES if not (with_caps and d == "CapabilityBoundingSet")]
-    hard = to_hardening(frozenset(enabled), directives, caps)
+    hard = to_hardening(frozenset(enabled), directives, caps, paths)
+    # write paths only ever come with ProtectSystem=strict
+    assert hard.read_write_paths == (paths if "ProtectSystem" in enabled else ())
     dropin = render_dropin("ugh-x.service", hard, VERSION)
     spec = parse_spec(snippet("ugh-x.service", hard, "note"), "snippet.toml")
     assert spec.overrides["ugh-x.service"].hardening == hard

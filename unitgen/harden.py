@@ -171,7 +171,10 @@ def profile_directives(systemd_version: int) -> list[str]:
 
 
 def to_hardening(
-    enabled: frozenset[str], directives: list[str], capability_items: list[str]
+    enabled: frozenset[str],
+    directives: list[str],
+    capability_items: list[str],
+    read_write_paths: tuple[str, ...] = (),
 ) -> Hardening:
     """The spec's hardening table for ``enabled`` (capability items drop a capability)."""
     disable = [d for d in directives if d not in enabled]
@@ -182,7 +185,12 @@ def to_hardening(
             disable.append("CapabilityBoundingSet")
         elif kept:
             capabilities = tuple(sorted(kept))
-    return Hardening(profile="strict", disable=tuple(sorted(disable)), capabilities=capabilities)
+    return Hardening(
+        profile="strict",
+        disable=tuple(sorted(disable)),
+        capabilities=capabilities,
+        read_write_paths=read_write_paths if "ProtectSystem" in enabled else (),
+    )
 
 
 def render_dropin(unit: str, hard: Hardening, systemd_version: int) -> str:
@@ -205,6 +213,8 @@ def snippet(unit: str, hard: Hardening, note: str) -> str:
         parts.append(f"disable = {toml_list(hard.disable)}")
     if hard.capabilities is not None:
         parts.append(f"capabilities = {toml_list(hard.capabilities)}")
+    if hard.read_write_paths:
+        parts.append(f"read_write_paths = {toml_list(hard.read_write_paths)}")
     return f"[override.{json.dumps(unit)}]\n# {note}\nhardening = {{ {', '.join(parts)} }}\n"
 
 
@@ -226,6 +236,11 @@ def dropin_text(
         for item, reason in result.dropped.items():
             what = f"capability {item} kept" if item.startswith("CAP_") else f"{item}= off"
             lines.append(f"#   {what}: {_one_line(reason)}")
+    if hard.read_write_paths:
+        lines.append(
+            "# ReadWritePaths=: the directories it failed to write under ProtectSystem=strict "
+            "(from its own error lines)."
+        )
     lines.append(
         f'# In a spec: [override."{unit}"] hardening = the table `unitgen harden` printed.'
     )
@@ -426,6 +441,64 @@ def fresh_trial(
         return bench.judge(time.time(), probe_window), props
 
 
+# "open() "/run/nginx.pid" failed (30: Read-only file system)", "sh: 1: cannot
+# create /etc/x: Read-only file system": the paths a ProtectSystem=strict unit wanted.
+_EROFS_PATH = re.compile(r'"(/[^"]+)"|(/[^\s:"]+): Read-only file system')
+WRITE_PATH_ROUNDS = 4
+
+
+def erofs_directories(reason: str) -> list[str]:
+    """Directories whose read-only mount ``reason`` (a trial's journal line) complains of."""
+    if "Read-only file system" not in reason:
+        return []
+    found: list[str] = []
+    for quoted, bare in _EROFS_PATH.findall(reason):
+        parent = str(Path(quoted or bare).parent)
+        if parent != "/" and ".." not in parent.split("/"):
+            found.append(parent)
+    return list(dict.fromkeys(found))
+
+
+def _open_write_paths(
+    result: SearchResult,
+    trial: Callable[[tuple[str, ...]], Verdict],
+    on_trial: Callable[[Trial], None] | None,
+) -> tuple[str, ...]:
+    """ProtectSystem=strict back on, with the directories it made read-only writable.
+
+    Only when ProtectSystem= had to stay off because of a read-only file system:
+    each round adds the directories the last failure named (a daemon reports one
+    at a time) and tries again, at most WRITE_PATH_ROUNDS times. The directories
+    come from the daemon's own words, so nothing is guessed; a round that names
+    nothing new ends it, and ProtectSystem= then stays off as it was.
+    """
+    reason = result.dropped.get("ProtectSystem", "")
+    paths: list[str] = []
+    for _ in range(WRITE_PATH_ROUNDS):
+        new = [d for d in erofs_directories(reason) if d not in paths]
+        if not new:
+            return ()
+        paths.extend(new)
+        start = time.monotonic()
+        verdict = trial(tuple(paths))
+        record = Trial(
+            len(result.trials) + 1,
+            "+ProtectSystem, ReadWritePaths=" + " ".join(paths),
+            result.enabled | {"ProtectSystem"},
+            verdict,
+            time.monotonic() - start,
+        )
+        result.trials.append(record)
+        if on_trial is not None:
+            on_trial(record)
+        if verdict.ok:
+            result.enabled = result.enabled | {"ProtectSystem"}
+            del result.dropped["ProtectSystem"]
+            return tuple(paths)
+        reason = verdict.reason
+    return ()
+
+
 def exposure_with(unit: str, dropin: str | None, unit_dir: Path) -> float:
     """``systemd-analyze security --offline=yes`` of the host's unit, plus ``dropin``."""
     from unitgen.verify import exposure
@@ -490,16 +563,24 @@ def harden(
     )
     items = order_items(directives, capability_items)
 
-    def oracle(enabled: frozenset[str]) -> Verdict:
-        hard = to_hardening(enabled, directives, capability_items)
+    def bench_oracle(enabled: frozenset[str], paths: tuple[str, ...] = ()) -> Verdict:
+        hard = to_hardening(enabled, directives, capability_items, paths)
         dropin = render_dropin(unit, hard, systemd_version)
         verdict, _ = fresh_trial(
             unit, probe, options, host_unit_dir, dropin, probe_window=options.probe_window
         )
         return verdict
 
+    def oracle(enabled: frozenset[str]) -> Verdict:
+        return bench_oracle(enabled)
+
     result = search(items, oracle, confirm=options.confirm, on_trial=on_trial)
-    hard = to_hardening(result.enabled, directives, capability_items)
+    paths = _open_write_paths(
+        result,
+        lambda paths: bench_oracle(result.enabled | {"ProtectSystem"}, paths),
+        on_trial,
+    )
+    hard = to_hardening(result.enabled, directives, capability_items, paths)
     body = render_dropin(unit, hard, systemd_version)
     after = exposure_with(unit, body, host_unit_dir)
     seconds = time.monotonic() - started
