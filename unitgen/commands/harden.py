@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "/usr, /etc and /var, overlaid: nothing on the host changes), then search the "
         "strict profile's directives for the strictest set under which it still starts, "
         "stays up, passes --probe and survives its ExecReload=. Prints the drop-in "
-        f"({'50-unitgen-harden.conf'}) and a spec snippet; see docs/hardening.md."
+        "(50-unitgen-harden.conf) and a spec snippet; see docs/hardening.md."
     )
     parser.add_argument("unit", help="an installed service, like nginx.service")
     parser.add_argument(
