@@ -48,10 +48,9 @@ __all__ = ["HARDEN_DROPIN", "HardenOptions", "HardenResult", "ProbeArg", "harden
 HARDEN_DROPIN = "50-unitgen-harden.conf"
 HOST_UNIT_DIR = Path("/etc/systemd/system")  # the operator's own unit files (tests move it)
 _SEARCHED_BY_SYSTEMD = Path("/etc/systemd/system")
-_POLL = 0.1
-_TIMESTAMP = re.compile(
-    r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d "
-)  # nginx's own, say  # seconds between state reads while a unit settles
+_POLL = 0.1  # seconds between state reads while a unit settles
+# A daemon's own timestamp at the start of its line (nginx's), dropped from reasons.
+_TIMESTAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 # A line from the daemon that says why it failed, preferred over the manager's summary.
 _TELLING = (
     "emerg",
@@ -279,7 +278,7 @@ print(json.dumps({"ok": r.ok, "detail": r.detail}))
 
 
 class Bench:
-    """The container one unit is hardened in, and one trial."""
+    """One unit in one container: load it, then judge a start (``judge``)."""
 
     def __init__(
         self, sb: Sandbox, unit: str, probe: ProbeArg | None, options: HardenOptions
@@ -289,7 +288,6 @@ class Bench:
         self.probe = probe
         self.options = options
         self.mgr = ProbeManager(sb)
-        self.dropin = sb.unit_dir / f"{unit}.d" / HARDEN_DROPIN
         self.has_reload = False
         self.one_shot = False
 
