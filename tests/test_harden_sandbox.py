@@ -64,6 +64,17 @@ def _serves(result: HardenResult, probe_arg: str) -> None:
     assert verdict.ok, verdict.reason
 
 
+def _verifies(result: HardenResult, tmp_path: Path) -> None:
+    """systemd-analyze verify takes the vendor unit with the drop-in, without a word."""
+    from unitgen.verify import verify
+
+    name = f"{result.unit}.d/{HARDEN_DROPIN}"
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_text(result.dropin)
+    report = verify(tmp_path, [name], Scope.SYSTEM)
+    assert not report.errors, report.errors
+
+
 def _snippet_renders_the_dropin(result: HardenResult) -> None:
     spec = parse_spec(result.snippet, "snippet.toml")
     version = systemd_version.resolve(None)
@@ -89,6 +100,7 @@ def test_harden_redis(tmp_path: Path) -> None:
     assert result.after <= REDIS_CEILING
     assert result.after < result.before
     _snippet_renders_the_dropin(result)
+    _verifies(result, tmp_path)
     _serves(result, "cmd /usr/bin/redis-cli -h 127.0.0.1 ping")
 
 
@@ -114,6 +126,7 @@ def test_harden_nginx(tmp_path: Path) -> None:
     for item in result.search.dropped:
         assert item in result.dropin.split("[Service]", 1)[0]
     _snippet_renders_the_dropin(result)
+    _verifies(result, tmp_path)
     _serves(result, "http://127.0.0.1/")
 
 
