@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test-restart": ("unitgen.commands.test_restart", "fire drill: kill a unit, time its recovery"),
     "watch": ("unitgen.commands.watch", "run the D-Bus listener daemon"),
     "events": ("unitgen.commands.events", "follow the recovery event stream"),
+    "harden": ("unitgen.commands.harden", "find the strictest drop-in an installed unit survives"),
+    "import": ("unitgen.commands.import_units", "turn existing unit files into spec entries"),
 }
 
 

@@ -73,6 +73,7 @@ class Sandbox:
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         die_with_parent: bool = True,
         host_like: bool = True,
+        host_var: bool = False,
     ) -> Sandbox:
         """Start a sandbox and wait until its manager reports "running".
 
@@ -86,6 +87,9 @@ class Sandbox:
         sandbox's private /tmp and /var/tmp would hide them otherwise).
         ``die_with_parent``: kill the sandbox if the *thread* that started it
         exits (PR_SET_PDEATHSIG semantics), so start it from a long-lived thread.
+        ``host_var`` (system scope): the container's /var is the host's, overlaid
+        so that what the container writes lands in ``root`` (installed daemons find
+        their state and log directories; the host's /var is never written).
         """
         booted = launch.boot(
             scope,
@@ -94,6 +98,7 @@ class Sandbox:
             boot_timeout=boot_timeout,
             die_with_parent=die_with_parent,
             host_like=host_like,
+            host_var=host_var,
         )
         return cls(booted)
 

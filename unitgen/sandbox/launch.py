@@ -153,6 +153,7 @@ def boot(
     boot_timeout: float,
     die_with_parent: bool,
     host_like: bool,
+    host_var: bool = False,
 ) -> Booted:
     """Start a sandbox of ``scope`` and wait until its manager reports "running".
 
@@ -171,7 +172,7 @@ def boot(
         record_owner(root)
         shared = [str(Path(p).resolve()) for p in share]
         if scope is Scope.SYSTEM:
-            plan = _plan_system(root, cgroup_id, shared)
+            plan = _plan_system(root, cgroup_id, shared, host_var=host_var)
         else:
             plan = _plan_user(root, cgroup_id, shared, journal=journal, host_like=host_like)
         init_script = root / "init.sh"
@@ -291,7 +292,7 @@ def _user_env(home: str, runtime: str) -> dict[str, str]:
     }
 
 
-def _plan_system(root: Path, cgroup_id: str, shared: list[str]) -> _Plan:
+def _plan_system(root: Path, cgroup_id: str, shared: list[str], *, host_var: bool = False) -> _Plan:
     """A booted systemd-nspawn container over the host's /usr (init/system.sh)."""
     # Non-root callers must reach the bus socket below root.
     root.chmod(0o755)
@@ -339,6 +340,7 @@ def _plan_system(root: Path, cgroup_id: str, shared: list[str]) -> _Plan:
         f"--directory={skel}",
         "--bind-ro=/usr",
         f"--overlay=/etc:{etc_upper}:/etc",
+        *_host_var(root, host_var),
         *binds,
         "--setenv=SYSTEMD_LOG_LEVEL=info",
         "-b",
@@ -370,6 +372,16 @@ def _plan_system(root: Path, cgroup_id: str, shared: list[str]) -> _Plan:
         shared=tuple(Path(p) for p in shared),
         find_init=container_systemd,
     )
+
+
+def _host_var(root: Path, wanted: bool) -> list[str]:
+    """nspawn arguments that make the host's /var the container's, writes kept in ROOT."""
+    if not wanted:
+        return []
+    upper = root / "var-upper"
+    upper.mkdir()
+    # The journal would otherwise copy the host's journal files up at its first write.
+    return [f"--overlay=/var:{upper}:/var", "--tmpfs=/var/log/journal"]
 
 
 def _wait_running(booted: Booted, deadline: float) -> None:
