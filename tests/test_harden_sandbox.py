@@ -38,7 +38,9 @@ REDIS_CEILING = 2.0
 # nginx starts as root and drops to www-data itself: it keeps CAP_SETUID/SETGID and
 # the setuid system calls, and runs as root (docs/hardening.md explains the floor).
 NGINX_CEILING = 3.9
-SEARCH_BUDGET = 120.0  # seconds per unit, on a 2-core machine
+# Trials, not seconds: time is measured in bench/bench_harden.py. Bisection keeps
+# the count near (culprits x log2(directives)); trying every subset would be 2**n.
+MAX_TRIALS = 40
 
 
 def _need(unit: str) -> None:
@@ -96,7 +98,7 @@ def test_harden_redis(tmp_path: Path) -> None:
         parse_probe("cmd /usr/bin/redis-cli -h 127.0.0.1 ping"),
         systemd_version=systemd_version.resolve(None),
     )
-    assert result.seconds < SEARCH_BUDGET
+    assert len(result.search.trials) <= MAX_TRIALS
     assert result.after <= REDIS_CEILING
     assert result.after < result.before
     _snippet_renders_the_dropin(result)
@@ -113,7 +115,7 @@ def test_harden_nginx(tmp_path: Path) -> None:
         systemd_version=systemd_version.resolve(None),
     )
     assert result.has_reload  # nginx's ExecReload= ran in every passing trial
-    assert result.seconds < SEARCH_BUDGET, f"{len(result.search.trials)} trials"
+    assert len(result.search.trials) <= MAX_TRIALS
     assert result.before > 9.0
     assert result.after <= NGINX_CEILING, result.dropin
     # What nginx really needs: binding :80, dropping to www-data, its root-owned logs.
