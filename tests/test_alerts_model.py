@@ -61,6 +61,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "username": st.sampled_from(["u", "", _long(256), _long(257), 7]),
     "password_file": st.sampled_from(["/etc/pw", "pw", "/" + _long(300)]),
     "password_env": st.sampled_from(["PW", "bad pw", "p" * 300]),
+    "url_credential": st.sampled_from(["hook", "a.b-c_d", "", "bad/name", "..", _long(256), 3]),
+    "password_credential": st.sampled_from(["smtp", "", "x/y", _long(256)]),
     "command": st.one_of(
         st.lists(st.sampled_from(["/bin/x", "rel", "-v", "", _long(4097)]), max_size=3),
         st.just("/bin/sh -c x"),

@@ -267,8 +267,9 @@ async def test_unrelated_failures_at_the_same_moment_recover_outside_the_group(
         for unit in others:
             assert engine.status(unit)[0]["group"] == ""
         # each unrelated unit restarted once, at single-failure speed: within a
-        # generous bound on this loaded machine, and not held until the group's
-        # dependents were restarted
+        # generous bound on this loaded machine. (Not compared with the group's
+        # restarts: the test kills the unrelated units one by one after the
+        # database, so on a slow machine the group can be done before they fail.)
         db_first = _restarts(engine, DB)[0]
         latencies = {}
         for unit in others:
@@ -276,7 +277,6 @@ async def test_unrelated_failures_at_the_same_moment_recover_outside_the_group(
             latencies[unit] = restart - at[unit]
         assert max(latencies.values()) < 2.0, latencies
         app_restarts = sorted(r for i in range(100) for r in _restarts(engine, f"app@{i}.service"))
-        assert max(_restarts(engine, u)[0] for u in others) < app_restarts[-1]
         assert db_first < app_restarts[0]
         # one group alert, and one alert for each unrelated unit (their own incidents)
         bodies = [json.loads(r.body) for r in receiver.requests]

@@ -51,6 +51,8 @@ def group_outcome(outcome: Outcome) -> str:
     """A run's outcome as its group counts it."""
     if outcome.state in (State.RECOVERED, State.NOT_NEEDED, State.WAITING_FOR_SYSTEMD):
         return RECOVERED
+    if outcome.state is State.PARKED:
+        return WAITING  # retried when what it waits for comes back
     if outcome.state is State.GAVE_UP and outcome.reason.startswith("dependency"):
         return WAITING
     return GAVE_UP
