@@ -269,6 +269,12 @@ def _interface_class(root_name: str) -> type:
         def HealthChanged(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
+        # Added in place: a new signal is a compatible change of org.unitgen.Recovery1.
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def Crashed(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
+
     missing = {k.value for k in EventKind} - set(vars(Recovery1))
     if missing:  # an EventKind without a signal would be dropped silently
         raise RuntimeError(f"org.unitgen.Recovery1 lacks signals {sorted(missing)}")

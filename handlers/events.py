@@ -32,6 +32,8 @@ class EventKind(enum.Enum):
     RECOVERED = "Recovered"
     GAVE_UP = "GaveUp"
     HEALTH_CHANGED = "HealthChanged"
+    # A watched service crashed, whoever restarts it (systemd itself, or the ladder).
+    CRASHED = "Crashed"
 
 
 @dataclass(frozen=True)

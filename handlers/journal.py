@@ -66,6 +66,7 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.RECOVERED: "9cc7d81d7a6f40899067719f9f338afe",
     EventKind.GAVE_UP: "b97d6ffb264d45e3b0713a5933b2bed0",
     EventKind.HEALTH_CHANGED: "fce7e87282c04d499617b4341aa9e811",
+    EventKind.CRASHED: "4d0b3c6f2a9e4b51a6e07c1d98f2e5b3",
 }
 
 _PRIORITY = {
@@ -76,6 +77,7 @@ _PRIORITY = {
     EventKind.RECOVERED: 5,  # notice
     EventKind.GAVE_UP: 2,  # crit: a service stays down until someone acts
     EventKind.HEALTH_CHANGED: 5,
+    EventKind.CRASHED: 4,
 }
 
 # How long a missing journal socket is believed missing before the next try.
@@ -123,9 +125,22 @@ def _message(event: Event, details: Mapping[str, object]) -> str:
         return f"{unit}: recovered{after} ({incident})"
     if kind is EventKind.GAVE_UP:
         return f"{unit}: gave up{reason}; left as is until 'unitgen reset {unit}'"
+    if kind is EventKind.CRASHED:
+        return _crashed_message(unit, details)
     healthy = details.get("healthy")
     state = "healthy" if healthy is True else "unhealthy" if healthy is False else "changed"
     return f"{unit}: health {state}"
+
+
+def _crashed_message(unit: str, details: Mapping[str, object]) -> str:
+    result = details.get("unit_result", "?")
+    status = details.get("exit_status")
+    code = f", status {status}" if status is not None else ""
+    who = details.get("restarted_by", "none")
+    then = {"systemd": "systemd restarts it", "ladder": "the ladder takes it over"}.get(
+        str(who), "nobody restarts it"
+    )
+    return f"{unit}: crashed ({result}{code}, {details.get('n_restarts', 0)} restarts); {then}"
 
 
 def entry_fields(event: Event, *, object_unit: bool = False) -> list[tuple[str, str]]:

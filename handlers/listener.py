@@ -57,7 +57,8 @@ from handlers.diagnose import (
     decide,
     invocation_hex,
 )
-from handlers.events import EventSink, NullSink
+from handlers.events import Event, EventKind, EventSink, NullSink
+from handlers.flapping import Crash, FlapWatch
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
 from handlers.watchset import WatchSet
@@ -136,6 +137,7 @@ class UnitState:
     # The invocation last seen in ``auto-restart``: a ``failed`` of that same invocation
     # means systemd's own restart job was refused (the start limit) and it gave up.
     auto_restart: str = ""
+    crashed: str = ""  # the invocation last reported as crashed (one Crashed each)
     reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
     static: dict[str, Any] | None = None  # STATIC, None until read (again)
@@ -163,6 +165,7 @@ class Stats:
     reconnects: int = 0
     reconciles: int = 0
     malformed: int = 0
+    crashes: int = 0  # Crashed events: every crash, whoever restarts the unit
 
 
 # Signals systemd's manager object sends that the listener wants; PropertiesChanged
@@ -214,7 +217,10 @@ class Listener:
         on_connected: ConnectHook | None = None,
         health: bool = True,
         on_drop: Callable[[str], None] | None = None,
+        flapping: FlapWatch | None = None,
     ) -> None:
+        """``flapping``: where crashes go for the per-service flapping alert
+        (``alert_on``); by default one reading the policies of ``paths``."""
         self.paths = paths
         self.scope = paths.scope
         self.watch = WatchSet(paths.policy_dir, globs)
@@ -257,6 +263,8 @@ class Listener:
         )
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
         self._status_handle: asyncio.TimerHandle | None = None
+        self.flapping = flapping if flapping is not None else FlapWatch(self._policy_of)
+        self._policies: dict[str, Any] = {}  # policy key -> Policy, for alert_on
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -306,6 +314,7 @@ class Listener:
         self.connected.clear()
         if self._health is not None:
             await self._health.close()
+        await self.flapping.aclose()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -412,6 +421,7 @@ class Listener:
         """Re-read the watch set and every watched unit's state; queue the failed ones."""
         self.stats.reconciles += 1
         self.watch.rescan()
+        self._policies.clear()  # a re-render may have changed alert_on
         patterns = self.watch.patterns()
         # No patterns would mean "every unit" to ListUnitsByPatterns.
         rows = await bus.list_units(patterns) if patterns else []
@@ -553,6 +563,12 @@ class Listener:
         active = state.active = live["ActiveState"]
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
+            if state.auto_restart != state.crashed and live.get("Result", "success") != "success":
+                # systemd restarts it itself: nothing else would report this crash. Out
+                # of the bus reader: the sinks write to the journal and the bus.
+                asyncio.get_running_loop().call_soon(
+                    self._crashed, name, state, dict(live), "systemd"
+                )
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -658,12 +674,14 @@ class Listener:
         if decision.action is not Action.RECOVER:
             if decision.action is Action.STAND_DOWN:
                 self.stats.systemd_restarting += 1
+                self._crashed(unit, state, props, "systemd")
             return
         inv = view.invocation
         if inv and inv == state.handled:
             self.stats.duplicates += 1
             return
         state.handled = inv
+        self._crashed(unit, state, props, "ladder")
         # The trigger carries the diagnosis's properties when they are all known, and
         # says systemd was seen not restarting the unit, so the ladder neither reads
         # them again nor waits for an auto-restart that cannot come.
@@ -771,6 +789,43 @@ class Listener:
     def _status_now(self) -> None:
         self._status_handle = None
         self._notifier.status(self._status_line())
+
+    # -- crashes ----------------------------------------------------------------------
+
+    def _crashed(
+        self, unit: str, state: UnitState, props: Mapping[str, Any], restarted_by: str
+    ) -> None:
+        """One Crashed event per crashed invocation, and the crash to the flapping alert.
+
+        Never raises: reporting a crash must not stand in the way of recovering it.
+        """
+        invocation = invocation_hex(props.get("InvocationID"))
+        if invocation and invocation == state.crashed:
+            return
+        state.crashed = invocation
+        try:
+            crash = Crash.of(props, restarted_by, time.time())
+            self.stats.crashes += 1
+            self._events.emit(
+                Event(EventKind.CRASHED, unit, "", crash.fields(invocation), crash.at)
+            )
+            self.flapping.crashed(unit, crash)
+        except Exception:
+            log.exception("%s: reporting a crash failed", unit)
+
+    def _policy_of(self, unit: str) -> Any:
+        key = self.watch.policy_key(unit)
+        policy = self._policies.get(key)
+        if policy is None:
+            try:
+                policy = load_policy(unit, self.paths.policy_dir)
+            except PolicyError as exc:
+                log.warning("%s", exc)
+                return None
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            self._policies[key] = policy
+        return policy
 
     def _unhealthy(self, unit: str, detail: str) -> None:
         log.warning("%s: unhealthy: %s", unit, detail)

@@ -65,6 +65,13 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
         st.lists(st.sampled_from(["/bin/x", "rel", "-v", "", _long(4097)]), max_size=3),
         st.just("/bin/sh -c x"),
     ),
+    "resend_interval": st.one_of(
+        st.sampled_from([0, 29.999, 30, 30.0, 60, 180, 180.0, 180.001, 181, True, "1min"]),
+        st.floats(0, 200, allow_nan=False),
+    ),
+    "generator_url": st.sampled_from(
+        ["http://h/x", "https://grafana.example.org/d/unitgen", "ftp://h", "h", "", 3]
+    ),
     "url": st.just("http://h/secret"),
     "token": st.just("t0ken"),
 }

@@ -102,11 +102,12 @@ def the_events() -> list[Event]:
         {"attempts": 2, "duration": 3.25, "level": "cleanup-then-restart"},
         {"reason": "budget", "attempts": 5, "level": "alert-and-stop"},
         {"healthy": False, "failures": 3, "detail": "http 503"},
-    ]
+        {"unit_result": "exit-code", "exit_code": "exited", "exit_status": 3, "n_restarts": 2,
+         "restarted_by": "systemd"},
+    ]  # fmt: skip
+    outside = (EventKind.HEALTH_CHANGED, EventKind.CRASHED)  # no incident
     return [
-        Event(
-            kind, f"u{i}.service", "" if kind is EventKind.HEALTH_CHANGED else "inc-7", f, 1.7e9 + i
-        )
+        Event(kind, f"u{i}.service", "" if kind in outside else "inc-7", f, 1.7e9 + i)
         for i, (kind, f) in enumerate(zip(ALL_KINDS, fields, strict=True))
     ]
 

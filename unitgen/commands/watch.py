@@ -89,6 +89,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("unitgen.watch")
 
+    from handlers.alertkeeper import AlertKeeper, keeping_factory
     from handlers.bus import SystemdBus
     from handlers.events import FanOut
     from handlers.journal import JournalSink
@@ -107,6 +108,8 @@ async def _main(args: argparse.Namespace) -> int:
     events = FanOut([metrics, JournalSink(on_drop=metrics.count_dropped)])
     service = None
     engines: list[RecoveryEngine] = []
+    # A long-lived process re-sends its firing Alertmanager alerts (docs/alerts.md).
+    keeper = AlertKeeper()
 
     def make_engine(bus: SystemdBus) -> RecoveryEngine:
         from handlers.busretry import RetryingBus
@@ -114,7 +117,11 @@ async def _main(args: argparse.Namespace) -> int:
         # Operators' and OnFailure= hand-offs still get journal lines in their reply.
         # The ladder outlives a bus restart: the listener attaches each new connection.
         engine = RecoveryEngine(
-            RetryingBus(bus), paths, events=events, journal_skip=LISTENER_SOURCES
+            RetryingBus(bus),
+            paths,
+            events=events,
+            journal_skip=LISTENER_SOURCES,
+            alerter_factory=keeping_factory(keeper),
         )
         engines.append(engine)
         return engine
@@ -226,6 +233,7 @@ async def _main(args: argparse.Namespace) -> int:
             await publisher.start()
         await listener.run()
     finally:
+        await keeper.aclose()
         marker.close()
         if marking is not None:
             marking.cancel()
