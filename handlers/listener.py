@@ -138,6 +138,7 @@ class UnitState:
     # means systemd's own restart job was refused (the start limit) and it gave up.
     auto_restart: str = ""
     crashed: str = ""  # the invocation last reported as crashed (one Crashed each)
+    restarted: str = ""  # the auto-restart invocation whose restart by systemd was counted
     reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
     static: dict[str, Any] | None = None  # STATIC, None until read (again)
@@ -218,9 +219,12 @@ class Listener:
         health: bool = True,
         on_drop: Callable[[str], None] | None = None,
         flapping: FlapWatch | None = None,
+        on_systemd_restart: Callable[[str], None] | None = None,
     ) -> None:
         """``flapping``: where crashes go for the per-service flapping alert
-        (``alert_on``); by default one reading the policies of ``paths``."""
+        (``alert_on``); by default one reading the policies of ``paths``.
+        ``on_systemd_restart``: told each time systemd's own restart of a crashed
+        watched unit starts (e.g. Metrics.count_restart)."""
         self.paths = paths
         self.scope = paths.scope
         self.watch = WatchSet(paths.policy_dir, globs)
@@ -242,6 +246,7 @@ class Listener:
         self._trigger = trigger_factory
         self._on_connected = on_connected
         self._on_drop = on_drop  # e.g. Metrics.count_dropped("listener")
+        self._on_systemd_restart = on_systemd_restart
         self._bus: SystemdBus | None = None
         self._engine: Recoverer | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue(self.options.max_pending)
@@ -566,9 +571,23 @@ class Listener:
             if state.auto_restart != state.crashed and live.get("Result", "success") != "success":
                 # systemd restarts it itself: nothing else would report this crash. Out
                 # of the bus reader: the sinks write to the journal and the bus.
+                state.crashed = state.auto_restart
                 asyncio.get_running_loop().call_soon(
-                    self._crashed, name, state, dict(live), "systemd"
+                    self._report_crash, name, dict(live), "systemd"
                 )
+        elif (
+            state.auto_restart
+            and state.auto_restart == state.crashed != state.restarted
+            and active in ("activating", "active")
+        ):
+            # Out of auto-restart into a start: systemd's restart of the crash ran (a
+            # refused one goes to dead, then failed, and is the ladder's).
+            state.restarted = state.auto_restart
+            if self._on_systemd_restart is not None:
+                try:
+                    self._on_systemd_restart(name)
+                except Exception:
+                    log.exception("restart counter failed")
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -803,7 +822,11 @@ class Listener:
         if invocation and invocation == state.crashed:
             return
         state.crashed = invocation
+        self._report_crash(unit, props, restarted_by)
+
+    def _report_crash(self, unit: str, props: Mapping[str, Any], restarted_by: str) -> None:
         try:
+            invocation = invocation_hex(props.get("InvocationID"))
             crash = Crash.of(props, restarted_by, time.time())
             self.stats.crashes += 1
             self._events.emit(

@@ -30,9 +30,10 @@ Families::
 
 An attempt is counted when ``StepFinished`` reports the step that decides it:
 ``step=verifying``, or ``step=restarting`` with a result other than ``ok``
-(the restart job itself failed). A restart is counted ``by="systemd"`` when a
-``Crashed`` event says systemd restarts the unit itself, and ``by="ladder"``
-when ``StepFinished`` reports ``step=restarting`` with ``result=ok``.
+(the restart job itself failed). A restart is counted ``by="ladder"`` when
+``StepFinished`` reports ``step=restarting`` with ``result=ok``, and
+``by="systemd"`` when the listener sees systemd's own restart of a crashed unit
+start (:meth:`Metrics.count_restart`): a restart its start limit refused is not one.
 """
 
 from __future__ import annotations
@@ -227,9 +228,6 @@ class Metrics:
                 self._set_state(unit, "ok" if healthy else "unhealthy")
         elif kind is EventKind.ESCALATED:
             self._set_state(unit, "recovering")
-        elif kind is EventKind.CRASHED and details.get("restarted_by") == "systemd":
-            # The ladder's restarts are counted when it makes them (StepFinished above).
-            self._inc(self._restarts, (("unit", unit), ("by", "systemd")))
 
     def _observe(self, labels: Labels, value: float) -> None:
         hist = self._durations.get(labels)
@@ -257,6 +255,11 @@ class Metrics:
         """A unit no longer watched: its state gauge goes away (counters stay)."""
         if self._states.pop(unit, None) is not None:
             self._changed()
+
+    def count_restart(self, unit: str, by: str = "systemd") -> None:
+        """A restart of a crashed unit that the event stream does not carry: systemd's own."""
+        self._inc(self._restarts, (("unit", unit), ("by", by)))
+        self._changed()
 
     def count_dropped(self, sink: str, n: int = 1) -> None:
         """An event that a sink (or the listener's bounded queue) could not take."""

@@ -199,7 +199,10 @@ def test_restarts_are_counted_by_who_made_them() -> None:
     m = Metrics()
     for by in ("systemd", "systemd", "ladder"):
         m.emit(Event(EventKind.CRASHED, UNIT, "", crash(1.0, by=by).fields("")))
-    # The ladder's restart is counted when it is made, not when the crash is seen.
+    assert "unitgen_unit_restarts_total{" not in m.render()  # a crash is not a restart
+    # systemd's restarts as the listener sees them start; the ladder's when it makes them.
+    m.count_restart(UNIT)
+    m.count_restart(UNIT)
     m.emit(Event(EventKind.STEP_FINISHED, UNIT, "i", {"step": "restarting", "result": "ok"}))
     m.emit(Event(EventKind.STEP_FINISHED, UNIT, "i", {"step": "restarting", "result": "failed"}))
     text = m.render()

@@ -224,6 +224,7 @@ async def _main(args: argparse.Namespace) -> int:
         on_connected=on_connected,
         health=not args.no_health,
         on_drop=metrics.count_dropped,
+        on_systemd_restart=metrics.count_restart,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
