@@ -58,7 +58,7 @@ from handlers.diagnose import (
     invocation_hex,
 )
 from handlers.events import Event, EventKind, EventSink, NullSink
-from handlers.flapping import Crash, FlapWatch
+from handlers.flapping import AlerterFor, Crash, FlapWatch
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
 from handlers.watchset import WatchSet
@@ -220,9 +220,11 @@ class Listener:
         on_drop: Callable[[str], None] | None = None,
         flapping: FlapWatch | None = None,
         on_systemd_restart: Callable[[str], None] | None = None,
+        flap_alerter: AlerterFor | None = None,
     ) -> None:
         """``flapping``: where crashes go for the per-service flapping alert
-        (``alert_on``); by default one reading the policies of ``paths``.
+        (``alert_on``); by default one reading the policies of ``paths`` and
+        alerting through ``flap_alerter`` (default: the policy's targets).
         ``on_systemd_restart``: told each time systemd's own restart of a crashed
         watched unit starts (e.g. Metrics.count_restart)."""
         self.paths = paths
@@ -268,7 +270,9 @@ class Listener:
         )
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
         self._status_handle: asyncio.TimerHandle | None = None
-        self.flapping = flapping if flapping is not None else FlapWatch(self._policy_of)
+        if flapping is None:
+            flapping = FlapWatch(self._policy_of, alerter_for=flap_alerter)
+        self.flapping = flapping
         self._policies: dict[str, Any] = {}  # policy key -> Policy, for alert_on
 
     # -- lifecycle -----------------------------------------------------------------

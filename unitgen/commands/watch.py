@@ -225,6 +225,7 @@ async def _main(args: argparse.Namespace) -> int:
         health=not args.no_health,
         on_drop=metrics.count_dropped,
         on_systemd_restart=metrics.count_restart,
+        flap_alerter=keeping_factory(keeper),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
