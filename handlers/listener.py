@@ -697,7 +697,11 @@ class Listener:
         if decision.action is not Action.RECOVER:
             if decision.action is Action.STAND_DOWN:
                 self.stats.systemd_restarting += 1
-                self._crashed(unit, state, props, "systemd")
+                # Only while the answer still shows the crashed run: once systemd has
+                # started the next one, its InvocationID is not the one that crashed
+                # (and the auto-restart signal reported that one).
+                if props.get("ActiveState") == "failed" or props.get("SubState") == "auto-restart":
+                    self._crashed(unit, state, props, "systemd")
             return
         inv = view.invocation
         if inv and inv == state.handled:

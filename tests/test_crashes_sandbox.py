@@ -166,6 +166,8 @@ def test_three_quick_crashes_systemd_fixes_give_three_crashed_and_one_flapping_a
         re.M,
     ), metrics
     assert f'unitgen_unit_restarts_total{{unit="{unit}",by="ladder"}}' not in metrics
+    # Three crashes, three reports: none for the runs systemd started after them.
+    assert 'unitgen_events_total{event="Crashed"} 3\n' in metrics, metrics
 
     # Exactly one flapping alert, with the digest of the three crashes.
     assert len(requests) == 1, [r.body for r in requests]
