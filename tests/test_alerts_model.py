@@ -132,7 +132,8 @@ def test_spec_and_runtime_accept_and_reject_the_same_alert_tables(
     except PolicyError as exc:
         assert "\n" not in str(exc)
         from_runtime = None
-    if isinstance(table.get("timeout"), str) and from_spec is not None:
+    durations = ("timeout", "resend_interval")
+    if any(isinstance(table.get(k), str) for k in durations) and from_spec is not None:
         # The one deliberate difference: a policy holds seconds, never "5s".
         assert from_runtime is None
         return
@@ -140,7 +141,10 @@ def test_spec_and_runtime_accept_and_reject_the_same_alert_tables(
     if from_spec is not None and from_runtime is not None:
         # The spec rounds a duration to whole microseconds; the policy holds that.
         assert abs(from_spec.timeout - from_runtime.timeout) < 1e-6
-        assert from_spec == dataclasses.replace(from_runtime, timeout=from_spec.timeout)
+        assert abs(from_spec.resend_interval - from_runtime.resend_interval) < 1e-6
+        assert from_spec == dataclasses.replace(
+            from_runtime, timeout=from_spec.timeout, resend_interval=from_spec.resend_interval
+        )
 
 
 def test_runtime_error_names_file_and_key() -> None:

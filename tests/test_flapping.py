@@ -215,10 +215,13 @@ SPEC_HEAD = '[service.api]\nexec = ["/usr/bin/api"]\n'
 
 
 def test_alert_on_round_trips_through_the_policy() -> None:
-    spec = parse_spec(SPEC_HEAD + 'alert_on = { restarts = 4, within = "2min" }\n', "s.toml")
+    hook = '[alert.ops]\ntype = "webhook"\nurl_env = "X"\n'
+    text = hook + SPEC_HEAD + 'alerts = ["ops"]\nalert_on = { restarts = 4, within = "2min" }\n'
+    spec = parse_spec(text, "s.toml")
     from unitgen.policy import policy_from_service
 
     policy = policy_from_service(spec.services["api"], ())
+    assert spec.services["api"].alerts == ("ops",)
     assert policy.alert_on == AlertOn(restarts=4, within=120.0)
     assert from_json(to_json(policy), "p.json").alert_on == AlertOn(4, 120.0)
     # Without it, the policy file is what it was before the key existed.
@@ -254,3 +257,17 @@ def test_the_resend_interval_is_bounded(value: str, message: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(text + SPEC_HEAD, "s.toml")
     assert f"alert.am.resend_interval: {message}" in str(info.value)
+
+
+def test_alert_on_without_any_target_is_refused() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(SPEC_HEAD + "alert_on = { restarts = 3 }\n", "s.toml")
+    assert "service.api.alert_on: needs an alert target" in str(info.value)
+    hook = '[alert.ops]\ntype = "webhook"\nurl_env = "X"\n'
+    # Inherited targets count; alerts = [] turns them off again.
+    parse_spec('[defaults]\nalerts = ["ops"]\n' + hook + SPEC_HEAD + "alert_on = {}\n", "s")
+    with pytest.raises(SpecError):
+        parse_spec(
+            '[defaults]\nalerts = ["ops"]\n' + hook + SPEC_HEAD + "alerts = []\nalert_on = {}\n",
+            "s",
+        )
