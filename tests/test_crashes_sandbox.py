@@ -179,3 +179,48 @@ def test_three_quick_crashes_systemd_fixes_give_three_crashed_and_one_flapping_a
     assert [d["result"] for d in digest] == ["exit-code"] * 3
     assert [d["n_restarts"] for d in digest] == [0, 1, 2]
     assert "crashed 3 times within 10min" in body["summary"]
+
+
+_WRITER = """
+import sys
+from handlers.events import Event, EventKind
+from handlers.flapping import Crash
+from handlers.journal import JournalSink
+sink = JournalSink()
+crash = Crash(1.7e9, "exit-code", "exited", 3, 2, "systemd")
+sink.emit(Event(EventKind.CRASHED, sys.argv[1], "", crash.fields("ab" * 16), crash.at))
+sink.close()
+print(sink.sent, sink.fallbacks, sink.dropped)
+"""
+
+
+def test_real_journald_stores_a_crash_under_its_message_id(user_sandbox: Sandbox) -> None:
+    from handlers.events import EventKind
+    from handlers.journal import MESSAGE_IDS
+
+    unit = f"ug-crash-{uuid.uuid4().hex[:8]}.service"
+    res = user_sandbox.run([sys.executable, "-c", _WRITER, unit], env={"PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["1", "0", "0"]
+    message_id = MESSAGE_IDS[EventKind.CRASHED]
+    deadline = time.monotonic() + 10
+    while True:
+        out = user_sandbox.run(
+            ["journalctl", "--no-pager", "-o", "json", f"MESSAGE_ID={message_id}",
+             f"UNITGEN_UNIT={unit}"]
+        )  # fmt: skip
+        if out.stdout.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # polling journald with a deadline; it indexes asynchronously
+    (entry,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert entry["UNITGEN_EVENT"] == "Crashed"
+    assert entry["UNITGEN_UNIT_RESULT"] == "exit-code"
+    assert entry["UNITGEN_EXIT_CODE"] == "exited"
+    assert entry["UNITGEN_EXIT_STATUS"] == "3"
+    assert entry["UNITGEN_N_RESTARTS"] == "2"
+    assert entry["UNITGEN_RESTARTED_BY"] == "systemd"
+    assert entry["UNITGEN_INVOCATION_ID"] == "ab" * 16
+    assert (
+        entry["MESSAGE"]
+        == f"{unit}: crashed (exit-code, status 3, 2 restarts); systemd restarts it"
+    )
