@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from handlers.alerts import Alert, Alerter, AlertTarget
     from handlers.recovery.model import AlerterFactory
+    from handlers.store import Store
     from unitgen.policy import Policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_KEPT", "AlertKeeper", "keeping_factory"]
+__all__ = ["MAX_KEPT", "AlertKeeper", "keeping_factory", "readopt"]
 
 # Firing alerts kept at most; past this the oldest is let go (it still ends at endsAt).
 MAX_KEPT = 10_000
@@ -60,15 +61,18 @@ class AlertKeeper:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(self, alerter: Alerter, target: AlertTarget, alert: Alert) -> None:
-        """Firing: re-send it from one interval on (replacing an earlier level of the
-        same incident). Resolved: stop re-sending it."""
+    def keep(
+        self, alerter: Alerter, target: AlertTarget, alert: Alert, *, now: bool = False
+    ) -> None:
+        """Firing: re-send it from one interval on (``now``: at once), replacing an
+        earlier level of the same incident. Resolved: stop re-sending it."""
         key = (target.name, alert.unit, alert.incident_id)
         if alert.status != "firing" or self._closed:
             self._kept.pop(key, None)
             return
         self._kept.pop(key, None)
-        self._kept[key] = _Kept(alerter, target, alert, self._clock() + target.resend_interval)
+        due = self._clock() + (0.0 if now else target.resend_interval)
+        self._kept[key] = _Kept(alerter, target, alert, due)
         while len(self._kept) > MAX_KEPT:
             self._kept.pop(next(iter(self._kept)))
         if self._timer is None:
@@ -128,3 +132,52 @@ def keeping_factory(keeper: AlertKeeper) -> AlerterFactory:
         return Alerter(targets, keeper=keeper)
 
     return factory
+
+
+def readopt(
+    keeper: AlertKeeper,
+    store: Store,
+    alerter_for: Callable[[str], Alerter | None],
+    host: str,
+    *,
+    limit: int = 10_000,
+) -> int:
+    """Keep again, and re-send at once, what a previous daemon kept: the firing alert
+    of each unit whose last incident was given up and never resolved.
+
+    The keeper lives in memory; without this, a restarted ``unitgen watch`` would let
+    such an alert end at its ``endsAt`` while the unit is still given up. The alert
+    has the labels the ladder sent (unit, host, incident, its opening reason), so
+    Alertmanager takes it for the same alert. Returns how many were kept.
+    """
+    from handlers.alerts import Alert
+    from handlers.recovery.history import level_of
+
+    kept = 0
+    for unit in store.units()[:limit]:
+        inc = store.last_incident(unit)
+        if inc is None or inc.state != "gave-up":
+            continue
+        statuses = {status for _level, status in store.alerted(inc.id)}
+        if "firing" not in statuses or "resolved" in statuses:
+            continue
+        alerter = alerter_for(unit)
+        if alerter is None:
+            continue
+        alert = Alert(
+            unit=unit,
+            incident_id=inc.id,
+            level=level_of(inc).label,
+            status="firing",
+            reason=inc.classification or "failure",
+            summary=f"{unit} is still given up (re-sent by a restarted unitgen watch)",
+            attempts=len(store.attempts(inc.id)),
+            started_at=inc.opened.wall,
+            ended_at=None,
+            host=host,
+        )
+        for target in alerter.targets:
+            if target.type == "alertmanager":
+                keeper.keep(alerter, target, alert, now=True)
+                kept += 1
+    return kept

@@ -116,3 +116,52 @@ async def test_the_keeper_re_sends_until_resolved() -> None:
         # Closed: a later alert is sent, not kept.
         await alerter.send(alert(incident_id="inc-2"))
         assert len(keeper) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_daemon_keeps_given_up_alerts_firing() -> None:
+    from handlers.alertkeeper import readopt
+    from handlers.store import Stamp, Store
+
+    store = Store.in_memory()
+    at = Stamp(mono=10.0, wall=time.time() - 600, boot="b")
+
+    def incident(unit: str, state: str, statuses: tuple[str, ...]) -> str:
+        inc = store.open_incident(
+            unit, source="listener", invocation_id="", classification="exit-code", level=4, at=at
+        )
+        if state != "open":
+            store.close_incident(inc, state=state, reason="budget", at=at)
+        for status in statuses:
+            store.claim_alert(inc, "alert-and-stop" if status == "firing" else "", status, 1.0)
+        return inc
+
+    down = incident("down.service", "gave-up", ("firing",))
+    incident("resolved.service", "gave-up", ("firing", "resolved"))
+    incident("recovered.service", "recovered", ("firing",))
+    incident("quiet.service", "gave-up", ())
+    incident("hooked.service", "gave-up", ("firing",))  # a webhook only: nothing to keep
+    with Receiver() as am:
+        keeper = AlertKeeper()
+        targets = {"am": target(resend_interval=60.0)}
+        hook = AlertTarget(name="hook", type="webhook", timeout=1.0, retries=0,
+                           send_resolved=True, url_env="AM")  # fmt: skip
+
+        def alerter_for(unit: str) -> Alerter:
+            chosen = [hook] if unit == "hooked.service" else list(targets.values())
+            return Alerter(chosen, env={"AM": am.url()}, keeper=keeper)
+
+        try:
+            assert readopt(keeper, store, alerter_for, "node1") == 1
+            assert len(keeper) == 1
+            # Sent at once, not one interval later: the old endsAt may have passed.
+            (req,) = await asyncio.to_thread(am.wait_for, 1)
+        finally:
+            await keeper.aclose()
+            store.close()
+    (body,) = json.loads(req.body)
+    assert body["labels"]["incident"] == down
+    assert body["labels"]["unit"] == "down.service"
+    assert body["labels"]["reason"] == "exit-code"  # the same identity the ladder sent
+    assert body["labels"]["instance"] == "node1"
+    assert body["annotations"]["level"] == "alert-and-stop"

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from handlers.alerts import Alerter
     from handlers.listener import Listener
     from handlers.recovery import RecoveryEngine
 
@@ -89,7 +90,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("unitgen.watch")
 
-    from handlers.alertkeeper import AlertKeeper, keeping_factory
+    from handlers.alertkeeper import AlertKeeper, keeping_factory, readopt
     from handlers.bus import SystemdBus
     from handlers.events import FanOut
     from handlers.journal import JournalSink
@@ -124,7 +125,29 @@ async def _main(args: argparse.Namespace) -> int:
             alerter_factory=keeping_factory(keeper),
         )
         engines.append(engine)
+        if len(engines) == 1:
+            readopt_alerts(engine)
         return engine
+
+    def readopt_alerts(engine: RecoveryEngine) -> None:
+        # The keeper of the previous daemon died with it: given-up units' alerts would
+        # end at their endsAt while the units are still down.
+        from unitgen.policy import load_policy
+
+        def alerter_for(unit: str) -> Alerter | None:
+            try:
+                return engine.alerting.alerter_for(load_policy(unit, paths.policy_dir))
+            except UnitgenError as exc:
+                log.warning("%s", exc)
+                return None
+
+        try:
+            kept = readopt(keeper, engine.store, alerter_for, engine.host)
+        except UnitgenError as exc:
+            log.warning("re-sending the alerts of given-up units: %s", exc)
+            return
+        if kept:
+            log.info("re-sending %d firing Alertmanager alert(s) of given-up units", kept)
 
     api: SystemdBus | None = None
     api_watch: asyncio.Task[None] | None = None
