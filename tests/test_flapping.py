@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from receivers import Receiver
 
 from handlers.alerts import Alerter, AlertTarget
@@ -271,3 +273,57 @@ def test_alert_on_without_any_target_is_refused() -> None:
             '[defaults]\nalerts = ["ops"]\n' + hook + SPEC_HEAD + "alerts = []\nalert_on = {}\n",
             "s",
         )
+
+
+class _Recording:
+    """An alerter stand-in for the window arithmetic alone (delivery is tested above)."""
+
+    def __init__(self) -> None:
+        self.targets = ("one",)
+        self.alerts: list[Any] = []
+
+    async def send(self, alert: Any) -> list[Any]:
+        self.alerts.append(alert)
+        return []
+
+
+@pytest.mark.asyncio
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0, 1000, allow_nan=False), min_size=0, max_size=30),
+    restarts=st.integers(2, 6),
+    within=st.floats(1, 600, allow_nan=False),
+)
+async def test_one_alert_exactly_when_some_restarts_crashes_fit_the_window(
+    gaps: list[float], restarts: int, within: float
+) -> None:
+    times, at = [], 0.0
+    for gap in gaps:
+        at += gap
+        times.append(at)
+    recording = _Recording()
+    policy = Policy(unit=UNIT, alert_on=AlertOn(restarts, within))
+    never = asyncio.Event()
+
+    async def window(_: float) -> None:
+        await never.wait()  # the window never ends here: only the first alert counts
+
+    flaps = FlapWatch(
+        lambda unit: policy,
+        alerter_for=lambda p: recording,  # type: ignore[arg-type,return-value]
+        clock=lambda: times[-1] if times else 0.0,
+        sleep=window,
+    )
+    try:
+        for t in times:
+            flaps.crashed(UNIT, crash(t))
+        await flaps.drain(5)
+        expected = any(
+            times[i + restarts - 1] - times[i] <= within for i in range(len(times) - restarts + 1)
+        )
+        assert len(recording.alerts) == (1 if expected else 0)
+        if expected:
+            (alert,) = recording.alerts
+            assert alert.status == "firing" and len(alert.digest) >= restarts
+    finally:
+        await flaps.aclose()
