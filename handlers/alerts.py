@@ -41,7 +41,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import quote
 
 from handlers.outbound import HttpOutcome, http_once, load_requests, run_blocking
 from handlers.procs import run_command
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERTMANAGER_FIRING_TTL",
+    "ENDS_AFTER_INTERVALS",
     "PAYLOAD_VERSION",
     "Alert",
     "AlertTarget",
@@ -77,10 +79,13 @@ AlertStatus = Literal["firing", "resolved"]
 
 PAYLOAD_VERSION = 1
 ALERTNAME = "UnitgenRecovery"
-# A firing alert carries endsAt this far ahead. Without endsAt, Alertmanager
-# resolves it by itself after resolve_timeout (5 min by default) because we
-# send it once and do not re-send; a unit the ladder gave up on stays firing.
-ALERTMANAGER_FIRING_TTL = 24 * 3600.0
+# A firing alert carries endsAt this many resend intervals ahead, as Alertmanager's
+# clients are meant to: re-sent every interval while it fires (handlers/alertkeeper.py),
+# it survives an Alertmanager restart and a lost POST or two, and if unitgen dies it
+# resolves by itself minutes later instead of firing for a day.
+ENDS_AFTER_INTERVALS = 4
+DEFAULT_RESEND_INTERVAL = 60.0
+ALERTMANAGER_FIRING_TTL = ENDS_AFTER_INTERVALS * DEFAULT_RESEND_INTERVAL
 
 BACKOFF_BASE = 0.5  # seconds before the first retry
 BACKOFF_CAP = 4.0
@@ -122,6 +127,8 @@ class AlertTarget:
     password_env: str | None = None
     password_credential: str | None = None
     command: tuple[str, ...] = ()
+    resend_interval: float = DEFAULT_RESEND_INTERVAL  # alertmanager: seconds between re-sends
+    generator_url: str | None = None  # alertmanager: generatorURL; None: a unitgen:// URI
 
     @classmethod
     def from_mapping(
@@ -175,6 +182,8 @@ class Alert:
     labels: Mapping[str, str] = field(default_factory=dict)
     # An incident group's alert: every unit it covers (handlers/correlation.py).
     members: tuple[str, ...] = ()
+    # The flapping alert's crashes (time, result, exit status...), oldest first.
+    digest: tuple[Mapping[str, str | int | float | bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,8 +200,8 @@ def _iso(ts: float) -> str:
 
 
 def webhook_payload(alert: Alert) -> dict[str, Any]:
-    """The generic JSON webhook body (version 1)."""
-    return {
+    """The generic JSON webhook body (version 1); ``digest`` only when the alert has one."""
+    payload: dict[str, Any] = {
         "version": PAYLOAD_VERSION,
         "source": "unitgen",
         "status": alert.status,
@@ -210,6 +219,9 @@ def webhook_payload(alert: Alert) -> dict[str, Any]:
         "labels": dict(alert.labels),
         **({"members": list(alert.members)} if alert.members else {}),
     }
+    if alert.digest:
+        payload["digest"] = [dict(d) for d in alert.digest]
+    return payload
 
 
 def _slack_escape(text: str, limit: int) -> str:
@@ -268,18 +280,35 @@ def alertmanager_labels(alert: Alert, target_labels: Mapping[str, str]) -> dict[
     return labels
 
 
+def generator_url(alert: Alert, configured: str | None = None) -> str:
+    """Where the alert came from: the target's ``generator_url``, else a unitgen:// URI
+    naming the host, the unit and the incident (what ``unitgen status`` shows)."""
+    if configured:
+        return configured
+
+    def part(text: str) -> str:
+        return quote(text.encode("utf-8", "replace"), safe="")  # lone surrogates too
+
+    return f"unitgen://{part(alert.host)}/{part(alert.unit)}?incident={part(alert.incident_id)}"
+
+
 def alertmanager_payload(
-    alert: Alert, target_labels: Mapping[str, str] | None = None, *, now: float | None = None
+    alert: Alert,
+    target_labels: Mapping[str, str] | None = None,
+    *,
+    now: float | None = None,
+    resend_interval: float = DEFAULT_RESEND_INTERVAL,
+    generator: str | None = None,
 ) -> list[dict[str, Any]]:
     """The body of ``POST /api/v2/alerts``: a list holding one alert.
 
-    Firing: ``endsAt`` is ``now + ALERTMANAGER_FIRING_TTL``. Resolved:
-    ``endsAt`` is ``ended_at`` (or now), never before ``startsAt``, which is in
-    the past and so resolves the alert with the same labels.
+    Firing: ``endsAt`` is ``now + ENDS_AFTER_INTERVALS * resend_interval``.
+    Resolved: ``endsAt`` is ``ended_at`` (or now), never before ``startsAt``,
+    which is in the past and so resolves the alert with the same labels.
     """
     current = time.time() if now is None else now
     if alert.status == "firing":
-        ends = current + ALERTMANAGER_FIRING_TTL
+        ends = current + ENDS_AFTER_INTERVALS * resend_interval
     else:
         ends = alert.ended_at if alert.ended_at is not None else current
         ends = min(max(ends, alert.started_at), current)
@@ -300,6 +329,7 @@ def alertmanager_payload(
             },
             "startsAt": _iso(alert.started_at),
             "endsAt": _iso(ends),
+            "generatorURL": generator_url(alert, generator),
         }
     ]
 
@@ -396,6 +426,20 @@ class _Attempt:
     error: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    some_ok: bool = False  # an HA Alertmanager cluster: at least one member took it
+
+
+class Keeper(Protocol):
+    """What re-sends active Alertmanager alerts (handlers.alertkeeper.AlertKeeper)."""
+
+    def keep(self, alerter: Alerter, target: AlertTarget, alert: Alert) -> None: ...
+
+
+def alertmanager_urls(secret: str) -> list[str]:
+    """The members of an Alertmanager cluster: one URL, or several separated by
+    whitespace or commas, in the URL's file or variable."""
+    urls = [u for u in re.split(r"[\s,]+", secret) if u]
+    return list(dict.fromkeys(urls))
 
 
 def _http_attempt(where: str, host: str, outcome: HttpOutcome) -> _Attempt:
@@ -466,13 +510,17 @@ class Alerter:
         max_send_seconds: float = DEFAULT_MAX_SEND_SECONDS,
         ssl_context: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
         """``env`` is where ``url_env``/``password_env`` are looked up (default: os.environ).
 
         ``ssl_context`` verifies the SMTP server's certificate on STARTTLS
         (default: the system trust store, with hostname checking).
+        ``keeper`` re-sends the firing alerts of alertmanager targets every
+        ``resend_interval`` (a long-lived process passes one; see alertkeeper).
         """
         self.targets = tuple(targets)
+        self.keeper = keeper
         self._env = env
         self.max_send_seconds = max_send_seconds
         self._ssl_context = ssl_context
@@ -493,10 +541,22 @@ class Alerter:
         and get no Delivery.
         """
         chosen = [t for t in self.targets if alert.status == "firing" or t.send_resolved]
+        if self.keeper is not None:
+            for target in self.targets:
+                if target.type == "alertmanager":
+                    # Resolved too: it replaces the firing one, and is then let go.
+                    self.keeper.keep(self, target, alert)
         deliveries = await asyncio.gather(*(self._deliver_bounded(t, alert) for t in chosen))
         return list(deliveries)
 
-    async def _deliver_bounded(self, target: AlertTarget, alert: Alert) -> Delivery:
+    async def resend(self, target: AlertTarget, alert: Alert) -> Delivery:
+        """One more send of a firing alert to one target (the keeper's), logged at debug
+        when it arrives."""
+        return await self._deliver_bounded(target, alert, again=True)
+
+    async def _deliver_bounded(
+        self, target: AlertTarget, alert: Alert, *, again: bool = False
+    ) -> Delivery:
         start = time.monotonic()
         bound = target.time_bound(self.max_send_seconds)
         try:
@@ -518,7 +578,8 @@ class Alerter:
                 time.monotonic() - start,
             )
         if delivery.ok:
-            log.info(
+            log.log(
+                logging.DEBUG if again else logging.INFO,
                 "alert %s %s for %s delivered to %s (%d attempt(s), %.2fs)",
                 alert.status,
                 alert.level,
@@ -573,6 +634,8 @@ class Alerter:
         self, target: AlertTarget, alert: Alert
     ) -> Callable[[], Awaitable[_Attempt]]:
         """Read secrets and build the payload once; return the attempt to repeat."""
+        if target.type == "alertmanager":
+            return await self._prepare_alertmanager(target, alert)
         if target.type in _HTTP_TYPES:
             url = await self._secret(
                 target, "url", target.url_file, target.url_env, target.url_credential
@@ -633,6 +696,67 @@ class Alerter:
 
         return command_attempt
 
+    async def _prepare_alertmanager(
+        self, target: AlertTarget, alert: Alert
+    ) -> Callable[[], Awaitable[_Attempt]]:
+        """POST to every member of the cluster at once; a retry goes to those that did
+        not take it. Each member is its own daemon thread bounded by the attempt's
+        timeout, so a dead or hanging member delays none of the others."""
+        secret = await self._secret(target, "url", target.url_file, target.url_env)
+        urls = alertmanager_urls(secret)
+        if not urls or not all(u.lower().startswith(("http://", "https://")) for u in urls):
+            raise AlertError(f"{target.where}: a configured URL is not http(s)")
+        await load_requests()
+        body = json.dumps(
+            alertmanager_payload(
+                alert,
+                target.labels,
+                resend_interval=target.resend_interval,
+                generator=target.generator_url,
+            )
+        ).encode("ascii")
+        headers = {"Content-Type": "application/json", "User-Agent": "unitgen-alerts/1"}
+        pending = {u: endpoint(u) for u in urls}
+        accepted: list[str] = []
+
+        async def member(url: str, host: str) -> _Attempt:
+            call = partial(
+                http_once,
+                "POST",
+                url.rstrip("/") + "/api/v2/alerts",
+                timeout=target.timeout,
+                body=body,
+                headers=headers,
+            )
+            try:
+                outcome = await asyncio.wait_for(
+                    # Inside the attempt's own bound, so what the others did is kept.
+                    run_blocking(call, name=f"alert-{target.name}"),
+                    2 * target.timeout + HTTP_GRACE / 2,
+                )
+            except TimeoutError:
+                return _Attempt(False, f"{target.where}: no answer from {host}")
+            result = _http_attempt(target.where, host, outcome)
+            if result.ok:
+                pending.pop(url, None)
+                accepted.append(host)
+            return result
+
+        async def cluster_attempt() -> _Attempt:
+            results = await asyncio.gather(*(member(u, h) for u, h in list(pending.items())))
+            failed = [r for r in results if not r.ok]
+            if not failed:
+                return _Attempt(True)
+            return _Attempt(
+                False,
+                "; ".join(r.error or target.where for r in failed),
+                retryable=any(r.retryable for r in failed),
+                retry_after=max((r.retry_after or 0.0 for r in failed), default=None) or None,
+                some_ok=bool(accepted),
+            )
+
+        return cluster_attempt
+
     async def _deliver(
         self, target: AlertTarget, alert: Alert, start: float, bound: float
     ) -> Delivery:
@@ -643,6 +767,7 @@ class Alerter:
             return Delivery(target.name, False, str(exc), 0, time.monotonic() - start)
         attempts = 0
         error = f"{target.where}: no attempt fitted in {bound:.1f}s"
+        some_ok = False
         for n in range(target.retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -656,6 +781,7 @@ class Alerter:
             if result.ok:
                 return Delivery(target.name, True, None, attempts, time.monotonic() - start)
             error = result.error or f"{target.where}: failed"
+            some_ok = some_ok or result.some_ok
             log.debug("alert %s attempt %d failed: %s", target.name, attempts, error)
             if not result.retryable or n == target.retries:
                 break
@@ -665,6 +791,15 @@ class Alerter:
             if time.monotonic() + delay >= deadline:
                 break  # the next attempt could not start in time anyway
             await asyncio.sleep(delay)
+        if some_ok:
+            # The cluster's members gossip alerts: one that took it is a delivery.
+            return Delivery(
+                target.name,
+                True,
+                f"{error} (other members took it)",
+                attempts,
+                time.monotonic() - start,
+            )
         return Delivery(
             target.name,
             False,

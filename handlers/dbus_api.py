@@ -269,7 +269,7 @@ def _interface_class(root_name: str) -> type:
         def HealthChanged(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
-        # Interface revision 2 (busnames.INTERFACE_REVISION): incident groups.
+        # Interface revision 2 (busnames.INTERFACE_REVISION): incident groups and Crashed.
         @signal()
         @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def GroupOpened(self, unit: str, group: str, ts: int, details: Any) -> list[Any]:
@@ -279,6 +279,11 @@ def _interface_class(root_name: str) -> type:
         @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def GroupClosed(self, unit: str, group: str, ts: int, details: Any) -> list[Any]:
             return [unit, group, ts, details]
+
+        @signal()
+        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        def Crashed(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
+            return [unit, incident, ts, details]
 
     missing = {k.value for k in EventKind} - set(vars(Recovery1))
     if missing:  # an EventKind without a signal would be dropped silently

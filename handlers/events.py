@@ -36,6 +36,8 @@ class EventKind(enum.Enum):
     # member when the cause is no unit), incident_id the group's id.
     GROUP_OPENED = "GroupOpened"
     GROUP_CLOSED = "GroupClosed"
+    # A watched service crashed, whoever restarts it (systemd itself, or the ladder).
+    CRASHED = "Crashed"
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ MESSAGE_IDS: dict[EventKind, str] = {
     EventKind.HEALTH_CHANGED: "fce7e87282c04d499617b4341aa9e811",
     EventKind.GROUP_OPENED: "8cab18d590d8466e8ef76a31d782ae0a",
     EventKind.GROUP_CLOSED: "9fc439f1dc8e4c038915f1877ca946d9",
+    EventKind.CRASHED: "4d0b3c6f2a9e4b51a6e07c1d98f2e5b3",
 }
 
 _PRIORITY = {
@@ -80,6 +81,7 @@ _PRIORITY = {
     EventKind.HEALTH_CHANGED: 5,
     EventKind.GROUP_OPENED: 4,
     EventKind.GROUP_CLOSED: 5,
+    EventKind.CRASHED: 4,
 }
 
 # How long a missing journal socket is believed missing before the next try.
@@ -132,9 +134,22 @@ def _message(event: Event, details: Mapping[str, object]) -> str:
     if kind is EventKind.GROUP_CLOSED:
         state = details.get("state", "closed")
         return f"incident group {event.incident_id} closed ({state}): {details.get('cause', '?')}"
+    if kind is EventKind.CRASHED:
+        return _crashed_message(unit, details)
     healthy = details.get("healthy")
     state = "healthy" if healthy is True else "unhealthy" if healthy is False else "changed"
     return f"{unit}: health {state}"
+
+
+def _crashed_message(unit: str, details: Mapping[str, object]) -> str:
+    result = details.get("unit_result", "?")
+    status = details.get("exit_status")
+    code = f", status {status}" if status is not None else ""
+    who = details.get("restarted_by", "none")
+    then = {"systemd": "systemd restarts it", "ladder": "the ladder takes it over"}.get(
+        str(who), "nobody restarts it"
+    )
+    return f"{unit}: crashed ({result}{code}, {details.get('n_restarts', 0)} restarts); {then}"
 
 
 def entry_fields(event: Event, *, object_unit: bool = False) -> list[tuple[str, str]]:

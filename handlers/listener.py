@@ -57,7 +57,8 @@ from handlers.diagnose import (
     decide,
     invocation_hex,
 )
-from handlers.events import EventSink, NullSink
+from handlers.events import Event, EventKind, EventSink, NullSink
+from handlers.flapping import AlerterFor, Crash, FlapWatch
 from handlers.health import HealthScheduler
 from handlers.notify import Notifier
 from handlers.parking import Cue, ParkedUnit, Parking, units_of
@@ -137,6 +138,8 @@ class UnitState:
     # The invocation last seen in ``auto-restart``: a ``failed`` of that same invocation
     # means systemd's own restart job was refused (the start limit) and it gave up.
     auto_restart: str = ""
+    crashed: str = ""  # the invocation last reported as crashed (one Crashed each)
+    restarted: str = ""  # the auto-restart invocation whose restart by systemd was counted
     reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
     static: dict[str, Any] | None = None  # STATIC, None until read (again)
@@ -164,6 +167,7 @@ class Stats:
     reconnects: int = 0
     reconciles: int = 0
     malformed: int = 0
+    crashes: int = 0  # Crashed events: every crash, whoever restarts the unit
 
 
 # Signals systemd's manager object sends that the listener wants; PropertiesChanged
@@ -215,7 +219,15 @@ class Listener:
         on_connected: ConnectHook | None = None,
         health: bool = True,
         on_drop: Callable[[str], None] | None = None,
+        flapping: FlapWatch | None = None,
+        on_systemd_restart: Callable[[str], None] | None = None,
+        flap_alerter: AlerterFor | None = None,
     ) -> None:
+        """``flapping``: where crashes go for the per-service flapping alert
+        (``alert_on``); by default one reading the policies of ``paths`` and
+        alerting through ``flap_alerter`` (default: the policy's targets).
+        ``on_systemd_restart``: told each time systemd's own restart of a crashed
+        watched unit starts (e.g. Metrics.count_restart)."""
         self.paths = paths
         self.scope = paths.scope
         self.watch = WatchSet(paths.policy_dir, globs)
@@ -237,6 +249,7 @@ class Listener:
         self._trigger = trigger_factory
         self._on_connected = on_connected
         self._on_drop = on_drop  # e.g. Metrics.count_dropped("listener")
+        self._on_systemd_restart = on_systemd_restart
         self._bus: SystemdBus | None = None
         self._engine: Recoverer | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue(self.options.max_pending)
@@ -268,6 +281,10 @@ class Listener:
         # Live views, for the signal path (bench/bench_parking.py).
         self._park_deps, self._parked_units = self._parking.watched()
         self._unpark_why: dict[str, str] = {}
+        if flapping is None:
+            flapping = FlapWatch(self._policy_of, alerter_for=flap_alerter)
+        self.flapping = flapping
+        self._policies: dict[str, Any] = {}  # policy key -> Policy, for alert_on
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -318,6 +335,7 @@ class Listener:
         if self._health is not None:
             await self._health.close()
         await self._parking.close()
+        await self.flapping.aclose()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -430,6 +448,7 @@ class Listener:
         """Re-read the watch set and every watched unit's state; queue the failed ones."""
         self.stats.reconciles += 1
         self.watch.rescan()
+        self._policies.clear()  # a re-render may have changed alert_on
         patterns = self.watch.patterns()
         # No patterns would mean "every unit" to ListUnitsByPatterns.
         rows = await bus.list_units(patterns) if patterns else []
@@ -588,6 +607,26 @@ class Listener:
             self._parking.unit_active(name)
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
+            if state.auto_restart != state.crashed and live.get("Result", "success") != "success":
+                # systemd restarts it itself: nothing else would report this crash. Out
+                # of the bus reader: the sinks write to the journal and the bus.
+                state.crashed = state.auto_restart
+                asyncio.get_running_loop().call_soon(
+                    self._report_crash, name, dict(live), "systemd"
+                )
+        elif (
+            state.auto_restart
+            and state.auto_restart == state.crashed != state.restarted
+            and active in ("activating", "active")
+        ):
+            # Out of auto-restart into a start: systemd's restart of the crash ran (a
+            # refused one goes to dead, then failed, and is the ladder's).
+            state.restarted = state.auto_restart
+            if self._on_systemd_restart is not None:
+                try:
+                    self._on_systemd_restart(name)
+                except Exception:
+                    log.exception("restart counter failed")
         if self._health is not None:
             self._health.set_active(name, active == "active")
         if active == "failed":
@@ -727,12 +766,18 @@ class Listener:
         if decision.action is not Action.RECOVER:
             if decision.action is Action.STAND_DOWN:
                 self.stats.systemd_restarting += 1
+                # Only while the answer still shows the crashed run: once systemd has
+                # started the next one, its InvocationID is not the one that crashed
+                # (and the auto-restart signal reported that one).
+                if props.get("ActiveState") == "failed" or props.get("SubState") == "auto-restart":
+                    self._crashed(unit, state, props, "systemd")
             return
         inv = view.invocation
         if inv and inv == state.handled:
             self.stats.duplicates += 1
             return
         state.handled = inv
+        self._crashed(unit, state, props, "ladder")
         # The trigger carries the diagnosis's properties when they are all known, and
         # says systemd was seen not restarting the unit, so the ladder neither reads
         # them again nor waits for an auto-restart that cannot come.
@@ -922,6 +967,47 @@ class Listener:
             return False, "no engine"
         result: tuple[bool, str] = await check(unit, checks)
         return result
+
+    # -- crashes ----------------------------------------------------------------------
+
+    def _crashed(
+        self, unit: str, state: UnitState, props: Mapping[str, Any], restarted_by: str
+    ) -> None:
+        """One Crashed event per crashed invocation, and the crash to the flapping alert.
+
+        Never raises: reporting a crash must not stand in the way of recovering it.
+        """
+        invocation = invocation_hex(props.get("InvocationID"))
+        if invocation and invocation == state.crashed:
+            return
+        state.crashed = invocation
+        self._report_crash(unit, props, restarted_by)
+
+    def _report_crash(self, unit: str, props: Mapping[str, Any], restarted_by: str) -> None:
+        try:
+            invocation = invocation_hex(props.get("InvocationID"))
+            crash = Crash.of(props, restarted_by, time.time())
+            self.stats.crashes += 1
+            self._events.emit(
+                Event(EventKind.CRASHED, unit, "", crash.fields(invocation), crash.at)
+            )
+            self.flapping.crashed(unit, crash)
+        except Exception:
+            log.exception("%s: reporting a crash failed", unit)
+
+    def _policy_of(self, unit: str) -> Any:
+        key = self.watch.policy_key(unit)
+        policy = self._policies.get(key)
+        if policy is None:
+            try:
+                policy = load_policy(unit, self.paths.policy_dir)
+            except PolicyError as exc:
+                log.warning("%s", exc)
+                return None
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            self._policies[key] = policy
+        return policy
 
     def _unhealthy(self, unit: str, detail: str) -> None:
         log.warning("%s: unhealthy: %s", unit, detail)

@@ -23,19 +23,24 @@ Families::
     unitgen_attempts_total{unit,level,result}               counter
     unitgen_recovery_duration_seconds{unit,outcome}         histogram
     unitgen_unit_state{unit,state}                          gauge, 1 for the current state
+    unitgen_unit_restarts_total{unit,by}                    counter, by="systemd"|"ladder"
     unitgen_events_total{event}                             counter
     unitgen_events_dropped_total{sink}                      counter
     unitgen_series_dropped_total                            counter (cardinality guard)
 
 An attempt is counted when ``StepFinished`` reports the step that decides it:
 ``step=verifying``, or ``step=restarting`` with a result other than ``ok``
-(the restart job itself failed).
+(the restart job itself failed). A restart is counted ``by="ladder"`` when
+``StepFinished`` reports ``step=restarting`` with ``result=ok``, and
+``by="systemd"`` when the listener sees systemd's own restart of a crashed unit
+start (:meth:`Metrics.count_restart`): a restart its start limit refused is not one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -122,6 +127,7 @@ class Snapshot:
     events: dict[Labels, int]
     dropped: dict[Labels, int]
     series_dropped: int
+    restarts: dict[Labels, int] = dataclasses.field(default_factory=dict)
 
 
 class _Histogram:
@@ -151,6 +157,7 @@ class Metrics:
         self._states: dict[str, str] = {}
         self._events: dict[Labels, int] = {}
         self._dropped: dict[Labels, int] = {}
+        self._restarts: dict[Labels, int] = {}
         self._series_dropped = 0
         self._opened: dict[str, float] = {}  # incident id -> wall-clock open time
         self._listeners: list[Callable[[], None]] = []
@@ -202,6 +209,8 @@ class Metrics:
             if step == "verifying" or (step == "restarting" and result != "ok"):
                 level = str(details.get("level", "unknown"))
                 self._inc(self._attempts, (("unit", unit), ("level", level), ("result", result)))
+            elif step == "restarting":
+                self._inc(self._restarts, (("unit", unit), ("by", "ladder")))
         elif kind in (EventKind.RECOVERED, EventKind.GAVE_UP):
             outcome = "recovered" if kind is EventKind.RECOVERED else "gave-up"
             opened = self._opened.pop(event.incident_id, None)
@@ -247,6 +256,11 @@ class Metrics:
         if self._states.pop(unit, None) is not None:
             self._changed()
 
+    def count_restart(self, unit: str, by: str = "systemd") -> None:
+        """A restart of a crashed unit that the event stream does not carry: systemd's own."""
+        self._inc(self._restarts, (("unit", unit), ("by", by)))
+        self._changed()
+
     def count_dropped(self, sink: str, n: int = 1) -> None:
         """An event that a sink (or the listener's bounded queue) could not take."""
         self._inc(self._dropped, (("sink", sink),), n)
@@ -264,6 +278,7 @@ class Metrics:
             events=dict(self._events),
             dropped=dict(self._dropped),
             series_dropped=self._series_dropped,
+            restarts=dict(self._restarts),
         )
 
     def render(self) -> str:
@@ -314,6 +329,12 @@ def format_snapshot(snap: Snapshot) -> str:
             f"{1 if state == current else 0}"
             for state in STATES
         )
+    family(
+        "unitgen_unit_restarts_total",
+        "counter",
+        "Restarts of a watched unit after a crash, by who made them: systemd or the ladder.",
+    )
+    counters("unitgen_unit_restarts_total", snap.restarts)
     family("unitgen_events_total", "counter", "Events published, by kind.")
     counters("unitgen_events_total", snap.events)
     family(

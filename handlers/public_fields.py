@@ -68,6 +68,8 @@ DETAIL_TYPES: Mapping[str, type] = {
     "exit_code": str,  # ExecMainCode as text: exited | killed | dumped
     "exit_status": int,
     "invocation_id": str,
+    # Crashed: who restarts the unit (systemd | ladder | none)
+    "restarted_by": str,
     "dependency": str,  # the unit name of the dependency that is down
     # health
     "healthy": bool,

@@ -67,6 +67,13 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
         st.lists(st.sampled_from(["/bin/x", "rel", "-v", "", _long(4097)]), max_size=3),
         st.just("/bin/sh -c x"),
     ),
+    "resend_interval": st.one_of(
+        st.sampled_from([0, 29.999, 30, 30.0, 60, 180, 180.0, 180.001, 181, True, "1min"]),
+        st.floats(0, 200, allow_nan=False),
+    ),
+    "generator_url": st.sampled_from(
+        ["http://h/x", "https://grafana.example.org/d/unitgen", "ftp://h", "h", "", 3]
+    ),
     "url": st.just("http://h/secret"),
     "token": st.just("t0ken"),
 }
@@ -127,7 +134,8 @@ def test_spec_and_runtime_accept_and_reject_the_same_alert_tables(
     except PolicyError as exc:
         assert "\n" not in str(exc)
         from_runtime = None
-    if isinstance(table.get("timeout"), str) and from_spec is not None:
+    durations = ("timeout", "resend_interval")
+    if any(isinstance(table.get(k), str) for k in durations) and from_spec is not None:
         # The one deliberate difference: a policy holds seconds, never "5s".
         assert from_runtime is None
         return
@@ -135,7 +143,10 @@ def test_spec_and_runtime_accept_and_reject_the_same_alert_tables(
     if from_spec is not None and from_runtime is not None:
         # The spec rounds a duration to whole microseconds; the policy holds that.
         assert abs(from_spec.timeout - from_runtime.timeout) < 1e-6
-        assert from_spec == dataclasses.replace(from_runtime, timeout=from_spec.timeout)
+        assert abs(from_spec.resend_interval - from_runtime.resend_interval) < 1e-6
+        assert from_spec == dataclasses.replace(
+            from_runtime, timeout=from_spec.timeout, resend_interval=from_spec.resend_interval
+        )
 
 
 def test_runtime_error_names_file_and_key() -> None:

@@ -104,11 +104,12 @@ def the_events() -> list[Event]:
         {"healthy": False, "failures": 3, "detail": "http 503"},
         {"cause": "dependency db.service", "cause_kind": "dependency", "member_count": 2},
         {"cause": "dependency db.service", "state": "recovered", "recovered": 3, "waiting": 0},
-    ]
+        {"unit_result": "exit-code", "exit_code": "exited", "exit_status": 3, "n_restarts": 2,
+         "restarted_by": "systemd"},
+    ]  # fmt: skip
+    outside = (EventKind.HEALTH_CHANGED, EventKind.CRASHED)  # no incident
     return [
-        Event(
-            kind, f"u{i}.service", "" if kind is EventKind.HEALTH_CHANGED else "inc-7", f, 1.7e9 + i
-        )
+        Event(kind, f"u{i}.service", "" if kind in outside else "inc-7", f, 1.7e9 + i)
         for i, (kind, f) in enumerate(zip(ALL_KINDS, fields, strict=True))
     ]
 

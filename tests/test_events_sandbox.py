@@ -129,7 +129,14 @@ def test_a_killed_unit_is_seen_recovering_by_independent_consumers(
         for stream in (consumer.stdout, consumer.stderr):
             if stream is not None:
                 stream.close()
+    # The crash itself comes first, once, handed to the ladder (Restart=no).
+    crash, *seen = seen
+    assert crash["event"] == "Crashed" and crash["incident_id"] == ""
+    assert crash["details"]["restarted_by"] == "ladder"
+    assert crash["details"]["unit_result"] == "signal"
+    assert crash["details"]["exit_code"] == "killed" and crash["details"]["exit_status"] == 9
     kinds = [e["event"] for e in seen]
+    assert "Crashed" not in kinds
     # Diagnosis decides whether there is an incident at all, so its StepStarted comes
     # first, with no incident id yet; everything after IncidentOpened carries the id.
     assert seen[0]["event"] == "StepStarted" and seen[0]["details"]["step"] == "diagnosing"

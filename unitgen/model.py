@@ -164,6 +164,14 @@ class Health:
 
 
 @dataclass(frozen=True)
+class AlertOn:
+    """The flapping alert: ``restarts`` crashes within ``within`` seconds, whoever restarted."""
+
+    restarts: int = 3
+    within: float = 600.0
+
+
+@dataclass(frozen=True)
 class Cleanup:
     pidfile: str | None = None
     temp: tuple[str, ...] = ()
@@ -270,6 +278,7 @@ class Service:
     recovery: Recovery = field(default_factory=Recovery)
     hardening: Hardening = field(default_factory=Hardening)
     alerts: tuple[str, ...] = ()
+    alert_on: AlertOn | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +301,7 @@ class Override:
     recovery: Recovery = field(default_factory=Recovery)
     alerts: tuple[str, ...] = ()
     on_failure: bool = True  # wire OnFailure= to the recovery unit
+    alert_on: AlertOn | None = None
 
 
 @dataclass(frozen=True)

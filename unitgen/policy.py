@@ -26,6 +26,7 @@ from typing import Any
 
 from unitgen.errors import PolicyError
 from unitgen.model import (
+    AlertOn,
     Cleanup,
     Disk,
     Health,
@@ -56,6 +57,8 @@ class Policy:
     # Absolute State/Logs/Cache/Runtime directories, for the disk checks.
     directories: tuple[str, ...] = ()
     default: bool = False
+    # The flapping alert; None (the default) sends none. Left out of the JSON when None.
+    alert_on: AlertOn | None = None
     version: int = POLICY_VERSION
 
 
@@ -82,11 +85,15 @@ def policy_from_service(
         validate=svc.validate,
         alerts=alerts,
         directories=directories,
+        alert_on=svc.alert_on,
     )
 
 
 def to_json(policy: Policy) -> str:
-    return json.dumps(dataclasses.asdict(policy), indent=2, sort_keys=True) + "\n"
+    raw = dataclasses.asdict(policy)
+    if raw["alert_on"] is None:
+        del raw["alert_on"]  # policies without it stay byte-for-byte what they were
+    return json.dumps(raw, indent=2, sort_keys=True) + "\n"
 
 
 def from_json(text: str, source: str) -> Policy:

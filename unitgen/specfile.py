@@ -209,6 +209,7 @@ def _cross_checks(raw: Mapping[str, Any], out: Collector) -> None:
     if not services and not overrides:
         out.add("", 'defines no [service.NAME] or [override."UNIT"]: there is nothing to render')
     _check_alert_refs(raw, services, overrides, out)
+    _check_alert_on_targets(raw, services, overrides, out)
     for name, table in services.items():
         if table.get("dynamic_user") is True and "user" in table:
             out.add(
@@ -254,6 +255,24 @@ def _check_alert_refs(
         for name, table in tables.items():
             if "alerts" in table:
                 check(join_key(join_key(section, name), "alerts"), table["alerts"])
+
+
+def _check_alert_on_targets(
+    raw: Mapping[str, Any],
+    services: Mapping[str, dict[str, Any]],
+    overrides: Mapping[str, dict[str, Any]],
+    out: Collector,
+) -> None:
+    """A flapping alert with no target to go to is a mistake, not a choice."""
+    defaults = raw.get("defaults")
+    inherited = defaults.get("alerts", []) if isinstance(defaults, dict) else []
+    for section, tables in (("service", services), ("override", overrides)):
+        for name, table in tables.items():
+            if "alert_on" in table and not table.get("alerts", inherited):
+                out.add(
+                    join_key(join_key(section, name), "alert_on"),
+                    "needs an alert target: this unit's alerts (or defaults.alerts) is empty",
+                )
 
 
 _EDGE_KEYS = ("requires", "binds_to", "after")

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from unitgen.hardening import known_directive_names
 from unitgen.model import (
+    AlertOn,
     Backoff,
     Cleanup,
     Disk,
@@ -785,6 +786,21 @@ ENVIRONMENT = MapOf(
 
 ALERT_NAMES = ListOf(Text(alert_name, type_doc="alert name"), unique=True)
 
+ALERT_ON = Table(
+    {
+        "restarts": Field(
+            Integer(2, 1000), "crashes (restarted by systemd or the ladder) that make it flap", 3
+        ),
+        "within": Field(
+            Duration(positive=True, maximum=86400.0),
+            "the window they are counted in (at most 1 day); one alert per window",
+            "10min",
+        ),
+    },
+    build=lambda d: AlertOn(**d),
+    doc="The flapping alert: one alert, with a digest of the crashes, per window.",
+)
+
 _COMMON_SERVICE_FIELDS: dict[str, Field] = {
     "restart": Field(RESTART, "systemd's automatic restarts and start limit"),
     "limits": Field(LIMITS, "resource limits"),
@@ -798,6 +814,7 @@ _COMMON_SERVICE_FIELDS: dict[str, Field] = {
     ),
     "recovery": Field(RECOVERY, "the recovery ladder's budget"),
     "alerts": Field(ALERT_NAMES, "alert targets for this unit", INHERITED_ALERTS),
+    "alert_on": Field(ALERT_ON, "opt-in flapping alert to the unit's alert targets"),
 }
 
 SERVICE = Table(
@@ -919,6 +936,9 @@ DEFAULTS = Table(
 
 # -- alerts --------------------------------------------------------------------------
 
+# handlers.alerts keeps Alertmanager's resend interval within the same bounds.
+RESEND_INTERVAL = Duration(positive=True, minimum=30.0, maximum=180.0)
+
 # Not a secret: the message that refuses one.
 _INLINE_SECRET = "secrets come from files or the environment: use url_file or url_env"  # noqa: S105
 _REFUSED_SECRETS = {
@@ -1019,6 +1039,15 @@ ALERT = Tagged(
                     MapOf(Text(max_length=1024), label_name, key_doc="LABEL"),
                     "extra labels on every alert",
                     {},
+                ),
+                "resend_interval": Field(
+                    RESEND_INTERVAL,
+                    "re-send firing alerts this often (30s to 3min); endsAt is 4 of these ahead",
+                    "1min",
+                ),
+                "generator_url": Field(
+                    Text(http_url, type_doc="URL", pattern="^https?://"),
+                    "generatorURL of every alert (the link back to where it came from)",
                 ),
             },
             one_of=[("url_file", "url_env", "url_credential")],

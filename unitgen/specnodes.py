@@ -361,9 +361,12 @@ def _range_doc(minimum: float | None, maximum: float | None, *, above: bool = Fa
 class Duration(Node):
     """A systemd time span ("5s", "1min 30s", or a number of seconds) -> float seconds."""
 
-    def __init__(self, *, positive: bool = False, maximum: float | None = None) -> None:
+    def __init__(
+        self, *, positive: bool = False, maximum: float | None = None, minimum: float | None = None
+    ) -> None:
         self.positive = positive
         self.maximum = maximum
+        self.minimum = minimum
         self.type_doc = "duration"
 
     def check(self, value: object, key: str, out: Collector) -> object:
@@ -383,6 +386,9 @@ class Duration(Node):
         if self.maximum is not None and seconds > self.maximum:
             out.expected(key, f"a duration of at most {self.maximum:g}s", value)
             return INVALID
+        if self.minimum is not None and seconds < self.minimum:
+            out.expected(key, f"a duration of at least {self.minimum:g}s", value)
+            return INVALID
         return seconds
 
     def schema(self) -> JSON:
@@ -390,6 +396,8 @@ class Duration(Node):
         number["exclusiveMinimum" if self.positive else "minimum"] = 0
         if self.maximum is not None:
             number["maximum"] = self.maximum
+        if self.minimum is not None:
+            number["minimum"] = self.minimum
         return {"anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, number]}
 
 

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from handlers.alerts import Alerter
     from handlers.listener import Listener
     from handlers.recovery import RecoveryEngine
 
@@ -89,6 +90,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("unitgen.watch")
 
+    from handlers.alertkeeper import AlertKeeper, keeping_factory, readopt
     from handlers.bus import SystemdBus
     from handlers.events import FanOut
     from handlers.journal import JournalSink
@@ -107,6 +109,8 @@ async def _main(args: argparse.Namespace) -> int:
     events = FanOut([metrics, JournalSink(on_drop=metrics.count_dropped)])
     service = None
     engines: list[RecoveryEngine] = []
+    # A long-lived process re-sends its firing Alertmanager alerts (docs/alerts.md).
+    keeper = AlertKeeper()
 
     from unitgen.policy import load_host_restart_rate
 
@@ -126,9 +130,32 @@ async def _main(args: argparse.Namespace) -> int:
             journal_skip=LISTENER_SOURCES,
             correlate=True,
             max_restarts_per_second=restart_rate,
+            alerter_factory=keeping_factory(keeper),
         )
         engines.append(engine)
+        if len(engines) == 1:
+            readopt_alerts(engine)
         return engine
+
+    def readopt_alerts(engine: RecoveryEngine) -> None:
+        # The keeper of the previous daemon died with it: given-up units' alerts would
+        # end at their endsAt while the units are still down.
+        from unitgen.policy import load_policy
+
+        def alerter_for(unit: str) -> Alerter | None:
+            try:
+                return engine.alerting.alerter_for(load_policy(unit, paths.policy_dir))
+            except UnitgenError as exc:
+                log.warning("%s", exc)
+                return None
+
+        try:
+            kept = readopt(keeper, engine.store, alerter_for, engine.host)
+        except UnitgenError as exc:
+            log.warning("re-sending the alerts of given-up units: %s", exc)
+            return
+        if kept:
+            log.info("re-sending %d firing Alertmanager alert(s) of given-up units", kept)
 
     api: SystemdBus | None = None
     api_watch: asyncio.Task[None] | None = None
@@ -228,6 +255,8 @@ async def _main(args: argparse.Namespace) -> int:
         on_connected=on_connected,
         health=not args.no_health,
         on_drop=metrics.count_dropped,
+        on_systemd_restart=metrics.count_restart,
+        flap_alerter=keeping_factory(keeper),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -237,6 +266,7 @@ async def _main(args: argparse.Namespace) -> int:
             await publisher.start()
         await listener.run()
     finally:
+        await keeper.aclose()
         marker.close()
         if marking is not None:
             marking.cancel()

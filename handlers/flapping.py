@@ -1,0 +1,279 @@
+"""Crashes as values, and the opt-in flapping alert (``alert_on``) built on them.
+
+The listener reports every crash of a watched service, including the ones
+systemd restarts by itself and nobody else would see (a ``Crashed`` event, see
+docs/events.md), and hands each to :class:`FlapWatch`. A service whose policy
+says ``alert_on = { restarts = N, within = "10min" }`` gets one firing alert
+when it has crashed N times within that window, carrying a digest of those
+crashes; then nothing more for that window. When the window ends the service is
+judged again: still N crashes within the trailing window, one more firing
+alert with the new digest; fewer, the alert is resolved.
+
+Nothing here restarts anything or waits on the listener: :meth:`FlapWatch.crashed`
+is a few list operations, and sends are tasks it keeps and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from handlers.events import FieldValue
+
+if TYPE_CHECKING:
+    from handlers.alerts import Alert, Alerter
+    from unitgen.policy import Policy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DIGEST_MAX", "Crash", "FlapWatch", "digest_text"]
+
+# ExecMainCode: the CLD_* code of the main process's end, as systemctl shows it.
+_EXIT_CODES = {1: "exited", 2: "killed", 3: "dumped"}
+# Crashes kept per unit, and listed in one alert's digest at most.
+DIGEST_MAX = 50
+
+PolicyOf = Callable[[str], "Policy | None"]
+AlerterFor = Callable[["Policy"], "Alerter | None"]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Crash:
+    """One crash of a service, as systemd's properties told it."""
+
+    at: float  # wall clock, epoch seconds
+    result: str  # systemd's Result: exit-code, signal, core-dump, timeout, watchdog...
+    exit_code: str  # ExecMainCode as text: exited | killed | dumped
+    exit_status: int
+    n_restarts: int  # systemd's NRestarts when it crashed
+    restarted_by: str  # systemd | ladder
+
+    @classmethod
+    def of(cls, props: Mapping[str, Any], restarted_by: str, at: float) -> Crash:
+        code, status = props.get("ExecMainCode"), props.get("ExecMainStatus")
+        return cls(
+            at=at,
+            result=str(props.get("Result") or "unknown"),
+            exit_code=_EXIT_CODES.get(code, "") if isinstance(code, int) else "",
+            exit_status=status if isinstance(status, int) and not isinstance(status, bool) else 0,
+            n_restarts=int(props.get("NRestarts") or 0),
+            restarted_by=restarted_by,
+        )
+
+    def fields(self, invocation: str) -> dict[str, FieldValue]:
+        """The Crashed event's details (keys of handlers.public_fields)."""
+        out: dict[str, FieldValue] = {
+            "unit_result": self.result,
+            "exit_status": self.exit_status,
+            "n_restarts": self.n_restarts,
+            "restarted_by": self.restarted_by,
+        }
+        if self.exit_code:
+            out["exit_code"] = self.exit_code
+        if invocation:
+            out["invocation_id"] = invocation
+        return out
+
+    def digest(self) -> dict[str, FieldValue]:
+        return {
+            "at": self.at,
+            "at_iso": _iso(self.at),
+            "result": self.result,
+            "exit_code": self.exit_code,
+            "exit_status": self.exit_status,
+            "n_restarts": self.n_restarts,
+            "restarted_by": self.restarted_by,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}min"
+    return f"{seconds:g}s"
+
+
+def digest_text(crashes: list[Crash]) -> str:
+    """One line per crash, for texts that have no structure (Slack, e-mail, a summary)."""
+    return "; ".join(
+        f"{_iso(c.at)} {c.result} ({c.exit_code or '?'} {c.exit_status})" for c in crashes
+    )
+
+
+@dataclass
+class _Flap:
+    crashes: deque[Crash] = field(default_factory=lambda: deque(maxlen=DIGEST_MAX))
+    incident: str = ""  # set while an alert is firing
+    started: float = 0.0
+    follow: asyncio.Task[None] | None = None
+
+
+class FlapWatch:
+    """Counts each unit's crashes against its ``alert_on`` and sends the flapping alerts."""
+
+    def __init__(
+        self,
+        policy_of: PolicyOf,
+        *,
+        alerter_for: AlerterFor | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        host: str | None = None,
+    ) -> None:
+        self._policy_of = policy_of
+        self._alerter_for = alerter_for
+        self._alerters: dict[str, Alerter | None] = {}
+        self._clock = clock
+        self._sleep = sleep
+        self._host = host or socket.gethostname()
+        self._units: dict[str, _Flap] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.sent: list[Alert] = []  # every alert handed to an alerter, newest last (bounded)
+
+    def crashed(self, unit: str, crash: Crash) -> None:
+        """Count one crash; start the flapping alert if it makes ``restarts`` in ``within``."""
+        policy = self._policy_of(unit)
+        if policy is None or policy.alert_on is None:
+            self._units.pop(unit, None)
+            return
+        rule = policy.alert_on
+        flap = self._units.setdefault(unit, _Flap())
+        flap.crashes.append(crash)
+        if flap.follow is not None:
+            return  # an alert is out for this window; the crash goes in the next digest
+        recent = self._recent(flap, rule.within, crash.at)
+        if len(recent) < rule.restarts:
+            return
+        flap.incident = f"flap-{unit}-{int(crash.at * 1000)}"
+        flap.started = recent[0].at
+        self._fire(unit, policy, flap, recent, rule.within)
+        flap.follow = self._spawn(self._follow(unit, flap, rule.within), f"flapping {unit}")
+
+    @staticmethod
+    def _recent(flap: _Flap, within: float, now: float) -> list[Crash]:
+        return [c for c in flap.crashes if now - c.at <= within]
+
+    async def _follow(self, unit: str, flap: _Flap, within: float) -> None:
+        """Once per window: fire again with a new digest while it flaps, else resolve."""
+        while True:
+            await self._sleep(within)
+            policy = self._policy_of(unit)
+            rule = policy.alert_on if policy is not None else None
+            recent = self._recent(flap, within, self._clock())
+            if policy is not None and rule is not None and len(recent) >= rule.restarts:
+                self._fire(unit, policy, flap, recent, rule.within)
+                continue
+            if policy is not None:
+                self._send(unit, policy, flap, "resolved", f"{unit} stopped flapping", [])
+            flap.follow = None
+            flap.incident = ""
+            return
+
+    def _fire(
+        self, unit: str, policy: Policy, flap: _Flap, recent: list[Crash], within: float
+    ) -> None:
+        summary = (
+            f"{unit} crashed {len(recent)} times within {_span(within)}: {digest_text(recent)}"
+        )
+        self._send(unit, policy, flap, "firing", summary, recent)
+
+    def _send(
+        self,
+        unit: str,
+        policy: Policy,
+        flap: _Flap,
+        status: str,
+        summary: str,
+        recent: list[Crash],
+    ) -> None:
+        alerter = self._alerter(policy)
+        if alerter is None or not alerter.targets:
+            log.warning("%s: %s (no alert target)", unit, summary)
+            return
+        from handlers.alerts import Alert
+
+        now = self._clock()
+        alert = Alert(
+            unit=unit,
+            incident_id=flap.incident,
+            level="flapping",
+            status="firing" if status == "firing" else "resolved",
+            reason="flapping",
+            summary=summary,
+            attempts=len(recent),
+            started_at=flap.started,
+            ended_at=now if status == "resolved" else None,
+            host=self._host,
+            digest=tuple(c.digest() for c in recent),
+        )
+        self.sent.append(alert)
+        del self.sent[:-100]
+        self._spawn(self._deliver(alerter, alert), f"flapping alert {unit}")
+
+    @staticmethod
+    async def _deliver(alerter: Alerter, alert: Alert) -> None:
+        deliveries = await alerter.send(alert)
+        failed = [d.error for d in deliveries if not d.ok]
+        if failed:
+            log.warning(
+                "flapping alert for %s not delivered: %s",
+                alert.unit,
+                "; ".join(e or "failed" for e in failed),
+            )
+
+    def _alerter(self, policy: Policy) -> Alerter | None:
+        if policy.unit not in self._alerters:
+            from unitgen.errors import PolicyError
+
+            try:
+                if self._alerter_for is not None:
+                    self._alerters[policy.unit] = self._alerter_for(policy)
+                else:
+                    from handlers.recovery.alerting import default_alerter
+
+                    self._alerters[policy.unit] = default_alerter(policy)
+            except PolicyError as exc:
+                log.warning("%s: alert targets unusable: %s", policy.unit, exc)
+                self._alerters[policy.unit] = None
+        return self._alerters[policy.unit]
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (bounded) for the alert sends running now; the window timers go on."""
+        sends = [t for t in self._tasks if t.get_name().startswith("flapping alert")]
+        if sends:
+            await asyncio.wait(sends, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Let running sends finish within their bound, then stop the window timers."""
+        await self.drain(10.0)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for flap in self._units.values():
+            flap.follow = None
