@@ -84,12 +84,24 @@ class Recoverer(Protocol):
     """
 
     bus: SystemdClient
+    # Told how each run ended: parked (what it waits for), or not (any more).
+    on_parking: Callable[[str, ParkedUnit | None], None] | None
 
     async def recover(self, unit: str, trigger: Trigger) -> Outcome: ...
 
     def interrupted_units(self) -> list[str]: ...
 
     async def aclose(self) -> None: ...
+
+    # Incident groups: +1 when a run starts waiting for its cause, -1 when done.
+    def set_wait_hook(self, hook: Callable[[int], None] | None) -> None: ...
+
+    # Parked units: the history's and the ledger's, a day's reminder, the checks.
+    def parked_units(self) -> list[ParkedUnit]: ...
+
+    def remind_parked(self, unit: str, day: int) -> None: ...
+
+    async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]: ...
 
 
 class TriggerFactory(Protocol):
@@ -387,12 +399,8 @@ class Listener:
             self._bus = bus
             if self._engine is None:
                 self._engine = self._engine_factory(bus)
-                hook = getattr(self._engine, "set_wait_hook", None)
-                if hook is not None:
-                    hook(self._on_cause_wait)
-                if hasattr(self._engine, "on_parking"):
-                    # The engine says how each run ended: parked, or not (any more).
-                    self._engine.on_parking = self._parking_changed
+                self._engine.set_wait_hook(self._on_cause_wait)
+                self._engine.on_parking = self._parking_changed
             else:
                 # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
                 # lost connection failed over to this one; anything else is replaced.
@@ -916,11 +924,10 @@ class Listener:
         the retry is due park_interval after the last parking, not after this start.
         """
         engine = self._engine
-        parked_units = getattr(engine, "parked_units", None)
-        if parked_units is None:
+        if engine is None:
             return
         try:
-            found: list[ParkedUnit] = parked_units()
+            found = engine.parked_units()
         except UnitgenError as exc:
             log.warning("reading parked units failed: %s", exc)
             return
@@ -957,16 +964,13 @@ class Listener:
         self._enqueue(unit, "unpark")
 
     def _remind_parked(self, unit: str, day: int) -> None:
-        remind = getattr(self._engine, "remind_parked", None)
-        if remind is not None:
-            remind(unit, day)
+        if self._engine is not None:
+            self._engine.remind_parked(unit, day)
 
     async def _check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]:
-        check = getattr(self._engine, "check_parked", None)
-        if check is None:
+        if self._engine is None:
             return False, "no engine"
-        result: tuple[bool, str] = await check(unit, checks)
-        return result
+        return await self._engine.check_parked(unit, checks)
 
     # -- crashes ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from listener_fakes import EngineHooks
 
 from handlers.bus import SERVICE, UNIT, UNIT_PATH_PREFIX, unit_path
 from handlers.health import HealthScheduler
@@ -140,7 +141,7 @@ class FakeBus:
 
 
 @dataclass
-class SlowEngine:
+class SlowEngine(EngineHooks):
     bus: Any = None
     running: int = 0
     peak: int = 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from listener_fakes import EngineHooks
 
 from handlers.bus import SystemdBus
 from handlers.ladder import State
@@ -30,7 +31,7 @@ def _unit(restart: str = "no", burst: int = 3, extra: str = "", interval: int = 
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(EngineHooks):
     """Records what the listener hands over and restarts like the first ladder rung."""
 
     bus: Any
