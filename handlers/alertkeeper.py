@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from handlers.tasks import report_failure
+
 if TYPE_CHECKING:
     from handlers.alerts import Alert, Alerter, AlertTarget
     from handlers.recovery.model import AlerterFactory
@@ -102,12 +104,10 @@ class AlertKeeper:
 
     def _send_done(self, task: asyncio.Task[Any]) -> None:
         self._sends.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+        report_failure(task, log)
 
     def _timer_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("alertmanager re-send timer failed", exc_info=task.exception())
+        report_failure(task, log)
 
     async def aclose(self) -> None:
         """Stop re-sending; re-sends in flight are cancelled (the alerts end at endsAt)."""

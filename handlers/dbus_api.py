@@ -65,6 +65,7 @@ from handlers.bus import consume_send, guard_writes
 from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
 from handlers.events import Event, EventKind
 from handlers.public_fields import REDACTED, looks_secret, public_details
+from handlers.tasks import report_failure
 from unitgen.errors import (
     AccessDeniedError,
     LockBusyError,
@@ -762,8 +763,7 @@ class RecoveryService:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("D-Bus call task %s failed", task.get_name(), exc_info=task.exception())
+        report_failure(task, log)
 
     async def _guarded(self, bus: Any, lib: _Lib, msg: Any) -> None:
         member: str = msg.member

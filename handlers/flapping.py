@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from handlers.events import FieldValue
+from handlers.tasks import report_failure
 
 if TYPE_CHECKING:
     from handlers.alerts import Alert, Alerter
@@ -259,8 +260,7 @@ class FlapWatch:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+        report_failure(task, log)
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait (bounded) for the alert sends running now; the window timers go on."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from handlers.events import Event, EventKind, EventSink, NullSink
 from handlers.probes import ProbeResult, ProbeSpec, probe
+from handlers.tasks import log_failure
 from unitgen.model import Health
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class HealthScheduler:
             return
         watch = _Watch(health=health, spec=spec, start_spec=start_spec, active=asyncio.Event())
         watch.task = asyncio.create_task(self._run(unit, watch), name=f"health {unit}")
-        watch.task.add_done_callback(_log_failure)
+        watch.task.add_done_callback(log_failure(log))
         self._watches[unit] = watch
 
     def set_active(self, unit: str, active: bool) -> None:
@@ -212,11 +213,3 @@ class HealthScheduler:
                 {"healthy": healthy, "detail": detail, "failures": failures},
             )
         )
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("task %s failed", task.get_name(), exc_info=exc)

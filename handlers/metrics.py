@@ -52,6 +52,7 @@ from pathlib import Path
 
 from handlers.events import Event, EventKind
 from handlers.public_fields import public_details
+from handlers.tasks import log_failure
 from unitgen import __version__
 from unitgen.errors import UsageError
 
@@ -481,7 +482,7 @@ class MetricsPublisher:
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_loop(self._textfile), name="metrics-textfile"
             )
-            self._writer.add_done_callback(_log_failure)
+            self._writer.add_done_callback(log_failure(log))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -594,8 +595,3 @@ async def _respond(
     if not head_only:
         writer.write(body)
     await writer.drain()
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("metrics task %s failed", task.get_name(), exc_info=task.exception())

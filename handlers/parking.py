@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from handlers.ladder import GiveUp
+from handlers.tasks import log_failure
 
 if TYPE_CHECKING:
     from handlers.recovery.model import Clock
@@ -287,7 +288,7 @@ class Parking:
         entry.wake.set()  # re-plan its schedule from this parking
         if entry.task is None or entry.task.done():
             entry.task = asyncio.create_task(self._run(entry), name=f"parked {info.unit}")
-            entry.task.add_done_callback(_log_failure)
+            entry.task.add_done_callback(log_failure(log))
 
     def release(self, unit: str) -> None:
         entry = self._entries.pop(unit, None)
@@ -439,11 +440,3 @@ class Parking:
                     continue
             if now >= info.at + info.interval:
                 self._go(entry, Cue.TIMER, f"retry every {info.interval:g}s")
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("task %s failed", task.get_name(), exc_info=exc)

@@ -27,6 +27,7 @@ from handlers.recovery import history
 from handlers.recovery.alerting import Alerting
 from handlers.recovery.model import Clock, LockMode, Outcome, ProbeRunner, Run, Trigger
 from handlers.store import AttemptRow, IncidentRow, Stamp, Store
+from handlers.tasks import report_failure
 from unitgen.errors import PolicyError, SystemdError
 from unitgen.paths import Paths, Scope
 from unitgen.policy import Policy, default_policy, load_policy
@@ -326,8 +327,7 @@ class Core:
 
     def _deferred_done(self, task: asyncio.Task[None]) -> None:
         self._deferred.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("deferred %s failed: %r", task.get_name(), task.exception())
+        report_failure(task, log)
 
     def _start_journal(self, run: Run) -> None:
         if (
