@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from unitgen.dropins import stale_dropins
 from unitgen.errors import BusConnectionLostError, SystemdError
 from unitgen.generations import KINDS, Generation, Store
+from unitgen.textdiff import file_diff
 
 if TYPE_CHECKING:
     from handlers.bus import SystemdBus
@@ -114,14 +114,7 @@ def plan(store: Store, files: Mapping[str, Mapping[str, str]], spec: Spec) -> Pl
                     changes.append(Change(str(path), "relinked"))
                 continue
             changes.append(Change(str(path), "added" if installed is None else "changed"))
-            chunks.extend(
-                difflib.unified_diff(
-                    (installed or "").splitlines(keepends=True),
-                    text.splitlines(keepends=True),
-                    fromfile="/dev/null" if installed is None else str(path),
-                    tofile=str(path),
-                )
-            )
+            chunks.extend(file_diff(str(path), installed, text))
             unit = unit_of(name) if kind == "units" else None
             if unit is not None:
                 touched.add(unit)
@@ -133,14 +126,7 @@ def plan(store: Store, files: Mapping[str, Mapping[str, str]], spec: Spec) -> Pl
                 if name in files.get(kind, {}):
                     continue
                 changes.append(Change(str(base / name), "removed"))
-                chunks.extend(
-                    difflib.unified_diff(
-                        text.splitlines(keepends=True),
-                        [],
-                        fromfile=str(base / name),
-                        tofile="/dev/null",
-                    )
-                )
+                chunks.extend(file_diff(str(base / name), text, None))
                 unit = unit_of(name) if kind == "units" else None
                 if unit is None:
                     continue

@@ -8,11 +8,11 @@ that the spec does not render are not reported: they may belong to anything.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 from pathlib import Path
 
 from unitgen.commands.render import add_common_arguments, prepare
+from unitgen.textdiff import file_diff
 
 HELP = "show what rendering would change in an installed tree"
 
@@ -64,14 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             status = "added" if installed is None else "changed"
             changes.append({"path": str(path), "status": status})
-            chunks.extend(
-                difflib.unified_diff(
-                    (installed or "").splitlines(keepends=True),
-                    text.splitlines(keepends=True),
-                    fromfile="/dev/null" if installed is None else str(path),
-                    tofile=str(path),
-                )
-            )
+            chunks.extend(file_diff(str(path), installed, text))
     if args.json:
         print(json.dumps({"changes": changes, "diff": "".join(chunks)}))
     else:
