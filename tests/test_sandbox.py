@@ -104,6 +104,10 @@ def test_manager_runs_units_and_restarts(user_sandbox: Sandbox, tmp_path: Path) 
         timeout=10,
     )
     assert int(props["MainPID"]) not in (0, pid)
+    # Active (Type=simple) is the fork, not the shell's first line: give it a deadline.
+    deadline = time.monotonic() + 10
+    while marker.read_text() != "x\nx\n" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert marker.read_text() == "x\nx\n"  # tmp_path is shared into the sandbox
     user_sandbox.systemctl("stop", "ug-t-restart.service", check=True)
 
