@@ -56,8 +56,9 @@ from unitgen.sandbox import Sandbox  # noqa: E402
 DB = "db.service"
 GEN_DB = "gdb.service"
 GEN_APP = "gapp@"
-# systemd's own restarts: the manager logs this when Restart= schedules one. NRestarts
-# would not do: a ladder restart (a start not by Restart=) resets it.
+# systemd's own restarts, counted two ways: the manager logs this line when Restart=
+# schedules one (a journal may drop lines under a burst), and NRestarts grows by one
+# (but a start not by Restart=, as the ladder's, resets it).
 SCHEDULED = "Scheduled restart job"
 SETTLE = 8.0  # seconds after all are active: resolutions (a group lingers 5 s) go out
 RUNNER = (
@@ -179,6 +180,22 @@ def scheduled_restarts(journal_json: str) -> dict[str, int]:
     return out
 
 
+def n_restarts(show: str) -> dict[str, int]:
+    """NRestarts by unit, from ``systemctl show -p Id,NRestarts`` output."""
+    out: dict[str, int] = {}
+    for block in show.split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in props and props.get("NRestarts", "").isdigit():
+            out[props["Id"]] = int(props["NRestarts"])
+    return out
+
+
+def _n_restarts(sb: Sandbox, db: str, app: str) -> tuple[int, int]:
+    res = sb.systemctl("show", "-p", "Id,NRestarts", db, f"{app}*", check=True, timeout=120)
+    counts = n_restarts(res.stdout)
+    return counts.get(db, 0), sum(n for unit, n in counts.items() if unit.startswith(app))
+
+
 def _systemd_restarts(sb: Sandbox, since: float) -> dict[str, int]:
     res = sb.run(
         ["journalctl", "--no-pager", "--quiet", "-o", "json", f"--since=@{int(since)}"],
@@ -220,6 +237,7 @@ def _round(
             time.sleep(0.1)
         time.sleep(2.0)
         sent_before = len(hook.bodies)
+        n_cause0, n_dependents0 = _n_restarts(sb, db, app)
         cpu0 = _cpu(daemon.pid)
         wall = time.time() - 1.0  # the journal's --since takes whole seconds
         killed = time.monotonic()
@@ -234,6 +252,7 @@ def _round(
         all_active = time.monotonic() - killed
         time.sleep(SETTLE)
         cpu = _cpu(daemon.pid) - cpu0
+        n_cause, n_dependents = _n_restarts(sb, db, app)
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -254,6 +273,8 @@ def _round(
         "systemd_dependents": float(
             sum(n for unit, n in by_systemd.items() if unit.startswith(app))
         ),
+        "nrestarts_cause": float(n_cause - n_cause0),
+        "nrestarts_dependents": float(n_dependents - n_dependents0),
         "cpu_s": cpu,
         "alerts_firing": float(sum(b["status"] == "firing" for b in bodies)),
         "alerts_resolved": float(sum(b["status"] == "resolved" for b in bodies)),
@@ -382,8 +403,10 @@ KEYS = [
     ("all_active_s", "time to all active (s)"),
     ("restarts", "ladder restarts issued"),
     ("restarts_cause", "... of them the dying service's"),
-    ("systemd_cause", "systemd's own restarts of the dying service"),
-    ("systemd_dependents", "systemd's own restarts of its dependents"),
+    ("systemd_cause", "systemd's own restarts of the dying service (journal)"),
+    ("systemd_dependents", "systemd's own restarts of its dependents (journal)"),
+    ("nrestarts_cause", "NRestarts growth, the dying service"),
+    ("nrestarts_dependents", "NRestarts growth, its dependents"),
     ("cpu_s", "listener CPU, kill to settled (s)"),
     ("alerts_firing", "alerts sent: firing"),
     ("alerts_resolved", "alerts sent: resolved"),

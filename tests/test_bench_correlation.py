@@ -60,3 +60,8 @@ def test_scheduled_restarts_counts_systemds_own_restarts_by_unit() -> None:
         "gapp@1.service": 2,
         "gapp@2.service": 1,
     }
+
+
+def test_n_restarts_reads_systemctl_show_blocks() -> None:
+    show = "NRestarts=2\nId=gapp@0.service\n\nId=gdb.service\nNRestarts=1\n\nId=x.service\n"
+    assert bc.n_restarts(show) == {"gapp@0.service": 2, "gdb.service": 1}
