@@ -429,6 +429,7 @@ class Listener:
             if row.active_state == "failed":
                 self._enqueue(row.name, "failed")
         self._adopt_interrupted()
+        self._resolve_orphaned()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -452,6 +453,22 @@ class Listener:
         for unit in units:
             if unit in self.watch:
                 self._enqueue(unit, "resume")
+
+    def _resolve_orphaned(self) -> None:
+        """Send the "resolved" alerts a dead owner left unsent (an alert would otherwise
+        stay firing at its receiver for good although the unit is up)."""
+        # Optional in the Recoverer protocol: the listener's test doubles predate it.
+        resolve = getattr(self._engine, "resolve_orphaned", None)
+        if resolve is None:
+            return
+        try:
+            resolve(
+                lambda unit: unit in self.watch
+                and unit in self.units
+                and self.units[unit].active == "active"
+            )
+        except UnitgenError as exc:  # the history refused: reconciliation goes on
+            log.warning("looking for unresolved alerts failed: %s", exc)
 
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
         # Parsing a policy is not free, and a thousand instances share one template file.
