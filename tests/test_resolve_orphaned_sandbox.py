@@ -120,3 +120,45 @@ def test_resolved_alert_goes_out_after_min_uptime_with_nothing_else_happening(
         # min_uptime is 4 s; the alert goes out right after it.
         until(lambda: "resolved" in _statuses(receiver), 15, "the resolved alert")
         assert _statuses(receiver) == ["firing", "resolved"], _statuses(receiver)
+
+
+def _by_incident(receiver: Receiver) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for rec in receiver.requests:
+        body = json.loads(rec.body)
+        out.setdefault(str(body["incident_id"]), []).append(str(body["status"]))
+    return out
+
+
+def test_a_new_incident_resolves_the_recovered_one_whose_wait_was_cut_short(
+    fresh_user_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The unit stays up past min_uptime but nobody is left to say so (the daemon was
+    stopped in the wait); its next failure, handled by the OnFailure= path, opens a new
+    incident, and that ends the old one: "resolved" goes out for it."""
+    sb = fresh_user_sandbox
+    for key, value in sb.env.items():
+        monkeypatch.setenv(key, value)
+    db = paths_for(Scope.USER).database
+    with Receiver() as receiver:
+        url_file = tmp_path / "hook.url"
+        url_file.write_text(receiver.url("/hook") + "\n")
+        url_file.chmod(0o600)
+        install_daemon(sb, tmp_path, specs={"unit.toml": SPEC.format(url_file=url_file)})
+        sb.systemctl("start", DAEMON, check=True)
+        until(lambda: sb.run(["test", "-e", MARKER]).returncode == 0, 20, "listening")
+        sb.systemctl("start", UNIT, check=True)
+        sb.kill_main(UNIT)
+        receiver.wait_for(1, timeout=20)
+        until(lambda: _recovered(db), 20, "the incident closed as recovered")
+        recovered_at = time.monotonic()
+        sb.systemctl("stop", DAEMON, check=True)
+        assert time.monotonic() - recovered_at < 4, "the stop did not land within min_uptime"
+        first = next(iter(_by_incident(receiver)))
+        assert _by_incident(receiver) == {first: ["firing"]}
+        # Past min_uptime (4 s) since the recovery: the next failure is a new incident.
+        until(lambda: time.monotonic() - recovered_at > 5, 10, "min_uptime passed")
+        sb.kill_main(UNIT)
+        until(lambda: len(_by_incident(receiver)) == 2, 30, "the new incident's alert")
+        until(lambda: "resolved" in _by_incident(receiver)[first], 20, "the old one resolved")
+        assert _by_incident(receiver)[first] == ["firing", "resolved"], _by_incident(receiver)

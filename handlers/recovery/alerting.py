@@ -201,6 +201,15 @@ class Alerting:
         if any(status == "firing" for _level, status in self.store.alerted(inc.id)):
             self.send(unit, policy, inc, "resolved", level_of(inc), f"{unit} is active again", 0)
 
+    def resolve_superseded(self, unit: str, policy: Policy, inc: IncidentRow) -> None:
+        """A new incident opens after ``inc`` recovered (the unit stayed up min_uptime):
+        ``inc`` is over, whether or not its own wait got to say so (the failure can land
+        just as that wait ends, or its process died). Queued; the run flushes it."""
+        if self.dry_run:
+            return
+        if any(status == "firing" for _level, status in self.store.alerted(inc.id)):
+            self.send(unit, policy, inc, "resolved", level_of(inc), f"{unit} was active again", 0)
+
     def resolve_later(self, run: Run, inc: IncidentRow) -> None:
         """Send "resolved" once the unit has stayed up for min_uptime (long-lived engines)."""
         self.resolve_when_up(run.unit, run.policy, inc)
