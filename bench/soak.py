@@ -235,7 +235,10 @@ class Soak:
         *,
         extra_units: int = 0,
         log: Callable[[str], None] = print,
+        sb: Sandbox | None = None,
     ) -> None:
+        self.given = sb  # a sandbox of the caller's (which must share ``work``), kept open
+        self.saved_env: dict[str, str | None] = {}
         self.work = work
         self.seed = seed
         self.rng = random.Random(seed)
@@ -249,6 +252,7 @@ class Soak:
         self.sb: Sandbox | None = None
         self.webhook: sf.Webhook | None = None
         self.budget: dict[str, int] = {}
+        self.ladder_seen: dict[str, set[float]] = {}
 
     # set-up ------------------------------------------------------------------------
 
@@ -263,7 +267,7 @@ class Soak:
         url_file = work / "alert.url"
         url_file.write_text(self.webhook.url(SECRET) + "\n")
         url_file.chmod(0o600)
-        self.sb = sb = Sandbox.start(Scope.USER, share=[work])
+        self.sb = sb = self.given or Sandbox.start(Scope.USER, share=[work])
         # The tmpfs is mounted before the daemon starts, so its mount namespace has it.
         sb.run(["mount", "-t", "tmpfs", "-o", "size=2M", "soak-disk", str(self.disk)], check=True)
         sb.run(["mkdir", "-p", f"{self.disk}/cache"], check=True)
@@ -274,8 +278,9 @@ class Soak:
         )
         sb.install_units({f"{DAEMON}.d/soak.conf": "[Service]\nTimeoutAbortSec=1s\n"})
         self.budget = self._budgets(work / "soak.toml")
-        for key, value in sb.env.items():
-            os.environ[key] = value
+        # paths_for() reads the environment; the caller's is put back by close().
+        self.saved_env = {key: os.environ.get(key) for key in sb.env}
+        os.environ.update(sb.env)
         self.paths = paths_for(Scope.USER)
         self._canary_plant()
         sb.systemctl("start", DAEMON, check=True)
@@ -343,8 +348,17 @@ class Soak:
             directory = self.paths.database.parent if hasattr(self, "paths") else None
             if directory is not None:
                 sf._chattr("-i", [directory, *directory.glob("*")])
-            self.sb.close()
+            if self.given is None:
+                self.sb.close()
+            else:
+                self.sb.systemctl("stop", DAEMON, *self.units, timeout=60)
             self.sb = None
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved_env = {}
         if self.webhook is not None:
             self.webhook.close()
             self.webhook = None
@@ -440,8 +454,9 @@ class Soak:
         return sum("Scheduled restart job" in line for line in res.stdout.splitlines())
 
     def _ladder_restarts(self, unit: str) -> list[float]:
-        """Wall times of the ladder's restarts: history rows and ledger entries, once each."""
-        walls: set[float] = set()
+        """Wall times of the ladder's restarts: history rows and ledger entries, once each,
+        remembered across checks (`unitgen reset` empties the ledger's list)."""
+        walls = self.ladder_seen.setdefault(unit, set())
         store = self._store()
         if store is not None:
             try:
@@ -742,11 +757,12 @@ def run(
     names: list[str] | None = None,
     log: Callable[[str], None] = print,
     work: Path | None = None,
+    sb: Sandbox | None = None,
     artifacts: Path | None = None,
 ) -> Report:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="unitgen-soak-", dir=work) as tmp:
-        soak = Soak(Path(tmp), seed, extra_units=extra_units, log=log)
+        soak = Soak(Path(tmp), seed, extra_units=extra_units, log=log, sb=sb)
         try:
             soak.start()
             chosen = [
