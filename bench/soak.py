@@ -482,8 +482,14 @@ class Soak:
         """The give-up's reason if the ladder left ``unit`` given up: the history's
         last incident, or the run-dir ledger when the history could not be kept."""
         incs = self._incidents(unit)
-        if incs and incs[0].state == "gave-up":
-            return str(incs[0].reason)
+        last = incs[0] if incs else None
+        if (
+            last is not None
+            and last.state == "gave-up"
+            and last.closed is not None
+            and last.closed.wall > self.resets.get(unit, 0.0)
+        ):
+            return str(last.reason)
         ledger = self.paths.run_dir / "ledger" / f"{unit}.json"
         try:
             data = json.loads(ledger.read_text())
@@ -581,7 +587,8 @@ class Soak:
         p = self._show(unit)
         if p.get("SubState") == "running" and p.get("InvocationID") not in ("", invocation):
             return True
-        return p.get("ActiveState") == "failed" and self._given_up(unit) is not None
+        # A give-up on a failing health probe leaves the unit running, unhealthy.
+        return self._given_up(unit) is not None
 
     def _settle_all(self, deadline: float, what: str) -> None:
         """Every unit running or given up (then re-armed), no incident open."""
@@ -590,13 +597,13 @@ class Soak:
             ok = True
             for u in self.units:
                 p = self._show(u)
-                if p.get("SubState") == "running":
+                why = self._given_up(u)
+                if why is not None and p.get("ActiveState") in ("failed", "active"):
+                    self._rearm(u, why)
+                    ok = False
                     continue
-                ok = False
-                if p.get("ActiveState") == "failed":
-                    why = self._given_up(u)
-                    if why is not None:
-                        self._rearm(u, why)
+                if p.get("SubState") != "running":
+                    ok = False
             if not ok:
                 return False
             store = self._store()
@@ -626,7 +633,8 @@ class Soak:
             self.violation(f"unitgen reset {unit}: exit {res.returncode}: {res.stderr.strip()}")
         self.resets[unit] = time.time()
         self.manual[unit].append(time.time())
-        self.sb.systemctl("start", unit, timeout=60)
+        # restart, not start: a health give-up left it running, unhealthy.
+        self.sb.systemctl("restart", unit, timeout=60)
 
     def violation(self, text: str) -> None:
         self.log(f"  VIOLATION: {text}")
