@@ -103,6 +103,9 @@ class Recoverer(Protocol):
 
     async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]: ...
 
+    # "Resolved" alerts a dead owner left unsent, for units ``up`` says are active.
+    def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]: ...
+
 
 class TriggerFactory(Protocol):
     """Makes the ladder's :class:`~handlers.recovery.Trigger` (the class itself fits)."""
@@ -476,6 +479,7 @@ class Listener:
         self._adopt_interrupted()
         self._health_parsed = parsed
         self._register_parked()
+        self._resolve_orphaned()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -508,6 +512,22 @@ class Listener:
         health = self._health_of(unit, self._health_parsed)
         if health is not None:
             self._health.add(unit, health)
+
+    def _resolve_orphaned(self) -> None:
+        """Send the "resolved" alerts a dead owner left unsent (an alert would otherwise
+        stay firing at its receiver for good although the unit is up)."""
+        if self._engine is None:
+            return
+        try:
+            self._engine.resolve_orphaned(
+                lambda unit: (
+                    unit in self.watch
+                    and unit in self.units
+                    and self.units[unit].active == "active"
+                )
+            )
+        except UnitgenError as exc:  # the history refused: reconciliation goes on
+            log.warning("looking for unresolved alerts failed: %s", exc)
 
     def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
         # Parsing a policy is not free, and a thousand instances share one template file.

@@ -618,6 +618,20 @@ class Store:
         )
         return [(str(a), str(b)) for a, b in rows]
 
+    def unresolved_recoveries(self, limit: int = 50) -> list[IncidentRow]:
+        """Recovered incidents with a "firing" alert claimed and no "resolved" one, newest
+        first: a process that closed one died while it waited out ``min_uptime``."""
+        rows = self._query(
+            "SELECT * FROM incidents i WHERE i.state = 'recovered'"
+            " AND EXISTS (SELECT 1 FROM alerts a WHERE a.incident_id = i.id"
+            " AND a.status = 'firing')"
+            " AND NOT EXISTS (SELECT 1 FROM alerts r WHERE r.incident_id = i.id"
+            " AND r.status = 'resolved')"
+            " ORDER BY i.closed_wall DESC LIMIT ?",
+            (limit,),
+        )
+        return [_incident(r) for r in rows]
+
     def record_delivery(
         self, incident_id: str, level: str, status: str, *, delivered: bool, detail: str
     ) -> None:

@@ -22,3 +22,6 @@ class EngineHooks:
 
     async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]:
         return False, "a fake engine parks nothing"
+
+    def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
+        return []

@@ -264,9 +264,21 @@ class Alerting:
         if any(status == "firing" for _level, status in self.store.alerted(inc.id)):
             self.send(unit, policy, inc, "resolved", level_of(inc), f"{unit} is active again", 0)
 
+    def resolve_superseded(self, unit: str, policy: Policy, inc: IncidentRow) -> None:
+        """A new incident opens after ``inc`` recovered (the unit stayed up min_uptime):
+        ``inc`` is over, whether or not its own wait got to say so (the failure can land
+        just as that wait ends, or its process died). Queued; the run flushes it."""
+        if self.dry_run:
+            return
+        if any(status == "firing" for _level, status in self.store.alerted(inc.id)):
+            self.send(unit, policy, inc, "resolved", level_of(inc), f"{unit} was active again", 0)
+
     def resolve_later(self, run: Run, inc: IncidentRow) -> None:
         """Send "resolved" once the unit has stayed up for min_uptime (long-lived engines)."""
-        unit, policy = run.unit, run.policy
+        self.resolve_when_up(run.unit, run.policy, inc)
+
+    def resolve_when_up(self, unit: str, policy: Policy, inc: IncidentRow) -> None:
+        """:meth:`resolve_later` for an incident by its unit and policy, without a run."""
         alerter = self.alerter_for(policy)
         if alerter is None or not alerter.targets:
             # Nobody to tell: the wait (a LoadUnit and a GetAll, then min_uptime of
@@ -291,6 +303,9 @@ class Alerting:
                 current = self.store.incident(inc.id)
                 if current is not None and current.state == "recovered":
                     await self.resolve(unit, policy, current)
+                    # No run ends after this wait to flush it: without this the
+                    # alert waited for the next incident of any unit to go out.
+                    self.flush()
 
         self._spawn(later(), f"resolve {unit}")
 

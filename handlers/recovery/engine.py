@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from handlers import adoption, ladder
@@ -248,6 +249,23 @@ class RecoveryEngine(Steps, Finish):
             if lock.try_acquire():
                 lock.release()
                 found.append(unit)
+        return found
+
+    def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
+        """Recovered incidents whose "resolved" alert never went out: the process that
+        closed them died while it waited out ``min_uptime`` (a ``kill -9``, a watchdog
+        kill). For each whose unit is ``active`` now, "resolved" goes out once the unit
+        has stayed up ``min_uptime``, as its owner would have sent it. The listener asks
+        at every reconciliation, like :meth:`interrupted_units`; the once-only claim in
+        the database keeps a second ask, or the owner's own wait, from sending twice.
+        """
+        found: list[str] = []
+        for inc in self.store.unresolved_recoveries():
+            if inc.unit in self._running or not active(inc.unit):
+                continue
+            notes: list[str] = []
+            self.alerting.resolve_when_up(inc.unit, self._policy(inc.unit, notes), inc)
+            found.append(inc.unit)
         return found
 
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109

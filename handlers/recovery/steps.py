@@ -219,6 +219,8 @@ class Steps(DependencySteps):
                     result="failed",
                     reason=f"failed again after {since:.1f}s (< min_uptime)",
                 )
+        if incident is None and last is not None and last.state == "recovered":
+            self.alerting.resolve_superseded(unit, run.policy, last)
         if incident is not None:
             run.incident = dataclasses.replace(incident, state="open")
             run.level = level_of(incident)
