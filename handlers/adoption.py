@@ -46,6 +46,7 @@ __all__ = [
     "find_interrupted",
     "interrupted_of",
     "interrupted_units",
+    "left_to_systemd",
     "resume_verdict",
     "started_since",
 ]
@@ -83,6 +84,23 @@ def interrupted_of(store: Store, last: IncidentRow | None) -> Interrupted | None
     restart = next((r for r in reversed(rows) if r.action == "restart"), None)
     pending = restart if restart is not None and restart.result == "started" else None
     return Interrupted(last, pending, rows[-1] if rows else None)
+
+
+def left_to_systemd(store: Store) -> list[str]:
+    """Units whose last incident is open because it was handed to systemd's Restart=.
+
+    Such an incident is not an orphan: the unit's next failure continues it. But if
+    systemd's restart works, no failure comes; whoever sees the unit up closes it.
+    """
+    units: list[str] = []
+    for inc in store.open_incidents():
+        last = store.last_incident(inc.unit)
+        if last is None or last.id != inc.id:
+            continue
+        rows = store.attempts(inc.id)
+        if rows and rows[-1].result == _LEFT_TO_SYSTEMD:
+            units.append(inc.unit)
+    return list(dict.fromkeys(units))
 
 
 def interrupted_units(store: Store) -> list[str]:

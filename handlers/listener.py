@@ -60,6 +60,7 @@ from handlers.diagnose import (
 from handlers.events import Event, EventKind, EventSink, NullSink
 from handlers.flapping import AlerterFor, Crash, FlapWatch
 from handlers.health import HealthScheduler
+from handlers.ladder import State
 from handlers.notify import Notifier
 from handlers.parking import Cue, ParkedUnit, Parking, units_of
 from handlers.watchset import WatchSet
@@ -102,6 +103,9 @@ class Recoverer(Protocol):
     def remind_parked(self, unit: str, day: int) -> None: ...
 
     async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]: ...
+
+    # Units whose open incident waits for systemd's own restart to finish.
+    def left_to_systemd(self) -> list[str]: ...
 
     # "Resolved" alerts a dead owner left unsent, for units ``up`` says are active.
     def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]: ...
@@ -296,6 +300,9 @@ class Listener:
         # Live views, for the signal path (bench/bench_parking.py).
         self._park_deps, self._parked_units = self._parking.watched()
         self._unpark_why: dict[str, str] = {}
+        # Units whose incident was left open for systemd's Restart=: the signal that
+        # they are active again is what ends it (no failure would come to).
+        self._left_to_systemd: set[str] = set()
         if flapping is None:
             flapping = FlapWatch(self._policy_of, alerter_for=flap_alerter)
         self.flapping = flapping
@@ -480,6 +487,7 @@ class Listener:
         self._health_parsed = parsed
         self._register_parked()
         self._resolve_orphaned()
+        self._find_left_to_systemd()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
@@ -512,6 +520,26 @@ class Listener:
         health = self._health_of(unit, self._health_parsed)
         if health is not None:
             self._health.add(unit, health)
+
+    def _find_left_to_systemd(self) -> None:
+        """At reconciliation: incidents a run (maybe of a dead daemon) left to systemd."""
+        if self._engine is None:
+            return
+        try:
+            units = self._engine.left_to_systemd()
+        except UnitgenError as exc:  # the history refused: reconciliation goes on
+            log.warning("looking for incidents left to systemd failed: %s", exc)
+            return
+        for unit in units:
+            if unit in self.watch:
+                self._systemd_has(unit)
+
+    def _systemd_has(self, unit: str) -> None:
+        state = self.units.get(unit)
+        if state is not None and state.active == "active":
+            self._enqueue(unit, "systemd-restarted")  # already up: end it now
+        else:
+            self._left_to_systemd.add(unit)
 
     def _resolve_orphaned(self) -> None:
         """Send the "resolved" alerts a dead owner left unsent (an alert would otherwise
@@ -631,6 +659,9 @@ class Listener:
             if value is not None:
                 live[key] = value.value
         active = state.active = live["ActiveState"]
+        if active == "active" and name in self._left_to_systemd:
+            self._left_to_systemd.discard(name)
+            self._enqueue(name, "systemd-restarted")
         if active == "active" and name in self._parked_units:
             self._parking.unit_active(name)
         if live.get("SubState") == "auto-restart":
@@ -782,6 +813,12 @@ class Listener:
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
             return
+        if reasons == {"systemd-restarted"}:
+            # Its incident was left to systemd's Restart=, which brought it up: a run
+            # that finds it active closes the incident and resolves its alert.
+            trigger = self._trigger(source="reconcile", reason="systemd-restarted")
+            await self._recover(engine, unit, trigger)
+            return
         if reasons == {"resume"}:
             # An incident its owner left: the engine adopts it whatever the unit's state.
             await self._recover(engine, unit, self._trigger(source="reconcile", reason="resume"))
@@ -886,6 +923,10 @@ class Listener:
         started = time.monotonic()
         outcome = await engine.recover(unit, trigger)
         self.stats.recoveries += 1
+        if outcome.state is State.WAITING_FOR_SYSTEMD and outcome.incident_id:
+            self._systemd_has(unit)
+        else:
+            self._left_to_systemd.discard(unit)
         result = outcome.state.value
         # Recovered and gave-up at debug: their journal entries already say so, with
         # the incident and the duration, and under systemd stderr is the journal too

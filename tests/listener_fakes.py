@@ -25,3 +25,6 @@ class EngineHooks:
 
     def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
         return []
+
+    def left_to_systemd(self) -> list[str]:
+        return []

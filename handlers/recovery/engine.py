@@ -251,6 +251,10 @@ class RecoveryEngine(Steps, Finish):
                 found.append(unit)
         return found
 
+    def left_to_systemd(self) -> list[str]:
+        """Units with an incident left open for systemd's own restart to finish."""
+        return adoption.left_to_systemd(self.store)
+
     def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
         """Recovered incidents whose "resolved" alert never went out: the process that
         closed them died while it waited out ``min_uptime`` (a ``kill -9``, a watchdog
