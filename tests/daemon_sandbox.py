@@ -50,7 +50,10 @@ def install_daemon(
         # (pyenv), which ProtectHome=yes hides. Production Pythons live in /usr.
         spec = spec.replace('"DynamicUser",', '"DynamicUser",\n    "ProtectHome",')
         scope_args: list[str] = []
-        policy_dir = "/etc/unitgen/policy.d"
+        # Rendered here, read in the container at /etc/unitgen/policy.d: written to a
+        # directory of the test's, then moved to where the container sees that path
+        # (never the host's /etc).
+        policy_dir = str(tmp_path / "policy.d")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "UNITGEN_SCOPE": "system"}
     else:
         scope_args = ["--user"]
@@ -79,6 +82,13 @@ def install_daemon(
         )
         assert res.returncode == 0, res.stderr
     files = {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()}
+    if system:
+        inside = "/etc/unitgen/policy.d"
+        files = {name: text.replace(policy_dir, inside) for name, text in files.items()}
+        target = sb.to_host(inside)
+        target.mkdir(parents=True, exist_ok=True)
+        for policy in Path(policy_dir).glob("*.json"):
+            (target / policy.name).write_text(policy.read_text())
     files.update(units or {})
     sb.install_units(files)
     if system:
