@@ -119,8 +119,10 @@ def spec_text(rs: list[Role], work: Path, disk: Path, url_file: Path) -> str:
         if extra == "HEALTH":
             sick = control / "probed.service" / "sick"
             extra = (
+                # start_period well inside the soak's 60 s wait for a health restart:
+                # the 2 min default would hold a unit failing from its start for longer.
                 f'health = {{ command = ["/bin/sh", "-c", "test ! -e {sick}"],'
-                ' interval = "1s", failures = 2, timeout = "2s" }\n'
+                ' interval = "1s", failures = 2, timeout = "2s", start_period = "5s" }\n'
             )
         elif extra == "DISK":
             extra = (

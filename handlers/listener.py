@@ -102,6 +102,8 @@ class Recoverer(Protocol):
 
     def remind_parked(self, unit: str, day: int) -> None: ...
 
+    def parked_info(self, unit: str) -> ParkedUnit | None: ...
+
     async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]: ...
 
     # Units whose open incident waits for systemd's own restart to finish.
@@ -805,10 +807,14 @@ class Listener:
             return
         if "health" in reasons and not (reasons - {"health"}):
             if self._parking.waits_on(unit, itself=True):
-                # Parked (its budget spent on an unhealthy unit): its registry checks
-                # the probe and retries it; a run per failed round would only park
-                # it again, and write two history rows each time.
-                return
+                if engine.parked_info(unit) is not None:
+                    # Parked (its budget spent on an unhealthy unit): its registry checks
+                    # the probe and retries it; a run per failed round would only park
+                    # it again, and write two history rows each time.
+                    return
+                # Re-armed (`unitgen reset`, maybe by another process) since it parked:
+                # the registry's mark is stale, and this failure is the ladder's again.
+                self._parking.release(unit)
             self.stats.health_escalations += 1
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
@@ -1031,6 +1037,10 @@ class Listener:
     async def _check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]:
         if self._engine is None:
             return False, "no engine"
+        if self._engine.parked_info(unit) is None:
+            # Reset or recovered since it parked: pass, so that the retry run ends the
+            # registry's stale mark ("no longer parked") whatever its checks say.
+            return True, "no longer parked"
         return await self._engine.check_parked(unit, checks)
 
     # -- crashes ----------------------------------------------------------------------

@@ -28,3 +28,6 @@ class EngineHooks:
 
     def left_to_systemd(self) -> list[str]:
         return []
+
+    def parked_info(self, unit: str) -> Any:
+        return None

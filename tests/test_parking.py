@@ -485,7 +485,9 @@ async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path:
     listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
     listener.watch.rescan()
     now = time.monotonic()
-    listener._parking_changed(API, ParkedUnit(API, "inc", ("other.target",), "r", now, now, 600))
+    info = ParkedUnit(API, "inc", ("other.target",), "r", now, now, 600)
+    engine.parked_info = lambda unit: info if unit == API else None  # type: ignore[method-assign]
+    listener._parking_changed(API, info)
     await _settle(listener)
     assert engine.calls == []  # the one look found it inactive: nothing to do
     # Signals of units nobody waits for, and non-active states, do nothing.
@@ -501,6 +503,39 @@ async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path:
     listener._enqueue(API, "health")
     await _settle(listener)
     assert len(engine.calls) == 1
+    listener._stop.set()
+    await listener._teardown()
+
+
+@pytest.mark.asyncio
+async def test_a_parked_unit_reset_elsewhere_is_the_ladders_again_on_its_next_health_failure(
+    tmp_path: Path,
+) -> None:
+    """`unitgen reset` (another process) ends the parking in the history and the
+    ledger, not in this daemon's registry: the registry's mark must not swallow the
+    unit's health failures from then on (found by bench/soak.py)."""
+    from test_listener import _listener, _settle
+
+    listener, _bus, engine = _listener(tmp_path)
+    engine.gate.set()
+    listener._spawn(listener._worker(), "w")
+    listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
+    listener.watch.rescan()
+    now = time.monotonic()
+    info = ParkedUnit(API, "inc", (), "budget", now, now, 600)
+    parked = {API: info}
+    engine.parked_info = parked.get  # type: ignore[method-assign]
+    listener._parking_changed(API, info)
+    listener._enqueue(API, "health")
+    await _settle(listener)
+    assert engine.calls == []  # parked: the registry checks the probe itself
+    del parked[API]  # reset by an operator: the history says so, the registry does not
+    listener._enqueue(API, "health")
+    await _settle(listener)
+    assert [(u, t["source"]) for u, t in engine.calls] == [(API, "health")]
+    assert not listener._parking.waits_on(API, itself=True)
+    # The registry's own check passes a unit no longer parked, so its retry ends it.
+    assert await listener._check_parked(API, ("health",)) == (True, "no longer parked")
     listener._stop.set()
     await listener._teardown()
 
