@@ -14,7 +14,7 @@ quiet period long enough to see an extra restart if one came.
 
 Invariants (any violation: exit 1; the same seed reproduces the schedule):
 
-* every unit is active at the end, except those the ladder gave up on (counted);
+* every unit is active at the end, except those the ladder gave up on or parked (counted);
 * no unit started more often than systemd's restarts (journal), the ladder's
   restarts (history and ledger) and the soak's own starts account for;
 * no unit restarted more often within its window than the worst case
@@ -481,17 +481,18 @@ class Soak:
         return sorted(walls)
 
     def _given_up(self, unit: str) -> str | None:
-        """The give-up's reason if the ladder left ``unit`` given up: the history's
-        last incident, or the run-dir ledger when the history could not be kept."""
+        """The give-up's reason if the ladder left ``unit`` given up or parked (its
+        budget spent: the operator's turn either way): the history's last incident, or
+        the run-dir ledger when the history could not be kept."""
         incs = self._incidents(unit)
         last = incs[0] if incs else None
         if (
             last is not None
-            and last.state == "gave-up"
+            and last.state in ("gave-up", "parked")
             and last.closed is not None
             and last.closed.wall > self.resets.get(unit, 0.0)
         ):
-            return str(last.reason)
+            return str(last.reason) if last.state == "gave-up" else f"parked: {last.reason}"
         ledger = self.paths.run_dir / "ledger" / f"{unit}.json"
         try:
             data = json.loads(ledger.read_text())
@@ -710,7 +711,7 @@ class Soak:
             self.report.incidents += 1
             if inc.state == "recovered":
                 self.report.recovered += 1
-            elif inc.state == "gave-up":
+            elif inc.state in ("gave-up", "parked"):
                 self.report.gave_up += 1
             if inc.closed is None or inc.state == "open":
                 self.report.open_at_end += 1
@@ -718,7 +719,7 @@ class Soak:
             fired = [a for a in alerts if a[1] == "firing"]
             resolved = any(a[1] == "resolved" for a in alerts)
             failed = [a for a in alerts if a[2] == 0]
-            if fired and not resolved and inc.state != "gave-up" and not failed:
+            if fired and not resolved and inc.state not in ("gave-up", "parked") and not failed:
                 self.violation(
                     f"incident {inc.id} of {inc.unit} ({inc.state}): alert fired, never resolved,"
                     f" and no reason recorded: {alerts}"
