@@ -358,6 +358,29 @@ async def test_reset_unparks_and_reminders_go_once_a_day(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_a_parked_unit_reset_while_up_resolves_its_parked_alert(tmp_path: Path) -> None:
+    """Reset ends the parking (the incident is closed 'reset'); with the unit up, its
+    'parked' alert is over too, as a given-up one's is (found by bench/soak.py)."""
+    clock = FakeClock()
+    bus, _db = _down_db(clock)
+    paths = _paths(tmp_path)
+    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
+    _write_policy(paths, Policy(unit=API, recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover(API, ONFAIL)
+    assert out.state is State.PARKED
+    await engine.alerting.drain(1.0)
+    before = [a.status for a in alerter.sent if a.incident_id == out.incident_id]
+    assert "firing" in before and "resolved" not in before
+    bus.units[API].props.update(ActiveState="active", SubState="running")  # started by hand
+    await engine.reset(API)
+    await engine.alerting.drain(1.0)
+    statuses = [a.status for a in alerter.sent if a.incident_id == out.incident_id]
+    assert statuses == [*before, "resolved"], statuses
+    await engine.aclose()
+
+
+@pytest.mark.asyncio
 async def test_parked_state_is_read_back_by_a_new_engine(tmp_path: Path) -> None:
     """A restarted listener's engine finds the parking, even with the ledger gone."""
     clock = FakeClock()

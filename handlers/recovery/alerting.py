@@ -310,14 +310,15 @@ class Alerting:
         self._spawn(later(), f"resolve {unit}")
 
     async def resolve_reset(self, unit: str, policy: Policy) -> None:
-        """Incidents given up, then reset, resolve once the unit is seen healthy."""
+        """Incidents given up or parked (closed 'reset' by the reset), then reset,
+        resolve once the unit is seen healthy."""
         now = self._stamp()
         reset_at = self.store.reset_at(unit, now)
         if reset_at is None:
             return
         for inc in self.store.incidents(unit, 20):
             if (
-                inc.state == "gave-up"
+                inc.state in ("gave-up", "reset")
                 and inc.closed is not None
                 and reset_at >= timeline(inc.closed, now)
             ):
