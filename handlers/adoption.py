@@ -79,7 +79,7 @@ def interrupted_of(store: Store, last: IncidentRow | None) -> Interrupted | None
     if last is None or last.state != "open":
         return None
     rows = store.attempts(last.id)
-    if rows and rows[-1].result == _LEFT_TO_SYSTEMD:
+    if _handed_to_systemd(rows):
         return None
     restart = next((r for r in reversed(rows) if r.action == "restart"), None)
     pending = restart if restart is not None and restart.result == "started" else None
@@ -92,21 +92,28 @@ def left_to_systemd(store: Store) -> list[str]:
     Such an incident is not an orphan: the unit's next failure continues it. But if
     systemd's restart works, no failure comes; whoever sees the unit up closes it.
     """
-    units: list[str] = []
-    for inc in store.open_incidents():
-        last = store.last_incident(inc.unit)
-        if last is None or last.id != inc.id:
-            continue
-        rows = store.attempts(inc.id)
-        if rows and rows[-1].result == _LEFT_TO_SYSTEMD:
-            units.append(inc.unit)
-    return list(dict.fromkeys(units))
+    return [
+        unit
+        for unit in _with_open_incidents(store)
+        if (last := store.last_incident(unit)) is not None
+        and last.state == "open"
+        and _handed_to_systemd(store.attempts(last.id))
+    ]
 
 
 def interrupted_units(store: Store) -> list[str]:
     """Units whose last incident is open and not left to systemd (lock not checked)."""
-    units = dict.fromkeys(inc.unit for inc in store.open_incidents())
-    return [unit for unit in units if find_interrupted(store, unit) is not None]
+    return [u for u in _with_open_incidents(store) if find_interrupted(store, u) is not None]
+
+
+def _with_open_incidents(store: Store) -> list[str]:
+    """Each unit with an open incident, once (its last incident may be another)."""
+    return list(dict.fromkeys(inc.unit for inc in store.open_incidents()))
+
+
+def _handed_to_systemd(rows: list[AttemptRow]) -> bool:
+    # Its last step gave the unit to systemd on purpose: not an orphan.
+    return bool(rows) and rows[-1].result == _LEFT_TO_SYSTEMD
 
 
 def started_since(props: Mapping[str, Any], at: Stamp, boot: str, invocation: str) -> bool | None:
