@@ -130,3 +130,21 @@ def history(sb: Sandbox, unit: str) -> list[dict[str, Any]]:
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     return list(data) if isinstance(data, list) else list(data.get("incidents", []))
+
+
+# The user sandbox's %t seen inside: the daemon's listening marker.
+USER_LISTENING = "/run/user/0/unitgen-watch/listening"
+
+
+def hook_url_file(tmp_path: Path, url: str) -> Path:
+    """A webhook URL in a 0600 file, as a spec's `url_file` wants it."""
+    url_file = tmp_path / "hook.url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o600)
+    return url_file
+
+
+def start_listening(sb: Sandbox) -> None:
+    """Start the installed daemon (user scope) and wait for its listening marker."""
+    sb.systemctl("start", DAEMON, check=True)
+    until(lambda: sb.run(["test", "-e", USER_LISTENING]).returncode == 0, 20, "listening")

@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, install_daemon, until
+from daemon_sandbox import DAEMON, hook_url_file, install_daemon, start_listening, until
 from receivers import Receiver
 
 from handlers.store import Stamp, Store, boot_id
 from unitgen.paths import Scope, paths_for
 from unitgen.sandbox import Sandbox
 
-MARKER = "/run/user/0/unitgen-watch/listening"
 UNIT = "left-to-systemd.service"
 
 SPEC = """
@@ -94,14 +93,11 @@ def test_an_incident_left_to_systemd_ends_when_systemd_brings_the_unit_up(
         monkeypatch.setenv(key, value)
     db = paths_for(Scope.USER).database
     with Receiver() as receiver:
-        url_file = tmp_path / "hook.url"
-        url_file.write_text(receiver.url("/hook") + "\n")
-        url_file.chmod(0o600)
+        url_file = hook_url_file(tmp_path, receiver.url("/hook"))
         install_daemon(sb, tmp_path, specs={"unit.toml": SPEC.format(url_file=url_file)})
         db.parent.mkdir(parents=True, exist_ok=True)
         incident = _seed(db)
-        sb.systemctl("start", DAEMON, check=True)
-        until(lambda: sb.run(["test", "-e", MARKER]).returncode == 0, 20, "listening")
+        start_listening(sb)
         # The unit is down when the daemon starts: nothing to end yet.
         assert _state(db, incident)[0] == "open"
         # systemd's restart (here: a start) brings it up; nothing fails after it.

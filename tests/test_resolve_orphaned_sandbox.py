@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, install_daemon, until
+from daemon_sandbox import DAEMON, hook_url_file, install_daemon, start_listening, until
 from receivers import Receiver
 
 from handlers.store import Store
 from unitgen.paths import Scope, paths_for
 from unitgen.sandbox import Sandbox
 
-MARKER = "/run/user/0/unitgen-watch/listening"
 UNIT = "orphan-alert.service"
 
 SPEC = """
@@ -70,12 +69,9 @@ def test_resolved_alert_survives_a_daemon_killed_during_min_uptime(
         monkeypatch.setenv(key, value)
     db = paths_for(Scope.USER).database
     with Receiver() as receiver:
-        url_file = tmp_path / "hook.url"
-        url_file.write_text(receiver.url("/hook") + "\n")
-        url_file.chmod(0o600)
+        url_file = hook_url_file(tmp_path, receiver.url("/hook"))
         install_daemon(sb, tmp_path, specs={"unit.toml": SPEC.format(url_file=url_file)})
-        sb.systemctl("start", DAEMON, check=True)
-        until(lambda: sb.run(["test", "-e", MARKER]).returncode == 0, 20, "listening")
+        start_listening(sb)
         sb.systemctl("start", UNIT, check=True)
         first_daemon = sb.main_pid(DAEMON)
         sb.kill_main(UNIT)
@@ -110,12 +106,9 @@ def test_resolved_alert_goes_out_after_min_uptime_with_nothing_else_happening(
     for key, value in sb.env.items():
         monkeypatch.setenv(key, value)
     with Receiver() as receiver:
-        url_file = tmp_path / "hook.url"
-        url_file.write_text(receiver.url("/hook") + "\n")
-        url_file.chmod(0o600)
+        url_file = hook_url_file(tmp_path, receiver.url("/hook"))
         install_daemon(sb, tmp_path, specs={"unit.toml": SPEC.format(url_file=url_file)})
-        sb.systemctl("start", DAEMON, check=True)
-        until(lambda: sb.run(["test", "-e", MARKER]).returncode == 0, 20, "listening")
+        start_listening(sb)
         sb.systemctl("start", UNIT, check=True)
         sb.kill_main(UNIT)
         receiver.wait_for(1, timeout=20)
@@ -143,12 +136,9 @@ def test_a_new_incident_resolves_the_recovered_one_whose_wait_was_cut_short(
         monkeypatch.setenv(key, value)
     db = paths_for(Scope.USER).database
     with Receiver() as receiver:
-        url_file = tmp_path / "hook.url"
-        url_file.write_text(receiver.url("/hook") + "\n")
-        url_file.chmod(0o600)
+        url_file = hook_url_file(tmp_path, receiver.url("/hook"))
         install_daemon(sb, tmp_path, specs={"unit.toml": SPEC.format(url_file=url_file)})
-        sb.systemctl("start", DAEMON, check=True)
-        until(lambda: sb.run(["test", "-e", MARKER]).returncode == 0, 20, "listening")
+        start_listening(sb)
         sb.systemctl("start", UNIT, check=True)
         sb.kill_main(UNIT)
         receiver.wait_for(1, timeout=20)
