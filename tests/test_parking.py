@@ -238,6 +238,30 @@ def _down_db(bus_clock: FakeClock) -> tuple[FakeBus, FakeUnit]:
     return FakeBus(db, api, clock=bus_clock), db
 
 
+@dataclasses.dataclass
+class _Parked:
+    """API parked on its down dependency DB (whose own budget is one attempt)."""
+
+    clock: FakeClock
+    bus: FakeBus
+    paths: Any
+    engine: Any
+    alerter: Any
+    out: Any
+
+
+async def _parked_api(tmp_path: Path) -> _Parked:
+    clock = FakeClock()
+    bus, _db = _down_db(clock)
+    paths = _paths(tmp_path)
+    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
+    _write_policy(paths, Policy(unit=API, recovery=FAST))
+    engine, _sink, alerter = _engine(tmp_path, bus, clock)
+    out = await engine.recover(API, ONFAIL)
+    assert out.state is State.PARKED, out
+    return _Parked(clock, bus, paths, engine, alerter, out)
+
+
 @pytest.mark.asyncio
 async def test_a_dependency_down_parks_the_dependent_then_its_return_recovers_it(
     tmp_path: Path,
@@ -338,14 +362,8 @@ async def test_stop_is_the_old_give_up(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_reset_unparks_and_reminders_go_once_a_day(tmp_path: Path) -> None:
-    clock = FakeClock()
-    bus, _db = _down_db(clock)
-    paths = _paths(tmp_path)
-    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
-    _write_policy(paths, Policy(unit=API, recovery=FAST))
-    engine, _sink, alerter = _engine(tmp_path, bus, clock)
-    out = await engine.recover(API, ONFAIL)
-    assert out.state is State.PARKED
+    p = await _parked_api(tmp_path)
+    engine, alerter = p.engine, p.alerter
     for day in (1, 1, 2):
         engine.remind_parked(API, day)
     await engine.alerting.drain(1.0)
@@ -361,14 +379,8 @@ async def test_reset_unparks_and_reminders_go_once_a_day(tmp_path: Path) -> None
 async def test_a_parked_unit_reset_while_up_resolves_its_parked_alert(tmp_path: Path) -> None:
     """Reset ends the parking (the incident is closed 'reset'); with the unit up, its
     'parked' alert is over too, as a given-up one's is (found by bench/soak.py)."""
-    clock = FakeClock()
-    bus, _db = _down_db(clock)
-    paths = _paths(tmp_path)
-    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
-    _write_policy(paths, Policy(unit=API, recovery=FAST))
-    engine, _sink, alerter = _engine(tmp_path, bus, clock)
-    out = await engine.recover(API, ONFAIL)
-    assert out.state is State.PARKED
+    p = await _parked_api(tmp_path)
+    bus, engine, alerter, out = p.bus, p.engine, p.alerter, p.out
     await engine.alerting.drain(1.0)
     before = [a.status for a in alerter.sent if a.incident_id == out.incident_id]
     assert "firing" in before and "resolved" not in before
@@ -383,13 +395,8 @@ async def test_a_parked_unit_reset_while_up_resolves_its_parked_alert(tmp_path: 
 @pytest.mark.asyncio
 async def test_parked_state_is_read_back_by_a_new_engine(tmp_path: Path) -> None:
     """A restarted listener's engine finds the parking, even with the ledger gone."""
-    clock = FakeClock()
-    bus, _db = _down_db(clock)
-    paths = _paths(tmp_path)
-    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
-    _write_policy(paths, Policy(unit=API, recovery=FAST))
-    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
-    out = await engine.recover(API, ONFAIL)
+    p = await _parked_api(tmp_path)
+    clock, bus, paths, engine, out = p.clock, p.bus, p.paths, p.engine, p.out
     await engine.aclose()
     fresh, _s, _a = _engine(tmp_path, bus, clock)
     info = fresh.parked_info(API)
@@ -455,14 +462,8 @@ def test_spec_keys_convert_and_bad_values_get_one_line() -> None:
 async def test_a_parked_unit_started_by_hand_is_seen_and_its_incident_closed(
     tmp_path: Path,
 ) -> None:
-    clock = FakeClock()
-    bus, _db = _down_db(clock)
-    paths = _paths(tmp_path)
-    _write_policy(paths, Policy(unit=DB, recovery=dataclasses.replace(FAST, max_attempts=1)))
-    _write_policy(paths, Policy(unit=API, recovery=FAST))
-    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
-    out = await engine.recover(API, ONFAIL)
-    assert out.state is State.PARKED
+    p = await _parked_api(tmp_path)
+    bus, paths, engine, out = p.bus, p.paths, p.engine, p.out
     bus.units[API].props.update(ActiveState="active", SubState="running", Result="success")
     seen = await engine.recover(API, _resume(f"active: {API} is active"))
     assert seen.state is State.NOT_NEEDED and API not in bus.restarted()
