@@ -92,7 +92,7 @@ def _listener(tmp: Path, parked: int) -> Listener:
     paths = Paths(Scope.USER, tmp / "p", tmp / "s", tmp / "r", tmp / "u")
     listener = Listener(paths, _no_engine, globs=["u*.service"], health=False)
     listener.watch.rescan()
-    registry = listener._parking
+    registry = listener.parked.registry
     for i in range(parked):
         # Registered without their tasks: only the lookups are timed here.
         info = ParkedUnit(f"p{i}.service", "i", (f"d{i}.service",), "", 0.0, 0.0, 600.0)

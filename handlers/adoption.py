@@ -43,12 +43,12 @@ from handlers.store import AttemptRow, IncidentRow, Stamp, Store
 __all__ = [
     "RESUMED",
     "Interrupted",
+    "Unowned",
     "find_interrupted",
     "interrupted_of",
-    "interrupted_units",
-    "left_to_systemd",
     "resume_verdict",
     "started_since",
+    "unowned",
 ]
 
 # The reason every adoption carries: in the "resume" history row, the StepFinished
@@ -86,29 +86,34 @@ def interrupted_of(store: Store, last: IncidentRow | None) -> Interrupted | None
     return Interrupted(last, pending, rows[-1] if rows else None)
 
 
-def left_to_systemd(store: Store) -> list[str]:
-    """Units whose last incident is open because it was handed to systemd's Restart=.
+@dataclass(frozen=True)
+class Unowned:
+    """The units whose last incident is open with no run working on it, by why.
 
-    Such an incident is not an orphan: the unit's next failure continues it. But if
-    systemd's restart works, no failure comes; whoever sees the unit up closes it.
+    ``interrupted``: its owner died (lock not checked here); whoever takes the
+    unit's lock adopts it. ``left_to_systemd``: handed to systemd's ``Restart=``
+    on purpose; not an orphan (the next failure continues it), but if systemd's
+    restart works no failure comes, and whoever sees the unit up closes it.
     """
-    return [
-        unit
-        for unit in _with_open_incidents(store)
-        if (last := store.last_incident(unit)) is not None
-        and last.state == "open"
-        and _handed_to_systemd(store.attempts(last.id))
-    ]
+
+    interrupted: list[str]
+    left_to_systemd: list[str]
 
 
-def interrupted_units(store: Store) -> list[str]:
-    """Units whose last incident is open and not left to systemd (lock not checked)."""
-    return [u for u in _with_open_incidents(store) if find_interrupted(store, u) is not None]
-
-
-def _with_open_incidents(store: Store) -> list[str]:
-    """Each unit with an open incident, once (its last incident may be another)."""
-    return list(dict.fromkeys(inc.unit for inc in store.open_incidents()))
+def unowned(store: Store) -> Unowned:
+    """One pass over the open incidents: each unit's last incident and its steps read once."""
+    interrupted: list[str] = []
+    left: list[str] = []
+    # Each unit with an open incident, once (its last incident may be another).
+    for unit in dict.fromkeys(inc.unit for inc in store.open_incidents()):
+        last = store.last_incident(unit)
+        if last is None or last.state != "open":
+            continue
+        if _handed_to_systemd(store.attempts(last.id)):
+            left.append(unit)
+        else:
+            interrupted.append(unit)
+    return Unowned(interrupted, left)
 
 
 def _handed_to_systemd(rows: list[AttemptRow]) -> bool:

@@ -143,6 +143,37 @@ def match_rule(**keys: str) -> str:
     return ",".join(parts)
 
 
+# Signals systemd's manager object sends that the listener wants; PropertiesChanged
+# is matched separately, under the unit namespace, for the Unit interface only.
+_MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
+
+
+def signal_rules() -> list[str]:
+    """The listener's narrow AddMatch rules: nothing else systemd says reaches it."""
+    rules = [unit_properties_rule(), unit_properties_rule(SERVICE)]
+    rules.extend(
+        match_rule(
+            type="signal",
+            sender=SYSTEMD,
+            interface=MANAGER,
+            path=ROOT_PATH,
+            member=member,
+        )
+        for member in _MANAGER_SIGNALS
+    )
+    # systemd's reexec drops and re-takes its bus name; that is a gap too.
+    rules.append(
+        match_rule(
+            type="signal",
+            sender=DBUS_NAME,
+            interface=DBUS_NAME,
+            member="NameOwnerChanged",
+            arg0=SYSTEMD,
+        )
+    )
+    return rules
+
+
 @dataclass(frozen=True)
 class UnitInfo:
     """One row of ListUnitsByPatterns."""

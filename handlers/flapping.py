@@ -1,8 +1,9 @@
 """Crashes as values, and the opt-in flapping alert (``alert_on``) built on them.
 
 The listener reports every crash of a watched service, including the ones
-systemd restarts by itself and nobody else would see (a ``Crashed`` event, see
-docs/events.md), and hands each to :class:`FlapWatch`. A service whose policy
+systemd restarts by itself and nobody else would see, through
+:class:`CrashReporter`: a ``Crashed`` event (docs/events.md), and the crash
+handed to :class:`FlapWatch`. A service whose policy
 says ``alert_on = { restarts = N, within = "10min" }`` gets one firing alert
 when it has crashed N times within that window, carrying a digest of those
 crashes; then nothing more for that window. When the window ends the service is
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from handlers.events import FieldValue
+from handlers.diagnose import invocation_hex
+from handlers.events import Event, EventKind, EventSink, FieldValue
 from handlers.tasks import report_failure
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DIGEST_MAX", "Crash", "FlapWatch", "digest_text"]
+__all__ = ["DIGEST_MAX", "Crash", "CrashReporter", "FlapWatch", "digest_text"]
 
 # ExecMainCode: the CLD_* code of the main process's end, as systemctl shows it.
 _EXIT_CODES = {1: "exited", 2: "killed", 3: "dumped"}
@@ -277,3 +279,29 @@ class FlapWatch:
         await asyncio.gather(*tasks, return_exceptions=True)
         for flap in self._units.values():
             flap.follow = None
+
+
+class CrashReporter:
+    """Each crash: one ``Crashed`` event, and the crash counted for its flapping alert.
+
+    The listener calls :meth:`report` once per crashed invocation. It never raises:
+    reporting a crash must not stand in the way of recovering it.
+    """
+
+    def __init__(
+        self, events: EventSink, flapping: FlapWatch, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.events = events
+        self.flapping = flapping
+        self._clock = clock
+        self.count = 0
+
+    def report(self, unit: str, props: Mapping[str, Any], restarted_by: str) -> None:
+        try:
+            crash = Crash.of(props, restarted_by, self._clock())
+            self.count += 1
+            fields = crash.fields(invocation_hex(props.get("InvocationID")))
+            self.events.emit(Event(EventKind.CRASHED, unit, "", fields, crash.at))
+            self.flapping.crashed(unit, crash)
+        except Exception:
+            log.exception("%s: reporting a crash failed", unit)

@@ -15,13 +15,13 @@ carries that snapshot, so the ladder's diagnose step makes no read of its own.
 
 Data flow
 ---------
-Signals are handled inside the bus library's reader callback, which only
-updates a small per-unit cache and puts the unit name in a coalescing queue
-(one entry per unit however many signals arrive; a full queue drops the unit,
-counts it and schedules a reconciliation, so nothing is dropped silently).
-``max_concurrency`` worker tasks take units from the queue; one unit is never
-handled by two workers at once. Health probes run in their own tasks
-(:mod:`handlers.health`) and only put units in the same queue.
+Signals are handled inside the bus reader callback, which only updates a small
+per-unit cache and puts the unit in the coalescing queue of
+:mod:`handlers.unitqueue` (one entry per unit; a full queue drops, counts and
+reconciles). Its workers hand each unit to :meth:`Listener._handle`, one unit
+never to two workers at once. Health probes (:mod:`handlers.health`) and parked
+units (:mod:`handlers.parkwatch`) only put units in the same queue; crashes go
+to :class:`handlers.flapping.CrashReporter`.
 
 Connection life
 ---------------
@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from handlers import bus as busmod
 from handlers.bus import SystemdBus
@@ -57,79 +57,25 @@ from handlers.diagnose import (
     decide,
     invocation_hex,
 )
-from handlers.events import Event, EventKind, EventSink, NullSink
-from handlers.flapping import AlerterFor, Crash, FlapWatch
+from handlers.events import EventSink, NullSink
+from handlers.flapping import AlerterFor, CrashReporter, FlapWatch
 from handlers.health import HealthScheduler
 from handlers.ladder import State
 from handlers.notify import Notifier
-from handlers.parking import Cue, ParkedUnit, Parking, units_of
+from handlers.parkwatch import ParkWatch
+from handlers.recoverer import ConnectHook, EngineFactory, Recoverer, TriggerFactory
+from handlers.unitqueue import UnitQueue
 from handlers.watchset import WatchSet
-from unitgen.errors import PolicyError, SystemdError, UnitgenError, UnitNotFoundError
+from unitgen.errors import SystemdError, UnitgenError, UnitNotFoundError
 from unitgen.model import Health
 from unitgen.paths import Paths
-from unitgen.policy import load_policy
 
 if TYPE_CHECKING:
-    from handlers.diagnose import SystemdClient
-    from handlers.recovery import Outcome, Trigger, TriggerSource
+    from handlers.recovery import Trigger
+
+__all__ = ["Listener", "ListenerOptions", "Stats", "UnitState"]
 
 log = logging.getLogger(__name__)
-
-
-class Recoverer(Protocol):
-    """What the listener needs of :class:`handlers.recovery.RecoveryEngine`.
-
-    One engine lives as long as the listener (it holds the SQLite store); after
-    a reconnect its ``bus`` is pointed at the new connection (a
-    :class:`~handlers.busretry.RetryingBus` is handed it instead).
-    """
-
-    bus: SystemdClient
-    # Told how each run ended: parked (what it waits for), or not (any more).
-    on_parking: Callable[[str, ParkedUnit | None], None] | None
-
-    async def recover(self, unit: str, trigger: Trigger) -> Outcome: ...
-
-    def interrupted_units(self) -> list[str]: ...
-
-    async def aclose(self) -> None: ...
-
-    # Incident groups: +1 when a run starts waiting for its cause, -1 when done.
-    def set_wait_hook(self, hook: Callable[[int], None] | None) -> None: ...
-
-    # Parked units: the history's and the ledger's, a day's reminder, the checks.
-    def parked_units(self) -> list[ParkedUnit]: ...
-
-    def remind_parked(self, unit: str, day: int) -> None: ...
-
-    def parked_info(self, unit: str) -> ParkedUnit | None: ...
-
-    async def check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]: ...
-
-    # Units whose open incident waits for systemd's own restart to finish.
-    def left_to_systemd(self) -> list[str]: ...
-
-    # "Resolved" alerts a dead owner left unsent, for units ``up`` says are active.
-    def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]: ...
-
-
-class TriggerFactory(Protocol):
-    """Makes the ladder's :class:`~handlers.recovery.Trigger` (the class itself fits)."""
-
-    def __call__(
-        self,
-        *,
-        source: TriggerSource,
-        invocation_id: str = "",
-        result: str = "",
-        reason: str = "",
-        snapshot: Mapping[str, Any] | None = None,
-        settled: bool = False,
-    ) -> Trigger: ...
-
-
-EngineFactory = Callable[[SystemdBus], Recoverer]
-ConnectHook = Callable[[SystemdBus], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -161,7 +107,6 @@ class UnitState:
     auto_restart: str = ""
     crashed: str = ""  # the invocation last reported as crashed (one Crashed each)
     restarted: str = ""  # the auto-restart invocation whose restart by systemd was counted
-    reasons: set[str] = field(default_factory=set)
     live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
     static: dict[str, Any] | None = None  # STATIC, None until read (again)
 
@@ -183,43 +128,9 @@ class Stats:
     recoveries: int = 0
     recovery_errors: int = 0
     health_escalations: int = 0
-    coalesced: int = 0
-    dropped: int = 0
     reconnects: int = 0
     reconciles: int = 0
     malformed: int = 0
-    crashes: int = 0  # Crashed events: every crash, whoever restarts the unit
-
-
-# Signals systemd's manager object sends that the listener wants; PropertiesChanged
-# is matched separately, under the unit namespace, for the Unit interface only.
-_MANAGER_SIGNALS = ("UnitNew", "UnitRemoved", "JobRemoved", "Reloading")
-
-
-def match_rules() -> list[str]:
-    """The narrow AddMatch rules: nothing else systemd says reaches this process."""
-    rules = [busmod.unit_properties_rule(), busmod.unit_properties_rule(busmod.SERVICE)]
-    rules.extend(
-        busmod.match_rule(
-            type="signal",
-            sender=busmod.SYSTEMD,
-            interface=busmod.MANAGER,
-            path=busmod.ROOT_PATH,
-            member=member,
-        )
-        for member in _MANAGER_SIGNALS
-    )
-    # systemd's reexec drops and re-takes its bus name; that is a gap too.
-    rules.append(
-        busmod.match_rule(
-            type="signal",
-            sender=busmod.DBUS_NAME,
-            interface=busmod.DBUS_NAME,
-            member="NameOwnerChanged",
-            arg0=busmod.SYSTEMD,
-        )
-    )
-    return rules
 
 
 class Listener:
@@ -273,15 +184,16 @@ class Listener:
         self._on_systemd_restart = on_systemd_restart
         self._bus: SystemdBus | None = None
         self._engine: Recoverer | None = None
-        self._queue: asyncio.Queue[str] = asyncio.Queue(self.options.max_pending)
-        self._busy: set[str] = set()
-        self._again: set[str] = set()
+        self.queue = UnitQueue(
+            self._handle_one,
+            max_pending=self.options.max_pending,
+            spawn=self._spawn,
+            on_drop=self._dropped,
+            on_drained=self.request_reconcile,
+        )
         self._names: dict[str, str] = {}  # object path -> unit name
-        # Health sections read by the last reconcile, by policy file: UnitNew reuses them.
-        self._health_parsed: dict[str, Health | None] = {}
         self._stop = asyncio.Event()
         self._gap = asyncio.Event()  # reconcile requested
-        self._resync = False  # something was dropped: reconcile once the queue drains
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health = (
             HealthScheduler(
@@ -294,21 +206,23 @@ class Listener:
         )
         self._rng = random.Random()  # noqa: S311 - backoff jitter only
         self._status_handle: asyncio.TimerHandle | None = None
-        # Runs that only wait for their cause (a dependency being recovered by another
-        # run), and the extra workers standing in for them (_on_cause_wait).
-        self._cause_waits = 0
-        self._extra_workers = 0
-        self._parking = self._new_parking()
-        # Live views, for the signal path (bench/bench_parking.py).
-        self._park_deps, self._parked_units = self._parking.watched()
-        self._unpark_why: dict[str, str] = {}
+        self.parked = ParkWatch(
+            engine=lambda: self._engine,
+            bus=lambda: self._bus,
+            enqueue=lambda unit, reason: self._enqueue(unit, reason),
+            spawn=self._spawn,
+            watched=lambda unit: unit in self.watch,
+        )
+        # Live views, for the signal path: one set lookup per signal (bench/bench_parking.py).
+        self._park_deps, self._parked_units = self.parked.dependencies, self.parked.units
         # Units whose incident was left open for systemd's Restart=: the signal that
         # they are active again is what ends it (no failure would come to).
         self._left_to_systemd: set[str] = set()
         if flapping is None:
-            flapping = FlapWatch(self._policy_of, alerter_for=flap_alerter)
+            flapping = FlapWatch(self.watch.policy, alerter_for=flap_alerter)
         self.flapping = flapping
-        self._policies: dict[str, Any] = {}  # policy key -> Policy, for alert_on
+        # Every crash, whoever restarts the unit: a Crashed event each.
+        self.crashes = CrashReporter(self._events, flapping)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -326,7 +240,7 @@ class Listener:
     async def run(self) -> None:
         """Follow systemd until stop(); the one teardown path is the finally below."""
         for i in range(self.options.max_concurrency):
-            self._spawn(self._worker(), f"listener worker {i}")
+            self._spawn(self.queue.worker(), f"listener worker {i}")
         self._spawn(self._notifier.watchdog_loop(), "watchdog")
         self._spawn(self._gap_loop(), "reconcile")
         delay = self.options.reconnect_initial
@@ -358,7 +272,7 @@ class Listener:
         self.connected.clear()
         if self._health is not None:
             await self._health.close()
-        await self._parking.close()
+        await self.parked.close()
         await self.flapping.aclose()
         tasks = list(self._tasks)
         for task in tasks:
@@ -405,14 +319,15 @@ class Listener:
             # Whatever happened while disconnected was not seen: read afresh.
             for state in self.units.values():
                 state.forget()
-            for rule in match_rules():
+            for rule in busmod.signal_rules():
                 await bus.add_match(rule)
             await bus.subscribe()
             self._bus = bus
             if self._engine is None:
                 self._engine = self._engine_factory(bus)
-                self._engine.set_wait_hook(self._on_cause_wait)
-                self._engine.on_parking = self._parking_changed
+                # Runs that only wait for their cause get a worker standing in for them.
+                self._engine.set_wait_hook(self.queue.cause_wait)
+                self._engine.on_parking = self.parked.changed
             else:
                 # A RetryingBus (handlers/busretry.py) carries the ladder's calls that the
                 # lost connection failed over to this one; anything else is replaced.
@@ -468,73 +383,61 @@ class Listener:
         """Re-read the watch set and every watched unit's state; queue the failed ones."""
         self.stats.reconciles += 1
         self.watch.rescan()
-        self._policies.clear()  # a re-render may have changed alert_on
         patterns = self.watch.patterns()
         # No patterns would mean "every unit" to ListUnitsByPatterns.
         rows = await bus.list_units(patterns) if patterns else []
         healths: dict[str, Health] = {}
-        parsed: dict[str, Health | None] = {}
         for row in rows:
             if row.name not in self.watch:
                 continue
             self._names[row.path] = row.name
             state = self.units.setdefault(row.name, UnitState())
             state.active = row.active_state
-            health = self._health_of(row.name, parsed)
+            health = self._health_of(row.name)
             if health is not None:
                 healths[row.name] = health
             if row.active_state == "failed":
                 self._enqueue(row.name, "failed")
-        self._adopt_interrupted()
-        self._health_parsed = parsed
-        self._register_parked()
+        self._unowned_incidents()
+        self.parked.register()
         self._resolve_orphaned()
-        self._find_left_to_systemd()
         if self._health is not None:
             self._health.configure(healths)
             for unit in healths:
                 self._health.set_active(unit, self.units[unit].active == "active")
         self._notifier.status(self._status_line())
 
-    def _adopt_interrupted(self) -> None:
-        """Queue the watched units whose incident's owner died (a kill -9'd daemon).
+    def _unowned_incidents(self) -> None:
+        """Open incidents no run works on, found at every reconciliation.
 
-        A failed one is queued above anyway; one the dead owner's restart already
-        brought up is not failed, and its incident would stay open without this.
-        The engine adopts the incident when it takes the unit's lock.
+        Owner died (a kill -9'd daemon): queued, and the engine adopts the incident
+        when it takes the unit's lock. A failed unit is queued anyway; one the dead
+        owner's restart already brought up is not failed, and its incident would
+        stay open without this. Left to systemd's Restart= (maybe by a dead
+        daemon): ended once the unit is seen active.
         """
         if self._engine is None:
             return
         try:
-            units = self._engine.interrupted_units()
-        except UnitgenError as exc:  # the lock directory refused: reconciliation goes on
-            log.warning("looking for interrupted incidents failed: %s", exc)
+            found = self._engine.unowned_incidents()
+        except UnitgenError as exc:  # the history or the lock directory refused
+            log.warning("looking for unowned incidents failed: %s", exc)
             return
-        for unit in units:
+        for unit in found.interrupted:
             if unit in self.watch:
                 self._enqueue(unit, "resume")
+        for unit in found.left_to_systemd:
+            if unit in self.watch:
+                self._systemd_has(unit)
 
     def _watch_health(self, unit: str) -> None:
         # Loaded since the last reconcile (`systemctl start` of an unloaded unit): its
         # probes start now, not at the next daemon-reload.
         if self._health is None or unit in self._health.units:
             return
-        health = self._health_of(unit, self._health_parsed)
+        health = self._health_of(unit)
         if health is not None:
             self._health.add(unit, health)
-
-    def _find_left_to_systemd(self) -> None:
-        """At reconciliation: incidents a run (maybe of a dead daemon) left to systemd."""
-        if self._engine is None:
-            return
-        try:
-            units = self._engine.left_to_systemd()
-        except UnitgenError as exc:  # the history refused: reconciliation goes on
-            log.warning("looking for incidents left to systemd failed: %s", exc)
-            return
-        for unit in units:
-            if unit in self.watch:
-                self._systemd_has(unit)
 
     def _systemd_has(self, unit: str) -> None:
         state = self.units.get(unit)
@@ -559,24 +462,15 @@ class Listener:
         except UnitgenError as exc:  # the history refused: reconciliation goes on
             log.warning("looking for unresolved alerts failed: %s", exc)
 
-    def _health_of(self, unit: str, parsed: dict[str, Health | None]) -> Health | None:
-        # Parsing a policy is not free, and a thousand instances share one template file.
-        key = self.watch.policy_key(unit)
-        if key in parsed:
-            return parsed[key]
-        try:
-            health = load_policy(unit, self.paths.policy_dir).health
-        except PolicyError as exc:
-            log.warning("%s", exc)
-            health = None
-        parsed[key] = health
-        return health
+    def _health_of(self, unit: str) -> Health | None:
+        policy = self.watch.policy(unit)
+        return policy.health if policy is not None else None
 
     def _status_line(self) -> str:
         failed = sum(1 for s in self.units.values() if s.active == "failed")
         return (
             f"watching {len(self.units)} units, {failed} failed, "
-            f"{self.stats.recoveries} recoveries, {self.stats.dropped} dropped"
+            f"{self.stats.recoveries} recoveries, {self.queue.dropped} dropped"
         )
 
     # -- signals (runs inside the bus reader: no awaits, no I/O) ----------------------
@@ -637,7 +531,7 @@ class Listener:
             self._names[path] = name
         if name in self._park_deps:
             # A dependency a parked unit waits for; it need not be watched itself.
-            self._parked_dependency(name, msg.body)
+            self.parked.dependency_signal(name, msg.body)
         if name not in self.watch:
             return
         interface, changed = msg.body[0], msg.body[1]
@@ -665,7 +559,7 @@ class Listener:
             self._left_to_systemd.discard(name)
             self._enqueue(name, "systemd-restarted")
         if active == "active" and name in self._parked_units:
-            self._parking.unit_active(name)
+            self.parked.unit_active(name)
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
             if state.auto_restart != state.crashed and live.get("Result", "success") != "success":
@@ -673,7 +567,7 @@ class Listener:
                 # of the bus reader: the sinks write to the journal and the bus.
                 state.crashed = state.auto_restart
                 asyncio.get_running_loop().call_soon(
-                    self._report_crash, name, dict(live), "systemd"
+                    self.crashes.report, name, dict(live), "systemd"
                 )
         elif (
             state.auto_restart
@@ -708,113 +602,37 @@ class Listener:
     # -- the queue --------------------------------------------------------------------
 
     def _enqueue(self, unit: str, reason: str) -> None:
-        state = self.units.setdefault(unit, UnitState())
-        if state.reasons:
-            state.reasons.add(reason)
-            self.stats.coalesced += 1
-            return
-        if unit in self._busy:
-            state.reasons.add(reason)
-            self._again.add(unit)
-            return
+        self.queue.put(unit, reason)
+
+    def _dropped(self) -> None:
+        if self._on_drop is not None:
+            self._on_drop("listener")
+
+    async def _handle_one(self, unit: str, reasons: set[str]) -> None:
+        await self.connected.wait()
         try:
-            self._queue.put_nowait(unit)
-        except asyncio.QueueFull:
-            self.stats.dropped += 1
-            if self._on_drop is not None:
-                try:
-                    self._on_drop("listener")
-                except Exception:
-                    log.exception("drop counter failed")
-            if not self._resync:
-                log.warning(
-                    "listener queue full (%d units); dropping, will reconcile", self._queue.maxsize
-                )
-            self._resync = True
-            return
-        state.reasons.add(reason)
-
-    async def _worker(self) -> None:
-        while True:
-            unit = await self._queue.get()
-            try:
-                await self._handle_queued(unit)
-            finally:
-                self._queue.task_done()
-            if self._resync and self._queue.empty():
-                self._resync = False
-                self.request_reconcile()
-
-    def _on_cause_wait(self, delta: int) -> None:
-        """A run started (+1) or stopped (-1) waiting for its incident group's cause.
-
-        Its worker would sit idle for as long: an extra worker takes its place, so 32
-        dependents waiting for one database never hold back an unrelated unit's first
-        restart. The extra workers go again as the waits end.
-        """
-        self._cause_waits += delta
-        while self._extra_workers < self._cause_waits:
-            self._extra_workers += 1
-            self._spawn(self._extra_worker(), f"listener extra worker {self._extra_workers}")
-
-    async def _extra_worker(self) -> None:
-        try:
-            while self._extra_workers <= self._cause_waits:
-                unit = await self._queue.get()
-                try:
-                    await self._handle_queued(unit)
-                finally:
-                    self._queue.task_done()
-        finally:
-            self._extra_workers -= 1
-
-    async def _handle_queued(self, unit: str) -> None:
-        state = self.units.setdefault(unit, UnitState())
-        if unit in self._busy:
-            self._again.add(unit)
-            return
-        self._busy.add(unit)
-        try:
-            while True:
-                reasons, state.reasons = state.reasons, set()
-                self._again.discard(unit)
-                if not reasons:
-                    break
-                await self.connected.wait()
-                try:
-                    await self._handle(unit, state, reasons)
-                except UnitgenError as exc:
-                    self.stats.recovery_errors += 1
-                    log.warning("%s: %s", unit, exc)
-                except Exception:
-                    self.stats.recovery_errors += 1
-                    log.exception("%s: handling failed", unit)
-                if unit not in self._again and not state.reasons:
-                    break
-        finally:
-            self._busy.discard(unit)
+            await self._handle(unit, self.units.setdefault(unit, UnitState()), reasons)
+        except UnitgenError as exc:
+            self.stats.recovery_errors += 1
+            log.warning("%s: %s", unit, exc)
+        except Exception:
+            self.stats.recovery_errors += 1
+            log.exception("%s: handling failed", unit)
 
     async def _handle(self, unit: str, state: UnitState, reasons: set[str]) -> None:
         bus, engine = self._bus, self._engine
         if bus is None or engine is None:
-            state.reasons |= reasons
+            self.queue.defer(unit, reasons)
             return
         if "unpark" in reasons:
             # A parked unit's retry: a fresh, bounded run of the ladder, which also
             # sees any failure coalesced with it.
-            why = self._unpark_why.pop(unit, "")
-            await self._recover(engine, unit, self._trigger(source="parked", reason=why))
+            trigger = self._trigger(source="parked", reason=self.parked.reason(unit))
+            await self._recover(engine, unit, trigger)
             return
         if "health" in reasons and not (reasons - {"health"}):
-            if self._parking.waits_on(unit, itself=True):
-                if engine.parked_info(unit) is not None:
-                    # Parked (its budget spent on an unhealthy unit): its registry checks
-                    # the probe and retries it; a run per failed round would only park
-                    # it again, and write two history rows each time.
-                    return
-                # Re-armed (`unitgen reset`, maybe by another process) since it parked:
-                # the registry's mark is stale, and this failure is the ladder's again.
-                self._parking.release(unit)
+            if self.parked.swallows_health_failure(unit):
+                return
             self.stats.health_escalations += 1
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
@@ -961,128 +779,17 @@ class Listener:
         self._status_handle = None
         self._notifier.status(self._status_line())
 
-    # -- parked units (handlers/parking.py) -----------------------------------------
-
-    def _new_parking(self) -> Parking:
-        from handlers.recovery.model import SystemClock
-
-        return Parking(
-            resume=self._resume_parked,
-            remind=self._remind_parked,
-            check=self._check_parked,
-            clock=SystemClock(),
-        )
-
-    def _parking_changed(self, unit: str, info: ParkedUnit | None) -> None:
-        """Called by the engine at the end of every run of ``unit``."""
-        if info is None:
-            self._parking.release(unit)
-            return
-        self._parking.park(info)
-        if units_of(info.waiting_for):
-            # It may have come back between the run's last look and now: no signal
-            # would come for that, so look once.
-            self._spawn(self._look_at_dependencies(info), f"parked {unit}: look")
-
-    def _register_parked(self) -> None:
-        """Parked units (from the history and the ledger), at every reconciliation.
-
-        A restarted listener picks up the schedule where the last one left it:
-        the retry is due park_interval after the last parking, not after this start.
-        """
-        engine = self._engine
-        if engine is None:
-            return
-        try:
-            found = engine.parked_units()
-        except UnitgenError as exc:
-            log.warning("reading parked units failed: %s", exc)
-            return
-        known = self._parking.parked()
-        for info in found:
-            if info.unit not in self.watch or known.get(info.unit) == info:
-                continue
-            if self._parking.phase(info.unit).value == "resuming":
-                continue  # its run is on; that run's end registers it again
-            self._parking_changed(info.unit, info)
-
-    async def _look_at_dependencies(self, info: ParkedUnit) -> None:
-        bus = self._bus
-        if bus is None:
-            return
-        for dep in units_of(info.waiting_for):
-            try:
-                state = await bus.get_property(dep, "ActiveState")
-            except SystemdError:
-                continue
-            if state == "active":
-                self._parking.dependency_active(dep)
-
-    def _parked_dependency(self, name: str, body: Any) -> None:
-        interface, changed = body[0], body[1]
-        if interface != busmod.UNIT:
-            return
-        value = changed.get("ActiveState")
-        if value is not None and value.value == "active":
-            self._parking.dependency_active(name)
-
-    def _resume_parked(self, unit: str, cue: Cue, detail: str) -> None:
-        self._unpark_why[unit] = f"{cue.value}: {detail}"[:500]
-        self._enqueue(unit, "unpark")
-
-    def _remind_parked(self, unit: str, day: int) -> None:
-        if self._engine is not None:
-            self._engine.remind_parked(unit, day)
-
-    async def _check_parked(self, unit: str, checks: tuple[str, ...]) -> tuple[bool, str]:
-        if self._engine is None:
-            return False, "no engine"
-        if self._engine.parked_info(unit) is None:
-            # Reset or recovered since it parked: pass, so that the retry run ends the
-            # registry's stale mark ("no longer parked") whatever its checks say.
-            return True, "no longer parked"
-        return await self._engine.check_parked(unit, checks)
-
     # -- crashes ----------------------------------------------------------------------
 
     def _crashed(
         self, unit: str, state: UnitState, props: Mapping[str, Any], restarted_by: str
     ) -> None:
-        """One Crashed event per crashed invocation, and the crash to the flapping alert.
-
-        Never raises: reporting a crash must not stand in the way of recovering it.
-        """
+        """Report the crash once per crashed invocation (never raises)."""
         invocation = invocation_hex(props.get("InvocationID"))
         if invocation and invocation == state.crashed:
             return
         state.crashed = invocation
-        self._report_crash(unit, props, restarted_by)
-
-    def _report_crash(self, unit: str, props: Mapping[str, Any], restarted_by: str) -> None:
-        try:
-            invocation = invocation_hex(props.get("InvocationID"))
-            crash = Crash.of(props, restarted_by, time.time())
-            self.stats.crashes += 1
-            self._events.emit(
-                Event(EventKind.CRASHED, unit, "", crash.fields(invocation), crash.at)
-            )
-            self.flapping.crashed(unit, crash)
-        except Exception:
-            log.exception("%s: reporting a crash failed", unit)
-
-    def _policy_of(self, unit: str) -> Any:
-        key = self.watch.policy_key(unit)
-        policy = self._policies.get(key)
-        if policy is None:
-            try:
-                policy = load_policy(unit, self.paths.policy_dir)
-            except PolicyError as exc:
-                log.warning("%s", exc)
-                return None
-            if len(self._policies) > 10_000:
-                self._policies.clear()
-            self._policies[key] = policy
-        return policy
+        self.crashes.report(unit, props, restarted_by)
 
     def _unhealthy(self, unit: str, detail: str) -> None:
         log.warning("%s: unhealthy: %s", unit, detail)

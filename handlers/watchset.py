@@ -5,7 +5,8 @@ A unit is watched when the generator rendered a policy for it
 (``worker@.service.json`` covers ``worker@7.service``), or when it matches a
 glob given with ``--unit``. The answer for a name is cached, because the
 listener asks on every PropertiesChanged signal and the flood path must not
-touch the file system or run fnmatch each time.
+touch the file system or run fnmatch each time. So is each parsed policy, until
+the next rescan: a thousand instances share one template's file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from handlers.locks import check_unit_name
+from unitgen.errors import PolicyError
+from unitgen.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class WatchSet:
         self.units: frozenset[str] = frozenset()  # concrete units with a policy
         self.templates: frozenset[str] = frozenset()  # "worker@.service"
         self._cache: dict[str, bool] = {}
+        self._policies: dict[str, Policy | None] = {}  # policy key -> parsed, None if bad
 
     def rescan(self) -> None:
         """Re-read the policy directory. A missing directory means no policies."""
@@ -76,6 +80,7 @@ class WatchSet:
         self.units = frozenset(units)
         self.templates = frozenset(templates)
         self._cache.clear()
+        self._policies.clear()  # a re-render may have changed them
 
     def policy_key(self, unit: str) -> str:
         """The name whose policy file governs ``unit``: its own, else its template's."""
@@ -85,6 +90,24 @@ class WatchSet:
         if template is not None and template in self.templates:
             return template
         return unit
+
+    def policy(self, unit: str) -> Policy | None:
+        """The policy governing ``unit``, parsed once per rescan; None if it is bad.
+
+        A bad one is logged once per rescan, not once per signal or crash.
+        """
+        key = self.policy_key(unit)
+        if key in self._policies:
+            return self._policies[key]
+        try:
+            policy: Policy | None = load_policy(unit, self.policy_dir)
+        except PolicyError as exc:
+            log.warning("%s", exc)
+            policy = None
+        if len(self._policies) >= _CACHE_LIMIT:
+            self._policies.clear()
+        self._policies[key] = policy
+        return policy
 
     def patterns(self) -> list[str]:
         """Globs for ListUnitsByPatterns that cover every watched unit."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from handlers.adoption import Unowned
+
 
 class EngineHooks:
     """The Recoverer protocol's incident-group and parking members, doing nothing."""
@@ -26,8 +28,8 @@ class EngineHooks:
     def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
         return []
 
-    def left_to_systemd(self) -> list[str]:
-        return []
+    def unowned_incidents(self) -> Unowned:
+        return Unowned([], [])
 
     def parked_info(self, unit: str) -> Any:
         return None

@@ -210,7 +210,7 @@ async def test_an_incident_left_to_systemd_is_continued_not_adopted(tmp_path: Pa
     out = await engine.recover(UNIT, ONFAIL)
     assert out.state is State.WAITING_FOR_SYSTEMD
     assert adoption.find_interrupted(engine.store, UNIT) is None
-    assert engine.interrupted_units() == []
+    assert engine.unowned_incidents() == adoption.Unowned([], [UNIT])
     await engine.aclose()
 
 
@@ -223,9 +223,9 @@ async def test_interrupted_units_are_those_whose_lock_is_free(tmp_path: Path) ->
     engine.store.open_incident(
         UNIT, source="listener", invocation_id="", classification="x", level=1, at=now
     )
-    assert engine.interrupted_units() == [UNIT]
+    assert engine.unowned_incidents() == adoption.Unowned([UNIT], [])
     with UnitLock(_paths(tmp_path).lock_dir, UNIT):  # a live owner in another process
-        assert engine.interrupted_units() == []
+        assert engine.unowned_incidents().interrupted == []
     await engine.aclose()
 
 

@@ -35,3 +35,22 @@ def test_rendering_a_spec_does_not_load_the_recovery_engine() -> None:
     loaded = json.loads(done.stdout)
     # handlers.ladder is pure (the engine's constants and state machine); nothing else.
     assert set(loaded) <= {"handlers", "handlers.ladder"}, loaded
+
+
+def test_loading_the_listener_does_not_load_the_recovery_engine() -> None:
+    # `unitgen watch` makes its engine through a factory; the listener's own modules
+    # (parking, the engine's protocol) must not pull it in on import.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, handlers.listener; print(json.dumps(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = json.loads(done.stdout)
+    assert "handlers.listener" in loaded
+    assert not [m for m in loaded if m.startswith("handlers.recovery")], loaded

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from listener_fakes import EngineHooks
 
-from handlers.bus import SERVICE, UNIT, UNIT_PATH_PREFIX, unit_path
+from handlers.bus import SERVICE, UNIT, UNIT_PATH_PREFIX, signal_rules, unit_path
 from handlers.health import HealthScheduler
 from handlers.ladder import State
-from handlers.listener import Listener, ListenerOptions, match_rules
+from handlers.listener import Listener, ListenerOptions
 from handlers.notify import Notifier
 from handlers.probes import ProbeResult, ProbeSpec
 from handlers.recovery import Outcome
@@ -83,7 +83,7 @@ def test_watchset_any_name_is_answered(name: str) -> None:
 
 
 def test_match_rules_are_narrow() -> None:
-    rules = match_rules()
+    rules = signal_rules()
     props = [r for r in rules if "PropertiesChanged" in r]
     # Unit and Service only, each filtered on arg0 under the unit namespace.
     assert sorted(r.split("arg0='")[1].rstrip("'") for r in props) == [SERVICE, UNIT]
@@ -160,9 +160,6 @@ class SlowEngine(EngineHooks):
         self.running -= 1
         return Outcome(unit, State.RECOVERED, "", 1, "")
 
-    def interrupted_units(self) -> list[str]:
-        return []
-
     async def aclose(self) -> None:
         pass
 
@@ -220,12 +217,12 @@ async def test_flood_is_coalesced_bounded_and_counted(tmp_path: Path) -> None:
     for _ in range(100):
         for i in range(30):
             listener._on_signal(_changed(f"u{i}.service", "failed", "failed"))
-    assert listener._queue.qsize() == 10
-    assert listener.stats.dropped == 20 * 100
-    assert listener.stats.coalesced == 10 * 99
-    assert listener._resync  # a reconcile is due once the queue drains
+    assert listener.queue.pending() == 10
+    assert listener.queue.dropped == 20 * 100
+    assert listener.queue.coalesced == 10 * 99
+    assert listener.queue.resync  # a reconcile is due once the queue drains
     for i in range(2):
-        listener._spawn(listener._worker(), f"w{i}")
+        listener._spawn(listener.queue.worker(), f"w{i}")
     await _settle(listener)
     assert engine.peak == 2  # the global concurrency limit
     engine.gate.set()
@@ -240,7 +237,7 @@ async def test_one_unit_at_a_time_and_once_per_invocation(tmp_path: Path) -> Non
     listener, bus, engine = _listener(tmp_path, max_concurrency=4)
     bus.states["a.service"] = _failed("a.service")
     for i in range(4):
-        listener._spawn(listener._worker(), f"w{i}")
+        listener._spawn(listener.queue.worker(), f"w{i}")
     listener._on_signal(_changed("a.service", "failed", "failed"))
     await _settle(listener)
     assert len(engine.calls) == 1
@@ -276,7 +273,7 @@ async def test_a_burst_of_recoveries_sends_one_status_line(
         listener._notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
         engine.gate.set()
         for i in range(4):
-            listener._spawn(listener._worker(), f"w{i}")
+            listener._spawn(listener.queue.worker(), f"w{i}")
         for i in range(20):
             bus.states[f"u{i}.service"] = _failed(f"u{i}.service", f"{i:032x}")
             listener._on_signal(_changed(f"u{i}.service", "failed", "failed"))
@@ -295,7 +292,7 @@ async def test_a_burst_of_recoveries_sends_one_status_line(
 @pytest.mark.asyncio
 async def test_stands_down_when_systemd_restarts_it(tmp_path: Path) -> None:
     listener, bus, engine = _listener(tmp_path)
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     # The failed signal is already stale: the round trip shows auto-restart.
     bus.states["r.service"] = {"ActiveState": "activating", "SubState": "auto-restart"}
     listener._on_signal(_changed("r.service", "failed", "failed"))
@@ -374,7 +371,7 @@ async def _fail_once(listener: Listener, bus: FakeBus, unit: str, inv: str) -> N
 async def test_restart_no_unit_is_handed_over_on_its_signals_alone(tmp_path: Path) -> None:
     listener, bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     unit = "n.service"
     bus.states[unit] = _full("01" * 16, "no")
     # First failure: one full read, which is both the decision and the diagnosis.
@@ -413,7 +410,7 @@ async def test_units_systemd_may_restart_still_get_the_round_trip(
 ) -> None:
     listener, bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     unit = "r.service"
     bus.states[unit] = _full("01" * 16, restart, force)
     await _fail_once(listener, bus, unit, "01" * 16)
@@ -436,7 +433,7 @@ async def test_start_limit_give_up_is_decided_on_the_signals(tmp_path: Path) -> 
     of one invocation. systemd gave up: no read, and the refused job is not a restart."""
     listener, bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     unit, inv = "g.service", "07" * 16
     bus.states[unit] = _full("06" * 16, "on-failure")
     await _fail_once(listener, bus, unit, "06" * 16)  # the first failure reads the unit
@@ -495,7 +492,7 @@ async def test_a_result_restart_does_not_cover_needs_no_round_trip(
 ) -> None:
     listener, bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     unit = "c.service"
     bus.states[unit] = _full("01" * 16, restart)
     await _fail_once(listener, bus, unit, "01" * 16)
@@ -534,7 +531,7 @@ def test_hostile_signals_never_break_the_listener(events: list[tuple[str, list[A
             listener, _bus, _engine = _listener(Path(d), max_pending=5)
             for member, body, path in events:
                 listener._on_signal(Msg(member, body, path))
-            assert listener._queue.qsize() <= 5
+            assert listener.queue.pending() <= 5
             assert listener.stats.signals == len(events)
             await listener._teardown()
 

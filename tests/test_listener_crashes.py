@@ -48,7 +48,7 @@ def _listener(tmp_path: Path) -> tuple[Listener, FakeBus, SlowEngine, Sink, list
     listener._bus = bus  # type: ignore[assignment]
     listener._engine = engine
     listener.connected.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     return listener, bus, engine, sink, restarts
 
 
@@ -93,7 +93,7 @@ async def test_a_crash_systemd_restarts_is_reported_once_and_its_restart_counted
         listener, [*_running(unit, "02" * 16), *_running(unit, "02" * 16, "active", "running")]
     )
     assert restarts == [unit]
-    assert len(sink.crashed()) == 1 and listener.stats.crashes == 1
+    assert len(sink.crashed()) == 1 and listener.crashes.count == 1
     listener._stop.set()
     await listener._teardown()
 

@@ -47,9 +47,6 @@ class FakeEngine(EngineHooks):
             await self.bus.restart(unit)
         return Outcome(unit, State.RECOVERED, "", 1, "")
 
-    def interrupted_units(self) -> list[str]:
-        return []
-
     async def aclose(self) -> None:
         pass
 

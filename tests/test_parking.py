@@ -504,14 +504,14 @@ async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path:
 
     listener, _bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     # The engine reports a parking; the dependency is not even a watched unit.
     listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
     listener.watch.rescan()
     now = time.monotonic()
     info = ParkedUnit(API, "inc", ("other.target",), "r", now, now, 600)
     engine.parked_info = lambda unit: info if unit == API else None  # type: ignore[method-assign]
-    listener._parking_changed(API, info)
+    listener.parked.changed(API, info)
     await _settle(listener)
     assert engine.calls == []  # the one look found it inactive: nothing to do
     # Signals of units nobody waits for, and non-active states, do nothing.
@@ -542,14 +542,14 @@ async def test_a_parked_unit_reset_elsewhere_is_the_ladders_again_on_its_next_he
 
     listener, _bus, engine = _listener(tmp_path)
     engine.gate.set()
-    listener._spawn(listener._worker(), "w")
+    listener._spawn(listener.queue.worker(), "w")
     listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
     listener.watch.rescan()
     now = time.monotonic()
     info = ParkedUnit(API, "inc", (), "budget", now, now, 600)
     parked = {API: info}
     engine.parked_info = parked.get  # type: ignore[method-assign]
-    listener._parking_changed(API, info)
+    listener.parked.changed(API, info)
     listener._enqueue(API, "health")
     await _settle(listener)
     assert engine.calls == []  # parked: the registry checks the probe itself
@@ -557,9 +557,9 @@ async def test_a_parked_unit_reset_elsewhere_is_the_ladders_again_on_its_next_he
     listener._enqueue(API, "health")
     await _settle(listener)
     assert [(u, t["source"]) for u, t in engine.calls] == [(API, "health")]
-    assert not listener._parking.waits_on(API, itself=True)
+    assert not listener.parked.registry.waits_on(API, itself=True)
     # The registry's own check passes a unit no longer parked, so its retry ends it.
-    assert await listener._check_parked(API, ("health",)) == (True, "no longer parked")
+    assert await listener.parked.check(API, ("health",)) == (True, "no longer parked")
     listener._stop.set()
     await listener._teardown()
 

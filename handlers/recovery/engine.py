@@ -234,33 +234,32 @@ class RecoveryEngine(Steps, Finish):
         check_unit_name(unit)
         return history.history(self.store, unit, limit)
 
-    def interrupted_units(self) -> list[str]:
-        """Units with an incident whose owner died: open, not ours, and its lock free.
+    def unowned_incidents(self) -> adoption.Unowned:
+        """Units whose open incident no run works on: owner died, or left to systemd.
 
         The listener asks at every reconciliation (its own start after a ``kill -9``
-        included) and recovers each, which adopts the incident: a unit whose dead
-        owner's restart already brought it up is not failed, so nothing else would.
+        included). It recovers each interrupted one, which adopts the incident: a
+        unit whose dead owner's restart already brought it up is not failed, so
+        nothing else would. An interrupted unit counts only while its lock is free
+        (a live owner in another process holds it) and no run of ours has it.
         """
-        found: list[str] = []
-        for unit in adoption.interrupted_units(self.store):
+        found = adoption.unowned(self.store)
+        interrupted: list[str] = []
+        for unit in found.interrupted:
             if unit in self._running:
                 continue
             lock = UnitLock(self.paths.lock_dir, unit)
             if lock.try_acquire():
                 lock.release()
-                found.append(unit)
-        return found
-
-    def left_to_systemd(self) -> list[str]:
-        """Units with an incident left open for systemd's own restart to finish."""
-        return adoption.left_to_systemd(self.store)
+                interrupted.append(unit)
+        return adoption.Unowned(interrupted, found.left_to_systemd)
 
     def resolve_orphaned(self, active: Callable[[str], bool]) -> list[str]:
         """Recovered incidents whose "resolved" alert never went out: the process that
         closed them died while it waited out ``min_uptime`` (a ``kill -9``, a watchdog
         kill). For each whose unit is ``active`` now, "resolved" goes out once the unit
         has stayed up ``min_uptime``, as its owner would have sent it. The listener asks
-        at every reconciliation, like :meth:`interrupted_units`; the once-only claim in
+        at every reconciliation, like :meth:`unowned_incidents`; the once-only claim in
         the database keeps a second ask, or the owner's own wait, from sending twice.
         """
         found: list[str] = []
