@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_spec import generate
 
 from unitgen.paths import Scope
-from unitgen.render import RenderOptions, render, render_policies, write_trees
+from unitgen.render import RenderOptions, render, render_policies
 from unitgen.specfile import parse_spec
+from unitgen.writetrees import write_trees
 
 
 def main() -> None:

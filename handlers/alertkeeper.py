@@ -7,7 +7,7 @@ re-send, and an alert whose sender died ends by itself a few intervals later.
 :class:`AlertKeeper` holds the firing alerts of a long-lived process
 (``unitgen watch``) and re-sends each every ``resend_interval`` of its target
 (30 s to 3 min) until its ``resolved`` is sent; ``endsAt`` is
-``ENDS_AFTER_INTERVALS`` intervals ahead (handlers.alerts).
+``ENDS_AFTER_INTERVALS`` intervals ahead (handlers.alertmodel).
 
 A re-send is one :meth:`Alerter.resend` task: bounded like any send, off the
 loop (daemon threads), never raising. One task runs the timer; :meth:`aclose`

@@ -4,6 +4,8 @@ Targets and payloads are documented in ``docs/alerts.md``; in short, a target
 is a plain mapping from the rendered policy (:meth:`AlertTarget.from_mapping`),
 an :class:`Alert` is a frozen value, and :meth:`Alerter.send` delivers one
 alert to every target concurrently and returns one :class:`Delivery` each.
+This module is the delivery; the model (re-exported here, the Alerter's own
+types) is :mod:`handlers.alertmodel`, the payloads :mod:`handlers.alertpayloads`.
 
 For the ladder (how to call this):
 
@@ -36,388 +38,48 @@ import os
 import re
 import socket
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Protocol
 
+from handlers.alertmodel import (
+    COMMAND_KILL_GRACE,
+    DEFAULT_MAX_SEND_SECONDS,
+    HTTP_GRACE,
+    Alert,
+    AlertTarget,
+    Delivery,
+    backoff_ceiling,
+)
+from handlers.alertpayloads import (
+    alertmanager_payload,
+    command_env,
+    email_message,
+    slack_payload,
+    webhook_payload,
+)
 from handlers.outbound import HttpOutcome, http_once, load_requests, run_blocking
 from handlers.procs import run_command
 from handlers.secrets import credential_file, describe_exception, endpoint, read_secret
-from unitgen.alertconfig import alert_config
 from unitgen.errors import AlertError
 
 if TYPE_CHECKING:
     # Imported where used instead: the ladder imports this module on its event loop,
-    # and smtplib/ssl/email (like requests, see handlers.outbound) cost tens of ms.
+    # and smtplib/ssl (like requests, see handlers.outbound) cost tens of ms.
     import random
     import ssl
-    from email.message import EmailMessage
 
 __all__ = [
-    "ALERTMANAGER_FIRING_TTL",
-    "ENDS_AFTER_INTERVALS",
-    "PAYLOAD_VERSION",
     "Alert",
     "AlertTarget",
     "Alerter",
     "Delivery",
-    "alertmanager_payload",
-    "command_env",
-    "email_message",
-    "slack_payload",
-    "webhook_payload",
 ]
 
 log = logging.getLogger(__name__)
 
-AlertType = Literal["webhook", "slack", "alertmanager", "email", "command"]
-AlertStatus = Literal["firing", "resolved"]
-
-PAYLOAD_VERSION = 1
-ALERTNAME = "UnitgenRecovery"
-# A firing alert carries endsAt this many resend intervals ahead, as Alertmanager's
-# clients are meant to: re-sent every interval while it fires (handlers/alertkeeper.py),
-# it survives an Alertmanager restart and a lost POST or two, and if unitgen dies it
-# resolves by itself minutes later instead of firing for a day.
-ENDS_AFTER_INTERVALS = 4
-DEFAULT_RESEND_INTERVAL = 60.0
-ALERTMANAGER_FIRING_TTL = ENDS_AFTER_INTERVALS * DEFAULT_RESEND_INTERVAL
-
-BACKOFF_BASE = 0.5  # seconds before the first retry
-BACKOFF_CAP = 4.0
-HTTP_GRACE = 0.5  # on top of connect + read timeout, for thread start and TLS set-up
-COMMAND_KILL_GRACE = 1.0
-DEFAULT_MAX_SEND_SECONDS = 30.0
-
 _HTTP_TYPES = ("webhook", "slack", "alertmanager")
-
-
-# -- configuration -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlertTarget:
-    """One alert destination, as validated from the policy mapping (see docs/alerts.md).
-
-    Built by :meth:`from_mapping`, which fills in the defaults from the spec's
-    key table; ``smtp_port`` and ``starttls`` keep theirs here only for the
-    types that have no such key.
-    """
-
-    name: str
-    type: AlertType
-    timeout: float  # connect timeout and read timeout, each
-    retries: int  # retries after the first attempt
-    send_resolved: bool
-    url_file: str | None = None
-    url_env: str | None = None
-    url_credential: str | None = None  # a systemd credential: $CREDENTIALS_DIRECTORY/NAME
-    labels: Mapping[str, str] = field(default_factory=dict)
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    starttls: bool = False
-    from_addr: str | None = None  # the "from" key
-    to: tuple[str, ...] = ()
-    username: str | None = None
-    password_file: str | None = None
-    password_env: str | None = None
-    password_credential: str | None = None
-    command: tuple[str, ...] = ()
-    resend_interval: float = DEFAULT_RESEND_INTERVAL  # alertmanager: seconds between re-sends
-    generator_url: str | None = None  # alertmanager: generatorURL; None: a unitgen:// URI
-
-    @classmethod
-    def from_mapping(
-        cls, d: Mapping[str, object], *, name: str | None = None, source: str = ""
-    ) -> AlertTarget:
-        """Validate one target mapping with the spec's key table (unitgen.alertconfig).
-
-        Raises :class:`PolicyError` naming ``source`` and the bad key. ``name``
-        is used when the mapping has no ``name`` key (the spec keys targets by
-        table name, ``[alert.ops]``).
-        """
-        fields = alert_config(d, name=name, source=source)
-        if "from" in fields:
-            fields["from_addr"] = fields.pop("from")
-        return cls(**fields)
-
-    @property
-    def where(self) -> str:
-        return f"{self.type} {self.name}"
-
-    def attempt_bound(self) -> float:
-        """Wall-clock seconds one attempt may take before it is abandoned."""
-        if self.type == "email":
-            # connect, banner, EHLO, STARTTLS, AUTH, MAIL..DATA: several reads, each <= timeout
-            return 4 * self.timeout + HTTP_GRACE
-        if self.type == "command":
-            return self.timeout + COMMAND_KILL_GRACE + 1.0
-        return 2 * self.timeout + HTTP_GRACE
-
-    def time_bound(self, cap: float = DEFAULT_MAX_SEND_SECONDS) -> float:
-        """Upper bound on one send to this target: every attempt plus every backoff, capped."""
-        backoffs = sum(_backoff_ceiling(n) for n in range(self.retries))
-        return min(cap, (self.retries + 1) * self.attempt_bound() + backoffs)
-
-
-# -- the alert and its payloads ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Alert:
-    unit: str
-    incident_id: str
-    level: str
-    status: AlertStatus
-    reason: str  # the incident's opening reason; keep it the same for every alert of it
-    summary: str
-    attempts: int
-    started_at: float  # wall clock, epoch seconds
-    ended_at: float | None
-    host: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    # An incident group's alert: every unit it covers (handlers/correlation.py).
-    members: tuple[str, ...] = ()
-    # The flapping alert's crashes (time, result, exit status...), oldest first.
-    digest: tuple[Mapping[str, str | int | float | bool], ...] = ()
-
-
-@dataclass(frozen=True)
-class Delivery:
-    target: str
-    ok: bool
-    error: str | None  # safe to log: host:port at most, never a URL or a secret
-    attempts: int
-    duration: float
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def webhook_payload(alert: Alert) -> dict[str, Any]:
-    """The generic JSON webhook body (version 1); ``digest`` only when the alert has one."""
-    payload: dict[str, Any] = {
-        "version": PAYLOAD_VERSION,
-        "source": "unitgen",
-        "status": alert.status,
-        "unit": alert.unit,
-        "incident_id": alert.incident_id,
-        "level": alert.level,
-        "reason": alert.reason,
-        "summary": alert.summary,
-        "attempts": alert.attempts,
-        "host": alert.host,
-        "started_at": alert.started_at,
-        "started_at_iso": _iso(alert.started_at),
-        "ended_at": alert.ended_at,
-        "ended_at_iso": _iso(alert.ended_at) if alert.ended_at is not None else None,
-        "labels": dict(alert.labels),
-        **({"members": list(alert.members)} if alert.members else {}),
-    }
-    if alert.digest:
-        payload["digest"] = [dict(d) for d in alert.digest]
-    return payload
-
-
-def _slack_escape(text: str, limit: int) -> str:
-    # Slack's mrkdwn treats these three as control characters, nothing else.
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
-
-
-def slack_payload(alert: Alert) -> dict[str, Any]:
-    """A Slack incoming-webhook body: ``text`` (the notification) and ``blocks``."""
-    icon = ":rotating_light:" if alert.status == "firing" else ":white_check_mark:"
-    head = f"{icon} [{alert.status.upper()}] {alert.unit} on {alert.host}"
-    text = _slack_escape(f"{head}: {alert.summary}", 2900)
-
-    def fld(label: str, value: str) -> dict[str, str]:
-        return {"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value, 1900)}"}
-
-    return {
-        "text": text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "section",
-                "fields": [
-                    fld("Level", alert.level),
-                    fld("Reason", alert.reason),
-                    fld("Attempts", str(alert.attempts)),
-                    fld("Incident", alert.incident_id),
-                    fld("Started", _iso(alert.started_at)),
-                ],
-            },
-        ],
-    }
-
-
-def _label_name(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    return clean if clean and not clean[0].isdigit() else f"_{clean}"
-
-
-def alertmanager_labels(alert: Alert, target_labels: Mapping[str, str]) -> dict[str, str]:
-    """The identity of the alert in Alertmanager; identical for firing and resolved."""
-    labels: dict[str, str] = {"severity": "critical"}
-    for k, v in alert.labels.items():
-        labels[_label_name(k)] = v
-    labels.update(target_labels)
-    labels.update(
-        {
-            "alertname": ALERTNAME,
-            "unit": alert.unit,
-            "instance": alert.host,
-            "incident": alert.incident_id,
-            "reason": alert.reason,
-        }
-    )
-    return labels
-
-
-def generator_url(alert: Alert, configured: str | None = None) -> str:
-    """Where the alert came from: the target's ``generator_url``, else a unitgen:// URI
-    naming the host, the unit and the incident (what ``unitgen status`` shows)."""
-    if configured:
-        return configured
-
-    def part(text: str) -> str:
-        return quote(text.encode("utf-8", "replace"), safe="")  # lone surrogates too
-
-    return f"unitgen://{part(alert.host)}/{part(alert.unit)}?incident={part(alert.incident_id)}"
-
-
-def alertmanager_payload(
-    alert: Alert,
-    target_labels: Mapping[str, str] | None = None,
-    *,
-    now: float | None = None,
-    resend_interval: float = DEFAULT_RESEND_INTERVAL,
-    generator: str | None = None,
-) -> list[dict[str, Any]]:
-    """The body of ``POST /api/v2/alerts``: a list holding one alert.
-
-    Firing: ``endsAt`` is ``now + ENDS_AFTER_INTERVALS * resend_interval``.
-    Resolved: ``endsAt`` is ``ended_at`` (or now), never before ``startsAt``,
-    which is in the past and so resolves the alert with the same labels.
-    """
-    current = time.time() if now is None else now
-    if alert.status == "firing":
-        ends = current + ENDS_AFTER_INTERVALS * resend_interval
-    else:
-        ends = alert.ended_at if alert.ended_at is not None else current
-        ends = min(max(ends, alert.started_at), current)
-    description = (
-        f"{alert.unit} on {alert.host}: level {alert.level}, {alert.attempts} attempt(s), "
-        f"reason {alert.reason}, incident {alert.incident_id}"
-    )
-    return [
-        {
-            "labels": alertmanager_labels(alert, target_labels or {}),
-            "annotations": {
-                "summary": alert.summary,
-                "description": description,
-                "level": alert.level,
-                "attempts": str(alert.attempts),
-                "status": alert.status,
-                **({"members": " ".join(alert.members)[:4000]} if alert.members else {}),
-            },
-            "startsAt": _iso(alert.started_at),
-            "endsAt": _iso(ends),
-            "generatorURL": generator_url(alert, generator),
-        }
-    ]
-
-
-def _header_text(text: str, limit: int = 200) -> str:
-    """One header-safe line: every control/format character and line break becomes a space."""
-    text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
-    chars = [" " if unicodedata.category(c)[0] in "CZ" else c for c in text]
-    line = " ".join("".join(chars).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def email_subject(alert: Alert) -> str:
-    return _header_text(
-        f"[unitgen] {alert.status.upper()} {alert.unit} on {alert.host} "
-        f"({alert.level}): {alert.summary}"
-    )
-
-
-def email_message(alert: Alert, target: AlertTarget) -> EmailMessage:
-    """A plain-text message; every header value is reduced to one safe line."""
-    import email.policy
-    import email.utils
-    from email.message import EmailMessage
-
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = target.from_addr or ""
-    msg["To"] = ", ".join(target.to)
-    msg["Subject"] = email_subject(alert)
-    msg["Date"] = email.utils.formatdate(usegmt=True)
-    # An explicit domain: the default calls getfqdn(), a DNS lookup that may hang.
-    msg["Message-ID"] = email.utils.make_msgid("unitgen", domain="unitgen.invalid")
-    msg["X-Unitgen-Status"] = alert.status
-    msg["X-Unitgen-Incident"] = _header_text(alert.incident_id)
-    ended = _iso(alert.ended_at) if alert.ended_at is not None else "-"
-    body = "\n".join(
-        [
-            f"Status:   {alert.status}",
-            f"Unit:     {alert.unit}",
-            f"Host:     {alert.host}",
-            f"Level:    {alert.level}",
-            f"Reason:   {alert.reason}",
-            f"Attempts: {alert.attempts}",
-            f"Incident: {alert.incident_id}",
-            f"Started:  {_iso(alert.started_at)}",
-            f"Ended:    {ended}",
-            "",
-            alert.summary,
-            "",
-        ]
-    )
-    msg.set_content(body.encode("utf-8", "replace").decode("utf-8"))
-    return msg
-
-
-def _env_value(text: str) -> str:
-    return text.replace("\x00", "")
-
-
-def command_env(alert: Alert, target_name: str) -> dict[str, str]:
-    """The whole environment of a command hook: a minimal base plus the alert.
-
-    ``UNITGEN_ALERT`` is the webhook JSON; the other variables repeat its main
-    fields for shell scripts. Nothing else is inherited, so secrets in
-    unitgen's own environment (``url_env``...) never reach the hook.
-    """
-    return {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "UNITGEN_ALERT": json.dumps(webhook_payload(alert), sort_keys=True),
-        "UNITGEN_ALERT_TARGET": _env_value(target_name),
-        "UNITGEN_ALERT_STATUS": alert.status,
-        "UNITGEN_ALERT_UNIT": _env_value(alert.unit),
-        "UNITGEN_ALERT_INCIDENT": _env_value(alert.incident_id),
-        "UNITGEN_ALERT_LEVEL": _env_value(alert.level),
-        "UNITGEN_ALERT_REASON": _env_value(alert.reason),
-        "UNITGEN_ALERT_SUMMARY": _env_value(alert.summary),
-        "UNITGEN_ALERT_ATTEMPTS": str(alert.attempts),
-        "UNITGEN_ALERT_HOST": _env_value(alert.host),
-    }
-
-
-# -- delivery ------------------------------------------------------------------------
-
-
-def _backoff_ceiling(n: int) -> float:
-    """The longest wait before retry ``n + 1``; the actual wait is 50-100 % of it."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2.0**n))
 
 
 @dataclass(frozen=True)
@@ -785,7 +447,7 @@ class Alerter:
             log.debug("alert %s attempt %d failed: %s", target.name, attempts, error)
             if not result.retryable or n == target.retries:
                 break
-            delay = _backoff_ceiling(n) * self._rng.uniform(0.5, 1.0)
+            delay = backoff_ceiling(n) * self._rng.uniform(0.5, 1.0)
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
             if time.monotonic() + delay >= deadline:

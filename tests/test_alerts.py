@@ -23,13 +23,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from receivers import HangingServer, Receiver, Recorded, closed_port
 
-from handlers.alerts import (
-    ALERTMANAGER_FIRING_TTL,
-    Alert,
-    Alerter,
-    AlertTarget,
-    Delivery,
-)
+from handlers.alertmodel import ALERTMANAGER_FIRING_TTL
+from handlers.alerts import Alert, Alerter, AlertTarget, Delivery
 from handlers.outbound import MAX_REDIRECTS
 from unitgen.errors import PolicyError
 

@@ -28,13 +28,8 @@ from receivers import HangingServer, closed_port
 from sandboxlib import in_ci
 
 from handlers.alertkeeper import AlertKeeper
-from handlers.alerts import (
-    ALERTMANAGER_FIRING_TTL,
-    ENDS_AFTER_INTERVALS,
-    Alert,
-    Alerter,
-    AlertTarget,
-)
+from handlers.alertmodel import ALERTMANAGER_FIRING_TTL, ENDS_AFTER_INTERVALS
+from handlers.alerts import Alert, Alerter, AlertTarget
 
 BINARY = "prometheus-alertmanager"
 

@@ -16,16 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from receivers import Receiver, closed_port
 
-from handlers.alerts import (
-    Alert,
-    Alerter,
-    AlertTarget,
+from handlers.alertpayloads import (
     alertmanager_payload,
     command_env,
     email_message,
     slack_payload,
     webhook_payload,
 )
+from handlers.alerts import Alert, Alerter, AlertTarget
 from handlers.secrets import describe_exception, endpoint
 
 # Newlines, quotes, %, specifiers, header look-alikes, unicode, and lone surrogates.

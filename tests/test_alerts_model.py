@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_toml import dumps
 
-from handlers.alerts import AlertTarget, AlertType
+from handlers.alertmodel import AlertTarget, AlertType
 from unitgen.errors import PolicyError, SpecError
 from unitgen.policy import from_json, policy_from_service, to_json
 from unitgen.specfile import parse_spec

@@ -531,9 +531,8 @@ async def test_instances_of_a_template_failing_with_one_exit_status_are_one_grou
 
 
 def test_a_group_alert_names_cause_and_members_in_every_payload() -> None:
-    from handlers.alerts import (
-        Alert,
-        AlertTarget,
+    from handlers.alertmodel import Alert, AlertTarget
+    from handlers.alertpayloads import (
         alertmanager_payload,
         command_env,
         email_message,

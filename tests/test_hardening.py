@@ -16,8 +16,9 @@ from unitgen.hardening import (
 )
 from unitgen.model import Hardening, Service, Spec
 from unitgen.paths import Scope
-from unitgen.render import RenderOptions, render, write_trees
+from unitgen.render import RenderOptions, render
 from unitgen.verify import exposure, verify
+from unitgen.writetrees import write_trees
 
 WEB = Service(
     name="web",

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import unitgen.render as render_module
+import unitgen.writetrees as writetrees_module
 from unitgen.errors import RenderError
 from unitgen.model import Hardening, Override, Restart, Service, Spec
 from unitgen.paths import Scope
 from unitgen.quoting import unquote
-from unitgen.render import RECOVER_UNIT, RenderOptions, render, render_policies, write_trees
+from unitgen.render import RECOVER_UNIT, RenderOptions, render, render_policies
+from unitgen.writetrees import write_trees
 
 OPTIONS = RenderOptions(systemd_version=252, unitgen_bin="/opt/unitgen/bin/unitgen")
 KEY = re.compile(r"[A-Z][A-Za-z0-9]*")
@@ -298,7 +299,7 @@ def test_failure_while_staging_changes_nothing(
         flushed.extend(files)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(render_module, "_sync_staged", full_disk)
+    monkeypatch.setattr(writetrees_module, "_sync_staged", full_disk)
     with pytest.raises(RenderError, match="No space left") as info:
         write_trees(
             [
@@ -343,7 +344,7 @@ def test_without_syncfs_each_staged_file_is_fsynced(
         synced.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(render_module.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(writetrees_module.ctypes, "CDLL", no_libc)
     monkeypatch.setattr(os, "fsync", counting_fsync)
     out = tmp_path / "out"
     written = write_trees([(out, {"a.service": "a\n", "b.service": "b\n"})])

@@ -25,9 +25,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from sandboxlib import unavailable
 
-import unitgen.render as render_module
+import unitgen.writetrees as writetrees_module
 from unitgen.errors import RenderError
-from unitgen.render import write_trees
+from unitgen.writetrees import write_trees
 
 OLD_SPEC = """
 [service.a]
@@ -211,7 +211,7 @@ def test_rename_failure_rolls_everything_back(
     trees = [(out, unit_files), (policies, policy_files)]
     targets = [out / n for n in unit_files] + [policies / n for n in policy_files]
     before = snapshot(out, policies)
-    real_sync = render_module._sync_staged
+    real_sync = writetrees_module._sync_staged
 
     # Everything is staged and checked; then a directory takes one target's place, so
     # the kernel refuses that rename after the earlier ones went through.
@@ -222,7 +222,7 @@ def test_rename_failure_rolls_everything_back(
             target.unlink()
         (target / "x").mkdir(parents=True)
 
-    monkeypatch.setattr(render_module, "_sync_staged", sync_then_block)
+    monkeypatch.setattr(writetrees_module, "_sync_staged", sync_then_block)
     with pytest.raises(RenderError) as info:
         write_trees(trees)
     message = str(info.value)
@@ -246,7 +246,7 @@ def test_flush_failure_after_every_rename_rolls_back(
     def failing_fsync(directory: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(render_module, "_fsync_dir", failing_fsync)
+    monkeypatch.setattr(writetrees_module, "_fsync_dir", failing_fsync)
     with pytest.raises(RenderError, match="nothing was changed") as info:
         write_trees([(out, unit_files), (policies, policy_files)])
     assert info.value.exit_code == 1
@@ -259,15 +259,15 @@ def test_an_undo_that_fails_says_what_is_left(
 ) -> None:
     spec, out, _ = installed
     (_, unit_files), _ = _trees(spec)
-    real_fsync = render_module._fsync_dir
+    real_fsync = writetrees_module._fsync_dir
 
     def failing_fsync(directory: Path) -> None:
         (out / "c.service").unlink()  # the undo cannot remove what is already gone
         (out / "c.service").mkdir()
-        monkeypatch.setattr(render_module, "_fsync_dir", real_fsync)
+        monkeypatch.setattr(writetrees_module, "_fsync_dir", real_fsync)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(render_module, "_fsync_dir", failing_fsync)
+    monkeypatch.setattr(writetrees_module, "_fsync_dir", failing_fsync)
     with pytest.raises(RenderError) as info:
         write_trees([(out, unit_files)])
     message = str(info.value)
@@ -476,7 +476,7 @@ def _inject(mp: pytest.MonkeyPatch, call: str, at: int) -> None:
         return wrapper
 
     if call == "fsync":
-        mp.setattr(render_module, "_fsync_dir", failing(render_module._fsync_dir))
+        mp.setattr(writetrees_module, "_fsync_dir", failing(writetrees_module._fsync_dir))
     elif call == "open":
         mp.setattr("builtins.open", failing(open))
     else:

@@ -180,7 +180,7 @@ def _gate(
 ) -> list[str]:
     """The checks of ``unitgen check``: verify and the exposure gate. One line per problem."""
     from unitgen.commands.check import gate
-    from unitgen.render import write_trees
+    from unitgen.writetrees import write_trees
 
     with tempfile.TemporaryDirectory(prefix="unitgen-apply-") as tmp:
         directory = Path(tmp)

@@ -88,7 +88,8 @@ def _worst_case(spec_unit: Service | Override) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from unitgen.errors import UsageError
-    from unitgen.render import render, write_trees
+    from unitgen.render import render
+    from unitgen.writetrees import write_trees
 
     if args.max_exposure is not None and not 0.0 <= args.max_exposure <= 10.0:
         raise UsageError(f"--max-exposure {args.max_exposure}: expected 0.0 to 10.0")

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from unitgen.errors import UsageError
     from unitgen.harden import HARDEN_DROPIN, HardenOptions, harden, parse_probe
     from unitgen.hardensearch import Trial
-    from unitgen.render import write_trees
+    from unitgen.writetrees import write_trees
 
     if not (0.0 <= args.settle <= 600.0):
         raise UsageError(f"--settle {args.settle}: expected seconds from 0 to 600")

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unitgen.render import DROPIN_NAME, render, render_policies, write_trees
+    from unitgen.render import DROPIN_NAME, render, render_policies
+    from unitgen.writetrees import write_trees
 
     spec, options = prepare(args)
     units = render(spec, options)
