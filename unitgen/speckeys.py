@@ -936,7 +936,8 @@ DEFAULTS = Table(
 
 # -- alerts --------------------------------------------------------------------------
 
-# handlers.alerts keeps Alertmanager's resend interval within the same bounds.
+# Alertmanager's resend interval: checked in the spec, and again on every alert target a
+# policy hands the runtime (unitgen.alertconfig validates through this same table).
 RESEND_INTERVAL = Duration(positive=True, minimum=30.0, maximum=180.0)
 
 # Not a secret: the message that refuses one.
