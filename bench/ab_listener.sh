@@ -6,7 +6,8 @@
 #   bench/ab_listener.sh BASE [NEW] [ROUNDS] [MODE ARGS...]
 #   bench/ab_listener.sh e6ed2a2 HEAD 6 giveup --trials 40
 #
-# Prints each run's table rows, headed "== round N base|new TIME load L".
+# Prints each run's table rows (not the header rows), headed
+# "== round N base|new TIME load L".
 set -eu
 base=$1; new=${2:-HEAD}; rounds=${3:-6}
 shift $(( $# < 3 ? $# : 3 ))
@@ -25,7 +26,7 @@ while [ $round -le "$rounds" ]; do
     for side in base new; do
         echo "== round $round $side $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)"
         "$python" "$work/$side/bench/bench_listener.py" "$@" 2>&1 \
-            | grep -E '^\| (systemd|generated|listener)|listener stats' || true
+            | grep -E '^\| |listener stats' | grep -vE '^\|( *-+ *\|| measure | path )' || true
     done
     round=$((round + 1))
 done

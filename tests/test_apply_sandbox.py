@@ -238,3 +238,54 @@ def test_apply_restarts_in_dependency_order_and_removes_a_dropped_unit(
     load = sb.systemctl("show", "-P", "LoadState", "h15a.service").stdout.strip()
     assert load == "not-found"
     assert sb.systemctl("is-active", "h15b.service").stdout.strip() == "active"
+
+
+def test_a_rollback_that_fails_too_exits_3_and_says_so_in_the_alert_and_the_journal(
+    fresh_system_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The old generation cannot start either (what it needs went away meanwhile): the
+    operator must hear that units are down, not "back on generation 1"."""
+    sb = fresh_system_sandbox
+    spec = tmp_path / "services.toml"
+    needs_flag = [
+        "/bin/sh",
+        "-c",
+        "test -e /etc/h15-flag && exec " + " ".join(GOOD).format(port=8472),
+    ]
+    sb.run(["touch", "/etc/h15-flag"], check=True)
+    spec.write_text(spec_text("v1", needs_flag, port=8472))
+    rc, out = apply(sb, spec)
+    assert (rc, out["outcome"], out["generation"]) == (0, "applied", 1), out
+    assert serving(sb, 8472)
+
+    sb.run(["rm", "/etc/h15-flag"], check=True)
+    spec.write_text(spec_text("v2", BROKEN, port=8472))
+    rc, out = apply(sb, spec)
+    assert (rc, out["outcome"], out["generation"], out["previous"]) == (
+        3,
+        "rollback-failed",
+        2,
+        1,
+    ), out
+    assert [(r["unit"], r["ok"]) for r in out["restarted"]] == [("h15web.service", False)]
+    assert [(r["unit"], r["ok"]) for r in out["rolled_back"]] == [("h15web.service", False)]
+    # Back on generation 1's files, even though its unit does not start.
+    assert sb.systemctl("show", "-P", "Description", "h15web.service").stdout.strip() == "v1"
+    assert sb.systemctl("is-active", "h15web.service").stdout.strip() != "active"
+    alert = sb.run(["cat", "/run/h15-alert"], check=True).stdout
+    assert alert.startswith("apply-rollback-failed unitgen apply: generation 2 failed on h15web")
+    assert "the rollback to generation 1 failed too (h15web.service: " in alert
+    entry = json.loads(
+        sb.run(
+            ["journalctl", "--no-pager", "-o", "json", "-n", "1", "UNITGEN_EVENT=Apply"],
+            check=True,
+        ).stdout
+    )
+    assert (entry["UNITGEN_OUTCOME"], entry["PRIORITY"]) == ("rollback-failed", "2")
+    assert entry["MESSAGE_ID"] == "a74d3fe5f3b1457194f9a959784b701e"  # its own catalog entry
+    assert "the rollback to generation 1 failed too" in entry["MESSAGE"]
+    gens = json.loads(sb.run([UNITGEN, "generations", "--json"]).stdout)["generations"]
+    assert [(g["generation"], g["status"], g["current"]) for g in gens] == [
+        (1, "active", True),
+        (2, "failed", False),
+    ]

@@ -365,7 +365,7 @@ def owned(spec: Spec, unit: str) -> bool:
 APPLY_MESSAGE_IDS: dict[str, str] = {
     "applied": "a2826753e4aa4e4b9b7710ad255728c1",
     "rolled-back": "c3dadebf4df84bd096f8a06854e42450",
-    "rollback-failed": "c3dadebf4df84bd096f8a06854e42450",
+    "rollback-failed": "a74d3fe5f3b1457194f9a959784b701e",
 }
 
 
@@ -392,16 +392,26 @@ def journal_fields(out: Outcome) -> list[tuple[str, str]] | None:
     else:
         unit = str(failed["unit"])
         fields += [
-            ("PRIORITY", "3"),
+            # A failed rollback leaves units down: critical, not only an error.
+            ("PRIORITY", "2" if out.outcome == "rollback-failed" else "3"),
             (
                 "MESSAGE",
-                f"unitgen apply: generation {out.generation} failed on {unit}; "
-                f"back on generation {out.previous}",
+                f"unitgen apply: generation {out.generation} failed on {unit}; {went_back(out)}",
             ),
             ("UNITGEN_UNIT", unit),
             ("UNITGEN_REASON", str(failed.get("detail", ""))),
         ]
     return fields
+
+
+def went_back(out: Outcome) -> str:
+    """Where a failed apply left the host: back on the previous generation, or not."""
+    to = f"generation {out.previous}" if out.previous is not None else "no generation"
+    if out.outcome != "rollback-failed":
+        return f"back on {to}"
+    broken = [r for r in out.rolled_back if not r.get("ok", True)]
+    what = "; ".join(f"{r['unit']}: {r.get('detail', '')}" for r in broken)
+    return f"the rollback to {to} failed too ({what})"
 
 
 def log_to_journal(out: Outcome) -> None:

@@ -297,7 +297,7 @@ async def _rollout(
         out.problems.append(f"{failed.unit}: {failed.detail}")
         if not ok:
             out.outcome = "rollback-failed"
-        out.alerts = await _alert(spec, failed, new.number, old.number if old else None)
+        out.alerts = await _alert(spec, failed, out)
         return out
     finally:
         await bus.close()
@@ -346,15 +346,13 @@ def _row(r: UnitResult) -> dict[str, Any]:
     }
 
 
-async def _alert(
-    spec: Spec, failed: UnitResult, number: int, previous: int | None
-) -> list[dict[str, Any]]:
+async def _alert(spec: Spec, failed: UnitResult, out: Outcome) -> list[dict[str, Any]]:
     """Tell the failed unit's alert targets (those of the spec that broke it)."""
     import socket
     import time
 
     from handlers.alerts import Alert, Alerter, AlertTarget
-    from unitgen.rollout import owner
+    from unitgen.rollout import owner, went_back
 
     who = owner(spec, failed.unit)
     names = who.alerts if who is not None and who.alerts else spec.defaults.alerts
@@ -365,15 +363,15 @@ async def _alert(
     ]
     if not targets:
         return []
-    went_back = f"generation {previous}" if previous is not None else "no generation"
     alert = Alert(
         unit=failed.unit,
-        incident_id=f"apply-{number}",
+        incident_id=f"apply-{out.generation}",
         level="apply",
         status="firing",
-        reason="apply-rolled-back",
-        summary=f"unitgen apply: generation {number} failed on {failed.unit} "
-        f"({failed.detail}); back on {went_back}",
+        # A failed rollback is its own reason: the units it names are down now.
+        reason="apply-rollback-failed" if out.outcome == "rollback-failed" else "apply-rolled-back",
+        summary=f"unitgen apply: generation {out.generation} failed on {failed.unit} "
+        f"({failed.detail}); {went_back(out)}",
         attempts=1,
         started_at=time.time(),
         ended_at=None,
