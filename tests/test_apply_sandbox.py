@@ -289,3 +289,44 @@ def test_a_rollback_that_fails_too_exits_3_and_says_so_in_the_alert_and_the_jour
         (1, "active", True),
         (2, "failed", False),
     ]
+
+
+def test_apply_user_links_into_the_user_manager_and_rolls_back_there(
+    fresh_user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """``apply --user``: the user's own unit directory and manager, generations in its
+    state directory, the same rollback; nothing of the system scope is touched."""
+    sb = fresh_user_sandbox
+    spec = tmp_path / "services.toml"
+    port = 8473
+
+    def user_spec(description: str, exec_: list[str]) -> str:
+        # A user manager cannot run DynamicUser= services.
+        return spec_text(description, exec_, port).replace("dynamic_user = true\n", "")
+
+    spec.write_text(user_spec("v1", GOOD))
+    rc, out = apply(sb, spec, "--user")
+    assert (rc, out["outcome"], out["generation"]) == (0, "applied", 1), out
+    assert sb.systemctl("is-active", "h15web.service").stdout.strip() == "active"
+    assert serving(sb, port)
+    home = sb.to_host(Path("/home/sandbox"))
+    link = home / ".config/systemd/user/h15web.service"
+    assert link.is_symlink(), list((home / ".config/systemd/user").iterdir())
+    # Through the live generation in the user's state directory (a path inside).
+    assert str(link.readlink()).startswith("/home/sandbox/"), link.readlink()
+    assert "/generations/current/units/" in str(link.readlink())
+    # The user sandbox shares the host's /etc: the system scope's directory is untouched.
+    assert not Path("/etc/systemd/system/h15web.service").exists()
+
+    spec.write_text(user_spec("v2", BROKEN))
+    rc, out = apply(sb, spec, "--user")
+    assert (rc, out["outcome"], out["generation"], out["previous"]) == (1, "rolled-back", 2, 1)
+    assert sb.systemctl("show", "-P", "Description", "h15web.service").stdout.strip() == "v1"
+    assert sb.systemctl("is-active", "h15web.service").stdout.strip() == "active"
+    assert serving(sb, port)
+    gens = json.loads(sb.run([UNITGEN, "generations", "--user", "--json"]).stdout)["generations"]
+    assert [(g["generation"], g["status"], g["current"]) for g in gens] == [
+        (1, "active", True),
+        (2, "failed", False),
+    ]
+    sb.systemctl("stop", "h15web.service")
