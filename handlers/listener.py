@@ -40,12 +40,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from handlers import bus as busmod
 from handlers.bus import SystemdBus
 from handlers.busretry import RetryingBus
+from handlers.depwait import DependencyWaits, down_dependencies
 from handlers.diagnose import (
     SERVICE_LIVE,
     STATIC,
@@ -61,6 +61,7 @@ from handlers.events import EventSink, NullSink
 from handlers.flapping import AlerterFor, CrashReporter, FlapWatch
 from handlers.health import HealthScheduler
 from handlers.ladder import State
+from handlers.listenerstate import ListenerOptions, Stats, UnitState
 from handlers.notify import Notifier
 from handlers.parkwatch import ParkWatch
 from handlers.recoverer import ConnectHook, EngineFactory, Recoverer, TriggerFactory
@@ -78,59 +79,12 @@ __all__ = ["Listener", "ListenerOptions", "Stats", "UnitState"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ListenerOptions:
-    # Units handled at once, across all units. A ladder holds its slot while systemd
-    # starts the unit, so a small pool makes a burst of failures wait in rounds; the
-    # bus layer caps calls in flight at 32 either way (figures in docs/listener.md).
-    max_concurrency: int = 32
-    max_pending: int = 4096  # distinct units waiting; more are dropped and counted
-    reconnect_initial: float = 0.05
-    reconnect_max: float = 10.0
-    health_concurrency: int = 8
-
-
 # STATUS= after recoveries is sent at most this often (seconds).
 STATUS_INTERVAL = 0.5
 
 _NO_JOB = (0, "/")
 # Outcomes (ladder.State values) whose Recovered or GaveUp event reaches the journal.
 _WITH_EVENT = frozenset({"recovered", "gave-up"})
-
-
-@dataclass
-class UnitState:
-    active: str = ""
-    handled: str = ""  # the invocation last handed to the ladder
-    # The invocation last seen in ``auto-restart``: a ``failed`` of that same invocation
-    # means systemd's own restart job was refused (the start limit) and it gave up.
-    auto_restart: str = ""
-    crashed: str = ""  # the invocation last reported as crashed (one Crashed each)
-    restarted: str = ""  # the auto-restart invocation whose restart by systemd was counted
-    live: dict[str, Any] = field(default_factory=dict)  # SERVICE_LIVE | UNIT_LIVE, latest
-    static: dict[str, Any] | None = None  # STATIC, None until read (again)
-
-    def forget(self) -> None:
-        """Signals may have been missed or the unit reloaded: read it afresh next time."""
-        self.live.clear()
-        self.static = None
-        self.auto_restart = ""
-
-
-@dataclass
-class Stats:
-    signals: int = 0
-    failed_signals: int = 0
-    systemd_restarting: int = 0  # failed, then systemd's own auto-restart: stood down
-    decided_without_read: int = 0  # systemd cannot restart it: decided on the signals alone
-    start_limit: int = 0  # failed after auto-restart, same invocation: systemd gave up
-    duplicates: int = 0  # a failure of an invocation already handed to the ladder
-    recoveries: int = 0
-    recovery_errors: int = 0
-    health_escalations: int = 0
-    reconnects: int = 0
-    reconciles: int = 0
-    malformed: int = 0
 
 
 class Listener:
@@ -215,6 +169,9 @@ class Listener:
         )
         # Live views, for the signal path: one set lookup per signal (bench/bench_parking.py).
         self._park_deps, self._parked_units = self.parked.dependencies, self.parked.units
+        # Units whose start systemd refused because a dependency failed.
+        self.refused = DependencyWaits(lambda unit, reason: self._enqueue(unit, reason))
+        self._refused_deps = self.refused.dependencies
         # Units whose incident was left open for systemd's Restart=: the signal that
         # they are active again is what ends it (no failure would come to).
         self._left_to_systemd: set[str] = set()
@@ -490,10 +447,11 @@ class Listener:
         if member == "PropertiesChanged":
             self._on_properties(msg)
         elif member == "JobRemoved":
-            # (id, job, unit, result): a failed start job may leave a failed unit.
+            # (id, job, unit, result): a failed start job may leave a failed unit;
+            # "dependency": its start was refused, a dependency having failed.
             body = msg.body
             if len(body) == 4 and body[3] in ("failed", "dependency") and body[2] in self.watch:
-                self._enqueue(body[2], "job")
+                self._enqueue(body[2], "refused" if body[3] == "dependency" else "job")
         elif member == "UnitNew":
             name, path = msg.body
             if name in self.watch:
@@ -532,6 +490,8 @@ class Listener:
         if name in self._park_deps:
             # A dependency a parked unit waits for; it need not be watched itself.
             self.parked.dependency_signal(name, msg.body)
+        if name in self._refused_deps:
+            self.refused.signal(name, msg.body)
         if name not in self.watch:
             return
         interface, changed = msg.body[0], msg.body[1]
@@ -560,6 +520,8 @@ class Listener:
             self._enqueue(name, "systemd-restarted")
         if active == "active" and name in self._parked_units:
             self.parked.unit_active(name)
+        if name in self.refused and active != "inactive":
+            self.refused.forget(name)  # started, or failed: the usual paths take it
         if live.get("SubState") == "auto-restart":
             state.auto_restart = invocation_hex(live.get("InvocationID"))
             if state.auto_restart != state.crashed and live.get("Result", "success") != "success":
@@ -637,6 +599,12 @@ class Listener:
             trigger = self._trigger(source="health", reason="health")
             await self._recover(engine, unit, trigger)
             return
+        if reasons == {"dependency-back"}:
+            # Its start was refused while a dependency was down (handlers/depwait.py);
+            # the dependency is back: one ladder run starts it, within its budget.
+            trigger = self._trigger(source="dependency", reason=self.refused.reason(unit))
+            await self._recover(engine, unit, trigger)
+            return
         if reasons == {"systemd-restarted"}:
             # Its incident was left to systemd's Restart=, which brought it up: a run
             # that finds it active closes the incident and resolves its alert.
@@ -660,6 +628,10 @@ class Listener:
                 # (and the auto-restart signal reported that one).
                 if props.get("ActiveState") == "failed" or props.get("SubState") == "auto-restart":
                     self._crashed(unit, state, props, "systemd")
+            elif "refused" in reasons and view.active_state == "inactive":
+                down = await down_dependencies(bus, unit)
+                if down is not None:
+                    self.refused.wait(unit, down)
             return
         inv = view.invocation
         if inv and inv == state.handled:

@@ -211,4 +211,6 @@ class Run:
 
 
 # The Unit-interface state verify starts from when it applies the restart's changes.
-UNIT_STATE = ("ActiveState", "SubState", "InvocationID", "Job")
+# What verification compares against: the last start's time tells a unit that was
+# inactive before the restart from one the restart started and that stopped again.
+UNIT_STATE = ("ActiveState", "SubState", "InvocationID", "Job", "InactiveExitTimestampMonotonic")

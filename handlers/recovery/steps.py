@@ -510,13 +510,28 @@ class Steps(DependencySteps):
         if old is None:
             old = run.diagnosis.invocation_id if run.diagnosis is not None else ""
 
+        last_start = run.before.get("InactiveExitTimestampMonotonic")
+        job_seen = False
+
         def settled(p: dict[str, Any]) -> bool:
+            nonlocal job_seen
             if p.get("SubState") in RESTARTING_SUBSTATES:
                 return True  # it crashed after our start and systemd's Restart= has it
             if job_queued(p):
+                job_seen = True
                 return False  # our restart job has not run yet
             if old and diagnosis_from(unit, p).invocation_id == old:
                 return False  # still the failed run we saw before restarting
+            if (
+                p.get("ActiveState") == "inactive"
+                and not job_seen
+                and last_start is not None
+                and p.get("InactiveExitTimestampMonotonic") == last_start
+            ):
+                # Not started since, and no job seen: a unit that was inactive before
+                # (stopped with its dependency) whose start job has not run yet. A job
+                # that ran without starting it (a condition) ends the wait.
+                return False
             return p.get("ActiveState") in ("active", "failed", "inactive")
 
         timeout = run.policy.recovery.start_timeout
