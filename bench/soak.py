@@ -16,7 +16,8 @@ Invariants (any violation: exit 1; the same seed reproduces the schedule):
 
 * every unit is active at the end, except those the ladder gave up on or parked (counted);
 * no unit started more often than systemd's restarts (journal), the ladder's
-  restarts (history and ledger) and the soak's own starts account for;
+  restarts (history and ledger: its own, and a dependent's restart of what it
+  requires) and the soak's own starts account for (bench/soak_accounting.py);
 * no unit restarted more often within its window than the worst case
   ``unitgen check`` prints;
 * every incident has an end;
@@ -51,6 +52,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
+import soak_accounting as acc  # noqa: E402
 import soak_faults as sf  # noqa: E402
 from daemon_sandbox import install_daemon  # noqa: E402
 
@@ -255,6 +257,7 @@ class Soak:
         self.webhook: sf.Webhook | None = None
         self.budget: dict[str, int] = {}
         self.ladder_seen: dict[str, set[float]] = {}
+        self.dependency_seen: dict[str, set[float]] = {}  # restarted unit -> walls
 
     # set-up ------------------------------------------------------------------------
 
@@ -480,6 +483,22 @@ class Soak:
             pass
         return sorted(walls)
 
+    def _dependency_restarts(self) -> dict[str, list[float]]:
+        """Wall times of the restarts a dependent's ladder made of the units it requires
+        (level restart-with-dependencies), by restarted unit: the ``restart-dependency``
+        rows, which name it. Remembered across checks, like the ladder's own."""
+        store = self._store()
+        if store is not None:
+            try:
+                rows = store._query(
+                    "SELECT reason, wall FROM attempts WHERE action = 'restart-dependency'", ()
+                )
+                for dep, wall in rows:
+                    self.dependency_seen.setdefault(str(dep), set()).add(round(float(wall), 3))
+            finally:
+                store.close()
+        return {dep: sorted(walls) for dep, walls in self.dependency_seen.items()}
+
     def _given_up(self, unit: str) -> str | None:
         """The give-up's reason if the ladder left ``unit`` given up or parked (its
         budget spent: the operator's turn either way): the history's last incident, or
@@ -529,8 +548,9 @@ class Soak:
             return None
         return self.rng.choice(candidates)
 
-    def step(self, fault: Fault) -> None:
-        unit = self.pick(fault)
+    def step(self, fault: Fault, unit: str | None = None) -> None:
+        """One fault, on ``unit`` or on one the seed picks; settled, then checked."""
+        unit = unit or self.pick(fault)
         if unit is None:
             return
         assert self.sb is not None
@@ -651,44 +671,37 @@ class Soak:
 
     def _check_restart_accounting(self, when: str) -> None:
         ladder = {u: self._ladder_restarts(u) for u in self.units}
+        as_dependency = self._dependency_restarts()
         for u, role in self.units.items():
-            starts = self._starts(u)
-            scheduled = self._scheduled(u)
-            allowed = 1 + len(self.manual[u]) + scheduled + len(ladder[u])
+            ev = acc.StartEvidence(
+                unit=u,
+                starts=self._starts(u),
+                by_soak=list(self.manual[u]),
+                by_systemd=self._scheduled(u),
+                by_ladder=ladder[u],
+                as_dependency=as_dependency.get(u, []),
+            )
             if role.name == "front":
-                # Requires=back.service: a restart of back restarts front too.
+                # Requires=back.service: a restart of back restarts front too. (Not the
+                # restarts of back by front's own ladder: front is failed then, and a
+                # propagated try-restart leaves a failed unit as it is.)
                 back = "back.service"
-                allowed += len(ladder[back]) + len(self.manual[back])
-            if len(starts) > allowed:
-                self.violation(
-                    f"{when}: {u} started {len(starts)} times, accounted for {allowed}"
-                    f" (1 + {len(self.manual[u])} by the soak + {scheduled} by systemd"
-                    f" + {len(ladder[u])} by the ladder)"
-                )
+                ev.via_required = len(ladder[back]) + len(self.manual[back])
+            excess = ev.unaccounted()
+            if excess:
+                self.violation(f"{when}: {ev.describe()}")
                 # Report each excess once: count it as accounted from now on.
-                self.manual[u].extend([time.time()] * (len(starts) - allowed))
-            window = 600.0
-            since = self.resets.get(u, 0.0)
-            auto = sorted(t for t in starts if t >= since)
-            # Drop the first start and the soak's own starts: only restarts count.
-            for t in [starts[0] if starts else 0.0, *self.manual[u]]:
-                if t in auto:
-                    auto.remove(t)
-            for m in self.manual[u]:
-                later = [t for t in auto if t >= m]
-                if later:
-                    auto.remove(later[0])
+                self.manual[u].extend([time.time()] * excess)
             worst = self.budget.get(u)
-            if worst is not None:
-                for i, t in enumerate(auto):
-                    n = sum(1 for x in auto[i:] if x - t < window)
-                    if n > worst:
-                        self.violation(
-                            f"{when}: {u} restarted {n} times in {window:g} s, over its"
-                            f" worst case {worst}"
-                        )
-                        self.resets[u] = time.time()
-                        break
+            if worst is None:
+                continue
+            window = 600.0
+            n = acc.over_budget(acc.restarts_to_budget(ev, self.resets.get(u, 0.0)), worst, window)
+            if n is not None:
+                self.violation(
+                    f"{when}: {u} restarted {n} times in {window:g} s, over its worst case {worst}"
+                )
+                self.resets[u] = time.time()
 
     def finish(self) -> None:
         assert self.sb is not None
@@ -703,6 +716,12 @@ class Soak:
             if len(self._starts(u)) != counts[u]:
                 self.violation(f"{u} started again in the quiet period after the end")
         self._check_restart_accounting("at the end")
+        by_dependents = sorted((u, len(w)) for u, w in self.dependency_seen.items() if w)
+        if by_dependents:
+            self.report.notes.append(
+                "starts by a dependent's ladder (restart-dependency rows), accounted for: "
+                + ", ".join(f"{u} {n}" for u, n in by_dependents)
+            )
         for u in self.units:
             p = self._show(u)
             if p.get("SubState") != "running" and self._given_up(u) is None:

@@ -40,3 +40,37 @@ def test_soak_short_form(seed: int, fresh_user_sandbox: Sandbox, tmp_path: Path)
     }
     assert set(report.faults) == expected, text
     assert report.incidents > 0 and report.recovered > 0, text
+
+
+@pytest.mark.timeout(180)
+def test_soak_accounts_a_dependents_ladder_restarting_its_dependency(
+    fresh_user_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The long form's violation (docs/reliability.md), constructed directly.
+
+    Start-hangs of ``front.service`` in quick succession hit its start limit, and
+    its ladder's third attempt is at level ``restart-with-dependencies``: it
+    restarts ``back.service`` (``Requires=``) first, a start of back that neither
+    systemd nor back's own ladder made. The soak counts it from its history row;
+    a restart of back that nobody records is still a violation.
+    """
+    lines: list[str] = []
+    run = soak.Soak(tmp_path, 0, log=lines.append, sb=fresh_user_sandbox)
+    hang = next(f for f in soak.FAULTS if f.name == "start-hang")
+    try:
+        run.start()
+        for _ in range(10):
+            run.step(hang, "front.service")
+            if run._dependency_restarts().get("back.service"):
+                break
+        text = run.report.table() + "\n" + "\n".join(lines)
+        assert run._dependency_restarts().get("back.service"), f"level 2 not reached:\n{text}"
+        assert len(run._starts("back.service")) >= 2, text
+        assert not run.report.violations, text
+
+        fresh_user_sandbox.systemctl("restart", "back.service", check=True, timeout=60)
+        run._check_restart_accounting("after a restart nobody recorded")
+        caught = [v for v in run.report.violations if ": back.service started " in v]
+        assert caught, run.report.table()
+    finally:
+        run.close()
