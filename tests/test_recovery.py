@@ -1089,3 +1089,46 @@ async def test_history_is_checkpointed_after_a_run_in_a_thread(tmp_path: Path) -
     assert checkpoint is not None and engine.store.commits == 0
     await engine.aclose()
     assert checkpoint.done() and database.stat().st_size > size
+
+
+async def _level_two_run(tmp_path: Path, *, other_state: str) -> tuple[FakeBus, list[Any]]:
+    """api.service Requires= db.service, and so does web.service (in ``other_state``);
+    api's third restart in the window is at restart-with-dependencies."""
+    clock = FakeClock()
+    api = FakeUnit("api.service", requires=("db.service",))
+    db = FakeUnit("db.service", state="active")
+    db.props["RequiredBy"] = ["api.service", "web.service"]
+    db.props["BoundBy"] = []
+    web = FakeUnit("web.service", state=other_state)
+    bus = FakeBus(api, db, web, clock=clock)
+    rec = dataclasses.replace(FAST, max_attempts=3, min_uptime=0.0)
+    _write_policy(_paths(tmp_path), Policy(unit="api.service", recovery=rec))
+    engine, _sink, _alerter = _engine(tmp_path, bus, clock)
+    out = None
+    for i in range(2):
+        api.props.update(ActiveState="failed", SubState="failed")
+        out = await engine.recover("api.service", Trigger("onfailure", invocation_id=f"{i:032x}"))
+        clock.advance(60.0)
+    assert out is not None and out.level is Level.RESTART_WITH_DEPENDENCIES
+    store = engine.store
+    rows = [a for inc in store.incidents("api.service", 5) for a in store.attempts(inc.id)]
+    await engine.aclose()
+    return bus, [r for r in rows if r.action == "restart-dependency"]
+
+
+@pytest.mark.asyncio
+async def test_level_two_does_not_restart_a_dependency_other_active_units_need(
+    tmp_path: Path,
+) -> None:
+    bus, rows = await _level_two_run(tmp_path, other_state="active")
+    assert ("restart", "db.service") not in bus.calls  # web.service would go down with it
+    assert [(r.result, r.reason) for r in rows] == [
+        ("skipped", "db.service: also needed by web.service")
+    ]
+
+
+@pytest.mark.asyncio
+async def test_level_two_restarts_a_dependency_no_other_active_unit_needs(tmp_path: Path) -> None:
+    bus, rows = await _level_two_run(tmp_path, other_state="failed")
+    assert ("restart", "db.service") in bus.calls
+    assert [(r.result, r.reason) for r in rows] == [("started", "db.service")]

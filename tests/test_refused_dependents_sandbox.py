@@ -88,3 +88,33 @@ def test_a_dependent_stopped_by_a_refused_restart_is_started_when_its_dependency
     # The operator's stop stayed a stop.
     assert _state(sb, "refbystander.service")[0] == "inactive"
     assert history(sb, "refbystander.service") == []
+
+
+def test_a_restart_of_a_dependency_restarts_the_active_units_that_require_it(
+    user_sandbox: Sandbox,
+) -> None:
+    """Why the ladder's restart-with-dependencies level leaves a shared dependency alone
+    (handlers/recovery/steps.py): restarting it restarts its other, healthy clients."""
+    sb = user_sandbox
+    units = {
+        "shareddb.service": "[Service]\nExecStart=/bin/sleep infinity\n",
+        "client1.service": (
+            "[Unit]\nRequires=shareddb.service\nAfter=shareddb.service\n"
+            "[Service]\nExecStart=/bin/sleep infinity\n"
+        ),
+        "client2.service": (
+            "[Unit]\nRequires=shareddb.service\nAfter=shareddb.service\n"
+            "[Service]\nExecStart=/bin/sleep infinity\n"
+        ),
+    }
+    sb.install_units(units)
+    try:
+        sb.systemctl("start", "client1.service", "client2.service", check=True)
+        before = sb.show("client2.service", "MainPID", "InvocationID")
+        sb.systemctl("restart", "shareddb.service", check=True)
+        after = sb.show("client2.service", "MainPID", "InvocationID", "ActiveState")
+        assert after["ActiveState"] == "active"
+        assert after["InvocationID"] != before["InvocationID"]
+        assert after["MainPID"] != before["MainPID"]
+    finally:
+        sb.systemctl("stop", *units)

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("handlers.recovery")
 
 
+# States in which a unit a restart propagates to would be restarted (or stopped).
+_UP = frozenset({"active", "activating", "reloading"})
+
+
 class Steps(DependencySteps):
     """The step actions; :class:`handlers.recovery.RecoveryEngine` runs them in its loop."""
 
@@ -499,8 +503,36 @@ class Steps(DependencySteps):
         for dep in dict.fromkeys((*diag.requires, *diag.binds_to)):
             if dep in run.visited or not dep.endswith(".service"):
                 continue
+            others = await self._active_dependents(dep, run.unit)
+            if others:
+                # A restart of a shared dependency takes every active unit that
+                # Requires= or BindsTo= it along: one failing client must not restart
+                # the database under all the others.
+                shown = ", ".join(others[:5]) + (
+                    f" and {len(others) - 5} more" if len(others) > 5 else ""
+                )
+                self._record_step(
+                    run, "restart-dependency", "skipped", f"{dep}: also needed by {shown}", 0.0
+                )
+                continue
             await self.bus.restart(dep, "replace")
             self._record_step(run, "restart-dependency", "started", dep, 0.0)
+
+    async def _active_dependents(self, dep: str, unit: str) -> list[str]:
+        """The active units other than ``unit`` that a restart of ``dep`` would restart."""
+        try:
+            names = [
+                str(n)
+                for prop in ("RequiredBy", "BoundBy")
+                for n in await self.bus.get_property(dep, prop)
+            ]
+        except SystemdError:
+            return []  # not loaded: nothing holds on to it
+        others = sorted({n for n in names if n != unit})
+        states = await asyncio.gather(
+            *(self.bus.get_property(n, "ActiveState") for n in others), return_exceptions=True
+        )
+        return [n for n, state in zip(others, states, strict=True) if state in _UP]
 
     async def _verify(self, run: Run) -> Verdict:
         unit = run.unit
