@@ -515,8 +515,11 @@ class Steps(DependencySteps):
                     run, "restart-dependency", "skipped", f"{dep}: also needed by {shown}", 0.0
                 )
                 continue
-            await self.bus.restart(dep, "replace")
+            # On disk before the call, as the unit's own restart row is: a daemon that
+            # dies right after it must not leave a start nobody recorded.
             self._record_step(run, "restart-dependency", "started", dep, 0.0)
+            self._flush_rows(run)
+            await self.bus.restart(dep, "replace")
 
     async def _active_dependents(self, dep: str, unit: str) -> list[str]:
         """The active units other than ``unit`` that a restart of ``dep`` would restart."""
