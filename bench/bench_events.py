@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from eventstream_helpers import FakeBackend, connect, disconnect, private_bus
 
-from handlers.dbus_api import INTERFACE, RecoveryService, library_of
+from handlers.buslib import library_of
+from handlers.dbus_api import INTERFACE, RecoveryService
 from handlers.events import Event, EventKind
 from handlers.journal import JournalSink
 from handlers.metrics import Metrics, MetricsPublisher

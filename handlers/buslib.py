@@ -1,4 +1,4 @@
-"""The two D-Bus libraries behind :mod:`handlers.bus`, and the defects contained here.
+"""The two D-Bus libraries behind :mod:`handlers.bus` and :mod:`handlers.dbus_api`.
 
 dbus-next and dbus-fast share an API (``MessageBus``, ``Message``, ``call``,
 ``add_message_handler``, ``Variant``, ``MessageType``): :class:`BusLibrary` is
@@ -6,6 +6,11 @@ that surface, resolved once. ``UNITGEN_DBUS=next|fast`` forces one; otherwise
 dbus-fast is used when it is installed, because it parses systemd's signals an
 order of magnitude faster (measured by the listener benchmark's ``flood`` mode,
 recorded in docs/listener.md).
+
+The exported interface (:mod:`handlers.dbus_api`) is handed a connected bus and
+takes the library from it: :func:`library_of` gives that library with its
+``service`` module (``ServiceInterface``, ``method``, ``signal``), and
+:func:`dbus_types` declares a method's D-Bus signature the way both read it.
 
 Two library defects are contained here rather than worked around by callers:
 
@@ -32,12 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 from unitgen.errors import SystemdError, UsageError
 
@@ -45,14 +53,20 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BusLibrary",
+    "ServiceLibrary",
     "choose_library",
     "consume_send",
+    "dbus_types",
     "guard_writes",
+    "library_of",
     "load_library",
     "open_bus",
     "release_transport",
+    "service_library",
     "unwrap",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,57 @@ def choose_library(env: Mapping[str, str] | None = None) -> BusLibrary:
         return load_library("fast")
     except SystemdError:
         return load_library("next")
+
+
+# -- the exported interface's side ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceLibrary:
+    """One library's top module (``Message``, ``Variant``, ``DBusError``, ...) and its
+    ``service`` module, for exporting an interface."""
+
+    root: ModuleType
+    service: ModuleType
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.root, name)
+
+
+@functools.cache
+def service_library(root_name: str) -> ServiceLibrary:
+    return ServiceLibrary(
+        root=importlib.import_module(root_name),
+        service=importlib.import_module(f"{root_name}.service"),
+    )
+
+
+def library_of(bus: Any) -> ServiceLibrary:
+    """dbus-next or dbus-fast, whichever ``bus`` comes from."""
+    root_name = type(bus).__module__.split(".", 1)[0]
+    if root_name not in ("dbus_next", "dbus_fast"):
+        raise TypeError(f"expected a dbus-next or dbus-fast MessageBus, got {type(bus)!r}")
+    return service_library(root_name)
+
+
+def dbus_types(*args: str, returns: str = "") -> Callable[[_F], _F]:
+    """Declare a method's D-Bus signature without putting it in Python's annotations.
+
+    Both libraries read the D-Bus types from ``__annotations__``; writing them
+    there by hand keeps the Python signature type-checkable by mypy.
+    """
+
+    def apply(fn: _F) -> _F:
+        params = [p for p in inspect.signature(fn).parameters if p != "self"]
+        if len(params) != len(args):
+            raise TypeError(f"{fn.__name__}: {len(params)} parameters, {len(args)} D-Bus types")
+        annotations: dict[str, str] = dict(zip(params, args, strict=True))
+        if returns:
+            annotations["return"] = returns
+        fn.__annotations__ = annotations
+        return fn
+
+    return apply
 
 
 # -- values ---------------------------------------------------------------------------

@@ -1,9 +1,5 @@
 """The exported D-Bus interface ``org.unitgen.Recovery1``: signals out, four methods in.
 
-Over 800 lines on purpose: the interface, its access checks and its call limits
-are one contract with one test file, and splitting them would spread the rule
-for who may call what across modules.
-
 Name ``org.unitgen.Recovery1``, object ``/org/unitgen/Recovery1``, interface
 ``org.unitgen.Recovery1``; the trailing 1 is the version, and the contract is
 ``handlers/org.unitgen.Recovery1.xml`` (a test compares it with the live
@@ -38,33 +34,30 @@ methods that raise): every failure becomes an ``org.unitgen.Recovery1.Error.*``
 or ``org.freedesktop.DBus.Error.*`` reply with a one-line message.
 
 The module is written once against what dbus-next and dbus-fast share; the
-library is taken from the bus object handed to :meth:`RecoveryService.attach`.
+library is taken from the bus object handed to :meth:`RecoveryService.attach`
+(:func:`handlers.buslib.library_of`). The backend's records become the replies'
+D-Bus values in :mod:`handlers.dbus_values`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import datetime
-import enum
 import functools
-import importlib
 import inspect
 import logging
-import math
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path, PurePath
-from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 from handlers.access import AccessPolicy
 from handlers.admission import Limits, Pool, RefusalLog
 from handlers.bus import consume_send, guard_writes
+from handlers.buslib import ServiceLibrary, dbus_types, library_of, service_library
 from handlers.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
+from handlers.dbus_values import as_records, reply_text, vardict
 from handlers.events import Event, EventKind
-from handlers.public_fields import REDACTED, looks_secret, public_details
+from handlers.public_fields import public_details
 from handlers.tasks import report_failure
 from unitgen.errors import (
     AccessDeniedError,
@@ -116,8 +109,6 @@ MAX_REPLY_BYTES = 64 * 1024
 # until an event of its unit: a flood of the same call costs one history read.
 HISTORY_CACHE_TTL = 1.0
 HISTORY_CACHE_SIZE = 256
-# Strings in replies: long enough for any unit name or error line, short enough for one message.
-MAX_REPLY_TEXT = 4096
 # Events waiting for the bus (a burst, or the gap of a reconnect); past this the oldest go.
 MAX_QUEUE = 10_000
 # Signals sent between two round trips to the bus daemon (see RecoveryService._pump).
@@ -125,7 +116,6 @@ SYNC_EVERY = 64
 SYNC_TIMEOUT = 25.0
 TRIGGER = "dbus"
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
@@ -147,58 +137,19 @@ class RecoveryBackend(Protocol):
     def history(self, unit: str) -> object: ...
 
 
-# -- library ---------------------------------------------------------------------------
+async def _resolve(value: object) -> object:
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
-@dataclass(frozen=True)
-class _Lib:
-    root: ModuleType
-    service: ModuleType
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.root, name)
-
-
-@functools.cache
-def _lib_named(root_name: str) -> _Lib:
-    return _Lib(
-        root=importlib.import_module(root_name),
-        service=importlib.import_module(f"{root_name}.service"),
-    )
-
-
-def library_of(bus: Any) -> _Lib:
-    """dbus-next or dbus-fast, whichever ``bus`` comes from."""
-    root_name = type(bus).__module__.split(".", 1)[0]
-    if root_name not in ("dbus_next", "dbus_fast"):
-        raise TypeError(f"expected a dbus-next or dbus-fast MessageBus, got {type(bus)!r}")
-    return _lib_named(root_name)
-
-
-def _dbus_types(*args: str, returns: str = "") -> Callable[[_F], _F]:
-    """Declare a method's D-Bus signature without putting it in Python's annotations.
-
-    Both libraries read the D-Bus types from ``__annotations__``; writing them
-    there by hand keeps the Python signature type-checkable by mypy.
-    """
-
-    def apply(fn: _F) -> _F:
-        params = [p for p in inspect.signature(fn).parameters if p != "self"]
-        if len(params) != len(args):
-            raise TypeError(f"{fn.__name__}: {len(params)} parameters, {len(args)} D-Bus types")
-        annotations: dict[str, str] = dict(zip(params, args, strict=True))
-        if returns:
-            annotations["return"] = returns
-        fn.__annotations__ = annotations
-        return fn
-
-    return apply
+# -- the interface, once per library ---------------------------------------------------
 
 
 @functools.cache
 def _interface_class(root_name: str) -> type:
     """The ServiceInterface subclass for one library (each has its own base class)."""
-    lib = _lib_named(root_name)
+    lib = service_library(root_name)
     method: Callable[[], _Decorator] = lib.service.method
     signal: Callable[[], _Decorator] = lib.service.signal
 
@@ -209,80 +160,80 @@ def _interface_class(root_name: str) -> type:
 
         # Read-only: the library dispatches these; errors are made clean by _clean_errors.
         @method()
-        @_dbus_types(returns="aa{sv}")
+        @dbus_types(returns="aa{sv}")
         async def Status(self) -> list[dict[str, Any]]:
             return await self._owner._serve(lib, "Status", None)
 
         @method()
-        @_dbus_types("s", returns="aa{sv}")
+        @dbus_types("s", returns="aa{sv}")
         async def History(self, unit: str) -> list[dict[str, Any]]:
             return await self._owner._serve(lib, "History", unit)
 
         @method()
-        @_dbus_types("s", "u", "u", returns="aa{sv}u")
+        @dbus_types("s", "u", "u", returns="aa{sv}u")
         async def HistoryPage(self, unit: str, offset: int, count: int) -> list[Any]:
             page, following = await self._owner._serve_page(lib, "HistoryPage", unit, offset, count)
             return [page, following]
 
         # Mutating: served by RecoveryService._on_message after the access check.
         @method()
-        @_dbus_types("s")
+        @dbus_types("s")
         def Reset(self, unit: str) -> None:
             raise lib.DBusError(ERROR_ACCESS_DENIED, "Reset: caller check did not run; refused")
 
         @method()
-        @_dbus_types("s", returns="a{sv}")
+        @dbus_types("s", returns="a{sv}")
         def Recover(self, unit: str) -> dict[str, Any]:
             raise lib.DBusError(ERROR_ACCESS_DENIED, "Recover: caller check did not run; refused")
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def IncidentOpened(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def StepStarted(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def StepFinished(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def Escalated(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def Recovered(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def GaveUp(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def HealthChanged(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
         # Interface revision 2 (busnames.INTERFACE_REVISION): incident groups and Crashed.
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def GroupOpened(self, unit: str, group: str, ts: int, details: Any) -> list[Any]:
             return [unit, group, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def GroupClosed(self, unit: str, group: str, ts: int, details: Any) -> list[Any]:
             return [unit, group, ts, details]
 
         @signal()
-        @_dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
+        @dbus_types("s", "s", "t", "a{sv}", returns=SIGNAL_SIGNATURE)
         def Crashed(self, unit: str, incident: str, ts: int, details: Any) -> list[Any]:
             return [unit, incident, ts, details]
 
@@ -292,98 +243,12 @@ def _interface_class(root_name: str) -> type:
     return Recovery1
 
 
-# -- values ----------------------------------------------------------------------------
-
-
-def _text(value: str) -> str:
-    if looks_secret(value):
-        return REDACTED
-    return value if len(value) <= MAX_REPLY_TEXT else value[: MAX_REPLY_TEXT - 1] + "…"
-
-
-def _variant(lib: _Lib, value: Any, depth: int = 0) -> Any | None:
-    """``value`` as a Variant of a fixed, predictable type; None for "leave it out"."""
-    if value is None or depth > 4:
-        return None
-    if isinstance(value, enum.Enum):
-        return _variant(lib, value.value, depth)
-    if isinstance(value, bool):
-        return lib.Variant("b", value)
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            return lib.Variant("x", value)
-        return lib.Variant("s", str(value))
-    if isinstance(value, float):
-        return lib.Variant("d", value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        return lib.Variant("s", _text(value))
-    if isinstance(value, PurePath):
-        return lib.Variant("s", _text(str(value)))
-    if isinstance(value, datetime.datetime):
-        return lib.Variant("s", value.isoformat())
-    if isinstance(value, Mapping) or dataclasses.is_dataclass(value):
-        return lib.Variant("a{sv}", _vardict(lib, _record(value), depth + 1))
-    if isinstance(value, list | tuple | set | frozenset):
-        items = list(value)
-        if all(isinstance(i, str) for i in items):
-            return lib.Variant("as", [_text(i) for i in items])
-        if items and all(_is_record(i) for i in items):
-            # e.g. History's attempts of an incident: typed, so busctl shows them as such.
-            return lib.Variant("aa{sv}", [_vardict(lib, _record(i), depth + 1) for i in items])
-        return lib.Variant("av", [v for i in items if (v := _variant(lib, i, depth + 1))])
-    return lib.Variant("s", _text(str(value)))
-
-
-def _vardict(lib: _Lib, record: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        variant = _variant(lib, value, depth)
-        if variant is not None:
-            out[str(key)] = variant
-    return out
-
-
-def _record(obj: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): v for k, v in obj.items()}
-    return {"value": obj}
-
-
-def _is_record(obj: Any) -> bool:
-    return isinstance(obj, Mapping) or (dataclasses.is_dataclass(obj) and not isinstance(obj, type))
-
-
-def _records(obj: Any) -> list[dict[str, Any]]:
-    """Whatever the backend returned, as a list of flat records."""
-    if obj is None:
-        return []
-    if isinstance(obj, Mapping):
-        values = list(obj.values())
-        if values and all(_is_record(v) for v in values):
-            # {unit: record}: keep the key as the record's unit.
-            return [{"unit": str(k), **_record(v)} for k, v in obj.items()]
-        return [_record(obj)]
-    if _is_record(obj):
-        return [_record(obj)]
-    if isinstance(obj, Iterable) and not isinstance(obj, str | bytes):
-        return [_record(item) for item in obj]
-    return [_record(obj)]
-
-
-async def _resolve(value: object) -> object:
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
 # -- errors ----------------------------------------------------------------------------
 
 
 def _first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return _text(line)[:500]
+    return reply_text(line)[:500]
 
 
 def _error_for(member: str, exc: BaseException) -> tuple[str, str]:
@@ -435,7 +300,7 @@ class RecoveryService:
         self._access = access or AccessPolicy()
         self._on_drop = on_drop
         self._bus: Any = None
-        self._lib: _Lib | None = None
+        self._lib: ServiceLibrary | None = None
         self._iface: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -482,7 +347,7 @@ class RecoveryService:
             # Typically the bus went away; queued events wait for the next attach().
             log.warning("signal pump stopped: %s", type(task.exception()).__name__)
 
-    async def _request_name(self, bus: Any, lib: _Lib) -> None:
+    async def _request_name(self, bus: Any, lib: ServiceLibrary) -> None:
         try:
             reply = await bus.request_name(BUS_NAME, lib.NameFlag.DO_NOT_QUEUE)
         except Exception as exc:
@@ -557,7 +422,7 @@ class RecoveryService:
         if dropped is not None:
             self._cached_pages -= len(dropped)
 
-    async def _pump(self, bus: Any, lib: _Lib) -> None:
+    async def _pump(self, bus: Any, lib: ServiceLibrary) -> None:
         """Send queued events as signals, with flow control.
 
         Both libraries write queued messages in a loop until the socket would
@@ -593,7 +458,7 @@ class RecoveryService:
                 elif not pending.cancelled():
                     pending.exception()  # retrieved: the pump's own failure is what is logged
 
-    async def _sync(self, bus: Any, lib: _Lib) -> None:
+    async def _sync(self, bus: Any, lib: ServiceLibrary) -> None:
         ping = lib.Message(
             destination="org.freedesktop.DBus",
             path="/org/freedesktop/DBus",
@@ -602,7 +467,7 @@ class RecoveryService:
         )
         await asyncio.wait_for(bus.call(ping), SYNC_TIMEOUT)
 
-    def _send(self, bus: Any, lib: _Lib, event: Event) -> None:
+    def _send(self, bus: Any, lib: ServiceLibrary, event: Event) -> None:
         try:
             details = {k: lib.Variant(_SIG[type(v)], v) for k, v in public_details(event).items()}
             ts = max(0, int(event.timestamp * 1_000_000))
@@ -637,13 +502,13 @@ class RecoveryService:
     # -- read-only methods (claimed by the handler; the library's dispatch is the fallback)
 
     async def _serve(
-        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+        self, lib: ServiceLibrary, member: str, unit: str | None, offset: int = 0, count: int = 0
     ) -> list[dict[str, Any]]:
         records, _next = await self._serve_page(lib, member, unit, offset, count)
         return records
 
     async def _serve_page(
-        self, lib: _Lib, member: str, unit: str | None, offset: int = 0, count: int = 0
+        self, lib: ServiceLibrary, member: str, unit: str | None, offset: int = 0, count: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
         """Status's records, or a page of History's with the offset of the next page."""
         task = asyncio.current_task()
@@ -656,7 +521,7 @@ class RecoveryService:
             try:
                 if member == "Status":
                     result = await _resolve(self._backend.status(None))
-                    return [_vardict(lib, r) for r in _records(result)], 0
+                    return [vardict(lib, r) for r in as_records(result)], 0
                 assert unit is not None
                 return await self._history(lib, unit, offset, count or HISTORY_INCIDENTS)
             except Exception as exc:
@@ -671,7 +536,7 @@ class RecoveryService:
                 self._tasks.discard(task)
 
     async def _history(
-        self, lib: _Lib, unit: str, offset: int, count: int
+        self, lib: ServiceLibrary, unit: str, offset: int, count: int
     ) -> tuple[list[dict[str, Any]], int]:
         key = (offset, count)
         now = asyncio.get_running_loop().time()
@@ -679,7 +544,7 @@ class RecoveryService:
         if cached is not None and now - cached[0] < HISTORY_CACHE_TTL:
             return cached[1], cached[2]
         result = await _resolve(self._backend.history(unit))
-        page, following = _history_page(lib, _records(result), offset, count)
+        page, following = _history_page(lib, as_records(result), offset, count)
         if self._cached_pages >= HISTORY_CACHE_SIZE:
             self._pages.clear()
             self._cached_pages = 0
@@ -689,7 +554,7 @@ class RecoveryService:
         return page, following
 
     @staticmethod
-    def _check_unit_name(lib: _Lib, member: str, unit: str) -> None:
+    def _check_unit_name(lib: ServiceLibrary, member: str, unit: str) -> None:
         problem = managed_unit_problem(unit)
         if problem:
             raise lib.DBusError(ERROR_INVALID_UNIT, _first_line(f"{member}: expected {problem}"))
@@ -741,7 +606,7 @@ class RecoveryService:
         finally:
             pool.release(caller)
 
-    async def _read(self, bus: Any, lib: _Lib, msg: Any) -> None:
+    async def _read(self, bus: Any, lib: ServiceLibrary, msg: Any) -> None:
         member = msg.member
         unit = msg.body[0] if msg.body else None
         offset, count = (int(msg.body[1]), int(msg.body[2])) if member == "HistoryPage" else (0, 0)
@@ -765,7 +630,7 @@ class RecoveryService:
         self._tasks.discard(task)
         report_failure(task, log)
 
-    async def _guarded(self, bus: Any, lib: _Lib, msg: Any) -> None:
+    async def _guarded(self, bus: Any, lib: ServiceLibrary, msg: Any) -> None:
         member: str = msg.member
         unit = msg.body[0]
         shown = unit if not managed_unit_problem(unit) else "(invalid unit name)"
@@ -782,7 +647,7 @@ class RecoveryService:
         reply = await self._mutate(lib, msg, member, unit)
         self._reply(bus, lib, msg, reply)
 
-    async def _mutate(self, lib: _Lib, msg: Any, member: str, unit: str) -> Any:
+    async def _mutate(self, lib: ServiceLibrary, msg: Any, member: str, unit: str) -> Any:
         problem = managed_unit_problem(unit)
         if problem:
             return lib.Message.new_error(
@@ -793,8 +658,8 @@ class RecoveryService:
                 await _resolve(self._backend.reset(unit))
                 return lib.Message.new_method_return(msg)
             result = await _resolve(self._backend.recover(unit, TRIGGER))
-            records = _records(result)
-            outcome = _vardict(lib, records[0]) if records else {}
+            records = as_records(result)
+            outcome = vardict(lib, records[0]) if records else {}
             return lib.Message.new_method_return(msg, "a{sv}", [outcome])
         except asyncio.CancelledError:
             raise
@@ -805,7 +670,7 @@ class RecoveryService:
             return lib.Message.new_error(msg, name, text)
 
     @staticmethod
-    def _reply(bus: Any, lib: _Lib, msg: Any, reply: Any) -> None:
+    def _reply(bus: Any, lib: ServiceLibrary, msg: Any, reply: Any) -> None:
         if msg.flags & lib.MessageFlag.NO_REPLY_EXPECTED:
             return
         try:
@@ -830,7 +695,10 @@ def _size(value: Any) -> int:
 
 
 def _history_page(
-    lib: _Lib, records: list[dict[str, Any]], offset: int = 0, count: int = HISTORY_INCIDENTS
+    lib: ServiceLibrary,
+    records: list[dict[str, Any]],
+    offset: int = 0,
+    count: int = HISTORY_INCIDENTS,
 ) -> tuple[list[dict[str, Any]], int]:
     """Incidents from ``offset`` on that fit the reply bounds, each with its newest
     attempts, and the offset of the next page (0: there is none)."""
@@ -850,6 +718,6 @@ def _history_page(
         if size > budget and out:
             break
         budget -= size
-        out.append(_vardict(lib, record))
+        out.append(vardict(lib, record))
     following = offset + len(out)
     return out, following if following < len(records) else 0

@@ -13,7 +13,7 @@ import pytest
 from eventstream_helpers import connect, disconnect, private_bus
 
 from handlers.bus import guard_writes
-from handlers.dbus_api import library_of
+from handlers.buslib import library_of
 
 BURST = 400  # 16 KiB each: ~6 MiB, thirty times a unix socket's send buffer
 

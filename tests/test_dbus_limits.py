@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handlers.admission import Limits, Pool
+from handlers.buslib import library_of
 from handlers.dbus_api import (
     BUS_NAME,
     ERROR_LIMITS,
@@ -28,7 +29,6 @@ from handlers.dbus_api import (
     OBJECT_PATH,
     READ_LIMITS,
     RecoveryService,
-    library_of,
 )
 from handlers.events import Event, EventKind
 

@@ -21,7 +21,7 @@ from unitgen.harden import (
 from unitgen.hardensearch import order_items
 from unitgen.render import DROPIN_NAME, RenderOptions, render
 from unitgen.specfile import parse_spec
-from unitgen.speckeys import CAPABILITIES
+from unitgen.specvalues import CAPABILITIES
 
 VERSION = 252
 DIRECTIVES = profile_directives(VERSION)

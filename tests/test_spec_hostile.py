@@ -406,7 +406,7 @@ def test_mutated_example(edits: list[tuple[int, int, str]]) -> None:
 @given(HOSTILE)
 def test_capability_names_are_only_ever_known_ones(value: str) -> None:
     """Anything but a known capability name is refused at its key, with one line."""
-    from unitgen.speckeys import CAPABILITIES
+    from unitgen.specvalues import CAPABILITIES
 
     spec = base()
     _svc(spec)["hardening"] = {"capabilities": ["CAP_KILL", value]}

@@ -30,8 +30,9 @@ def alert_config(mapping: object, *, name: str | None = None, source: str = "") 
     known) and the key, for the first problem found.
     """
     # The key table costs tens of ms to import; only a unit with alerts pays for it.
-    from unitgen.speckeys import ALERT, alert_name
+    from unitgen.speckeys import ALERT
     from unitgen.specnodes import INVALID, Collector, Computed, join_key, scan_strings
+    from unitgen.specvalues import alert_name
 
     prefix = f"{source}: " if source else ""
     if not isinstance(mapping, Mapping):

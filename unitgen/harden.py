@@ -41,7 +41,7 @@ from unitgen.paths import Scope
 from unitgen.render import DROPIN_NAME, RenderOptions, render
 from unitgen.sandbox import Sandbox
 from unitgen.sandbox.hardening_probe import ProbeManager, settle
-from unitgen.speckeys import CAPABILITIES
+from unitgen.specvalues import CAPABILITIES
 
 __all__ = ["HARDEN_DROPIN", "HardenOptions", "HardenResult", "ProbeArg", "harden", "parse_probe"]
 

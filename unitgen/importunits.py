@@ -39,7 +39,7 @@ from pathlib import Path
 from unitgen.errors import SpecError, UsageError
 from unitgen.hardening import PROFILES, HardeningProfile
 from unitgen.quantities import QuantityError, parse_duration
-from unitgen.speckeys import CAPABILITIES
+from unitgen.specvalues import CAPABILITIES
 
 __all__ = ["ImportedUnit", "Unrepresented", "import_units", "parse_unit_files", "to_toml"]
 

@@ -5,7 +5,7 @@ recovery ladder deletes as root. The directories below hold the operating
 system or are shared by every program, so deleting "old files" there breaks
 the machine rather than freeing a service's space. Only these exact
 directories are refused: ``/var/tmp/api`` is fine, ``/var/tmp`` is not.
-The spec check (unitgen/speckeys.py) refuses them at ``check``/``render``
+The spec check (unitgen/specvalues.py) refuses them at ``check``/``render``
 time, and handlers/cleanup.py refuses them again when a policy reaches the
 ladder, so a policy written by hand or by an older unitgen is covered too.
 """
