@@ -91,7 +91,7 @@ class FlapFile:
             return {}
         try:
             records = _parse(raw, now)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             self._failed(
                 f"{self.path} unusable, starting empty (rewritten on the next change): {exc}"
             )

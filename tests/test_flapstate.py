@@ -236,7 +236,7 @@ async def test_units_without_alert_on_never_write(receiver: Receiver, tmp_path: 
 @pytest.mark.parametrize(
     "garbage",
     [b"\x00\xffnot json", b'{"v": 1, "units": {"api.service": {"crashes": [{"at": "x"}]}}}',
-     b'{"v": 99, "units": {}}', b"[]"],
+     b'{"v": 99, "units": {}}', b"[]", b"[" * 100_000],
 )  # fmt: skip
 async def test_a_garbage_file_is_logged_once_and_overwritten_on_the_next_change(
     receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: bytes
