@@ -12,6 +12,12 @@ alert with the new digest; fewer, the alert is resolved.
 
 Nothing here restarts anything or waits on the listener: :meth:`FlapWatch.crashed`
 is a few list operations, and sends are tasks it keeps and closes.
+
+Given a :class:`handlers.flapstate.FlapFile`, the watch survives a restart of the
+daemon: each change of a service with ``alert_on`` (a crash, a fire, a resolve) is
+written there (off the loop, one write at a time, the latest state wins), and a new
+watch loads it: the crashes count on, and an alert that was firing is judged again
+a window after its last judgement (resolved, or fired once more).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from handlers.tasks import report_failure
 
 if TYPE_CHECKING:
     from handlers.alerts import Alert, Alerter
+    from handlers.flapstate import FlapFile, FlapRecord
     from unitgen.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -121,6 +128,7 @@ class _Flap:
     crashes: deque[Crash] = field(default_factory=lambda: deque(maxlen=DIGEST_MAX))
     incident: str = ""  # set while an alert is firing
     started: float = 0.0
+    judged: float = 0.0  # when the firing alert was last sent (wall clock)
     follow: asyncio.Task[None] | None = None
 
 
@@ -135,7 +143,10 @@ class FlapWatch:
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         host: str | None = None,
+        state: FlapFile | None = None,
     ) -> None:
+        """``state``: where the watch is kept across restarts (loaded here, once);
+        None keeps it in memory only."""
         self._policy_of = policy_of
         self._alerter_for = alerter_for
         self._alerters: dict[str, Alerter | None] = {}
@@ -145,44 +156,109 @@ class FlapWatch:
         self._units: dict[str, _Flap] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sent: list[Alert] = []  # every alert handed to an alerter, newest last (bounded)
+        self._state = state
+        self._dirty = False
+        self._writer: asyncio.Task[None] | None = None
+        self._resumed = state is None
+        if state is not None:
+            for unit, rec in state.load(clock()).items():
+                flap = _Flap(incident=rec.incident, started=rec.started, judged=rec.judged)
+                flap.crashes.extend(rec.crashes)
+                self._units[unit] = flap
 
     def crashed(self, unit: str, crash: Crash) -> None:
         """Count one crash; start the flapping alert if it makes ``restarts`` in ``within``."""
+        if not self._resumed:
+            self.resume()
         policy = self._policy_of(unit)
         if policy is None or policy.alert_on is None:
-            self._units.pop(unit, None)
+            # The flood path: nothing to count, nothing written. A unit that lost
+            # alert_on while firing keeps its entry until its window resolves it.
+            flap = self._units.get(unit)
+            if flap is not None and flap.follow is None:
+                del self._units[unit]
+                self._changed()
             return
         rule = policy.alert_on
         flap = self._units.setdefault(unit, _Flap())
         flap.crashes.append(crash)
         if flap.follow is not None:
+            self._changed()
             return  # an alert is out for this window; the crash goes in the next digest
         recent = self._recent(flap, rule.within, crash.at)
-        if len(recent) < rule.restarts:
+        if len(recent) >= rule.restarts:
+            flap.incident = f"flap-{unit}-{int(crash.at * 1000)}"
+            flap.started = recent[0].at
+            flap.judged = self._clock()
+            self._fire(unit, policy, flap, recent, rule.within)
+            flap.follow = self._spawn(self._follow(unit, flap, rule.within), f"flapping {unit}")
+        self._changed()
+
+    def resume(self) -> None:
+        """Take up what a previous watch left (once; needs the running loop).
+
+        Crashes older than their service's window are dropped; an alert that was
+        firing is judged a window after it was last sent, or at once when that
+        time has passed or its policy no longer has ``alert_on``.
+        """
+        if self._resumed:
             return
-        flap.incident = f"flap-{unit}-{int(crash.at * 1000)}"
-        flap.started = recent[0].at
-        self._fire(unit, policy, flap, recent, rule.within)
-        flap.follow = self._spawn(self._follow(unit, flap, rule.within), f"flapping {unit}")
+        self._resumed = True
+        now = self._clock()
+        changed = False
+        for unit, flap in list(self._units.items()):
+            policy = self._policy_of(unit)
+            rule = policy.alert_on if policy is not None else None
+            if flap.incident:
+                within = rule.within if rule is not None else 0.0
+                delay = max(0.0, min(within, flap.judged + within - now))
+                log.info("%s: flapping alert %s resumed", unit, flap.incident)
+                flap.follow = self._spawn(
+                    self._follow(unit, flap, within, first=delay), f"flapping {unit}"
+                )
+                continue
+            kept = [c for c in flap.crashes if rule is not None and now - c.at <= rule.within]
+            if len(kept) != len(flap.crashes):
+                changed = True
+                flap.crashes.clear()
+                flap.crashes.extend(kept)
+            if not kept:
+                del self._units[unit]
+        if changed:
+            self._changed()
 
     @staticmethod
     def _recent(flap: _Flap, within: float, now: float) -> list[Crash]:
         return [c for c in flap.crashes if now - c.at <= within]
 
-    async def _follow(self, unit: str, flap: _Flap, within: float) -> None:
+    async def _follow(
+        self, unit: str, flap: _Flap, within: float, *, first: float | None = None
+    ) -> None:
         """Once per window: fire again with a new digest while it flaps, else resolve."""
+        delay = within if first is None else first
         while True:
-            await self._sleep(within)
+            await self._sleep(delay)
             policy = self._policy_of(unit)
             rule = policy.alert_on if policy is not None else None
-            recent = self._recent(flap, within, self._clock())
+            if rule is not None:
+                within = rule.within
+            delay = within
+            now = self._clock()
+            recent = self._recent(flap, within, now)
             if policy is not None and rule is not None and len(recent) >= rule.restarts:
+                flap.judged = now
                 self._fire(unit, policy, flap, recent, rule.within)
+                self._changed()
                 continue
             if policy is not None:
                 self._send(unit, policy, flap, "resolved", f"{unit} stopped flapping", [])
+            else:
+                log.warning("%s: flapping alert %s ends unsent (no policy)", unit, flap.incident)
             flap.follow = None
             flap.incident = ""
+            if rule is None and self._units.get(unit) is flap:
+                del self._units[unit]
+            self._changed()
             return
 
     def _fire(
@@ -271,14 +347,52 @@ class FlapWatch:
             await asyncio.wait(sends, timeout=timeout)
 
     async def aclose(self) -> None:
-        """Let running sends finish within their bound, then stop the window timers."""
+        """Let running sends and the last state write finish within their bound, then
+        stop the window timers (a firing alert stays in the state file: the next
+        watch takes it up)."""
         await self.drain(10.0)
+        await self.flush(10.0)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for flap in self._units.values():
             flap.follow = None
+
+    # --- the state file --------------------------------------------------------------
+
+    async def flush(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (bounded) until the state file holds every change made so far."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait([self._writer], timeout=timeout)
+
+    def _changed(self) -> None:
+        """Write the state soon: one writer at a time, each write the latest state."""
+        if self._state is None:
+            return
+        self._dirty = True
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._dirty = False
+            self._state.save(self._records())  # no loop to wait on (a script, a test)
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = self._spawn(self._write(), "flapping state")
+
+    async def _write(self) -> None:
+        state = self._state
+        while state is not None and self._dirty:
+            self._dirty = False
+            await asyncio.to_thread(state.save, self._records())
+
+    def _records(self) -> dict[str, FlapRecord]:
+        from handlers.flapstate import FlapRecord
+
+        return {
+            unit: FlapRecord(tuple(f.crashes), f.incident, f.started, f.judged)
+            for unit, f in self._units.items()
+        }
 
 
 class CrashReporter:

@@ -21,7 +21,8 @@ either one costs no count. A long-lived process (the listener daemon) also
 keeps every entry it has seen in memory and merges it in, so a ledger file
 removed under it does not reset its budget either.
 
-Writes are atomic: a temporary file in the same directory, fsync, rename. The
+Writes are atomic: a temporary file in the same directory, fsync, rename
+(:mod:`handlers.atomicfile`, shared with the flapping alert's state). The
 read-modify-write is serialised across processes by an ``flock`` on the
 directory, held only for that moment (the ladder's own writes already run
 under the unit's lock; ``unitgen reset`` does not take that lock).
@@ -44,12 +45,12 @@ import json
 import logging
 import math
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from handlers.atomicfile import read_at, write_at
 from handlers.locks import check_unit_name, open_private_dir
 from handlers.store import Stamp
 from unitgen.errors import UsageError
@@ -319,47 +320,16 @@ def _dir_lock(dfd: int) -> Iterator[None]:
 
 def _read_at(dfd: int, name: str) -> bytes | None:
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-    except FileNotFoundError:
-        return None
+        return read_at(dfd, name, MAX_FILE_BYTES)
     except OSError as exc:
-        raise LedgerError(exc.errno, f"{name}: {exc.strerror}") from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise LedgerError(errno.EINVAL, f"{name}: not a regular file")
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise LedgerError(exc.errno, f"{name}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise LedgerError(errno.EFBIG, f"{name}: larger than {MAX_FILE_BYTES} bytes")
-    return data
+        raise LedgerError(exc.errno, exc.strerror) from exc
 
 
 def _write_at(dfd: int, name: str, data: bytes) -> None:
-    tmp = f".{name}.tmp-{os.getpid()}"
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dfd)
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dfd,
-        )
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        write_at(dfd, name, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dfd)
-        raise LedgerError(exc.errno, f"cannot write {name}: {exc.strerror}") from exc
+        raise LedgerError(exc.errno, exc.strerror) from exc
 
 
 def _number(v: object) -> bool:

@@ -59,6 +59,7 @@ from handlers.diagnose import (
 )
 from handlers.events import EventSink, NullSink
 from handlers.flapping import AlerterFor, CrashReporter, FlapWatch
+from handlers.flapstate import FlapFile
 from handlers.health import HealthScheduler
 from handlers.ladder import State
 from handlers.listenerstate import ListenerOptions, Stats, UnitState
@@ -176,7 +177,9 @@ class Listener:
         # they are active again is what ends it (no failure would come to).
         self._left_to_systemd: set[str] = set()
         if flapping is None:
-            flapping = FlapWatch(self.watch.policy, alerter_for=flap_alerter)
+            # Kept next to the history: a restarted daemon resolves what it left firing.
+            state = FlapFile(paths.state_dir)
+            flapping = FlapWatch(self.watch.policy, alerter_for=flap_alerter, state=state)
         self.flapping = flapping
         # Every crash, whoever restarts the unit: a Crashed event each.
         self.crashes = CrashReporter(self._events, flapping)
@@ -196,6 +199,7 @@ class Listener:
 
     async def run(self) -> None:
         """Follow systemd until stop(); the one teardown path is the finally below."""
+        self.flapping.resume()
         for i in range(self.options.max_concurrency):
             self._spawn(self.queue.worker(), f"listener worker {i}")
         self._spawn(self._notifier.watchdog_loop(), "watchdog")
