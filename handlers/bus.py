@@ -134,6 +134,15 @@ def unit_properties_rule(interface: str = UNIT) -> str:
     )
 
 
+def turned_active(body: Any) -> bool:
+    """Whether a PropertiesChanged body is the Unit interface saying ActiveState=active."""
+    interface, changed = body[0], body[1]
+    if interface != UNIT:
+        return False
+    value = changed.get("ActiveState")
+    return value is not None and value.value == "active"
+
+
 def match_rule(**keys: str) -> str:
     """A D-Bus match rule; values are quoted the way the spec requires."""
     parts = []

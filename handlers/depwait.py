@@ -77,11 +77,7 @@ class DependencyWaits:
 
     def signal(self, dependency: str, body: Any) -> None:
         """A PropertiesChanged of a unit some dependent waits for (bus reader: no I/O)."""
-        interface, changed = body[0], body[1]
-        if interface != busmod.UNIT:
-            return
-        value = changed.get("ActiveState")
-        if value is not None and value.value == "active":
+        if busmod.turned_active(body):
             self.active(dependency)
 
     def active(self, dependency: str) -> None:

@@ -110,11 +110,7 @@ class ParkWatch:
 
     def dependency_signal(self, name: str, body: Any) -> None:
         """A PropertiesChanged of a unit some parked unit waits for (bus reader)."""
-        interface, changed = body[0], body[1]
-        if interface != busmod.UNIT:
-            return
-        value = changed.get("ActiveState")
-        if value is not None and value.value == "active":
+        if busmod.turned_active(body):
             self.registry.dependency_active(name)
 
     def unit_active(self, unit: str) -> None:
