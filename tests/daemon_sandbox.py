@@ -136,6 +136,21 @@ def history(sb: Sandbox, unit: str) -> list[dict[str, Any]]:
 USER_LISTENING = "/run/user/0/unitgen-watch/listening"
 
 
+# A spec's head sending every alert to one webhook whose URL is in ``{url_file}``
+# (format with hook_url_file's path); the test's services follow it.
+HOOK_SPEC = """
+[defaults]
+hardening = "off"
+alerts = ["hook"]
+
+[alert.hook]
+type = "webhook"
+url_file = "{url_file}"
+timeout = "2s"
+retries = 0
+"""
+
+
 def hook_url_file(tmp_path: Path, url: str) -> Path:
     """A webhook URL in a 0600 file, as a spec's `url_file` wants it."""
     url_file = tmp_path / "hook.url"

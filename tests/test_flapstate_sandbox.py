@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, hook_url_file, install_daemon, start_listening, until
+from daemon_sandbox import DAEMON, HOOK_SPEC, hook_url_file, install_daemon, start_listening, until
 from receivers import Receiver
 
 from handlers.flapstate import FILE_NAME
@@ -26,22 +26,15 @@ from unitgen.sandbox import Sandbox
 UNIT = "flappy.service"
 WINDOW = 10.0  # seconds; short enough for a test, long enough to restart the daemon in
 
-SPEC = """
-[defaults]
-hardening = "off"
-alerts = ["hook"]
-
-[alert.hook]
-type = "webhook"
-url_file = "{url_file}"
-timeout = "2s"
-retries = 0
-
+SPEC = (
+    HOOK_SPEC
+    + """
 [service.flappy]
 exec = ["/bin/sh", "-c", "{script}"]
 restart = {{ policy = "on-failure", delay = "200ms", burst = 10, interval = "1min" }}
 alert_on = {{ restarts = 3, within = "{window:g}s" }}
 """
+)
 
 
 def _firing_on_disk(state: Path) -> str:

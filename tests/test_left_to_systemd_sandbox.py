@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, hook_url_file, install_daemon, start_listening, until
+from daemon_sandbox import DAEMON, HOOK_SPEC, hook_url_file, install_daemon, start_listening, until
 from receivers import Receiver
 
 from handlers.store import Stamp, Store, boot_id
@@ -24,22 +24,15 @@ from unitgen.sandbox import Sandbox
 
 UNIT = "left-to-systemd.service"
 
-SPEC = """
-[defaults]
-hardening = "off"
-alerts = ["hook"]
-
-[alert.hook]
-type = "webhook"
-url_file = "{url_file}"
-timeout = "2s"
-retries = 0
-
+SPEC = (
+    HOOK_SPEC
+    + """
 [service.left-to-systemd]
 exec = ["/bin/sleep", "infinity"]
 restart = {{ policy = "on-failure" }}
 recovery = {{ min_uptime = "2s" }}
 """
+)
 
 
 def _seed(db: Path) -> str:

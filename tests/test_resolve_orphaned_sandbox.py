@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_sandbox import DAEMON, hook_url_file, install_daemon, start_listening, until
+from daemon_sandbox import DAEMON, HOOK_SPEC, hook_url_file, install_daemon, start_listening, until
 from receivers import Receiver
 
 from handlers.store import Store
@@ -22,22 +22,15 @@ from unitgen.sandbox import Sandbox
 
 UNIT = "orphan-alert.service"
 
-SPEC = """
-[defaults]
-hardening = "off"
-alerts = ["hook"]
-
-[alert.hook]
-type = "webhook"
-url_file = "{url_file}"
-timeout = "2s"
-retries = 0
-
+SPEC = (
+    HOOK_SPEC
+    + """
 [service.orphan-alert]
 exec = ["/bin/sleep", "infinity"]
 restart = {{ policy = "no" }}
 recovery = {{ min_uptime = "4s", backoff = {{ base = "0s" }} }}
 """
+)
 
 
 def _statuses(receiver: Receiver) -> list[str]:
