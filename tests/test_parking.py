@@ -498,16 +498,24 @@ async def test_the_unit_itself_active_resumes_and_resumes_are_spaced() -> None:
 # --- the listener's side ---------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
-async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path: Path) -> None:
-    from test_listener import _changed, _listener, _settle
+def _listener_watching_api(tmp_path: Path) -> tuple[Any, Any]:
+    """A listener with one worker and a gated-open fake engine, watching api.service."""
+    from test_listener import _listener
 
     listener, _bus, engine = _listener(tmp_path)
     engine.gate.set()
     listener._spawn(listener.queue.worker(), "w")
-    # The engine reports a parking; the dependency is not even a watched unit.
     listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
     listener.watch.rescan()
+    return listener, engine
+
+
+@pytest.mark.asyncio
+async def test_listener_resumes_a_parked_unit_on_its_dependency_signal(tmp_path: Path) -> None:
+    from test_listener import _changed, _settle
+
+    listener, engine = _listener_watching_api(tmp_path)
+    # The engine reports a parking; the dependency is not even a watched unit.
     now = time.monotonic()
     info = ParkedUnit(API, "inc", ("other.target",), "r", now, now, 600)
     engine.parked_info = lambda unit: info if unit == API else None  # type: ignore[method-assign]
@@ -538,13 +546,9 @@ async def test_a_parked_unit_reset_elsewhere_is_the_ladders_again_on_its_next_he
     """`unitgen reset` (another process) ends the parking in the history and the
     ledger, not in this daemon's registry: the registry's mark must not swallow the
     unit's health failures from then on (found by bench/soak.py)."""
-    from test_listener import _listener, _settle
+    from test_listener import _settle
 
-    listener, _bus, engine = _listener(tmp_path)
-    engine.gate.set()
-    listener._spawn(listener.queue.worker(), "w")
-    listener.watch = type(listener.watch)(tmp_path / "p", ["api.service"])
-    listener.watch.rescan()
+    listener, engine = _listener_watching_api(tmp_path)
     now = time.monotonic()
     info = ParkedUnit(API, "inc", (), "budget", now, now, 600)
     parked = {API: info}
